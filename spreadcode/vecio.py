@@ -1,0 +1,357 @@
+"""Reading and writing vector files, streamed in chunks so inputs larger than RAM work.
+
+Formats, chosen by extension:
+
+* ``.fvecs`` / ``.bvecs`` / ``.ivecs`` (texmex): per record an int32 little-endian dimension
+  ``d`` then ``d`` values (float32 / uint8 / int32). Read through a memory map with a
+  structured view (record = ``dim`` + ``vec``). Opening checks that the file is non-empty,
+  that the first dim header is in 1..2^20, that the size is a whole number of records and
+  that the last record's header agrees; every read then checks the dim headers of the
+  records it returns (vectorised), so all headers are validated by the time a whole file
+  has been read.
+* ``.npy``: ``np.load(mmap_mode='r')``; 2-D float16/32/64, uint8, int8 or int32.
+* ``.h5`` / ``.hdf5`` (ann-benchmarks layout: ``train``, ``test``, ``neighbors``,
+  ``distances``): the dataset is picked by ``dataset=`` or a ``file.h5:name`` suffix;
+  vectors default to ``train``, ground truth to ``neighbors``.
+
+Floating-point data is converted to float32 chunk by chunk and checked for NaN/Inf (an error
+names the file and the first bad vector). Writers go through `atomic_output`: a hidden temp
+file next to the target, renamed into place only when complete.
+"""
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from spreadcode.errors import SpreadcodeError
+
+TEXMEX_VALUE_DTYPES = {
+    ".fvecs": np.dtype("<f4"),
+    ".bvecs": np.dtype("u1"),
+    ".ivecs": np.dtype("<i4"),
+}
+HDF5_SUFFIXES = (".h5", ".hdf5")
+MAX_TEXMEX_DIM = 1 << 20
+VECTOR_DTYPES = tuple(np.dtype(t) for t in ("float16", "float32", "float64", "uint8", "int8",
+                                            "int32"))
+DEFAULT_BATCH = 65536
+_KNOWN_SUFFIXES = ".fvecs, .bvecs, .ivecs, .npy, .h5, .hdf5"
+
+
+class VectorFile:
+    """An opened vector file: ``n`` vectors of dimension ``d`` stored as ``dtype``.
+
+    ``path`` is the file (without any ``:dataset`` suffix); ``dataset`` the HDF5 dataset name
+    or None. Nothing is loaded until `read` or `chunks` asks for rows.
+    """
+
+    def __init__(self, path, n, d, dtype, dataset=None):
+        self.path = Path(path)
+        self.n = int(n)
+        self.d = int(d)
+        self.dtype = np.dtype(dtype).newbyteorder("=")
+        self.dataset = dataset
+
+    def __repr__(self):
+        where = f"{self.path}:{self.dataset}" if self.dataset else str(self.path)
+        return f"VectorFile({where!r}, n={self.n}, d={self.d}, dtype={self.dtype.name})"
+
+    def _rows(self, start, stop):
+        """Rows ``start:stop`` in the source dtype, (stop - start, d); subclasses implement."""
+        raise NotImplementedError
+
+    def read(self, start=0, stop=None):
+        """Vectors ``start:stop`` (Python slice semantics) as a new float32 (b, d) array."""
+        start, stop, _ = slice(start, stop).indices(self.n)
+        stop = max(start, stop)
+        rows = self._rows(start, stop)
+        with np.errstate(over="ignore"):
+            out = np.array(rows, dtype=np.float32, order="C")
+        if self.dtype.kind == "f":
+            check_finite(out, str(self.path), first_row=start)
+        return out
+
+    def chunks(self, batch=DEFAULT_BATCH):
+        """Iterate over all vectors in order, as float32 (<= batch, d) arrays."""
+        if int(batch) < 1:
+            raise SpreadcodeError(f"batch size must be positive, got {batch}")
+        for start in range(0, self.n, int(batch)):
+            yield self.read(start, start + int(batch))
+
+
+class _TexmexFile(VectorFile):
+    """.fvecs / .bvecs / .ivecs through a structured memory map."""
+
+    def __init__(self, path, value_dtype):
+        size = path.stat().st_size
+        if size == 0:
+            raise SpreadcodeError(f"{path}: no vectors (empty file)")
+        if size < 4:
+            raise SpreadcodeError(f"{path}: truncated: {size} bytes, shorter than one dim header")
+        d = int(np.fromfile(path, dtype="<i4", count=1)[0])
+        if not 1 <= d <= MAX_TEXMEX_DIM:
+            raise SpreadcodeError(
+                f"{path}: bad dim header {d} in the first record (expected 1..{MAX_TEXMEX_DIM}); "
+                f"is this really a {path.suffix} file?")
+        record = np.dtype([("dim", "<i4"), ("vec", value_dtype, (d,))])
+        if size % record.itemsize:
+            raise SpreadcodeError(
+                f"{path}: file size {size} is not a multiple of the record size "
+                f"{record.itemsize} (4 + {d} x {value_dtype.itemsize} bytes): "
+                "truncated, or records with different dims")
+        super().__init__(path, size // record.itemsize, d, value_dtype)
+        self._records = np.memmap(path, dtype=record, mode="r", shape=(self.n,))
+        self._check_dims(self.n - 1, self.n)
+
+    def _check_dims(self, start, stop):
+        dims = self._records["dim"][start:stop]
+        bad = np.flatnonzero(dims != self.d)
+        if bad.size:
+            row = start + int(bad[0])
+            raise SpreadcodeError(
+                f"{self.path}: record {row} has dim header {int(dims[bad[0]])}, but the first "
+                f"record has {self.d} (inconsistent dims)")
+
+    def _rows(self, start, stop):
+        self._check_dims(start, stop)
+        return self._records["vec"][start:stop]
+
+
+class _NpyFile(VectorFile):
+    """.npy through ``np.load(mmap_mode='r')``."""
+
+    def __init__(self, path, dtypes, allow_1d):
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise SpreadcodeError(f"{path}: not a readable .npy array ({err})") from None
+        n, d = _checked_shape(array.shape, path, allow_1d)
+        self._array = array.reshape(n, d)
+        super().__init__(path, n, d, _accepted_dtype(array.dtype, dtypes, path))
+
+    def _rows(self, start, stop):
+        return self._array[start:stop]
+
+
+class _Hdf5File(VectorFile):
+    """One dataset of an HDF5 file; the file is opened for each read (cheap next to a chunk),
+    so no handle stays open between calls."""
+
+    def __init__(self, path, dataset, dtypes, allow_1d):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as h5:
+                if dataset not in h5 or not isinstance(h5[dataset], h5py.Dataset):
+                    names = ", ".join(k for k in h5 if isinstance(h5[k], h5py.Dataset))
+                    raise SpreadcodeError(
+                        f"{path}: no dataset {dataset!r} (datasets: {names or 'none'})")
+                shape, dtype = h5[dataset].shape, h5[dataset].dtype
+        except OSError as err:
+            raise SpreadcodeError(f"{path}: not a readable HDF5 file ({err})") from None
+        dtype = _accepted_dtype(dtype, dtypes, f"{path}:{dataset}")
+        n, d = _checked_shape(shape, f"{path}:{dataset}", allow_1d)
+        super().__init__(path, n, d, dtype, dataset=dataset)
+
+    def _rows(self, start, stop):
+        import h5py
+
+        with h5py.File(self.path, "r") as h5:
+            rows = h5[self.dataset][start:stop]
+        return rows.reshape(stop - start, self.d)
+
+
+def _checked_shape(shape, name, allow_1d):
+    """(n, d) of an array ``shape`` holding at least one vector; (n,) counts as (n, 1) when
+    ``allow_1d``."""
+    if len(shape) == 1 and allow_1d:
+        shape = (shape[0], 1)
+    if len(shape) != 2:
+        raise SpreadcodeError(f"{name}: expected a 2-D array (n, d), got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise SpreadcodeError(f"{name}: no vectors (shape {tuple(shape)})")
+    if shape[1] == 0:
+        raise SpreadcodeError(f"{name}: vectors have dimension 0 (shape {tuple(shape)})")
+    return int(shape[0]), int(shape[1])
+
+
+def _accepted_dtype(dtype, dtypes, name):
+    """``dtype`` in native byte order if it is one of ``dtypes`` (or of the kinds in a str)."""
+    dtype = np.dtype(dtype)
+    ok = dtype.kind in dtypes if isinstance(dtypes, str) else dtype.newbyteorder("=") in dtypes
+    if not ok or dtype.fields is not None:
+        wanted = ("integers" if isinstance(dtypes, str)
+                  else ", ".join(t.name for t in dtypes))
+        raise SpreadcodeError(f"{name}: unsupported element type {dtype} (expected {wanted})")
+    return dtype
+
+
+def _split_dataset(path, dataset):
+    """Split ``file.h5:name`` into (Path, name); an explicit ``dataset`` must agree."""
+    text = os.fspath(path)
+    head, sep, tail = text.rpartition(":")
+    if sep and head.lower().endswith(HDF5_SUFFIXES) and not os.path.exists(text):
+        if dataset is not None and dataset != tail:
+            raise SpreadcodeError(
+                f"{text}: dataset {tail!r} in the path conflicts with dataset={dataset!r}")
+        return Path(head), tail
+    return Path(text), dataset
+
+
+def _open(path, dataset, default_dataset, dtypes, allow_1d=False):
+    """Open any supported format; ``dtypes`` are the accepted element types."""
+    path, dataset = _split_dataset(path, dataset)
+    if not path.exists():
+        raise SpreadcodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise SpreadcodeError(f"{path}: not a regular file")
+    suffix = path.suffix.lower()
+    if dataset is not None and suffix not in HDF5_SUFFIXES:
+        raise SpreadcodeError(f"{path}: a dataset name only applies to .h5/.hdf5 files")
+    if suffix in TEXMEX_VALUE_DTYPES:
+        return _TexmexFile(path, TEXMEX_VALUE_DTYPES[suffix])
+    if suffix == ".npy":
+        return _NpyFile(path, dtypes, allow_1d)
+    if suffix in HDF5_SUFFIXES:
+        return _Hdf5File(path, dataset or default_dataset, dtypes, allow_1d)
+    raise SpreadcodeError(f"{path}: unknown vector file type (expected {_KNOWN_SUFFIXES})")
+
+
+def open_vectors(path, dataset=None):
+    """Open a vector file for streaming; see the module docstring for formats and checks.
+
+    ``path``: str or Path, optionally ``file.h5:dataset``; HDF5 defaults to ``train``.
+    Returns a `VectorFile` whose ``read``/``chunks`` give float32 (b, d) arrays.
+    """
+    return _open(path, dataset, "train", VECTOR_DTYPES)
+
+
+def read_vectors(path, dataset=None):
+    """All vectors of a file as float32 (n, d), C-contiguous, finite."""
+    return open_vectors(path, dataset).read()
+
+
+def read_groundtruth(path, dataset=None):
+    """Neighbor ids as int64 (nq, k): ``.ivecs``, integer ``.npy``, or HDF5 ``neighbors``."""
+    return _read_integers(_open(path, dataset, "neighbors", "iu"))
+
+
+def read_ids(path, dataset=None):
+    """One int64 id per vector, (n,): ``.ivecs`` with d = 1, or integer ``.npy`` / HDF5 of
+    shape (n,) or (n, 1) (HDF5 dataset default ``ids``)."""
+    ids_file = _open(path, dataset, "ids", "iu", allow_1d=True)
+    if ids_file.d != 1:
+        raise SpreadcodeError(
+            f"{ids_file.path}: expected one id per row, got {ids_file.d} values per row")
+    return _read_integers(ids_file)[:, 0]
+
+
+def _read_integers(vector_file):
+    """Every row of an integer-typed file as int64 (n, d), refusing texmex float/byte files
+    and uint64 values beyond int64."""
+    if vector_file.dtype.kind not in "iu":
+        raise SpreadcodeError(
+            f"{vector_file.path}: holds {vector_file.dtype.name} values, expected integer ids")
+    rows = vector_file._rows(0, vector_file.n)
+    if vector_file.dtype == np.uint64 and rows.size and rows.max() > np.iinfo(np.int64).max:
+        raise SpreadcodeError(f"{vector_file.path}: ids larger than 2^63 - 1")
+    return np.array(rows, dtype=np.int64, order="C")
+
+
+def check_finite(x, what, first_row=0):
+    """Raise SpreadcodeError naming ``what`` and the first row of ``x`` (float (n, d)) that
+    holds NaN or Inf; ``first_row`` is the index of ``x[0]`` in the whole file."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise SpreadcodeError(
+            f"{what}: vector {first_row + row} contains NaN or Inf "
+            "(or a value beyond the float32 range)")
+
+
+@contextmanager
+def atomic_output(path):
+    """Write a file all-or-nothing: yields a binary file (read/write/seek, so h5py can use it)
+    opened at a hidden temp path in the target's directory; on clean exit it is fsynced and renamed onto ``path``, on any
+    exception (Ctrl-C included) it is deleted and the exception re-raised."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise SpreadcodeError(f"{path}: cannot create file ({err.strerror})") from None
+    fh = os.fdopen(fd, "w+b")
+    try:
+        yield fh
+    except BaseException:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(tmp, path)
+    except OSError as err:
+        fh.close()
+        tmp.unlink(missing_ok=True)
+        raise SpreadcodeError(f"{path}: cannot write file ({err.strerror or err})") from None
+
+
+def write_vectors(path, x):
+    """Write ``x`` (n, d) atomically in the format of the extension: ``.fvecs`` (float32,
+    finite), ``.ivecs`` (int32) or ``.bvecs`` (uint8) from integers in range, or ``.npy``
+    (dtype kept)."""
+    path = Path(path)
+    x = np.asarray(x)
+    n, d = _checked_shape(x.shape, path, allow_1d=False)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        with atomic_output(path) as fh:
+            np.save(fh, x, allow_pickle=False)
+        return
+    if suffix not in TEXMEX_VALUE_DTYPES:
+        raise SpreadcodeError(
+            f"{path}: cannot write this file type (expected .fvecs, .bvecs, .ivecs or .npy)")
+    value_dtype = TEXMEX_VALUE_DTYPES[suffix]
+    _check_convertible(x, value_dtype, path)
+    record = np.dtype([("dim", "<i4"), ("vec", value_dtype, (d,))])
+    with atomic_output(path) as fh:
+        for start in range(0, n, DEFAULT_BATCH):
+            rows = x[start:start + DEFAULT_BATCH]
+            records = np.empty(rows.shape[0], dtype=record)
+            records["dim"] = d
+            with np.errstate(over="ignore"):
+                records["vec"] = rows
+            if value_dtype.kind == "f":
+                check_finite(records["vec"], str(path), first_row=start)
+            fh.write(records.tobytes())
+
+
+def write_h5(path, arrays):
+    """Write ``arrays`` ({dataset name: array}) as one HDF5 file, atomically; e.g. search
+    results as ann-benchmarks ``neighbors`` int64 (nq, k) and ``distances`` float32 (nq, k)."""
+    import h5py
+
+    with atomic_output(path) as fh:
+        with h5py.File(fh, "w") as h5:
+            for name, array in arrays.items():
+                h5.create_dataset(name, data=np.asarray(array))
+
+
+def _check_convertible(x, value_dtype, path):
+    """Refuse element types ``value_dtype`` cannot hold exactly: non-numbers into .fvecs,
+    floats or out-of-range integers into .ivecs/.bvecs (NaN/Inf are checked while writing)."""
+    if value_dtype.kind == "f":
+        if x.dtype.kind not in "fiub":
+            raise SpreadcodeError(f"{path}: cannot store {x.dtype} values as float32")
+        return
+    if x.dtype.kind not in "iub":
+        raise SpreadcodeError(
+            f"{path}: {path.suffix} stores {value_dtype.name}; got {x.dtype} values")
+    info = np.iinfo(value_dtype)
+    if x.min() < info.min or x.max() > info.max:
+        raise SpreadcodeError(
+            f"{path}: values outside the {value_dtype.name} range [{info.min}, {info.max}]")
