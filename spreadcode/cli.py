@@ -1,0 +1,205 @@
+"""The ``spreadcode`` command line: parses, calls one library function, prints.
+
+Every command is a thin wrapper over a documented function (see ARCHITECTURE.md). Errors a
+user can cause come out as one line on stderr and exit code 1; ``--debug`` shows the
+traceback instead. Heavy modules (torch) are imported inside the commands that need them,
+so ``spreadcode info`` starts instantly.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import SpreadcodeError
+
+STORE_OPTION = click.option(
+    "--store", type=click.Path(file_okay=False), default=None,
+    help="Model store directory [default: $SPREADCODE_HOME/models or ~/.spreadcode/models].")
+QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+class _Cli(click.Group):
+    """A click group that turns exceptions into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("spreadcode: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 -- the CLI's last line of defence
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"spreadcode: error: {_one_line(exc)}", err=True)
+            ctx.exit(1)
+
+
+def _one_line(exc):
+    """The message of ``exc`` on one line, prefixed by its type unless it is ours."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (SpreadcodeError, OSError)):
+        return message
+    return f"{type(exc).__name__}: {message} (run with --debug for the traceback)"
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="spreadcode")
+@click.pass_context
+def main(ctx, debug):
+    """spreadcode: compress embedding vectors into compact, codebook-free codes and search them.
+
+    \b
+    Typical session:
+      spreadcode train learn.fvecs --bits 64        # learn a catalyzer (prints its hash)
+      spreadcode encode base.fvecs -o db.spc        # compress the database
+      spreadcode search db.spc queries.fvecs -k 100 --gt groundtruth.ivecs
+      spreadcode info db.spc
+
+    The catalyzer (a small MLP, Sablayrolles et al., ICLR 2019) spreads vectors uniformly on
+    a sphere; a fixed quantizer (spherical lattice or sign bits) turns them into codes that
+    need no codebook: decoding only needs the .spc header.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@main.command()
+@click.argument("learn_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--bits", type=int, default=64, show_default=True,
+              help="Code size per vector; picks d_out and r² from the table in "
+                   "`spreadcode.training` (16, 32, 64, 128, 256).")
+@click.option("--quantizer", type=click.Choice(["lattice", "sign"]), default="lattice",
+              show_default=True, help="Spherical lattice codes or sign bits.")
+@click.option("--dout", type=int, default=None, help="Output dimension of the catalyzer "
+              "(overrides the --bits table; with a lattice also give --r2).")
+@click.option("--r2", type=int, default=None, help="Squared radius of the lattice sphere.")
+@click.option("--lambda", "lam", default=None, metavar="L|auto",
+              help="KoLeo weight; default depends on d_out; 'auto' cross-validates a grid.")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: per device].")
+@click.option("--time-budget", type=float, default=None, metavar="MIN",
+              help="Stop after this many minutes (keeps the best checkpoint).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the model exactly to this path.")
+@STORE_OPTION
+@QUIET_OPTION
+def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, device, seed,
+          output, store, quiet):
+    """Train a catalyzer on LEARN_FILE (the bundled sample if omitted).
+
+    LEARN_FILE is .fvecs, .bvecs, .npy or an ann-benchmarks .h5 (its `train` set). Part of it
+    is held out for validation; the best checkpoint by validation 1-recall@10 is kept and
+    saved into the model store under its SHA-256. Ctrl-C stops early and keeps the best model.
+    """
+    from .training import train_command
+
+    if lam is not None and lam != "auto":
+        try:
+            lam = float(lam)
+        except ValueError:
+            raise click.BadParameter("expected a number or 'auto'", param_hint="--lambda")
+    summary = train_command(
+        learn_file, bits=bits, quantizer=quantizer, dout=dout, r2=r2, lam=lam,
+        epochs=epochs, time_budget_min=time_budget, device=device, output=output,
+        store=store, seed=seed, progress=not quiet)
+    click.echo(summary.report())
+
+
+@main.command()
+@click.argument("input_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .spc file to write (written whole or not at all).")
+@click.option("--model", default="latest", show_default=True,
+              help="Catalyzer: hash (or unique prefix), path, or 'latest'.")
+@click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Vectors per batch; bounds peak memory.")
+@STORE_OPTION
+@QUIET_OPTION
+def encode(input_file, output, model, batch, store, quiet):
+    """Compress INPUT_FILE (.fvecs/.bvecs/.npy/.h5) into a .spc file."""
+    from .search import encode_file
+
+    summary = encode_file(input_file, output, model=model, store=store, batch=batch,
+                          progress=not quiet)
+    click.echo(f"wrote {summary.output}: {summary.count} codes, {summary.quantizer}, "
+               f"{summary.bits} bits/vector, {summary.output_bytes} bytes "
+               f"(compression {summary.compression_ratio:.1f}x vs float32), "
+               f"catalyzer {summary.catalyzer_sha256[:12]}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-k", type=click.IntRange(min=1), default=None,
+              help="Number of neighbours per query [default: 10].")
+@click.option("--radius", type=float, default=None,
+              help="Range search: every code within this distance (instead of -k).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Results file: .ivecs (+ .distances.fvecs), .npy, .h5; TSV on stdout "
+                   "if omitted.")
+@click.option("--gt", type=click.Path(dir_okay=False), default=None,
+              help="Ground-truth ids (.ivecs/.npy/.h5); prints 1-recall@1/10/100.")
+@click.option("--model", default=None,
+              help="Catalyzer to use [default: the one named in the .spc header].")
+@STORE_OPTION
+def search(paths, k, radius, output, gt, model, store):
+    """Search DB.spc [DB2.spc ...] for the vectors of QUERIES (the last path).
+
+    Several .spc files are searched as one collection with global ids (file order).
+    Distances are squared L2 between the catalyzed query and the decoded codes on the unit
+    sphere. Results go to --output, or to stdout as TSV (query, rank, id, distance).
+    """
+    from . import search as search_lib
+
+    if len(paths) < 2:
+        raise click.UsageError("give at least one .spc file and a queries file")
+    if k is not None and radius is not None:
+        raise click.UsageError("-k and --radius exclude each other")
+    *db_paths, queries = paths
+    result = search_lib.search_files(db_paths, queries, k=k or 10, radius=radius,
+                                     model=model, store=store)
+    if output:
+        for written in search_lib.write_results(output, result):
+            click.echo(f"wrote {written}", err=gt is None)
+    elif gt is None:
+        search_lib.write_tsv(sys.stdout, result)
+    if gt is not None:
+        if radius is not None:
+            raise click.UsageError("--gt needs -k (recall of a range search is not defined)")
+        from .vecio import read_groundtruth
+
+        recalls = search_lib.recall_at(result.ids, read_groundtruth(gt))
+        click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in recalls.items()))
+
+
+@main.command()
+@click.argument("spc_file", type=click.Path(dir_okay=False))
+@STORE_OPTION
+def info(spc_file, store):
+    """Show the header of a .spc file, its checksum status and the matching models."""
+    from .info import describe_file
+
+    report = describe_file(spc_file, store_path=store)
+    for key, value in report.rows:
+        click.echo(f"{key + ':':<22}{value}")
+    report.raise_if_corrupt()
+
+
+@main.command()
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs for the demo catalyzer [default: a ~1 minute run].")
+@QUIET_OPTION
+def demo(epochs, quiet):
+    """Train, encode and search the bundled sample; print recall and compression."""
+    from .demo import run_demo
+
+    report = run_demo(epochs=epochs, progress=not quiet)
+    click.echo(report.text())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
