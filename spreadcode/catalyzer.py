@@ -1,0 +1,170 @@
+"""The catalyzer: an MLP that maps input vectors onto the unit sphere of R^d_out, and its model file.
+
+Architecture (Sablayrolles et al. 2019, §4): preprocessing (centre, then one global scale, both
+learned from the training set and stored as buffers so encode and search apply exactly the same
+transform) -> Linear(d_in, h) - BatchNorm - ReLU - Linear(h, h) - BatchNorm - ReLU -
+Linear(h, d_out) -> L2 normalisation.
+
+Model file: safetensors with the module's state dict and one JSON metadata string (keys sorted)
+``{"artifact": "catalyzer", "format_version": 1, "arch": {"d_in", "hidden", "d_out"},
+"quantizer": {"kind", "d", "param"}, "lambda", "training": {...}}``. The same weights and
+metadata give the same bytes, hence the same SHA-256, which names the model in the store.
+"""
+import hashlib
+import json
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from spreadcode import store as model_store
+from spreadcode.errors import SpreadcodeError
+
+ARTIFACT_KIND = "catalyzer"
+
+
+class Catalyzer(nn.Module):
+    """Preprocessing + 3-layer MLP + L2 normalisation: float32 (n, d_in) -> unit float32 (n, d_out).
+
+    Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
+    ``(x - center) * scale``; `fit_preprocessing` sets them from training vectors.
+    """
+
+    def __init__(self, d_in, d_out, hidden=1024):
+        super().__init__()
+        self.d_in, self.d_out, self.hidden = int(d_in), int(d_out), int(hidden)
+        self.register_buffer("center", torch.zeros(self.d_in))
+        self.register_buffer("scale", torch.ones(1))
+        self.mlp = nn.Sequential(
+            nn.Linear(self.d_in, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+            nn.Linear(self.hidden, self.d_out),
+        )
+
+    @torch.no_grad()
+    def fit_preprocessing(self, x):
+        """Centre on the mean and divide by the RMS coordinate of the centred vectors.
+
+        x: float32 tensor (n, d_in). Makes training invariant to the data's offset and global
+        scale (uint8 SIFT in 0..255 and unit-norm embeddings train alike) without changing
+        neighbourhoods. Raises SpreadcodeError when all vectors are identical.
+        """
+        center = x.double().mean(dim=0)
+        rms = ((x.double() - center) ** 2).mean().sqrt()
+        if not rms > 0:
+            raise SpreadcodeError("all training vectors are identical: nothing to learn")
+        self.center.copy_(center.float())
+        self.scale.fill_(float(1.0 / rms))
+
+    def forward(self, x):
+        """x: float32 tensor (n, d_in) -> float32 tensor (n, d_out) of unit rows."""
+        return nn.functional.normalize(self.mlp((x - self.center) * self.scale), dim=1)
+
+
+def model_device(model):
+    """The torch device the model's parameters live on."""
+    return next(model.parameters()).device
+
+
+def catalyze(model, vectors, batch=65536):
+    """Map vectors through the catalyzer (eval mode, no gradients, in chunks of ``batch`` rows).
+
+    vectors: array-like (n, d_in), any real dtype (converted to float32) ->
+    float32 (n, d_out) unit rows, C-contiguous numpy. Raises SpreadcodeError for a wrong shape
+    or dimension (naming both) and for NaN/Inf values.
+    """
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != model.d_in:
+        got = vectors.shape[1] if vectors.ndim == 2 else f"shape {vectors.shape}"
+        raise SpreadcodeError(f"vectors have dimension {got} but the catalyzer expects d_in={model.d_in}")
+    if not np.issubdtype(vectors.dtype, np.number) or np.issubdtype(vectors.dtype, np.complexfloating):
+        raise SpreadcodeError(f"vectors must be real numbers, got dtype {vectors.dtype}")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    out = np.empty((vectors.shape[0], model.d_out), dtype=np.float32)
+    try:
+        with torch.no_grad():
+            for start in range(0, vectors.shape[0], batch):
+                chunk = np.ascontiguousarray(vectors[start:start + batch], dtype=np.float32)
+                finite = np.isfinite(chunk).all(axis=1)
+                if not finite.all():
+                    raise SpreadcodeError(
+                        f"vector {start + int(np.argmin(finite))} contains NaN or Inf values")
+                out[start:start + batch] = model(torch.from_numpy(chunk).to(device)).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _metadata_json(model, meta):
+    """The sorted-key JSON header string for ``model`` plus caller meta (quantizer, lambda, training)."""
+    quantizer = meta.get("quantizer")
+    if not isinstance(quantizer, dict) or set(quantizer) != {"kind", "d", "param"}:
+        raise SpreadcodeError("catalyzer metadata needs quantizer = {'kind', 'd', 'param'}")
+    if quantizer["d"] != model.d_out:
+        raise SpreadcodeError(f"quantizer dimension {quantizer['d']} != catalyzer d_out {model.d_out}")
+    header = {
+        "artifact": ARTIFACT_KIND,
+        "format_version": model_store.FORMAT_VERSION,
+        "arch": {"d_in": model.d_in, "hidden": model.hidden, "d_out": model.d_out},
+        "quantizer": quantizer,
+        "lambda": meta.get("lambda"),
+        "training": meta.get("training", {}),
+    }
+    return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def catalyzer_bytes(model, meta):
+    """The model file's bytes: safetensors of the state dict + the spreadcode JSON metadata.
+
+    meta: dict with "quantizer" ({"kind", "d", "param"}), "lambda" and "training" (JSON values).
+    Deterministic: identical weights and meta give identical bytes.
+    """
+    tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
+    return safetensors.torch.save(tensors, metadata={model_store.METADATA_KEY: _metadata_json(model, meta)})
+
+
+def save_catalyzer(model, meta, path=None, store=None):
+    """Save the model into the store (``<store>/<sha>.safetensors``) and, if given, to exactly ``path``.
+
+    meta: see `catalyzer_bytes`. Returns (sha256 hex, Path in the store).
+    """
+    data = catalyzer_bytes(model, meta)
+    sha, stored = model_store.save_artifact(data, store)
+    if path is not None:
+        model_store.write_file(path, data)
+    return sha, stored
+
+
+def load_catalyzer(ref, store=None):
+    """Load a catalyzer by path, hash (or unique prefix ≥ 8 hex digits) or "latest".
+
+    Returns (model in eval mode on the CPU, meta) where meta is the file's spreadcode metadata
+    plus "sha256" (hash of the file bytes) and "path". Raises SpreadcodeError for foreign,
+    corrupt or non-catalyzer files.
+    """
+    path = model_store.resolve(ref, store, kind=ARTIFACT_KIND)
+    meta = model_store.read_metadata(path)
+    if meta["artifact"] != ARTIFACT_KIND:
+        raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a catalyzer")
+    arch = meta.get("arch")
+    if not isinstance(arch, dict) or not all(isinstance(arch.get(key), int) and arch[key] > 0
+                                             for key in ("d_in", "hidden", "d_out")):
+        raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (bad 'arch')")
+    data = path.read_bytes()
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error type for malformed data
+        raise SpreadcodeError(f"{path}: corrupt model file ({exc})") from None
+    model = Catalyzer(arch["d_in"], arch["d_out"], arch["hidden"])
+    expected = model.state_dict()
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape
+                                            or tensors[k].dtype != expected[k].dtype for k in expected):
+        raise SpreadcodeError(f"{path}: corrupt catalyzer (tensors do not match arch {arch})")
+    model.load_state_dict(tensors)
+    model.eval()
+    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    meta["path"] = str(path)
+    return model, meta

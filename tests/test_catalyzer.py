@@ -1,0 +1,171 @@
+"""Catalyzer module, catalyze(), and the model file round-trip through the store."""
+import json
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from spreadcode import store
+from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, load_catalyzer, save_catalyzer
+from spreadcode.errors import SpreadcodeError
+from spreadcode.sample import load_sample
+
+META = {"quantizer": {"kind": "lattice", "d": 8, "param": 10}, "lambda": 0.02,
+        "training": {"seed": 0, "epochs": 1}}
+
+
+def small_model(seed=0, d_in=96, d_out=8, hidden=32, fit_on=None):
+    """A catalyzer with seeded random weights, preprocessing fitted on ``fit_on`` (sample learn)."""
+    torch.manual_seed(seed)
+    model = Catalyzer(d_in, d_out, hidden)
+    data = load_sample().learn[:500] if fit_on is None else fit_on
+    model.fit_preprocessing(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)))
+    # Non-trivial BatchNorm running statistics, as after training.
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.ascontiguousarray(data[:200], dtype=np.float32)))
+    return model.eval()
+
+
+def test_outputs_are_unit_vectors_of_d_out():
+    out = catalyze(small_model(), load_sample().base[:300])
+    assert out.shape == (300, 8) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+
+
+def test_preprocessing_makes_offset_and_scale_irrelevant():
+    x = load_sample().learn[:400]
+    a = small_model(seed=3, fit_on=x)
+    b = small_model(seed=3, fit_on=x * 255.0 + 7.0)
+    assert float(b.scale) == pytest.approx(float(a.scale) / 255.0, rel=1e-5)
+    np.testing.assert_allclose(catalyze(a, x[:50]), catalyze(b, x[:50] * 255.0 + 7.0), atol=1e-4)
+
+
+def test_fit_preprocessing_centres_and_scales_to_unit_rms():
+    x = torch.from_numpy(load_sample().learn[:1000]) * 40 + 3
+    model = Catalyzer(96, 8, 16)
+    model.fit_preprocessing(x)
+    z = (x - model.center) * model.scale
+    assert float(z.mean(dim=0).abs().max()) < 1e-4
+    assert float((z ** 2).mean()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_identical_training_vectors_rejected():
+    with pytest.raises(SpreadcodeError, match="identical"):
+        Catalyzer(4, 2, 8).fit_preprocessing(torch.ones(10, 4))
+
+
+def test_catalyze_is_chunk_independent_and_restores_mode():
+    model = small_model().train()
+    x = load_sample().base[:100]
+    whole = catalyze(model, x)
+    assert model.training
+    np.testing.assert_allclose(catalyze(model, x, batch=7), whole, atol=1e-6)
+    np.testing.assert_allclose(catalyze(model, x.astype(np.float64)), whole, atol=1e-6)
+
+
+def test_catalyze_wrong_dimension_names_both():
+    with pytest.raises(SpreadcodeError, match="dimension 95 but the catalyzer expects d_in=96"):
+        catalyze(small_model(), np.zeros((3, 95), np.float32))
+    with pytest.raises(SpreadcodeError, match=r"shape \(96,\)"):
+        catalyze(small_model(), np.zeros(96, np.float32))
+
+
+def test_catalyze_rejects_nan_and_non_numbers():
+    x = np.array(load_sample().base[:20])
+    x[13, 5] = np.nan
+    with pytest.raises(SpreadcodeError, match="vector 13 contains NaN"):
+        catalyze(small_model(), x, batch=8)
+    with pytest.raises(SpreadcodeError, match="real numbers"):
+        catalyze(small_model(), np.array([["a"] * 96]))
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    model = small_model(seed=1)
+    out_path = tmp_path / "exact-name"
+    sha, stored = save_catalyzer(model, META, path=out_path, store=tmp_path / "store")
+    assert stored == tmp_path / "store" / f"{sha}.safetensors"
+    assert out_path.read_bytes() == stored.read_bytes()
+    assert store.sha256_file(out_path) == sha
+    for ref in (sha, sha[:10], str(out_path), "latest"):
+        loaded, meta = load_catalyzer(ref, store=tmp_path / "store")
+        assert not loaded.training
+        assert meta["sha256"] == sha
+        assert meta["arch"] == {"d_in": 96, "hidden": 32, "d_out": 8}
+        assert meta["quantizer"] == META["quantizer"] and meta["training"] == META["training"]
+        x = load_sample().query
+        assert np.array_equal(catalyze(loaded, x), catalyze(model, x))
+    resaved, _ = save_catalyzer(loaded, META, store=tmp_path / "store2")
+    assert resaved == sha
+
+
+def test_metadata_is_one_sorted_json_string(tmp_path):
+    data = catalyzer_bytes(small_model(), META)
+    path = tmp_path / "m"
+    path.write_bytes(data)
+    header_len = int.from_bytes(data[:8], "little")
+    raw = json.loads(data[8:8 + header_len])["__metadata__"]
+    assert list(raw) == ["spreadcode"]
+    meta = json.loads(raw["spreadcode"])
+    assert raw["spreadcode"] == json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    assert meta["artifact"] == "catalyzer" and meta["format_version"] == 1
+    assert set(safetensors.torch.load(data)) == set(small_model().state_dict())
+
+
+def test_hash_changes_with_weights_or_metadata():
+    base = catalyzer_bytes(small_model(seed=0), META)
+    assert catalyzer_bytes(small_model(seed=0), META) == base
+    assert catalyzer_bytes(small_model(seed=1), META) != base
+    assert catalyzer_bytes(small_model(seed=0), {**META, "lambda": 0.01}) != base
+
+
+def test_save_rejects_inconsistent_quantizer(tmp_path):
+    with pytest.raises(SpreadcodeError, match="quantizer dimension 24 != catalyzer d_out 8"):
+        save_catalyzer(small_model(), {**META, "quantizer": {"kind": "lattice", "d": 24, "param": 79}},
+                       store=tmp_path)
+
+
+def test_load_rejects_foreign_safetensors(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    path.write_bytes(safetensors.torch.save({"weight": torch.zeros(3)}))
+    with pytest.raises(SpreadcodeError, match="without spreadcode metadata"):
+        load_catalyzer(path)
+
+
+def test_load_rejects_other_artifact_kinds(tmp_path):
+    path = tmp_path / "decoder.safetensors"
+    meta = json.dumps({"artifact": "decoder", "format_version": 1, "catalyzer": "0" * 64})
+    path.write_bytes(safetensors.torch.save({"w": torch.zeros(2)}, metadata={"spreadcode": meta}))
+    with pytest.raises(SpreadcodeError, match="a 'decoder' artifact, not a catalyzer"):
+        load_catalyzer(path)
+
+
+def test_load_rejects_tensors_not_matching_arch(tmp_path):
+    tensors = {k: v.contiguous() for k, v in small_model().state_dict().items()}
+    meta = {"artifact": "catalyzer", "format_version": 1, "arch": {"d_in": 95, "hidden": 32, "d_out": 8},
+            **META}
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"spreadcode": json.dumps(meta)}))
+    with pytest.raises(SpreadcodeError, match="tensors do not match arch"):
+        load_catalyzer(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "I32", "tensors do not match arch"),
+    ("shape", [64], "corrupt model file"),
+])
+def test_load_rejects_corrupt_tensor_data(tmp_path, field, value, message):
+    data = bytearray(catalyzer_bytes(small_model(), META))
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    assert header["mlp.1.weight"]["shape"] == [32] and header["mlp.1.weight"]["dtype"] == "F32"
+    header["mlp.1.weight"][field] = value  # same length in JSON: the header size is unchanged
+    new_header = json.dumps(header, separators=(",", ":")).encode().ljust(header_len)
+    assert len(new_header) == header_len
+    data[8:8 + header_len] = new_header
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SpreadcodeError, match=message) as info:
+        load_catalyzer(path)
+    assert str(path) in str(info.value)
