@@ -12,6 +12,7 @@ metadata give the same bytes, hence the same SHA-256, which names the model in t
 """
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import safetensors.torch
@@ -122,8 +123,36 @@ def catalyzer_bytes(model, meta):
     meta: dict with "quantizer" ({"kind", "d", "param"}), "lambda" and "training" (JSON values).
     Deterministic: identical weights and meta give identical bytes.
     """
-    tensors = {name: value.detach().to("cpu").contiguous() for name, value in model.state_dict().items()}
-    return safetensors.torch.save(tensors, metadata={model_store.METADATA_KEY: _metadata_json(model, meta)})
+    return state_dict_bytes(model, _metadata_json(model, meta))
+
+
+def state_dict_bytes(module, metadata_json):
+    """safetensors bytes of ``module``'s state dict (CPU, contiguous) with ``metadata_json`` (the
+    sorted-key JSON string) under the store's metadata key. Shared by every torch artifact kind."""
+    tensors = {name: value.detach().to("cpu").contiguous() for name, value in module.state_dict().items()}
+    return safetensors.torch.save(tensors, metadata={model_store.METADATA_KEY: metadata_json})
+
+
+def load_state_dict_file(path, module, what):
+    """Fill ``module`` (built with the architecture the metadata describes) from the artifact at
+    ``path`` and put it in eval mode. Returns the hex SHA-256 of the file bytes.
+
+    Raises SpreadcodeError for unreadable tensor data, or "corrupt <what>" when tensor names,
+    shapes or dtypes differ from the module's.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # safetensors raises its own error type for malformed data
+        raise SpreadcodeError(f"{path}: corrupt model file ({exc})") from None
+    expected = module.state_dict()
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape
+                                            or tensors[k].dtype != expected[k].dtype for k in expected):
+        raise SpreadcodeError(f"{path}: corrupt {what}")
+    module.load_state_dict(tensors)
+    module.eval()
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_catalyzer(model, meta, path=None, store=None):
@@ -153,18 +182,7 @@ def load_catalyzer(ref, store=None):
     if not isinstance(arch, dict) or not all(isinstance(arch.get(key), int) and arch[key] > 0
                                              for key in ("d_in", "hidden", "d_out")):
         raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (bad 'arch')")
-    data = path.read_bytes()
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as exc:  # safetensors raises its own error type for malformed data
-        raise SpreadcodeError(f"{path}: corrupt model file ({exc})") from None
     model = Catalyzer(arch["d_in"], arch["d_out"], arch["hidden"])
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape
-                                            or tensors[k].dtype != expected[k].dtype for k in expected):
-        raise SpreadcodeError(f"{path}: corrupt catalyzer (tensors do not match arch {arch})")
-    model.load_state_dict(tensors)
-    model.eval()
-    meta["sha256"] = hashlib.sha256(data).hexdigest()
+    meta["sha256"] = load_state_dict_file(path, model, f"catalyzer (tensors do not match arch {arch})")
     meta["path"] = str(path)
     return model, meta
