@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import numbers
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -149,14 +149,19 @@ class SpcWriter:
     def __init__(self, path, *, kind, d, param, bits, code_bytes, input_dim, input_dtype,
                  catalyzer_sha256=None, metadata=None, with_ids=False):
         self.path = Path(path)
+        for name, value in (("d", d), ("param", param), ("bits", bits),
+                            ("code_bytes", code_bytes), ("input_dim", input_dim)):
+            if not isinstance(value, numbers.Integral) or not 0 <= value < 2**32:
+                raise SpreadcodeError(f"{self.path}: {name} must be an integer in [0, 2^32), "
+                                      f"got {value!r}")
         _check_code_layout(kind, d, param, bits, code_bytes, self.path)
         if str(input_dtype) not in INPUT_DTYPES:
             raise SpreadcodeError(f"{self.path}: unsupported input dtype {input_dtype!r} "
                                   f"(expected one of {', '.join(INPUT_DTYPES)})")
         if input_dim < 1:
             raise SpreadcodeError(f"{self.path}: input dimension must be positive")
-        self._fields = dict(kind=kind, d=d, param=param, bits=bits, code_bytes=code_bytes,
-                            input_dim=input_dim, input_dtype=str(input_dtype),
+        self._fields = dict(kind=kind, d=int(d), param=int(param), bits=int(bits),
+                            code_bytes=int(code_bytes), input_dim=int(input_dim), input_dtype=str(input_dtype),
                             flags=FLAG_HAS_IDS if with_ids else 0,
                             catalyzer=_catalyzer_bytes(catalyzer_sha256, self.path))
         self._metadata = _metadata_bytes(metadata, self.path)

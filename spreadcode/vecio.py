@@ -274,8 +274,9 @@ def check_finite(x, what, first_row=0):
 @contextmanager
 def atomic_output(path):
     """Write a file all-or-nothing: yields a binary file (read/write/seek, so h5py can use it)
-    opened at a hidden temp path in the target's directory; on clean exit it is fsynced and renamed onto ``path``, on any
-    exception (Ctrl-C included) it is deleted and the exception re-raised."""
+    opened at a hidden temp path in the target's directory; on clean exit it is fsynced and
+    renamed onto ``path``, on any exception (Ctrl-C included) it is deleted and the exception
+    re-raised."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:

@@ -1,13 +1,18 @@
 """The .spc container: layout per formats/spc.md, determinism, atomic writing, and a clear
 error for every kind of damage."""
 import hashlib
+import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spreadcode import container
+from spreadcode import container, lattice, signs
 from spreadcode.errors import SpreadcodeError
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "formats" / "golden"
+GOLDEN_NAMES = ["lattice-d24-r79", "lattice-d48-r135", "sign-d20-ids"]
 
 CATALYZER = bytes(range(32))
 LATTICE = dict(kind="lattice", d=24, param=79, bits=41, code_bytes=8)
@@ -243,6 +248,8 @@ def test_newer_minor_version_is_read(tmp_path):
     (dict(kind="sign", d=20, param=20, bits=20, code_bytes=2), "take 3 bytes, not 2"),
     (dict(kind="sign", d=20, param=16, bits=20, code_bytes=3), "one bit per dimension"),
     (dict(d=0), "must be positive"),
+    (dict(d=24.0), r"d must be an integer in \[0, 2\^32\), got 24.0"),
+    (dict(input_dim=2**32), "input_dim must be an integer"),
     (dict(input_dtype="complex64"), "unsupported input dtype"),
     (dict(input_dim=0), "input dimension must be positive"),
     (dict(catalyzer_sha256="abc"), "64 hex digits"),
@@ -320,3 +327,50 @@ def test_metadata_must_be_a_json_object(tmp_path):
     rehash_header(path)
     with pytest.raises(SpreadcodeError, match="metadata is not a JSON object"):
         container.open_spc(path)
+
+
+def test_golden_files_are_all_tested():
+    assert sorted(p.stem for p in GOLDEN_DIR.glob("*.spc")) == GOLDEN_NAMES
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_file_decodes_to_its_expected_content(name):
+    expected = json.loads((GOLDEN_DIR / f"{name}.json").read_text())
+    spc = container.open_spc(GOLDEN_DIR / f"{name}.spc")
+    h = spc.header
+    want = expected["header"]
+    assert [h.version_major, h.version_minor] == want["version"]
+    assert (h.kind, h.d, h.param, h.bits, h.code_bytes, h.count) == (
+        want["kind"], want["d"], want["param"], want["bits"], want["code_bytes"], want["count"])
+    assert (h.input_dim, h.input_dtype, h.has_ids) == (
+        want["input_dim"], want["input_dtype"], want["has_ids"])
+    assert (h.catalyzer_sha256, h.metadata) == (want["catalyzer_sha256"], want["metadata"])
+    if expected["ids"] is None:
+        assert spc.ids is None
+    else:
+        np.testing.assert_array_equal(spc.ids, expected["ids"])
+    if h.kind == "lattice":
+        # the spec's layout: each code is one little-endian integer of code_bytes bytes
+        values = [int.from_bytes(row.tobytes(), "little") for row in spc.codes_bytes]
+        assert values == [int(v) for v in expected["codes"]]
+        words = np.ascontiguousarray(spc.codes_bytes).view("<u8")
+        points = lattice.decode(words[:, 0] if words.shape[1] == 1 else words, h.d, h.param)
+        np.testing.assert_array_equal(points, expected["points"])
+        assert ((points.astype(np.int64) ** 2).sum(axis=1) == h.param).all()
+    else:
+        s = signs.unpack(np.ascontiguousarray(spc.codes_bytes), h.d)
+        np.testing.assert_array_equal(s, expected["signs"])
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_writer_reproduces_golden_files_byte_for_byte(tmp_path, name):
+    golden = container.open_spc(GOLDEN_DIR / f"{name}.spc")
+    h = golden.header
+    path = tmp_path / "copy.spc"
+    with container.SpcWriter(path, kind=h.kind, d=h.d, param=h.param, bits=h.bits,
+                             code_bytes=h.code_bytes, input_dim=h.input_dim,
+                             input_dtype=h.input_dtype,
+                             catalyzer_sha256=h.catalyzer_sha256, metadata=h.metadata,
+                             with_ids=h.has_ids) as writer:
+        writer.append(golden.codes_bytes, golden.ids)
+    assert path.read_bytes() == (GOLDEN_DIR / f"{name}.spc").read_bytes()
