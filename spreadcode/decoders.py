@@ -1,0 +1,594 @@
+"""Learned decoders: from a code back to the input space, and re-ranking with them.
+
+Amara, Douze, Sablayrolles & Jégou (2021), *Nearest neighbor search with compact codes: a
+decoder perspective*, read a compact code as the bottleneck of an auto-encoder whose encoder is
+fixed (here: catalyzer + quantizer) and show that a decoder learned afterwards, for the same
+codes, reconstructs better and finds neighbours better. The catalyzer has no inverse, so a
+code's plain decoding lives on the unit sphere of R^d_out; a decoder maps the quantizer's
+reconstruction r (z/r for the lattice, s/√d for signs), float32 (n, d), to an estimate of the
+input vector, float32 (n, d_in):
+
+* linear: x̂ = W r + b, closed-form least squares (normal equations in float64);
+* mlp: the same linear map plus a learned correction, x̂ = W r + b + s·MLP(r), with
+  MLP = Linear(d, h)-BN-ReLU-Linear(h, h)-BN-ReLU-Linear(h, d_in) trained by Adam on the squared
+  error of the linear map's residual, and s the RMS of that residual (so the MLP learns at unit
+  scale whatever the data's scale).
+
+Existing .spc files are never rewritten: a decoder is its own artifact in the model store
+(safetensors named by its SHA-256) that records the catalyzer it belongs to. Metadata (JSON,
+sorted keys, under "spreadcode"): {"artifact": "decoder", "format_version": 1, "catalyzer":
+sha256, "quantizer": {"kind", "d", "param"}, "d_in", "decoder": {"kind", "hidden"},
+"training": {"seed", "n_train", "n_val", "val_mse", "baseline_val_mse", ...}}.
+
+Search with a decoder: `rerank_search` re-ranks the compressed-domain shortlist of N candidates
+by the squared L2 distance between the raw query and the decoded candidates; `decoded_search`
+decodes every code (in blocks) and ranks all of them that way (for sign codes: no Hamming).
+"""
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from spreadcode import store as model_store
+from spreadcode import vecio
+from spreadcode.catalyzer import catalyze, load_catalyzer, load_state_dict_file, state_dict_bytes
+from spreadcode.errors import SpreadcodeError
+from spreadcode.knn import exact_knn
+from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
+                               merge_topk, open_collection, search_files)
+
+ARTIFACT_KIND = "decoder"
+DECODER_KINDS = ("linear", "mlp")
+HELD_OUT_FRACTION = 0.05
+MLP_HIDDEN = 1024
+MLP_EPOCHS = 30
+MLP_BATCH = 256
+MLP_LR = 1e-3
+# Default shortlist for re-ranking: max(RERANK_FACTOR · k, RERANK_MIN) candidates.
+RERANK_FACTOR = 10
+RERANK_MIN = 100
+DECODE_BATCH = 65536
+# rerank_search decodes the whole collection once when that is cheaper and fits in this much.
+DECODE_ALL_BYTES = 512 << 20
+# fit_linear accumulates its normal equations over chunks of about this many float64 values.
+LSTSQ_CHUNK_VALUES = 1 << 23
+
+
+class DecoderNet(nn.Module):
+    """Code reconstruction float32 (n, d) -> input-space estimate float32 (n, d_in).
+
+    ``linear`` is nn.Linear(d, d_in); with ``hidden`` the module also has ``mlp`` (the
+    correction, see the module docstring) and the buffer ``residual_scale`` float32 (1,).
+    """
+
+    def __init__(self, d, d_in, hidden=None):
+        super().__init__()
+        self.d, self.d_in = int(d), int(d_in)
+        self.hidden = None if hidden is None else int(hidden)
+        self.linear = nn.Linear(self.d, self.d_in)
+        self.mlp = None
+        if self.hidden is not None:
+            self.register_buffer("residual_scale", torch.ones(1))
+            self.mlp = nn.Sequential(
+                nn.Linear(self.d, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+                nn.Linear(self.hidden, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+                nn.Linear(self.hidden, self.d_in),
+            )
+
+    @property
+    def kind(self):
+        """"linear" or "mlp"."""
+        return "linear" if self.mlp is None else "mlp"
+
+    def forward(self, r):
+        """r: float32 tensor (n, d) -> float32 tensor (n, d_in)."""
+        out = self.linear(r)
+        if self.mlp is not None:
+            out = out + self.residual_scale * self.mlp(r)
+        return out
+
+    def predict(self, inputs, batch=DECODE_BATCH):
+        """Eval-mode, no-grad forward in chunks: array (n, d) -> float32 numpy (n, d_in)."""
+        inputs = np.asarray(inputs)
+        out = np.empty((inputs.shape[0], self.d_in), dtype=np.float32)
+        device = self.linear.weight.device
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, inputs.shape[0], batch):
+                    chunk = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+                    out[start:start + batch] = self(torch.from_numpy(chunk).to(device)).cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+
+def fit_linear(inputs, targets, batch=None):
+    """Least-squares affine map from ``inputs`` to ``targets``: argmin ‖[inputs, 1] A − targets‖².
+
+    inputs: real array (n, d) (any code representation: reconstructions, ±1 bits, one-hot);
+    targets: real array (n, d_out). The normal equations are accumulated in float64 over chunks
+    of ``batch`` rows (default: about LSTSQ_CHUNK_VALUES values per chunk; memory
+    O(batch·d + d² + d·d_out)) and solved by `numpy.linalg.lstsq`, which gives
+    the minimum-norm solution when the inputs are collinear (e.g. one-hot blocks).
+    Returns (weight float32 (d_out, d), bias float32 (d_out,)), nn.Linear's layout.
+    """
+    n, d = inputs.shape
+    batch = batch or max(1, LSTSQ_CHUNK_VALUES // (d + 1))
+    gram = np.zeros((d + 1, d + 1))
+    moment = np.zeros((d + 1, targets.shape[1]))
+    for start in range(0, n, batch):
+        chunk = np.asarray(inputs[start:start + batch], dtype=np.float64)
+        design = np.hstack([chunk, np.ones((chunk.shape[0], 1))])
+        gram += design.T @ design
+        moment += design.T @ np.asarray(targets[start:start + batch], dtype=np.float64)
+    solution = np.linalg.lstsq(gram, moment, rcond=None)[0]
+    return (np.ascontiguousarray(solution[:d].T, dtype=np.float32),
+            np.ascontiguousarray(solution[d], dtype=np.float32))
+
+
+def squared_error(predicted, targets):
+    """Mean over rows of ‖predicted − target‖² (squared L2 per vector), in float64.
+
+    predicted, targets: real arrays (n, d_in) -> float."""
+    diff = np.asarray(predicted, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
+    return float(np.einsum("ij,ij->i", diff, diff).mean())
+
+
+def _pick_device():
+    """CUDA when available, else the CPU with every core this process may use."""
+    from spreadcode.training import resolve_device
+
+    return resolve_device("auto")
+
+
+def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EPOCHS,
+                seed=0, held_out=None, progress=False):
+    """Learn a decoder from code representations to input vectors.
+
+    inputs: float (n, d); targets: float (n, d_in); n ≥ 2. ``kind="linear"``: `fit_linear`
+    only. ``kind="mlp"``: `fit_linear`, then the MLP correction of its residual, ``epochs``
+    passes of Adam (batches of MLP_BATCH, cosine learning-rate decay from MLP_LR, seeded by
+    ``seed``). ``held_out``: optional (inputs, targets) whose squared error the progress bar
+    shows. Returns a DecoderNet in eval mode on the CPU.
+    """
+    if kind not in DECODER_KINDS:
+        raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    targets = np.ascontiguousarray(targets, dtype=np.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DecoderNet(inputs.shape[1], targets.shape[1], hidden if kind == "mlp" else None)
+    weight, bias = fit_linear(inputs, targets)
+    with torch.no_grad():
+        net.linear.weight.copy_(torch.from_numpy(weight))
+        net.linear.bias.copy_(torch.from_numpy(bias))
+    if kind == "mlp":
+        if not (isinstance(epochs, int) and epochs >= 1):
+            raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
+        _train_correction(net, inputs, targets, epochs, seed, held_out, progress)
+    return net.eval()
+
+
+def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
+    """Train ``net.mlp`` (the linear part stays fixed) on the linear map's scaled residual."""
+    device = _pick_device()
+    net.to(device)
+    x = torch.from_numpy(inputs).to(device)
+    with torch.no_grad():
+        residual = torch.from_numpy(targets).to(device) - net.linear(x)
+        scale = residual.pow(2).mean().sqrt().clamp(min=torch.finfo(torch.float32).tiny)
+        net.residual_scale.fill_(float(scale))
+        residual /= scale
+    n = x.shape[0]
+    batch = min(MLP_BATCH, n)
+    steps = n // batch
+    optimizer = torch.optim.Adam(net.mlp.parameters(), lr=MLP_LR)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
+    rng = np.random.default_rng(seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs, desc="train decoder", unit="epoch", dynamic_ncols=True)
+    try:
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(n)).to(device)
+            net.train()
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            for step in range(steps):
+                rows = order[step * batch:(step + 1) * batch]
+                loss = (net.mlp(x[rows]) - residual[rows]).pow(2).sum(dim=1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.detach()
+            if bar is not None:
+                text = f"train squared error {float(total) / steps * float(scale) ** 2:.4f}"
+                if held_out is not None:
+                    text += f"  held-out {squared_error(net.predict(held_out[0]), held_out[1]):.4f}"
+                bar.set_postfix_str(text, refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    net.cpu()
+
+
+def held_out_split(n, seed):
+    """Seeded split of n learn rows -> (train rows, held-out rows), sorted int64 arrays;
+    the held-out part is HELD_OUT_FRACTION of n (at least one row)."""
+    n_val = max(1, round(HELD_OUT_FRACTION * n))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HIDDEN, epochs=None,
+                  seed=0, progress=False):
+    """Encode ``learn`` with the catalyzer and its quantizer, learn a decoder of the codes.
+
+    learn: real array (n, d_in); catalyzer, catalyzer_meta: as returned by `load_catalyzer`.
+    HELD_OUT_FRACTION of the vectors (seeded split) are held out to measure the squared error
+    per vector of the decoder and of the linear baseline. ``epochs``: MLP epochs (default
+    MLP_EPOCHS; not allowed for a linear decoder), ``hidden``: MLP width. Returns (DecoderNet, metadata for
+    `save_decoder`).
+    """
+    if kind not in DECODER_KINDS:
+        raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
+    if kind == "linear" and epochs is not None:
+        raise SpreadcodeError("epochs only apply to the mlp decoder; a linear decoder is solved in closed form")
+    quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])
+    catalyzed = catalyze(catalyzer, learn)
+    targets = np.ascontiguousarray(learn, dtype=np.float32)
+    n = targets.shape[0]
+    train_rows, val_rows = held_out_split(n, seed)
+    if len(train_rows) < quantizer.d + 2:
+        raise SpreadcodeError(
+            f"{n} learn vectors are too few to train a decoder of d={quantizer.d} codes "
+            f"(need at least {math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1})")
+    inputs = np.ascontiguousarray(quantizer.reconstruct(quantizer.quantize(catalyzed)), dtype=np.float32)
+    held_out = (inputs[val_rows], targets[val_rows])
+    epochs = MLP_EPOCHS if kind == "mlp" and epochs is None else epochs
+    net = fit_decoder(inputs[train_rows], targets[train_rows], kind=kind, hidden=hidden,
+                      epochs=epochs, seed=seed, held_out=held_out, progress=progress)
+    with torch.no_grad():
+        baseline = net.linear(torch.from_numpy(held_out[0])).numpy()
+    meta = {
+        "catalyzer": catalyzer_meta["sha256"],
+        "quantizer": catalyzer_meta["quantizer"],
+        "d_in": int(targets.shape[1]),
+        "decoder": {"kind": kind, "hidden": net.hidden},
+        "training": {
+            "seed": seed, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
+            "epochs": epochs, "batch_size": MLP_BATCH if kind == "mlp" else None,
+            "lr": MLP_LR if kind == "mlp" else None,
+            "val_mse": squared_error(net.predict(held_out[0]), held_out[1]),
+            "baseline_val_mse": squared_error(baseline, held_out[1]),
+            "data": {"n": int(n), "d": int(targets.shape[1]),
+                     "sha256": hashlib.sha256(targets.tobytes()).hexdigest()},
+        },
+    }
+    return net, meta
+
+
+def decoder_bytes(net, meta):
+    """The decoder file's bytes: safetensors of ``net`` + sorted-key JSON metadata.
+
+    meta: {"catalyzer", "quantizer", "d_in", "decoder", "training"} (see the module docstring).
+    Deterministic: the same weights and meta give the same bytes.
+    """
+    if meta["decoder"]["kind"] != net.kind or meta["d_in"] != net.d_in \
+            or meta["quantizer"]["d"] != net.d:
+        raise SpreadcodeError("decoder metadata does not describe this network")
+    header = {"artifact": ARTIFACT_KIND, "format_version": model_store.FORMAT_VERSION,
+              **{key: meta[key] for key in ("catalyzer", "quantizer", "d_in", "decoder", "training")}}
+    return state_dict_bytes(net, json.dumps(header, sort_keys=True, separators=(",", ":"),
+                                            allow_nan=False))
+
+
+def save_decoder(net, meta, path=None, store=None):
+    """Save into the store (``<store>/<sha>.safetensors``) and, if given, to exactly ``path``.
+    Returns (sha256 hex, Path in the store)."""
+    data = decoder_bytes(net, meta)
+    sha, stored = model_store.save_artifact(data, store)
+    if path is not None:
+        model_store.write_file(path, data)
+    return sha, stored
+
+
+@dataclass
+class Decoder:
+    """A decoder loaded from its artifact: ``net`` (DecoderNet, eval mode, CPU), ``meta`` (the
+    file's metadata plus "sha256" and "path") and the ``quantizer`` of the codes it decodes."""
+
+    net: DecoderNet
+    meta: dict
+    quantizer: object
+
+    @property
+    def sha256(self):
+        return self.meta["sha256"]
+
+    @property
+    def kind(self):
+        return self.meta["decoder"]["kind"]
+
+    @property
+    def catalyzer_sha256(self):
+        return self.meta["catalyzer"]
+
+    @property
+    def d_in(self):
+        return self.net.d_in
+
+    def decode(self, codes, batch=DECODE_BATCH):
+        """Codes as the quantizer stores them (n, ...) -> float32 (n, d_in), ``batch`` at a time."""
+        out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
+        for start in range(0, codes.shape[0], batch):
+            stop = start + batch
+            out[start:stop] = self.net.predict(self.quantizer.reconstruct(codes[start:stop]), batch)
+        return out
+
+
+def _positive_int(meta, key):
+    return isinstance(meta.get(key), int) and not isinstance(meta[key], bool) and meta[key] > 0
+
+
+def load_decoder(ref, store=None):
+    """Load a decoder by path, hash (or unique prefix of ≥ 8 hex digits) or "latest".
+
+    Returns a Decoder. Raises SpreadcodeError for foreign, corrupt or non-decoder files.
+    """
+    path = model_store.resolve(ref, store, kind=ARTIFACT_KIND)
+    meta = model_store.read_metadata(path)
+    if meta["artifact"] != ARTIFACT_KIND:
+        raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a decoder")
+    spec, quantizer_spec = meta.get("decoder"), meta.get("quantizer")
+    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS and _positive_int(meta, "d_in")
+            and (spec["kind"] == "linear" or _positive_int(spec, "hidden"))
+            and isinstance(meta.get("catalyzer"), str) and isinstance(quantizer_spec, dict)
+            and set(quantizer_spec) == {"kind", "d", "param"}):
+        raise SpreadcodeError(f"{path}: corrupt decoder metadata")
+    quantizer = quantizer_from_spec(**quantizer_spec)
+    net = DecoderNet(quantizer.d, meta["d_in"], spec.get("hidden") if spec["kind"] == "mlp" else None)
+    meta["sha256"] = load_state_dict_file(path, net, "decoder (tensors do not match its metadata)")
+    meta["path"] = str(path)
+    return Decoder(net, meta, quantizer)
+
+
+def _as_decoder(decoder, store):
+    """A Decoder as given, or loaded from a reference (hash, prefix, path, "latest")."""
+    return decoder if isinstance(decoder, Decoder) else load_decoder(decoder, store)
+
+
+def check_decoder_fits(decoder, files, quantizer, catalyzer_sha256):
+    """Raise SpreadcodeError unless ``decoder`` was trained for the collection's catalyzer
+    (the .spc header's hash) and code format; the message names both hashes."""
+    where = files[0].path
+    if catalyzer_sha256 != decoder.catalyzer_sha256:
+        raise SpreadcodeError(
+            f"decoder {decoder.sha256} belongs to catalyzer {decoder.catalyzer_sha256}, but "
+            f"{where} was encoded with catalyzer {catalyzer_sha256}")
+    theirs = (quantizer.kind, quantizer.d, quantizer.param)
+    ours = (decoder.quantizer.kind, decoder.quantizer.d, decoder.quantizer.param)
+    if theirs != ours:
+        raise SpreadcodeError(f"decoder {decoder.sha256} decodes {describe_quantizer(decoder.quantizer)} "
+                              f"codes, but {where} holds {describe_quantizer(quantizer)} codes")
+
+
+class CollectionCodes:
+    """Codes of a collection of opened .spc files, looked up by global id.
+
+    Global ids follow `spreadcode.search.search_files`: a file's stored ids, else
+    offset + position. Ids must be unique across the collection.
+    """
+
+    def __init__(self, files, quantizer):
+        self.files, self.quantizer = files, quantizer
+        self.offsets = np.cumsum([0] + [spc.count for spc in files])
+        self.code_bytes = files[0].header.code_bytes
+        self.order = self.sorted_ids = None
+        if any(spc.ids is not None for spc in files):
+            ids = np.concatenate([np.asarray(spc.ids) if spc.ids is not None
+                                  else offset + np.arange(spc.count, dtype=np.int64)
+                                  for spc, offset in zip(files, self.offsets)])
+            self.order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[self.order]
+            if np.any(np.diff(self.sorted_ids) == 0):
+                raise SpreadcodeError(
+                    f"{files[0].path}: ids are not unique across the collection; "
+                    "decoding by id needs unique ids")
+
+    @property
+    def count(self):
+        """Number of codes in the collection."""
+        return int(self.offsets[-1])
+
+    def positions(self, ids):
+        """Valid global ids int64 (m,) -> positions int64 (m,) in the files' concatenation."""
+        return ids if self.order is None else self.order[np.searchsorted(self.sorted_ids, ids)]
+
+    def codes_at(self, positions):
+        """Positions int64 (m,) -> codes (m, ...) in the quantizer's layout."""
+        file_of = np.searchsorted(self.offsets, positions, side="right") - 1
+        raw = np.empty((len(positions), self.code_bytes), dtype=np.uint8)
+        for index, spc in enumerate(self.files):
+            here = file_of == index
+            raw[here] = spc.codes_bytes[positions[here] - self.offsets[index]]
+        return self.quantizer.codes_from_bytes(raw)
+
+    def codes(self, ids):
+        """Valid global ids int64 (m,) -> codes (m, ...) in the quantizer's layout."""
+        return self.codes_at(self.positions(ids))
+
+    def decode_all(self, decoder):
+        """Every code decoded, in position order: float32 (count, d_in)."""
+        decoded = np.empty((self.count, decoder.d_in), dtype=np.float32)
+        for spc, offset in zip(self.files, self.offsets):
+            decoded[offset:offset + spc.count] = decoder.decode(
+                self.quantizer.codes_from_bytes(spc.codes_bytes))
+        return decoded
+
+
+def rerank_candidates(queries, candidates, decode, k, block_rows=DECODE_BATCH):
+    """Re-rank candidate lists by squared L2 between the query and the decoded candidates.
+
+    queries: float32 (nq, d_in); candidates: int64 (nq, N), -1 = padding; decode: function
+    from sorted unique ids int64 (m,) to float32 (m, d_in). Each block of queries decodes its
+    distinct candidates once (about ``block_rows`` candidate rows per block). Returns
+    (distances float32 (nq, k) ascending, ids int64 (nq, k)): ties go to the lower id, ids
+    always come from the row's candidates, padding (inf, -1) fills rows with fewer than k.
+    """
+    nq, n_short = candidates.shape
+    distances = np.full((nq, n_short), np.inf, dtype=np.float32)
+    rows = max(1, block_rows // max(n_short, 1))
+    for start in range(0, nq, rows):
+        ids = candidates[start:start + rows]
+        valid = ids >= 0
+        unique, inverse = np.unique(ids[valid], return_inverse=True)
+        decoded = decode(unique)
+        diff = decoded[inverse] - np.repeat(queries[start:start + rows], valid.sum(axis=1), axis=0)
+        distances[start:start + rows][valid] = np.einsum("ij,ij->i", diff, diff)
+    padding = max(0, k - n_short)
+    return merge_topk([distances, np.full((nq, padding), np.inf, dtype=np.float32)],
+                      [candidates, np.full((nq, padding), -1, dtype=np.int64)], k)
+
+
+def default_rerank(k):
+    """Shortlist size used when none is given: max(RERANK_FACTOR · k, RERANK_MIN)."""
+    return max(RERANK_FACTOR * k, RERANK_MIN)
+
+
+def rerank_search(db_paths, queries, *, k, decoder, rerank=None, model=None, store=None,
+                  verify=True) -> SearchResult:
+    """k-NN search with a compressed-domain shortlist re-ranked by a decoder.
+
+    `spreadcode.search.search_files` returns the ``rerank`` best candidates (default
+    `default_rerank(k)`); they are re-ranked by the squared L2 distance between the raw query
+    and the decoded candidate in input space (`rerank_candidates`). When there are at least as
+    many candidates (queries × N) as codes, every code is decoded once (if that takes at most
+    DECODE_ALL_BYTES), otherwise each block of queries decodes its own distinct candidates.
+    ``decoder``: a Decoder or
+    a reference (hash, prefix, path, "latest"); it must belong to the files' catalyzer.
+    ``queries``: path or float32 array (nq, d_in). extra: {"rerank": N, "decoder": sha256}.
+    """
+    decoder = _as_decoder(decoder, store)
+    if k < 1:
+        raise SpreadcodeError(f"k must be at least 1, got {k}")
+    rerank = default_rerank(k) if rerank is None else rerank
+    if rerank < k:
+        raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
+    files, quantizer, sha = open_collection(db_paths, verify=False)
+    check_decoder_fits(decoder, files, quantizer, sha)
+    query_vectors = load_queries(queries, decoder.d_in)
+    shortlist = search_files(db_paths, query_vectors, k=rerank, model=model, store=store,
+                             verify=verify).ids
+    codes = CollectionCodes(files, quantizer)
+    if shortlist.size >= codes.count and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+        decoded = codes.decode_all(decoder)
+
+        def decode(unique):
+            return decoded[codes.positions(unique)]
+    else:
+        def decode(unique):
+            return decoder.decode(codes.codes(unique))
+    distances, ids = rerank_candidates(query_vectors, shortlist, decode, k)
+    return SearchResult(distances=distances, ids=ids,
+                        extra={"rerank": rerank, "decoder": decoder.sha256})
+
+
+def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, block=16384) -> SearchResult:
+    """Exact k-NN of the raw queries among the decoded codes of every file (no compressed-domain
+    scan, hence no Hamming ranking for sign codes).
+
+    Codes are decoded ``block`` at a time (memory O(block · d_in)) and searched with
+    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id, padding when the
+    collection holds fewer than k codes. No catalyzer is needed, only the decoder.
+    """
+    decoder = _as_decoder(decoder, store)
+    if k < 1:
+        raise SpreadcodeError(f"k must be at least 1, got {k}")
+    files, quantizer, sha = open_collection(db_paths, verify=verify)
+    check_decoder_fits(decoder, files, quantizer, sha)
+    query_vectors = load_queries(queries, decoder.d_in)
+    nq = query_vectors.shape[0]
+    best = (np.full((nq, k), np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
+    offsets = np.cumsum([0] + [spc.count for spc in files])
+    for spc, offset in zip(files, offsets):
+        codes = quantizer.codes_from_bytes(spc.codes_bytes)
+        for start in range(0, spc.count, block):
+            decoded = decoder.decode(codes[start:start + block])
+            dist, local = exact_knn(decoded, query_vectors, min(k, decoded.shape[0]),
+                                    db_block=block)
+            best = merge_topk([best[0], dist], [best[1], _global_ids(spc, offset, local + start)], k)
+    return SearchResult(distances=best[0], ids=best[1], extra={"decoder": decoder.sha256})
+
+
+@dataclass(frozen=True)
+class DecoderSummary:
+    """What ``spreadcode train-decoder`` reports."""
+
+    sha256: str
+    store_path: str
+    output_path: str | None
+    kind: str
+    hidden: int | None
+    epochs: int | None
+    catalyzer_sha256: str
+    quantizer: str
+    d_in: int
+    n_train: int
+    n_val: int
+    val_mse: float
+    baseline_val_mse: float
+    wall_time_s: float
+
+    def report(self):
+        """Human-readable lines; the first one is the decoder hash."""
+        arch = "closed-form least squares" if self.kind == "linear" else \
+            f"linear + MLP correction, hidden {self.hidden}, {self.epochs} epochs"
+        gain = 100 * (self.val_mse / self.baseline_val_mse - 1) if self.baseline_val_mse > 0 else 0.0
+        return "\n".join([
+            f"decoder {self.sha256}",
+            f"stored: {self.store_path}",
+            *([f"written: {self.output_path}"] if self.output_path else []),
+            f"{self.kind} decoder ({arch}): {self.quantizer} codes -> {self.d_in} dims, "
+            f"catalyzer {self.catalyzer_sha256[:12]}",
+            f"held-out squared error per vector ({self.n_val} vectors): decoder "
+            f"{self.val_mse:.5f}, best linear map {self.baseline_val_mse:.5f} ({gain:+.1f}%)",
+            f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s",
+        ])
+
+
+def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=None, epochs=None,
+                          seed=0, progress=True) -> DecoderSummary:
+    """Everything ``spreadcode train-decoder`` does: read LEARN_FILE, encode it with the
+    catalyzer ``model`` (hash, prefix, path or "latest") and its quantizer, train a ``kind``
+    decoder (`train_decoder`), save it into the store (and to ``output``)."""
+    started = time.monotonic()
+    if kind not in DECODER_KINDS:
+        raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
+    catalyzer, catalyzer_meta = load_catalyzer(model, store=store)
+    learn = vecio.read_vectors(learn_path)
+    if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
+        raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
+                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
+    net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
+                              seed=seed, progress=progress)
+    sha, stored = save_decoder(net, meta, path=output, store=store)
+    training = meta["training"]
+    return DecoderSummary(
+        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
+        kind=kind, hidden=net.hidden, epochs=training["epochs"],
+        catalyzer_sha256=meta["catalyzer"],
+        quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
+        n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],
+        baseline_val_mse=training["baseline_val_mse"], wall_time_s=time.monotonic() - started)

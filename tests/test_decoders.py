@@ -1,0 +1,330 @@
+"""Learned decoders: least squares, the artifact round-trip, re-ranking and decoded search."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from spreadcode import store
+from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer
+from spreadcode.container import SpcWriter
+from spreadcode.decoders import (CollectionCodes, DecoderNet, decoded_search, decoder_bytes,
+                                 default_rerank, fit_linear, held_out_split, load_decoder,
+                                 rerank_search, save_decoder, squared_error, train_decoder,
+                                 train_decoder_command)
+from spreadcode.errors import SpreadcodeError
+from spreadcode.info import describe_file
+from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.sample import load_sample
+from spreadcode.search import encode_file, open_collection, search_files
+
+LATTICE = {"kind": "lattice", "d": 8, "param": 10}
+SIGN = {"kind": "sign", "d": 16, "param": 16}
+N_LEARN, N_BASE, N_QUERY = 1500, 600, 30
+
+
+def random_catalyzer(quantizer, seed):
+    """A catalyzer with seeded random weights and BatchNorm statistics from the sample."""
+    torch.manual_seed(seed)
+    model = Catalyzer(96, quantizer["d"], 32)
+    learn = load_sample().learn[:N_LEARN]
+    model.fit_preprocessing(torch.from_numpy(learn))
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(learn[:300]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A model store with a lattice and a sign catalyzer, a decoder of each kind, and .spc files."""
+    root = tmp_path_factory.mktemp("decoders")
+    models_dir = root / "store"
+    sample = load_sample()
+    out = {"store": models_dir, "root": root}
+    np.save(root / "base.npy", sample.base[:N_BASE])
+    for name, spec, seed in (("lattice", LATTICE, 0), ("sign", SIGN, 1)):
+        model = random_catalyzer(spec, seed)
+        sha, _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.02, "training": {}},
+                                store=models_dir)
+        spc = root / f"{name}.spc"
+        encode_file(root / "base.npy", spc, model=sha, store=models_dir)
+        out[name] = {"model": model, "sha": sha, "spc": spc}
+    learn = sample.learn[:N_LEARN]
+    for name in ("lattice", "sign"):
+        entry = out[name]
+        meta = {"sha256": entry["sha"], "quantizer": LATTICE if name == "lattice" else SIGN}
+        for kind in ("linear", "mlp"):
+            net, dmeta = train_decoder(learn, entry["model"], meta, kind=kind, hidden=32,
+                                       epochs=None if kind == "linear" else 2)
+            entry[kind], _ = save_decoder(net, dmeta, store=models_dir)
+    out["query"] = sample.query[:N_QUERY]
+    return out
+
+
+def exact_decoded_knn(decoded, queries, k):
+    """Brute force in float64: ids int64 (nq, k) by (squared L2, id), and those distances."""
+    diff = queries[:, None, :].astype(np.float64) - decoded[None, :, :].astype(np.float64)
+    dist = (diff ** 2).sum(axis=2)
+    order = np.lexsort((np.broadcast_to(np.arange(decoded.shape[0]), dist.shape), dist), axis=1)[:, :k]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
+def all_decoded(world, name, kind):
+    decoder = load_decoder(world[name][kind], store=world["store"])
+    files, quantizer, _ = open_collection([world[name]["spc"]])
+    return decoder.decode(quantizer.codes_from_bytes(files[0].codes_bytes))
+
+
+def test_fit_linear_equals_numpy_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    y = (x @ rng.standard_normal((6, 4)) + rng.standard_normal((200, 4))).astype(np.float32)
+    expected = np.linalg.lstsq(np.hstack([x, np.ones((200, 1))]).astype(np.float64), y.astype(np.float64),
+                               rcond=None)[0]
+    weight, bias = fit_linear(x, y, batch=37)
+    assert weight.shape == (4, 6) and bias.shape == (4,) and weight.dtype == np.float32
+    np.testing.assert_allclose(weight, expected[:6].T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, expected[6], rtol=1e-5, atol=1e-6)
+
+
+def test_fit_linear_handles_collinear_one_hot_inputs():
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 4, size=(300, 2))
+    one_hot = np.zeros((300, 8), dtype=np.float32)
+    one_hot[np.arange(300), blocks[:, 0]] = 1
+    one_hot[np.arange(300), 4 + blocks[:, 1]] = 1  # each block sums to 1, like the bias column
+    y = rng.standard_normal((300, 3)).astype(np.float32)
+    design = np.hstack([one_hot, np.ones((300, 1))]).astype(np.float64)
+    best = design @ np.linalg.lstsq(design, y.astype(np.float64), rcond=None)[0]
+    weight, bias = fit_linear(one_hot, y)
+    np.testing.assert_allclose(one_hot @ weight.T + bias, best, atol=1e-5)
+
+
+def test_linear_decoder_is_least_squares_on_the_training_codes(world):
+    sample = load_sample()
+    learn = sample.learn[:N_LEARN]
+    decoder = load_decoder(world["lattice"]["linear"], store=world["store"])
+    quantizer = quantizer_from_spec(**LATTICE)
+    inputs = quantizer.reconstruct(quantizer.quantize(catalyze(world["lattice"]["model"], learn)))
+    train_rows, val_rows = held_out_split(N_LEARN, seed=0)
+    design = np.hstack([inputs[train_rows], np.ones((len(train_rows), 1))]).astype(np.float64)
+    solution = np.linalg.lstsq(design, learn[train_rows].astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(decoder.net.linear.weight.detach().numpy(), solution[:-1].T, atol=2e-5)
+    np.testing.assert_allclose(decoder.net.linear.bias.detach().numpy(), solution[-1], atol=2e-5)
+    training = decoder.meta["training"]
+    assert training["val_mse"] == training["baseline_val_mse"] == pytest.approx(
+        squared_error(decoder.net.predict(inputs[val_rows]), learn[val_rows]), rel=1e-12)
+
+
+def test_held_out_split_is_a_seeded_partition():
+    train_rows, val_rows = held_out_split(1000, seed=3)
+    assert len(val_rows) == 50
+    assert np.array_equal(np.sort(np.concatenate([train_rows, val_rows])), np.arange(1000))
+    again = held_out_split(1000, seed=3)
+    assert np.array_equal(again[1], val_rows) and not np.array_equal(held_out_split(1000, 4)[1], val_rows)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_save_load_round_trip(world, kind, tmp_path):
+    sha = world["lattice"][kind]
+    decoder = load_decoder(sha, store=world["store"])
+    assert decoder.sha256 == sha and decoder.kind == kind and not decoder.net.training
+    assert decoder.catalyzer_sha256 == world["lattice"]["sha"]
+    assert decoder.meta["quantizer"] == LATTICE and decoder.meta["d_in"] == 96
+    assert decoder.meta["decoder"] == {"kind": kind, "hidden": 32 if kind == "mlp" else None}
+    data = decoder_bytes(decoder.net, decoder.meta)
+    assert store.sha256_file(decoder.meta["path"]) == sha
+    assert data == open(decoder.meta["path"], "rb").read()
+    sha_again, _ = save_decoder(decoder.net, decoder.meta, path=tmp_path / "copy", store=tmp_path / "s")
+    assert sha_again == sha
+    from_path = load_decoder(tmp_path / "copy")
+    codes = quantizer_from_spec(**LATTICE).quantize(
+        catalyze(world["lattice"]["model"], load_sample().query[:50]))
+    assert np.array_equal(from_path.decode(codes), decoder.decode(codes))
+    np.testing.assert_allclose(decoder.decode(codes, batch=7), decoder.decode(codes), atol=1e-6)
+
+
+def test_metadata_is_one_sorted_json_string(world):
+    path = load_decoder(world["sign"]["mlp"], store=world["store"]).meta["path"]
+    data = open(path, "rb").read()
+    raw = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]["spreadcode"]
+    meta = json.loads(raw)
+    assert raw == json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    assert meta["artifact"] == "decoder" and meta["format_version"] == 1
+    assert meta["catalyzer"] == world["sign"]["sha"] and meta["decoder"]["kind"] == "mlp"
+    assert set(meta["training"]) >= {"n_train", "n_val", "val_mse", "baseline_val_mse", "seed"}
+    assert meta["training"]["n_train"] + meta["training"]["n_val"] == N_LEARN
+
+
+def test_mlp_training_is_deterministic(world):
+    entry = world["sign"]
+    meta = {"sha256": entry["sha"], "quantizer": SIGN}
+    learn = load_sample().learn[:400]
+    runs = [decoder_bytes(*train_decoder(learn, entry["model"], meta, hidden=16, epochs=1, seed=5))
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = decoder_bytes(*train_decoder(learn, entry["model"], meta, hidden=16, epochs=1, seed=6))
+    assert other != runs[0]
+
+
+def test_info_lists_the_decoders_of_the_files_catalyzer(world):
+    rows = dict(describe_file(world["lattice"]["spc"], store_path=world["store"]).rows)
+    listed = rows["decoders"]
+    assert f"{world['lattice']['linear'][:12]} (linear)" in listed
+    assert f"{world['lattice']['mlp'][:12]} (mlp)" in listed
+    assert world["sign"]["mlp"][:12] not in listed
+
+
+# 3 queries × 40 candidates < N_BASE codes: each block decodes its candidates; 30 × 40 >
+# N_BASE: the whole collection is decoded once.
+@pytest.mark.parametrize("name, kind, nq", [("lattice", "mlp", 3), ("lattice", "mlp", N_QUERY),
+                                            ("sign", "linear", 3), ("sign", "linear", N_QUERY)])
+def test_rerank_orders_the_shortlist_by_decoded_distance(world, name, kind, nq):
+    entry = world[name]
+    queries = world["query"][:nq]
+    shortlist = search_files([entry["spc"]], queries, k=40, store=world["store"]).ids
+    result = rerank_search([entry["spc"]], queries, k=10, decoder=entry[kind], rerank=40,
+                           store=world["store"])
+    assert result.ids.shape == (nq, 10) and result.distances.dtype == np.float32
+    assert all(set(row) <= set(allowed) for row, allowed in zip(result.ids, shortlist))
+    assert result.extra == {"rerank": 40, "decoder": entry[kind]}
+    decoded = all_decoded(world, name, kind)
+    for query, candidates, ids, distances in zip(queries, np.sort(shortlist, axis=1), result.ids,
+                                                 result.distances):
+        order, expected = exact_decoded_knn(decoded[candidates], query[None], 10)  # ties: lower id
+        assert np.array_equal(ids, candidates[order[0]])
+        np.testing.assert_allclose(distances, expected[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, kind", [("lattice", "mlp"), ("lattice", "linear"), ("sign", "mlp")])
+def test_rerank_of_the_whole_base_is_exact_search_on_decoded_vectors(world, name, kind):
+    entry = world[name]
+    expected_ids, expected_dist = exact_decoded_knn(all_decoded(world, name, kind), world["query"], 20)
+    result = rerank_search([entry["spc"]], world["query"], k=20, decoder=entry[kind],
+                           rerank=N_BASE, store=world["store"])
+    assert np.array_equal(result.ids, expected_ids)
+    np.testing.assert_allclose(result.distances, expected_dist, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sign", "lattice"])
+def test_decoded_search_is_exact_search_on_decoded_vectors(world, name):
+    expected_ids, expected_dist = exact_decoded_knn(all_decoded(world, name, "mlp"), world["query"], 15)
+    result = decoded_search([world[name]["spc"]], world["query"], k=15, decoder=world[name]["mlp"],
+                            store=world["store"], block=128)
+    assert np.array_equal(result.ids, expected_ids)
+    np.testing.assert_allclose(result.distances, expected_dist, rtol=1e-4, atol=1e-5)
+
+
+def split_with_ids(world, name):
+    """The .spc of ``name`` rewritten as two files: the first without ids, the second with
+    explicit ids 10_000 + 3·position. Returns (paths, global ids of all rows in order)."""
+    files, quantizer, sha = open_collection([world[name]["spc"]])
+    raw = np.asarray(files[0].codes_bytes)
+    h = files[0].header
+    paths, cut = [world["root"] / f"{name}-a.spc", world["root"] / f"{name}-b.spc"], 250
+    for path, rows, with_ids in ((paths[0], slice(0, cut), False), (paths[1], slice(cut, None), True)):
+        with SpcWriter(path, kind=h.kind, d=h.d, param=h.param, bits=h.bits, code_bytes=h.code_bytes,
+                       input_dim=h.input_dim, input_dtype=h.input_dtype, catalyzer_sha256=sha,
+                       with_ids=with_ids) as writer:
+            part = raw[rows]
+            writer.append(part, 10_000 + 3 * np.arange(len(part)) if with_ids else None)
+    global_ids = np.concatenate([np.arange(cut), 10_000 + 3 * np.arange(raw.shape[0] - cut)])
+    return paths, global_ids
+
+
+def test_collection_codes_follow_global_ids(world):
+    paths, global_ids = split_with_ids(world, "lattice")
+    files, quantizer, _ = open_collection(paths)
+    whole = np.asarray(open_collection([world["lattice"]["spc"]])[0][0].codes_bytes)
+    pick = np.sort(np.random.default_rng(0).choice(len(global_ids), 60, replace=False))
+    codes = CollectionCodes(files, quantizer).codes(global_ids[pick])
+    assert np.array_equal(codes, quantizer.codes_from_bytes(whole[pick]))
+
+
+@pytest.mark.parametrize("search", ["rerank", "decoded"])
+def test_several_files_with_stored_ids(world, search):
+    paths, global_ids = split_with_ids(world, "sign")
+    expected, _ = exact_decoded_knn(all_decoded(world, "sign", "linear"), world["query"], 10)
+    if search == "rerank":
+        result = rerank_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
+                               rerank=N_BASE, store=world["store"])
+    else:
+        result = decoded_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
+                                store=world["store"], block=100)
+    assert np.array_equal(result.ids, global_ids[expected])
+
+
+def test_fewer_codes_than_k_are_padded(world):
+    paths, _ = split_with_ids(world, "sign")
+    for result in (rerank_search(paths[:1], world["query"], k=300, decoder=world["sign"]["mlp"],
+                                 store=world["store"]),
+                   decoded_search(paths[:1], world["query"], k=300, decoder=world["sign"]["mlp"],
+                                  store=world["store"])):
+        assert result.ids.shape == (N_QUERY, 300)
+        assert np.all(result.ids[:, 250:] == -1) and np.all(np.isinf(result.distances[:, 250:]))
+        assert np.all(np.sort(result.ids[:, :250], axis=1) == np.arange(250))
+
+
+def test_default_shortlist():
+    assert default_rerank(1) == 100 and default_rerank(10) == 100 and default_rerank(50) == 500
+
+
+def test_decoder_of_another_catalyzer_is_refused(world):
+    with pytest.raises(SpreadcodeError) as info:
+        rerank_search([world["sign"]["spc"]], world["query"], k=5, decoder=world["lattice"]["mlp"],
+                      store=world["store"])
+    assert world["lattice"]["sha"] in str(info.value) and world["sign"]["sha"] in str(info.value)
+    with pytest.raises(SpreadcodeError, match=world["sign"]["sha"]):
+        decoded_search([world["lattice"]["spc"]], world["query"], k=5, decoder=world["sign"]["linear"],
+                       store=world["store"])
+
+
+def test_bad_inputs_raise_clear_errors(world, tmp_path):
+    entry = world["lattice"]
+    meta = {"sha256": entry["sha"], "quantizer": LATTICE}
+    learn = load_sample().learn[:200]
+    with pytest.raises(SpreadcodeError, match="unknown decoder kind 'pca'"):
+        train_decoder(learn, entry["model"], meta, kind="pca")
+    with pytest.raises(SpreadcodeError, match="epochs only apply to the mlp decoder"):
+        train_decoder(learn, entry["model"], meta, kind="linear", epochs=3)
+    with pytest.raises(SpreadcodeError, match="too few to train a decoder"):
+        train_decoder(learn[:9], entry["model"], meta, kind="linear")
+    with pytest.raises(SpreadcodeError, match="must hold at least k=10"):
+        rerank_search([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], rerank=5,
+                      store=world["store"])
+    with pytest.raises(SpreadcodeError, match="dimension 95"):
+        rerank_search([entry["spc"]], world["query"][:, :95], k=10, decoder=entry["mlp"],
+                      store=world["store"])
+    with pytest.raises(SpreadcodeError, match="not a decoder"):
+        load_decoder(entry["sha"], store=world["store"])
+    with pytest.raises(SpreadcodeError, match="no model with hash"):
+        load_decoder("ab" * 10, store=world["store"])
+    np.save(tmp_path / "learn95.npy", learn[:, :95])
+    with pytest.raises(SpreadcodeError, match="learn95.npy: vectors have dimension 95"):
+        train_decoder_command(tmp_path / "learn95.npy", model=entry["sha"], store=world["store"])
+
+
+def test_train_decoder_command_end_to_end(world, tmp_path):
+    np.save(tmp_path / "learn.npy", load_sample().learn[:N_LEARN])
+    catalyzer_file = world["store"] / f"{world['lattice']['sha']}.safetensors"
+    summary = train_decoder_command(tmp_path / "learn.npy", model=catalyzer_file, kind="linear",
+                                    output=tmp_path / "dec.safetensors", store=tmp_path / "store",
+                                    progress=False)
+    # Same data, catalyzer, kind and seed as the fixture's linear decoder: the same artifact.
+    assert summary.sha256 == world["lattice"]["linear"]
+    assert (tmp_path / "store" / f"{summary.sha256}.safetensors").read_bytes() == \
+        (tmp_path / "dec.safetensors").read_bytes()
+    lines = summary.report().splitlines()
+    assert lines[0] == f"decoder {summary.sha256}"
+    assert any("held-out squared error per vector (75 vectors)" in line
+               and f"{summary.val_mse:.5f}" in line for line in lines)
+    assert summary.n_train == N_LEARN - 75 and summary.val_mse == summary.baseline_val_mse
+
+
+def test_decoder_net_kinds():
+    assert DecoderNet(4, 6).kind == "linear" and set(DecoderNet(4, 6).state_dict()) == {
+        "linear.weight", "linear.bias"}
+    mlp = DecoderNet(4, 6, hidden=8)
+    assert mlp.kind == "mlp" and "residual_scale" in mlp.state_dict()
+    assert mlp.predict(np.zeros((3, 4), np.float32)).shape == (3, 6)
