@@ -16,7 +16,13 @@ from .errors import SpreadcodeError
 STORE_OPTION = click.option(
     "--store", type=click.Path(file_okay=False), default=None,
     help="Model store directory [default: $SPREADCODE_HOME/models or ~/.spreadcode/models].")
-QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+QUIET_OPTION = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress bars (they are only drawn on a terminal anyway).")
+
+
+def _progress(quiet):
+    """Draw progress bars only for a person watching a terminal."""
+    return not quiet and sys.stderr.isatty()
 
 
 class _Cli(click.Group):
@@ -106,7 +112,7 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     summary = train_command(
         learn_file, bits=bits, quantizer=quantizer, dout=dout, r2=r2, lam=lam,
         epochs=epochs, time_budget_min=time_budget, device=device, output=output,
-        store=store, seed=seed, progress=not quiet)
+        store=store, seed=seed, progress=_progress(quiet))
     click.echo(summary.report())
 
 
@@ -125,7 +131,7 @@ def encode(input_file, output, model, batch, store, quiet):
     from .search import encode_file
 
     summary = encode_file(input_file, output, model=model, store=store, batch=batch,
-                          progress=not quiet)
+                          progress=_progress(quiet))
     click.echo(f"wrote {summary.output}: {summary.count} codes, {summary.quantizer}, "
                f"{summary.bits} bits/vector, {summary.output_bytes} bytes "
                f"(compression {summary.compression_ratio:.1f}x vs float32), "
@@ -197,7 +203,7 @@ def demo(epochs, quiet):
     """Train, encode and search the bundled sample; print recall and compression."""
     from .demo import run_demo
 
-    report = run_demo(epochs=epochs, progress=not quiet)
+    report = run_demo(epochs=epochs, progress=_progress(quiet))
     click.echo(report.text())
 
 

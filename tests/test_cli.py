@@ -1,0 +1,221 @@
+"""End-to-end tests of every CLI command on small real data (slices of the bundled sample),
+and of the promise that bad input gives one clear error line, a non-zero exit and no output."""
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from spreadcode import container, vecio
+from spreadcode.cli import main
+from spreadcode.sample import exact_neighbors, load_sample
+
+
+def run(*args):
+    """Invoke the CLI; returns click's Result (``.exit_code``, ``.stdout``, ``.stderr``)."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def write_raw_fvecs(path, x):
+    """Write float32 (n, d) as .fvecs bytes without vecio's checks (to make bad files)."""
+    x = np.asarray(x, dtype=np.float32)
+    dims = np.full((x.shape[0], 1), x.shape[1], dtype=np.int32)
+    path.write_bytes(np.hstack([dims.view(np.float32), x]).tobytes())
+
+
+def assert_clean_error(result, *fragments):
+    """One line on stderr naming the problem, non-zero exit, no traceback."""
+    assert result.exit_code != 0
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("spreadcode: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A trained catalyzer (2 epochs on 3,000 sample vectors), a database and queries."""
+    root = tmp_path_factory.mktemp("cli")
+    sample = load_sample()
+    paths = {name: root / f"{name}.fvecs" for name in ("learn", "base", "query")}
+    vecio.write_vectors(paths["learn"], sample.learn[:3000])
+    vecio.write_vectors(paths["base"], sample.base[:2000])
+    vecio.write_vectors(paths["query"], sample.query[:40])
+    gt = exact_neighbors(sample.base[:2000], sample.query[:40], 100)
+    vecio.write_vectors(root / "gt.ivecs", gt.astype(np.int32))
+    store = root / "store"
+    trained = run("train", paths["learn"], "--epochs", 2, "--store", store, "-q",
+                  "-o", root / "model.catalyzer")
+    assert trained.exit_code == 0, trained.output
+    sha = trained.stdout.split()[1]
+    encoded = run("encode", paths["base"], "-o", root / "db.spc", "--store", store, "-q")
+    assert encoded.exit_code == 0, encoded.output
+    return {"root": root, "store": store, "sha": sha, "gt": gt, **paths}
+
+
+def test_train_prints_hash_and_writes_exact_output_path(work):
+    assert len(work["sha"]) == 64
+    assert (work["root"] / "model.catalyzer").is_file()
+    assert (work["store"] / f"{work['sha']}.safetensors").is_file()
+
+
+def test_encode_writes_one_code_per_vector_and_is_deterministic(work):
+    again = run("encode", work["base"], "-o", work["root"] / "db2.spc", "--store", work["store"],
+                "--model", work["sha"][:12], "--batch", 333, "-q")
+    assert again.exit_code == 0, again.output
+    first = (work["root"] / "db.spc").read_bytes()
+    assert first == (work["root"] / "db2.spc").read_bytes()
+    spc = container.open_spc(work["root"] / "db.spc")
+    assert (spc.count, spc.header.kind, spc.header.d, spc.header.param) == (2000, "lattice", 24, 79)
+    assert spc.header.catalyzer_sha256 == work["sha"]
+
+
+def test_info_reports_header_checksum_and_model(work):
+    result = run("info", work["root"] / "db.spc", "--store", work["store"])
+    assert result.exit_code == 0, result.output
+    assert "checksum:" in result.stdout and "ok" in result.stdout
+    assert work["sha"] in result.stdout
+    assert "vectors:" in result.stdout and "2000" in result.stdout
+
+
+def test_search_tsv_ivecs_h5_and_recall(work):
+    db, query, store = work["root"] / "db.spc", work["query"], work["store"]
+    tsv = run("search", db, query, "-k", 5, "--store", store)
+    assert tsv.exit_code == 0, tsv.output
+    rows = [line.split("\t") for line in tsv.stdout.strip().splitlines()]
+    assert rows[0] == ["query", "rank", "id", "distance"] and len(rows) == 1 + 40 * 5
+
+    out = work["root"] / "res.ivecs"
+    assert run("search", db, query, "-k", 5, "--store", store, "-o", out).exit_code == 0
+    ids = vecio.read_groundtruth(out)
+    dist = vecio.read_vectors(work["root"] / "res.distances.fvecs")
+    assert ids.shape == (40, 5) and dist.shape == (40, 5)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    tsv_ids = np.array([int(r[2]) for r in rows[1:]]).reshape(40, 5)
+    np.testing.assert_array_equal(ids, tsv_ids)
+
+    with_gt = run("search", db, query, "-k", 100, "--store", store, "--gt", work["root"] / "gt.ivecs")
+    assert with_gt.exit_code == 0, with_gt.output
+    recalls = dict(part.split("=") for part in with_gt.stdout.split())
+    assert set(recalls) == {"1-recall@1", "1-recall@10", "1-recall@100"}
+    assert 0.0 <= float(recalls["1-recall@1"]) <= float(recalls["1-recall@100"]) <= 1.0
+    assert float(recalls["1-recall@100"]) > 0.5
+
+
+def test_search_several_files_is_one_collection(work, tmp_path):
+    base = vecio.read_vectors(work["base"])
+    halves = []
+    for i, part in enumerate((base[:1200], base[1200:])):
+        src = tmp_path / f"part{i}.fvecs"
+        vecio.write_vectors(src, part)
+        halves.append(tmp_path / f"part{i}.spc")
+        assert run("encode", src, "-o", halves[-1], "--store", work["store"], "-q").exit_code == 0
+    whole = tmp_path / "whole.npy"
+    split = tmp_path / "split.npy"
+    assert run("search", work["root"] / "db.spc", work["query"], "-k", 20, "--store",
+               work["store"], "-o", whole).exit_code == 0
+    assert run("search", *halves, work["query"], "-k", 20, "--store", work["store"],
+               "-o", split).exit_code == 0
+    np.testing.assert_array_equal(np.load(whole), np.load(split))
+
+
+def test_range_search_returns_every_code_within_radius(work, tmp_path):
+    out = tmp_path / "range.h5"
+    knn = tmp_path / "knn.h5"
+    db, store = work["root"] / "db.spc", work["store"]
+    assert run("search", db, work["query"], "-k", 2000, "--store", store, "-o", knn).exit_code == 0
+    result = run("search", db, work["query"], "--radius", 0.6, "--store", store, "-o", out)
+    assert result.exit_code == 0, result.output
+    import h5py
+    with h5py.File(out) as ranged, h5py.File(knn) as full:
+        lims, ids = ranged["lims"][:], ranged["neighbors"][:]
+        all_dist, all_ids = full["distances"][:], full["neighbors"][:]
+    for q in (0, 7, 39):
+        expected = set(all_ids[q][all_dist[q] <= 0.6])
+        assert set(ids[lims[q]:lims[q + 1]]) == expected
+
+
+def test_demo_runs_on_the_bundled_sample():
+    result = run("demo", "--epochs", 1, "-q")
+    assert result.exit_code == 0, result.output
+    assert "1-recall@10=" in result.stdout and "smaller than float32" in result.stdout
+
+
+# ---- bad inputs: one clear line, non-zero exit, nothing left behind ------------------------
+
+def _copy_with(path, target, mutate):
+    data = bytearray(path.read_bytes())
+    mutate(data)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_corrupt_spc_files_are_refused(work, tmp_path):
+    good = work["root"] / "db.spc"
+    header = container.read_header(good)
+    cases = {
+        "truncated": (lambda b: b.__delitem__(slice(len(b) - 5, None)), "truncated"),
+        "flipped": (lambda b: b.__setitem__(header.payload_offset + 3,
+                                            b[header.payload_offset + 3] ^ 0x10), "checksum"),
+        "magic": (lambda b: b.__setitem__(slice(0, 8), b"NOTSPC!!"), "not a .spc file"),
+        "newer": (lambda b: b.__setitem__(slice(8, 10), struct.pack("<H", 2)), "version 2"),
+    }
+    for name, (mutate, message) in cases.items():
+        bad = _copy_with(good, tmp_path / f"{name}.spc", mutate)
+        out = tmp_path / f"{name}.ivecs"
+        result = run("search", bad, work["query"], "-k", 5, "--store", work["store"], "-o", out)
+        assert_clean_error(result, str(bad), message)
+        assert not out.exists()
+    flipped = run("info", tmp_path / "flipped.spc", "--store", work["store"])
+    assert flipped.exit_code != 0 and "MISMATCH" in flipped.stdout
+    assert "checksum mismatch" in flipped.stderr
+
+
+def test_bad_queries_are_refused(work, tmp_path):
+    db, store = work["root"] / "db.spc", work["store"]
+    wrong_dim = tmp_path / "q32.fvecs"
+    vecio.write_vectors(wrong_dim, np.ones((3, 32), np.float32))
+    assert_clean_error(run("search", db, wrong_dim, "-k", 5, "--store", store), "dimension 32", "96")
+    nan_q = tmp_path / "nan.fvecs"
+    queries = vecio.read_vectors(work["query"]).copy()
+    queries[2, 5] = np.nan
+    write_raw_fvecs(nan_q, queries)
+    assert_clean_error(run("search", db, nan_q, "-k", 5, "--store", store), "vector 2", "NaN")
+    malformed = tmp_path / "bad.fvecs"
+    malformed.write_bytes(work["query"].read_bytes()[:-7])
+    assert_clean_error(run("search", db, malformed, "-k", 5, "--store", store), str(malformed))
+
+
+def test_bad_encode_inputs_leave_no_output(work, tmp_path):
+    store = work["store"]
+    base = vecio.read_vectors(work["base"])[:100].copy()
+    base[50, 0] = np.inf
+    inf_file = tmp_path / "inf.fvecs"
+    write_raw_fvecs(inf_file, base)
+    empty = tmp_path / "empty.fvecs"
+    empty.write_bytes(b"")
+    wrong_dim = tmp_path / "w.fvecs"
+    vecio.write_vectors(wrong_dim, np.ones((4, 12), np.float32))
+    for source, message in ((inf_file, "vector 50 contains NaN or Inf"), (empty, "no vectors"), (wrong_dim, "dimension 12")):
+        out = tmp_path / f"{source.stem}.spc"
+        assert_clean_error(run("encode", source, "-o", out, "--store", store), message)
+        assert not out.exists()
+        assert list(tmp_path.glob("*.spc*")) == []
+
+
+def test_missing_or_mismatched_model_is_refused(work, tmp_path):
+    db = work["root"] / "db.spc"
+    empty_store = tmp_path / "empty-store"
+    assert_clean_error(run("search", db, work["query"], "-k", 5, "--store", empty_store),
+                       work["sha"][:12])
+    assert_clean_error(run("encode", work["base"], "-o", tmp_path / "x.spc", "--store",
+                           empty_store), "no catalyzer")
+    assert not (tmp_path / "x.spc").exists()
+    other = run("train", work["learn"], "--epochs", 1, "--seed", 1, "--store", tmp_path / "s2",
+                "-q")
+    assert other.exit_code == 0, other.output
+    other_sha = other.stdout.split()[1]
+    result = run("search", db, work["query"], "-k", 5, "--store", tmp_path / "s2",
+                 "--model", other_sha)
+    assert_clean_error(result, other_sha, work["sha"])
