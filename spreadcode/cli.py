@@ -139,7 +139,8 @@ def encode(input_file, output, model, batch, store, quiet):
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False),
+                metavar="DB.spc... QUERIES")
 @click.option("-k", type=click.IntRange(min=1), default=None,
               help="Number of neighbours per query [default: 10].")
 @click.option("--radius", type=float, default=None,
@@ -151,13 +152,24 @@ def encode(input_file, output, model, batch, store, quiet):
               help="Ground-truth ids (.ivecs/.npy/.h5); prints 1-recall@1/10/100.")
 @click.option("--model", default=None,
               help="Catalyzer to use [default: the one named in the .spc header].")
+@click.option("--decoder", default=None,
+              help="Learned decoder (hash, prefix, path, 'latest'): re-rank a shortlist by "
+                   "the exact distance between the raw query and the decoded vectors.")
+@click.option("--rerank", type=click.IntRange(min=1), default=None,
+              help="Shortlist size for --decoder [default: max(10·k, 100)].")
+@click.option("--decode-all", is_flag=True,
+              help="With --decoder: rank every code by its decoded vector (no compressed-"
+                   "domain scan; for sign codes, the alternative to Hamming).")
+@click.option("--hamming", is_flag=True,
+              help="Sign codes: rank by Hamming distance to the query's sign code.")
 @STORE_OPTION
-def search(paths, k, radius, output, gt, model, store):
+def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming, store):
     """Search DB.spc [DB2.spc ...] for the vectors of QUERIES (the last path).
 
     Several .spc files are searched as one collection with global ids (file order).
     Distances are squared L2 between the catalyzed query and the decoded codes on the unit
-    sphere. Results go to --output, or to stdout as TSV (query, rank, id, distance).
+    sphere; with --decoder, squared L2 in input space between the raw query and the decoded
+    vectors. Results go to --output, or to stdout as TSV (query, rank, id, distance).
     """
     from . import search as search_lib
 
@@ -165,21 +177,64 @@ def search(paths, k, radius, output, gt, model, store):
         raise click.UsageError("give at least one .spc file and a queries file")
     if k is not None and radius is not None:
         raise click.UsageError("-k and --radius exclude each other")
+    if (rerank is not None or decode_all) and decoder is None:
+        raise click.UsageError("--rerank and --decode-all need --decoder")
+    if decoder is not None and (radius is not None or hamming):
+        raise click.UsageError("--decoder works with -k searches without --hamming")
+    if gt is not None and radius is not None:
+        raise click.UsageError("--gt needs -k (recall of a range search is not defined)")
     *db_paths, queries = paths
-    result = search_lib.search_files(db_paths, queries, k=k or 10, radius=radius,
-                                     model=model, store=store)
+    if decoder is None:
+        result = search_lib.search_files(db_paths, queries, k=k or 10, radius=radius,
+                                         model=model, store=store, hamming=hamming)
+    else:
+        from . import decoders
+
+        if decode_all:
+            result = decoders.decoded_search(db_paths, queries, k=k or 10, decoder=decoder,
+                                             store=store)
+        else:
+            result = decoders.rerank_search(db_paths, queries, k=k or 10, decoder=decoder,
+                                            rerank=rerank, model=model, store=store)
     if output:
         for written in search_lib.write_results(output, result):
             click.echo(f"wrote {written}", err=gt is None)
     elif gt is None:
         search_lib.write_tsv(sys.stdout, result)
     if gt is not None:
-        if radius is not None:
-            raise click.UsageError("--gt needs -k (recall of a range search is not defined)")
         from .vecio import read_groundtruth
 
         recalls = search_lib.recall_at(result.ids, read_groundtruth(gt))
         click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in recalls.items()))
+
+
+@main.command("train-decoder")
+@click.argument("learn_file", type=click.Path(dir_okay=False))
+@click.option("--model", default="latest", show_default=True,
+              help="Catalyzer whose codes the decoder reads (hash, prefix, path, 'latest').")
+@click.option("--kind", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True,
+              help="Closed-form least squares, or the same plus an MLP correction.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="MLP training epochs [default: see spreadcode.decoders].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the decoder exactly to this path.")
+@STORE_OPTION
+@QUIET_OPTION
+def train_decoder(learn_file, model, kind, epochs, seed, output, store, quiet):
+    """Learn a decoder from a catalyzer's codes back to the input space (Amara et al. 2021).
+
+    LEARN_FILE is encoded with the catalyzer and its quantizer; the decoder learns to
+    reconstruct the original vectors from the codes. Existing .spc files need no change:
+    use it with `spreadcode search ... --decoder HASH`. Reports the held-out squared error
+    against the best linear map.
+    """
+    from .decoders import train_decoder_command
+
+    summary = train_decoder_command(learn_file, model=model, kind=kind, output=output,
+                                    store=store, epochs=epochs, seed=seed,
+                                    progress=_progress(quiet))
+    click.echo(summary.report())
 
 
 @main.command()

@@ -182,17 +182,23 @@ def load_queries(queries, d_in, what="queries"):
 
 
 def search_files(db_paths, queries, *, k=10, radius=None, model=None, store=None,
-                 verify=True) -> SearchResult:
+                 verify=True, hamming=False) -> SearchResult:
     """k-NN (or range) search of ``queries`` in the collection made of ``db_paths``.
 
     The catalyzer is found by the hash in the files' header (in the model store), or given
     as ``model`` (hash, path or "latest"); a model whose hash differs from the header's is an
     error naming both. ``queries`` is a path or a float32 array (nq, d_in). With ``radius``
     it returns every code within that distance (range search, paper Appendix C).
+    ``hamming`` (sign codes only) ranks by the Hamming distance between the query's own sign
+    code and the codes, instead of the asymmetric score.
     """
     from .catalyzer import catalyze, load_catalyzer
 
     files, quantizer, sha = open_collection(db_paths, verify=verify)
+    if hamming and quantizer.kind != "sign":
+        raise SpreadcodeError(f"{files[0].path}: Hamming search needs sign codes, "
+                              f"not {describe_quantizer(quantizer)}")
+    scan_options = {"hamming": True} if hamming else {}
     if sha is None:
         raise SpreadcodeError(f"{files[0].path}: has no catalyzer hash; it cannot be searched "
                               "with a catalyzer")
@@ -208,7 +214,7 @@ def search_files(db_paths, queries, *, k=10, radius=None, model=None, store=None
         parts = []
         for spc, offset in zip(files, offsets):
             lims, local, dist = quantizer.range_search(
-                quantizer.codes_from_bytes(spc.codes_bytes), catalyzed, radius)
+                quantizer.codes_from_bytes(spc.codes_bytes), catalyzed, radius, **scan_options)
             parts.append((lims, _global_ids(spc, offset, local), dist))
         lims, ids, dist = merge_ranges(parts, len(catalyzed))
         return SearchResult(distances=dist, ids=ids, lims=lims)
@@ -217,7 +223,7 @@ def search_files(db_paths, queries, *, k=10, radius=None, model=None, store=None
     dists, idss = [], []
     for spc, offset in zip(files, offsets):
         dist, local = quantizer.search(quantizer.codes_from_bytes(spc.codes_bytes),
-                                       catalyzed, k)
+                                       catalyzed, k, **scan_options)
         dists.append(dist)
         idss.append(_global_ids(spc, offset, local))
     dist, ids = merge_topk(dists, idss, k)

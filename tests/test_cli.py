@@ -219,3 +219,59 @@ def test_missing_or_mismatched_model_is_refused(work, tmp_path):
     result = run("search", db, work["query"], "-k", 5, "--store", tmp_path / "s2",
                  "--model", other_sha)
     assert_clean_error(result, other_sha, work["sha"])
+
+
+# ---- learned decoders and sign codes ------------------------------------------------------
+
+def test_train_decoder_and_rerank(work, tmp_path):
+    store, db, query = work["store"], work["root"] / "db.spc", work["query"]
+    trained = run("train-decoder", work["learn"], "--model", work["sha"], "--kind", "linear",
+                  "--store", store, "-q", "-o", tmp_path / "lin.decoder")
+    assert trained.exit_code == 0, trained.output
+    decoder_sha = trained.stdout.split()[1]
+    assert "best linear map" in trained.stdout and (tmp_path / "lin.decoder").is_file()
+    info = run("info", db, "--store", store)
+    assert decoder_sha[:12] in info.stdout and "linear" in info.stdout
+
+    plain, reranked, everything = (tmp_path / n for n in ("plain.npy", "rr.npy", "all.npy"))
+    assert run("search", db, query, "-k", 50, "--store", store, "-o", plain).exit_code == 0
+    result = run("search", db, query, "-k", 10, "--store", store, "--decoder", decoder_sha,
+                 "--rerank", 50, "-o", reranked)
+    assert result.exit_code == 0, result.output
+    shortlist, top = np.load(plain), np.load(reranked)
+    assert all(set(t) <= set(s) for t, s in zip(top, shortlist))
+    result = run("search", db, query, "-k", 10, "--store", store, "--decoder", decoder_sha,
+                 "--decode-all", "-o", everything)
+    assert result.exit_code == 0, result.output
+    assert np.load(everything).shape == (40, 10)
+
+
+def test_decoder_of_another_catalyzer_is_refused(work, tmp_path):
+    other_store = tmp_path / "s"
+    other = run("train", work["learn"], "--epochs", 1, "--seed", 3, "--store", other_store, "-q")
+    other_sha = other.stdout.split()[1]
+    dec = run("train-decoder", work["learn"], "--model", other_sha, "--kind", "linear",
+              "--store", other_store, "-q")
+    assert dec.exit_code == 0, dec.output
+    decoder_sha = dec.stdout.split()[1]
+    result = run("search", work["root"] / "db.spc", work["query"], "-k", 5, "--store",
+                 work["store"], "--decoder", other_store / f"{decoder_sha}.safetensors")
+    assert_clean_error(result, other_sha[:12], work["sha"][:12])
+
+
+def test_sign_codes_asymmetric_and_hamming(work, tmp_path):
+    store = tmp_path / "store"
+    trained = run("train", work["learn"], "--quantizer", "sign", "--bits", 32, "--epochs", 1,
+                  "--store", store, "-q")
+    assert trained.exit_code == 0, trained.output
+    db = tmp_path / "sign.spc"
+    assert run("encode", work["base"], "-o", db, "--store", store, "-q").exit_code == 0
+    assert container.open_spc(db).header.code_bytes == 4
+    gt = work["root"] / "gt.ivecs"
+    for extra in ((), ("--hamming",)):
+        result = run("search", db, work["query"], "-k", 100, "--store", store, "--gt", gt, *extra)
+        assert result.exit_code == 0, result.output
+        assert "1-recall@100=" in result.stdout
+    lattice_db = work["root"] / "db.spc"
+    assert_clean_error(run("search", lattice_db, work["query"], "-k", 5, "--store",
+                           work["store"], "--hamming"), "Hamming search needs sign codes")
