@@ -145,8 +145,13 @@ def test_latest_in_empty_store(tmp_path):
 
 def test_write_file_exact_path(tmp_path):
     target = tmp_path / "sub" / "model"
-    store.write_file(target, b"abc")
+    umask = os.umask(0o022)
+    try:
+        store.write_file(target, b"abc")
+    finally:
+        os.umask(umask)
     assert target.read_bytes() == b"abc"
+    assert target.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
 
 
