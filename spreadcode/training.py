@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spreadcode.catalyzer import Catalyzer, save_catalyzer  # noqa: E402
+from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
 
@@ -313,7 +313,8 @@ def prepare_training_data(learn, config, device):
     val_queries = learn[order[:n_queries]]
     val_db = learn[order[n_queries:n_queries + n_db]]
     train = torch.from_numpy(learn[np.sort(order[n_queries + n_db:])]).to(device)
-    _, positives = exact_knn(train, train, config.k_pos, exclude_self=True)
+    centred = train - train.mean(dim=0)  # same neighbours, smaller norms: less float32 cancellation
+    _, positives = exact_knn(centred, centred, config.k_pos, exclude_self=True)
     _, val_nearest = exact_knn(val_db.astype(np.float64), val_queries.astype(np.float64), 1)
     data = {"n": int(learn.shape[0]), "d": int(learn.shape[1]),
             "sha256": hashlib.sha256(learn.tobytes()).hexdigest()}
@@ -322,8 +323,6 @@ def prepare_training_data(learn, config, device):
 
 def validation_recall(model, quantizer, prepared):
     """1-recall@1/10/100 of the quantized, catalyzed validation database -> {"1": r, ...}."""
-    from spreadcode.catalyzer import catalyze
-
     codes = quantizer.quantize(catalyze(model, prepared.val_db))
     k = min(max(RECALL_KS), prepared.val_db.shape[0])
     _, ids = quantizer.search(codes, catalyze(model, prepared.val_queries), k)
