@@ -9,6 +9,8 @@ vector extensions; the Cython functions release the GIL around them.
 
 The bijection implemented here is specified in the docstring of ``spreadcode.lattice``.
 """
+import operator
+
 import numpy as np
 
 cimport numpy as cnp
@@ -778,6 +780,24 @@ def check_sign_codes(codes, int d, name):
     return codes
 
 
+def check_int(value, name, minimum):
+    """value as a Python int >= minimum (numpy integers accepted, bools refused)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise SpreadcodeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise SpreadcodeError(f"{name} must be an integer, got {value!r}") from None
+    if value < minimum:
+        raise SpreadcodeError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_threads(threads):
+    """Kernel thread count: all cores when None, else an int >= 1."""
+    return SC_MAX_THREADS() if threads is None else check_int(threads, "threads", 1)
+
+
 def check_radius(radius):
     """radius as a finite float."""
     try:
@@ -787,11 +807,6 @@ def check_radius(radius):
     if not np.isfinite(value):
         raise SpreadcodeError(f"radius must be finite, got {radius!r}")
     return value
-
-
-def max_threads():
-    """Threads the kernels use by default (OpenMP's maximum; 1 in a serial build)."""
-    return SC_MAX_THREADS()
 
 
 # ---------------------------------------------------------------------------------------

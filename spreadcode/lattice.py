@@ -70,7 +70,6 @@ unit point z / r, 2 - 2 <q, z> / r, computed in float32 as 2 - <q, z> * float32(
 """
 import functools
 import math
-import operator
 
 import numpy as np
 
@@ -84,19 +83,6 @@ MAX_ATOMS = 1 << 18
 GOOD_DIMS = (24, 32, 40, 48, 64)
 GOOD_MAX_ATOMS = 4096
 _WORD_MASK = (1 << 64) - 1
-
-
-def _int_arg(value, name, minimum):
-    """value as a Python int >= minimum, or SpreadcodeError."""
-    if isinstance(value, bool):
-        raise SpreadcodeError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise SpreadcodeError(f"{name} must be an integer, got {value!r}") from None
-    if value < minimum:
-        raise SpreadcodeError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,8 +105,8 @@ def count(d, r2):
     """|S(d, r2)|, the number of integer points of squared norm r2 in dimension d (exact).
 
     Cost: O(d * r2^1.5) big-integer additions (cached)."""
-    d = _int_arg(d, "d", 1)
-    r2 = _int_arg(r2, "r2", 0)
+    d = _codec.check_int(d, "d", 1)
+    r2 = _codec.check_int(r2, "r2", 0)
     return _sphere_counts(d, r2)[r2]
 
 
@@ -137,31 +123,39 @@ def words(d, r2):
     return max(1, -(-bits(d, r2) // 64))
 
 
+def _sphere_counts_float(d, top):
+    """|S(d, s)| for s = 0..top in float64 (relative error below 1e-12): float64 (top + 1,)."""
+    series = np.zeros(top + 1)
+    series[0] = 1.0
+    for _ in range(d):
+        nxt = series.copy()
+        for v in range(1, math.isqrt(top) + 1):
+            nxt[v * v:] += 2.0 * series[: top + 1 - v * v]
+        series = nxt
+    return series
+
+
 def params(bits, d):
     """The r2 of a bits-bit code in dimension d: the largest r2 such that every sphere
     S(d, s), 1 <= s <= r2, has at most 2^bits points (the count is not monotone in r2 for
     small d), among non-empty spheres with floor(sqrt(r2)) <= 127. Raises when even r2 = 1
-    does not fit. Cost: that of count() up to the returned r2."""
-    budget = 1 << _int_arg(bits, "bits", 1)
-    d = _int_arg(d, "d", 1)
-    cap = (MAX_COORD + 1) ** 2 - 1
-    top = 64
-    while True:
-        top = min(top, cap)
-        counts = _sphere_counts(d, top)
-        best = 0
-        for s in range(1, top + 1):
-            if counts[s] > budget:
-                break
-            if counts[s]:
-                best = s
-        else:
-            if top < cap:
-                top *= 2
-                continue
-        if best == 0:
-            raise SpreadcodeError(f"no sphere of Z^{d} fits in {bits} bits (|S({d}, 1)| = {2 * d})")
-        return best
+    does not fit. Cost: O(d * 127 * 16384) float operations, plus an exact count() when a
+    count lies within 1e-9 of 2^bits."""
+    bits = _codec.check_int(bits, "bits", 1)
+    d = _codec.check_int(d, "d", 1)
+    if bits > 64 * MAX_WORDS:
+        raise SpreadcodeError(f"bits={bits} is above the {64 * MAX_WORDS}-bit code limit")
+    counts = _sphere_counts_float(d, (MAX_COORD + 1) ** 2 - 1)
+    budget = 2.0 ** bits
+    first_over = len(counts)
+    for s in np.nonzero(counts[1:] > budget * (1 - 1e-9))[0] + 1:
+        if counts[s] > budget * (1 + 1e-9) or count(d, int(s)) > 1 << bits:
+            first_over = int(s)
+            break
+    nonempty = np.nonzero(counts[1:first_over])[0]
+    if len(nonempty) == 0:
+        raise SpreadcodeError(f"no sphere of Z^{d} fits in {bits} bits (|S({d}, 1)| = {2 * d})")
+    return int(nonempty[-1]) + 1
 
 
 def good_params(bits):
@@ -171,24 +165,22 @@ def good_params(bits):
     stays fast (at most GOOD_MAX_ATOMS atoms) and the code fits the codec limits. For d = 24
     this gives the paper's r2 = 3, 10, 79 at 16, 32, 64 bits; at 128 bits d = 48 and 64 qualify;
     256-bit spheres need far more atoms than that for d <= 64, so that list is empty."""
-    bits = _int_arg(bits, "bits", 1)
+    bits = _codec.check_int(bits, "bits", 1)
     out = []
     for d in GOOD_DIMS:
         try:
             r2 = params(bits, d)
         except SpreadcodeError:
             continue
-        if math.isqrt(r2) > MAX_COORD or words(d, r2) > MAX_WORDS:
-            continue
-        if _codec.enumerate_atoms(d, r2, GOOD_MAX_ATOMS) is not None:
+        if _codec.enumerate_atoms(d, r2, GOOD_MAX_ATOMS) is not None and words(d, r2) <= MAX_WORDS:
             out.append((d, r2))
     return out
 
 
-def _check_setting(d, r2):
-    """(d, r2) as ints after checking every codec limit (see the module docstring)."""
-    d = _int_arg(d, "d", 1)
-    r2 = _int_arg(r2, "r2", 1)
+def _limits(d, r2):
+    """(d, r2, words(d, r2)) as ints after checking the dimension, coordinate and word limits."""
+    d = _codec.check_int(d, "d", 1)
+    r2 = _codec.check_int(r2, "r2", 1)
     if d > MAX_DIM:
         raise SpreadcodeError(f"lattice dimension d={d} is above the limit of {MAX_DIM}")
     if math.isqrt(r2) > MAX_COORD:
@@ -198,6 +190,15 @@ def _check_setting(d, r2):
     if w > MAX_WORDS:
         raise SpreadcodeError(
             f"S(d={d}, r2={r2}) needs {bits(d, r2)}-bit codes, above the {64 * MAX_WORDS}-bit limit")
+    return d, r2, w
+
+
+def check_setting(d, r2):
+    """(d, r2, words(d, r2)) as ints after checking every codec limit of the module
+    docstring (atoms included); SpreadcodeError names the limit that is exceeded.
+    Builds and caches the setting's tables on first use."""
+    d, r2, w = _limits(d, r2)
+    _tables(d, r2)
     return d, r2, w
 
 
@@ -212,7 +213,7 @@ def _tables(d, r2):
     """The kernel tables of S(d, r2) (a _codec.LatticeTables), built once per setting.
 
     Cost: proportional to the number of atoms (Python-int arithmetic per atom)."""
-    d, r2, w = _check_setting(d, r2)
+    d, r2, w = _limits(d, r2)
     atoms = _codec.enumerate_atoms(d, r2, MAX_ATOMS)
     if atoms is None:
         raise SpreadcodeError(
@@ -266,11 +267,6 @@ def atoms(d, r2):
     return view
 
 
-def _threads(threads):
-    """Kernel thread count: all cores by default."""
-    return _codec.max_threads() if threads is None else _int_arg(threads, "threads", 1)
-
-
 def _codes_out(n, w):
     """A fresh (n, w) code buffer and the array handed back ((n,) when w = 1)."""
     out = np.empty((n, w), dtype=np.uint64)
@@ -283,9 +279,9 @@ def nearest(y, r2, threads=None):
     y: float32 (n, d), C-contiguous, finite; rows need not be normalised.
     Cost: O(n * (d^2 + atoms * sqrt(r2))), on `threads` cores (default: all)."""
     y = _codec.check_vectors(y, "y")
-    d, r2, _ = _check_setting(y.shape[1], r2)
+    d, r2, _ = check_setting(y.shape[1], r2)
     z = np.empty((y.shape[0], d), dtype=np.int8)
-    _tables(d, r2).nearest(y, z, _threads(threads))
+    _tables(d, r2).nearest(y, z, _codec.check_threads(threads))
     return z
 
 
@@ -295,9 +291,9 @@ def quantize(y, r2, threads=None):
     y: float32 (n, d). Returns uint64 (n,) when words(d, r2) = 1, else (n, words).
     Cost: that of nearest() plus O(d * layers) per row."""
     y = _codec.check_vectors(y, "y")
-    d, r2, w = _check_setting(y.shape[1], r2)
+    d, r2, w = check_setting(y.shape[1], r2)
     out, codes = _codes_out(y.shape[0], w)
-    _tables(d, r2).quantize(y, out, _threads(threads))
+    _tables(d, r2).quantize(y, out, _codec.check_threads(threads))
     return codes
 
 
@@ -310,41 +306,42 @@ def encode(z, r2, threads=None):
         raise SpreadcodeError(f"z must be an int8 array of shape (n, d), got {_codec.describe(z)}")
     if not z.flags.c_contiguous:
         raise SpreadcodeError("z must be C-contiguous")
-    d, r2, w = _check_setting(z.shape[1], r2)
+    d, r2, w = check_setting(z.shape[1], r2)
     out, codes = _codes_out(z.shape[0], w)
-    bad = _tables(d, r2).encode(z, out, _threads(threads))
+    bad = _tables(d, r2).encode(z, out, _codec.check_threads(threads))
     if bad >= 0:
         raise SpreadcodeError(
             f"z row {bad} is not a point of S(d={d}, r2={r2}): squared norm {int((z[bad].astype(np.int64) ** 2).sum())}")
     return codes
 
 
+def check_codes(codes, d, r2, name="codes"):
+    """codes of S(d, r2) viewed as (n, words) uint64, after checking dtype, shape,
+    contiguity and that every code is below count(d, r2). Cost: O(n * words)."""
+    d, r2, w = check_setting(d, r2)
+    view = _codec.check_lattice_codes(codes, w, name)
+    bad = _tables(d, r2).first_invalid(view)
+    if bad >= 0:
+        raise SpreadcodeError(f"{name} row {bad} is not a valid code of S(d={d}, r2={r2}): "
+                              f"codes must be below count = {count(d, r2)}")
+    return view
+
+
 def decode(codes, d, r2, threads=None):
     """Lattice points of codes: int8 (n, d). codes: uint64 (n,) when words(d, r2) = 1,
     else (n, words); each must be < count(d, r2). Cost: O(d * layers) word operations
     per code plus a binary search over the atoms."""
-    d, r2, w = _check_setting(d, r2)
-    view = _codec.check_lattice_codes(codes, w, "codes")
-    tables = _tables(d, r2)
-    bad = tables.first_invalid(view)
-    if bad >= 0:
-        raise SpreadcodeError(f"codes row {bad} is not a valid code of S(d={d}, r2={r2}): "
-                              f"codes must be below count = {count(d, r2)}")
+    view = check_codes(codes, d, r2)
     z = np.empty((view.shape[0], d), dtype=np.int8)
-    tables.decode(view, z, _threads(threads))
+    _tables(d, r2).decode(view, z, _codec.check_threads(threads))
     return z
 
 
 def _scan(codes, d, r2, queries):
     """A prepared _codec.Scan of validated lattice codes against validated queries."""
-    d, r2, w = _check_setting(d, r2)
-    view = _codec.check_lattice_codes(codes, w, "codes")
+    view = check_codes(codes, d, r2)
     queries = _codec.check_vectors(queries, "queries", d)
-    tables = _tables(d, r2)
-    bad = tables.first_invalid(view)
-    if bad >= 0:
-        raise SpreadcodeError(f"codes row {bad} is not a valid code of S(d={d}, r2={r2})")
-    return tables.scan_setup(view, queries, np.float32(2.0 / math.sqrt(r2)))
+    return _tables(d, r2).scan_setup(view, queries, np.float32(2.0 / math.sqrt(r2)))
 
 
 def search(codes, d, r2, queries, k, threads=None):
@@ -354,8 +351,8 @@ def search(codes, d, r2, queries, k, threads=None):
     rows sorted by (distance, id); id -1 and distance +inf pad rows when len(codes) < k.
     Codes are decoded block by block once and scored against all queries; memory is
     O(threads * nq * k). Cost: O(N * (decode + nq * d)) on `threads` cores."""
-    k = _int_arg(k, "k", 1)
-    return _scan(codes, d, r2, queries).topk(k, _threads(threads))
+    k = _codec.check_int(k, "k", 1)
+    return _scan(codes, d, r2, queries).topk(k, _codec.check_threads(threads))
 
 
 def range_search(codes, d, r2, queries, radius, threads=None):
@@ -363,4 +360,4 @@ def range_search(codes, d, r2, queries, radius, threads=None):
     (lims int64 (nq + 1,), ids int64 (lims[-1],), distances float32 (lims[-1],)); query i's
     results are ids[lims[i]:lims[i + 1]], sorted by (distance, id). Cost: that of search()."""
     radius = _codec.check_radius(radius)
-    return _scan(codes, d, r2, queries).range(radius, _threads(threads))
+    return _scan(codes, d, r2, queries).range(radius, _codec.check_threads(threads))
