@@ -1,0 +1,69 @@
+"""What a benchmarked method is: a function of (learn, base, query, context) returning an Outcome.
+
+Every row of every table is one such function, looked up by name in ``bench/_registry.py``.
+Sweep methods (Table 2, Figure 5) take the code size in bits as a fifth argument.
+"""
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+class NotApplicable(Exception):
+    """The method cannot run at this setting (e.g. ITQ with more bits than dimensions);
+    the message becomes the table cell's note."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Settings shared by all methods of one run.
+
+    k: results returned per query (recall@k is measured for k up to this);
+    quick: small-slice smoke mode (few epochs); cache_dir: where trained catalyzers are kept;
+    train_minutes: time budget per catalyzer, or None for the library's epoch schedule.
+    """
+
+    k: int
+    quick: bool
+    cache_dir: Path
+    train_minutes: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Search results and costs of one method.
+
+    ids: int64 (nq, k) base ids, best first; bits: code size per base vector;
+    train_s / encode_s / search_s: seconds for training on learn, encoding all of base,
+    searching all queries (for a cached catalyzer, train_s is the time its training took);
+    note: anything a reader must know to interpret the row.
+    """
+
+    ids: np.ndarray
+    bits: int
+    train_s: float
+    encode_s: float
+    search_s: float
+    note: str = ""
+
+
+Method = Callable[[np.ndarray, np.ndarray, np.ndarray, Context], Outcome]
+SweepMethod = Callable[[np.ndarray, np.ndarray, np.ndarray, Context, int], Outcome]
+
+
+class Stopwatch:
+    """Accumulates wall-clock seconds over ``with stopwatch.running():`` blocks."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @contextmanager
+    def running(self):
+        start = time.perf_counter()
+        try:
+            yield self
+        finally:
+            self.seconds += time.perf_counter() - start
