@@ -1,0 +1,202 @@
+"""spreadcode's rows: catalyzer + lattice / sign / OPQ, and PCA + lattice, through the library API.
+
+Catalyzers are trained with `spreadcode.training.train_catalyzer` on the default config for
+the row's code size (`default_config`), on the learn split. A trained catalyzer is cached:
+key = sha256(learn float32 bytes + config JSON); the model goes into ``ctx.cache_dir`` (a
+spreadcode model store, named by its own sha256) and ``<key>.json`` records that sha256 and
+the training time, so a re-run reports the original training time without retraining.
+Search is asymmetric: the catalyzed query is scored against the decoded codes.
+"""
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench import peers
+from bench._methods import NotApplicable, Outcome, Stopwatch
+from spreadcode import lattice
+from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer
+from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.training import default_config, train_catalyzer
+
+QUICK_EPOCHS = 2
+TABLE1_BITS = 64
+FIGURE5_DOUTS = (16, 24, 32, 40)
+# The plug-in catalyzer for OPQ: the widest Figure 5 catalyzer, 5 dims per sub-quantizer.
+OPQ_CATALYZER_DOUT = 40
+OPQ_FACTORY = "OPQ8,PQ8np"
+
+
+@dataclass(frozen=True)
+class TrainedCatalyzer:
+    """A catalyzer ready to use: model (eval mode, CPU), its file metadata, the seconds its
+    training took and whether it came from the cache."""
+
+    model: object
+    meta: dict
+    train_s: float
+    cached: bool
+
+    def note(self):
+        training = self.meta["training"]
+        return (f"catalyzer d_out={self.model.d_out}, λ={self.meta['lambda']:g}, "
+                f"{training['epochs']} epochs{' (cached)' if self.cached else ''}")
+
+
+def trained_catalyzer(learn, config, ctx):
+    """Train (or fetch from the cache) a catalyzer for ``config`` on learn float32 (n, d);
+    quick mode trains QUICK_EPOCHS epochs, ``ctx.train_minutes`` sets a time budget."""
+    if ctx.quick:
+        config = dataclasses.replace(config, epochs=QUICK_EPOCHS)
+    elif ctx.train_minutes is not None:
+        config = dataclasses.replace(config, time_budget_s=60.0 * ctx.train_minutes)
+    config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    key = hashlib.sha256(learn.tobytes() + config_json.encode()).hexdigest()
+    record = ctx.cache_dir / f"{key}.json"
+    if record.is_file():
+        entry = json.loads(record.read_text())
+        model, meta = load_catalyzer(entry["sha256"], store=ctx.cache_dir)
+        return TrainedCatalyzer(model, meta, entry["train_s"], cached=True)
+    clock = Stopwatch()
+    with clock.running():
+        result = train_catalyzer(learn, config)
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    sha, _ = save_catalyzer(result.model, result.meta, store=ctx.cache_dir)
+    record.write_text(json.dumps({"sha256": sha, "train_s": clock.seconds,
+                                  "config": json.loads(config_json)}, indent=1) + "\n")
+    return TrainedCatalyzer(result.model, result.meta, clock.seconds, cached=False)
+
+
+def _lattice_quantizer(d, bits):
+    """The spherical lattice S(d, r²) with the largest r² whose code fits ``bits``."""
+    try:
+        return quantizer_from_spec("lattice", d, lattice.params(bits, d))
+    except SpreadcodeError as err:
+        raise NotApplicable(str(err)) from err
+
+
+def _search_codes(trained, quantizer, base, query, ctx, hamming=False, note=""):
+    """Catalyze + quantize base, catalyze queries, search the k best -> Outcome.
+
+    hamming: rank sign codes by Hamming distance to the query's own sign code instead of
+    the asymmetric score.
+    """
+    encode, search = Stopwatch(), Stopwatch()
+    with encode.running():
+        codes = quantizer.quantize(catalyze(trained.model, base))
+    with search.running():
+        catalyzed = catalyze(trained.model, query)
+        search_options = {"hamming": True} if hamming else {}
+        _, ids = quantizer.search(codes, catalyzed, ctx.k, **search_options)
+    return Outcome(ids=ids, bits=quantizer.bits, train_s=trained.train_s,
+                   encode_s=encode.seconds, search_s=search.seconds,
+                   note=", ".join(filter(None, [trained.note(), note])))
+
+
+def _lattice_row(config):
+    """Table 1 row: catalyzer trained with ``config``, coded with its lattice."""
+    def method(learn, base, query, ctx):
+        trained = trained_catalyzer(learn, config, ctx)
+        quantizer = quantizer_from_spec(**trained.meta["quantizer"])
+        return _search_codes(trained, quantizer, base, query, ctx,
+                             note=f"r²={quantizer.param}")
+    return method
+
+
+def pca_lattice(learn, base, query, ctx):
+    """PCA (fit on learn) to the lattice dimension of the 64-bit default, L2-normalise,
+    lattice-quantize; queries are projected and normalised, not quantized."""
+    config = default_config(TABLE1_BITS)
+    if base.shape[1] < config.d_out:
+        raise NotApplicable(f"PCA to {config.d_out} dims needs d >= {config.d_out}")
+    quantizer = quantizer_from_spec(**config.quantizer_spec())
+    train, encode, search = Stopwatch(), Stopwatch(), Stopwatch()
+    with train.running():
+        mean = learn.mean(axis=0, dtype=np.float64)
+        centered = learn - mean
+        _, eigenvectors = np.linalg.eigh(centered.T @ centered)
+        projection = np.ascontiguousarray(eigenvectors[:, ::-1][:, :config.d_out], np.float32)
+        mean = mean.astype(np.float32)
+
+    def project(x):
+        y = (x - mean) @ projection
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-30)
+
+    with encode.running():
+        codes = quantizer.quantize(project(base))
+    with search.running():
+        _, ids = quantizer.search(codes, project(query), ctx.k)
+    return Outcome(ids=ids, bits=quantizer.bits, train_s=train.seconds,
+                   encode_s=encode.seconds, search_s=search.seconds,
+                   note=f"PCA {config.d_out}, r²={quantizer.param}")
+
+
+def catalyzer_opq(learn, base, query, ctx):
+    """faiss OPQ on catalyzed vectors: the catalyzer as a plug-in preprocessor."""
+    trained = trained_catalyzer(learn, default_config(TABLE1_BITS, dout=OPQ_CATALYZER_DOUT), ctx)
+    prepare, encode_in, search_in = Stopwatch(), Stopwatch(), Stopwatch()
+    with prepare.running():
+        learn_out = catalyze(trained.model, learn)
+    with encode_in.running():
+        base_out = catalyze(trained.model, base)
+    with search_in.running():
+        query_out = catalyze(trained.model, query)
+    faiss_part = peers.run_factory(OPQ_FACTORY, learn_out, base_out, query_out, ctx)
+    return dataclasses.replace(
+        faiss_part, train_s=trained.train_s + prepare.seconds + faiss_part.train_s,
+        encode_s=encode_in.seconds + faiss_part.encode_s,
+        search_s=search_in.seconds + faiss_part.search_s,
+        note=f"{trained.note()} + {OPQ_FACTORY}")
+
+
+def catalyzer_sign(hamming):
+    """Table 2 sweep row: catalyzer with d_out = bits, sign codes."""
+    def method(learn, base, query, ctx, bits):
+        trained = trained_catalyzer(learn, default_config(bits, "sign"), ctx)
+        quantizer = quantizer_from_spec(**trained.meta["quantizer"])
+        return _search_codes(trained, quantizer, base, query, ctx, hamming=hamming)
+    return method
+
+
+def catalyzer_lattice_at(d_out):
+    """Figure 5 sweep row: one catalyzer of output ``d_out`` (trained with its 64-bit
+    default), coded at each bit budget by the largest lattice sphere that fits."""
+    def method(learn, base, query, ctx, bits):
+        quantizer = _lattice_quantizer(d_out, bits)
+        trained = trained_catalyzer(learn, default_config(TABLE1_BITS, dout=d_out), ctx)
+        return _search_codes(trained, quantizer, base, query, ctx,
+                             note=f"r²={quantizer.param}")
+    return method
+
+
+@dataclass(frozen=True)
+class Catalyzed:
+    """Base and query float32 (n, d_out) after the reference catalyzer."""
+
+    base: np.ndarray
+    query: np.ndarray
+
+
+def reference_catalyzed(ds, ctx):
+    """The Table 1 catalyzer + lattice model applied to base and query -> (Catalyzed, note)."""
+    trained = trained_catalyzer(ds.learn, default_config(TABLE1_BITS), ctx)
+    return (Catalyzed(catalyze(trained.model, ds.base), catalyze(trained.model, ds.query)),
+            trained.note())
+
+
+TABLE1 = {
+    "PCA + lattice": pca_lattice,
+    "catalyzer + OPQ": catalyzer_opq,
+    "catalyzer + lattice": _lattice_row(default_config(TABLE1_BITS)),
+    "catalyzer + lattice, end-to-end": _lattice_row(
+        dataclasses.replace(default_config(TABLE1_BITS), end_to_end=True)),
+}
+TABLE2 = {
+    "catalyzer + sign (asymmetric)": catalyzer_sign(hamming=False),
+    "catalyzer + sign (Hamming)": catalyzer_sign(hamming=True),
+}
+FIGURE5 = {f"catalyzer + lattice, d_out={d_out}": catalyzer_lattice_at(d_out)
+           for d_out in FIGURE5_DOUTS}
