@@ -1,0 +1,129 @@
+"""The benchmark suite cannot rot: ``bench/suite.py --quick`` runs end to end on a tiny
+generated dataset, and its measurement helpers give exact answers on hand-checked inputs.
+
+faiss rows and figures are checked only when faiss-cpu / matplotlib are installed; the
+spreadcode rows run regardless.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench._metrics import prob_first_exceeds_kth, range_agreement
+from spreadcode import vecio
+from spreadcode.knn import exact_knn
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE = REPO / "bench" / "suite.py"
+SECTIONS = ("table1", "table2", "figure5", "figure3", "appendixc")
+
+
+def _clustered(rng, n, centers):
+    """float32 (n, d): points around random centres, like real embeddings in miniature."""
+    labels = rng.integers(len(centers), size=n)
+    return (centers[labels] + 0.3 * rng.standard_normal((n, centers.shape[1]))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Run the quick suite once on a 32-d clustered dataset -> (results dict, folder)."""
+    root = tmp_path_factory.mktemp("bench")
+    data = root / "tiny"
+    data.mkdir()
+    rng = np.random.default_rng(7)
+    centers = rng.standard_normal((20, 32))
+    splits = {"learn": _clustered(rng, 2000, centers), "base": _clustered(rng, 2000, centers),
+              "query": _clustered(rng, 100, centers)}
+    for split, x in splits.items():
+        vecio.write_vectors(data / f"{split}.fvecs", x)
+    _, gt = exact_knn(splits["base"], splits["query"], 100)
+    vecio.write_vectors(data / "groundtruth.ivecs", gt.astype(np.int32))
+    out = root / "results"
+    subprocess.run([sys.executable, str(SUITE), str(data), "--quick", "--out", str(out),
+                    "--cache", str(root / "cache")], check=True, cwd=root)
+    folder = out / "tiny-quick"
+    return json.loads((folder / "results.json").read_text()), folder
+
+
+def _all_recalls(results):
+    for row in results["table1"]["rows"]:
+        yield row["method"], row["recall"]
+    for section in ("table2", "figure5"):
+        for row in results[section]["rows"]:
+            for bits, cell in row["cells"].items():
+                yield f"{row['method']} @ {bits}", cell["recall"]
+
+
+def test_quick_run_writes_every_section(quick_run):
+    results, folder = quick_run
+    assert set(SECTIONS) <= set(results)
+    assert (folder / "results.md").is_file()
+    markdown = (folder / "results.md").read_text()
+    for title in ("Table 1", "Table 2", "Figure 5", "Figure 3", "Appendix C"):
+        assert title in markdown
+    assert results["dataset"]["n_query"] == 100 and results["dataset"]["d"] == 32
+    for _, recall in _all_recalls(results):
+        assert all(0.0 <= value <= 1.0 for value in recall.values())
+
+
+def test_quick_run_spreadcode_rows_have_recalls(quick_run):
+    results, _ = quick_run
+    table1 = {row["method"]: row for row in results["table1"]["rows"]}
+    for name in ("PCA + lattice", "catalyzer + lattice", "catalyzer + lattice, end-to-end"):
+        assert set(table1[name]["recall"]) == {"1", "10", "100"}
+        assert table1[name]["bits"] <= 64
+    signs = {row["method"]: row for row in results["table2"]["rows"]}
+    for bits in ("16", "32", "64", "128"):
+        assert signs["catalyzer + sign (asymmetric)"]["cells"][bits]["bits"] == int(bits)
+
+
+def test_quick_run_neighbour_statistics(quick_run):
+    results, _ = quick_run
+    for space in ("input", "catalyzed"):
+        stats = results["figure3"]["spaces"][space]
+        assert 0.0 <= stats["prob_first_exceeds_kth"] <= 1.0
+        assert stats["mean_first"] <= stats["mean_kth"]
+        points = results["appendixc"]["spaces"][space]
+        results_per_query = [p["mean_results"] for p in points]
+        assert results_per_query == sorted(results_per_query)
+
+
+def test_quick_run_faiss_rows(quick_run):
+    pytest.importorskip("faiss")
+    results, _ = quick_run
+    table1 = {row["method"]: row for row in results["table1"]["rows"]}
+    for name in ("PQ8", "OPQ8,PQ8", "LSQ8x8_Nnone", "RQ8x8_Nnone", "catalyzer + OPQ"):
+        assert table1[name]["bits"] == 64 and set(table1[name]["recall"]) == {"1", "10", "100"}
+    itq = next(row for row in results["table2"]["rows"] if row["method"] == "ITQ")
+    assert itq["cells"]["64"]["recall"] == {}  # 64 bits > d = 32: n/a, as in the paper
+    assert itq["cells"]["32"]["recall"]
+
+
+def test_quick_run_figures(quick_run):
+    pytest.importorskip("matplotlib")
+    _, folder = quick_run
+    for png in ("figure5_recall_vs_bits.png", "figure3_neighbor_distances.png",
+                "appendixc_range_search.png"):
+        assert (folder / png).stat().st_size > 0
+
+
+def test_prob_first_exceeds_kth_counts_ordered_pairs():
+    # Pairs (x, y), x != y, with first[x] > kth[y]: (1, 0) and (1, 2) out of 6.
+    first = np.array([1.0, 5.0, 2.0])
+    kth = np.array([3.0, 6.0, 4.0])
+    assert prob_first_exceeds_kth(first, kth) == pytest.approx(2 / 6)
+
+
+def test_range_agreement_on_a_line():
+    base = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32)
+    query = np.array([[0.4], [9.0]], dtype=np.float32)
+    true_nn = np.array([0, 3])  # distances 0.4 and 1.0
+    half, full = range_agreement(base, query, true_nn, target_recalls=(0.5, 1.0))
+    # ε = 0.7: query 0 sees base 0 and 1, query 1 sees nothing.
+    assert half["epsilon"] == pytest.approx(0.7)
+    assert (half["recall"], half["mean_results"]) == (0.5, 1.0)
+    # ε = 1.0: query 1 now reaches its neighbour at 10.
+    assert (full["recall"], full["mean_results"]) == (1.0, 1.5)
