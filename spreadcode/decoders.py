@@ -54,6 +54,9 @@ MLP_LR = 1e-3
 RERANK_FACTOR = 10
 RERANK_MIN = 100
 DECODE_BATCH = 65536
+# Blend weights tried by `calibrate_blend`, and the shortlist it re-ranks.
+BLEND_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+CALIBRATION_SHORTLIST = 100
 # rerank_search decodes the whole collection once when that is cheaper and fits in this much.
 DECODE_ALL_BYTES = 512 << 20
 # fit_linear accumulates its normal equations over chunks of about this many float64 values.
@@ -143,10 +146,9 @@ def squared_error(predicted, targets):
 
 
 def _pick_device():
-    """CUDA when available, else the CPU with every core this process may use."""
-    from spreadcode.training import resolve_device
-
-    return resolve_device("auto")
+    """CUDA when available, else the CPU with torch's current thread count (set it with
+    torch.set_num_threads or OMP_NUM_THREADS; on shared cores one thread can be much faster)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EPOCHS,
@@ -231,13 +233,37 @@ def held_out_split(n, seed):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def calibrate_blend(net, quantizer, codes, inputs, targets, query_catalyzed, query_targets):
+    """Choose the blend weight of re-ranking on held-out data.
+
+    The held-out vectors are queries (catalyzed float32 (nq, d), raw float32 (nq, d_in)) and
+    the training vectors the database (codes as the quantizer stores them, their
+    reconstructions float32 (n, d), raw float32 (n, d_in)). The compressed-domain shortlist of
+    CALIBRATION_SHORTLIST is re-ranked with each weight of BLEND_GRID and scored by
+    1-recall@1 against the exact input-space nearest neighbour. Returns (best weight, the
+    smallest among equals; {"compressed": recall of the shortlist order, "<weight>": recall}).
+    """
+    n_short = min(CALIBRATION_SHORTLIST, codes.shape[0])
+    shortlist_distances, shortlist = quantizer.search(codes, query_catalyzed, n_short)
+    _, nearest = exact_knn(targets, query_targets, 1)
+    decoded = net.predict(inputs)
+    recalls = {"compressed": float(np.mean(shortlist[:, 0] == nearest[:, 0]))}
+    for blend in BLEND_GRID:
+        _, ids = rerank_candidates(query_targets, shortlist, lambda unique: decoded[unique], 1,
+                                   shortlist_distances, blend)
+        recalls[f"{blend:g}"] = float(np.mean(ids[:, 0] == nearest[:, 0]))
+    best = max(BLEND_GRID, key=lambda blend: (recalls[f"{blend:g}"], -blend))
+    return best, recalls
+
+
 def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HIDDEN, epochs=None,
                   seed=0, progress=False):
     """Encode ``learn`` with the catalyzer and its quantizer, learn a decoder of the codes.
 
     learn: real array (n, d_in); catalyzer, catalyzer_meta: as returned by `load_catalyzer`.
     HELD_OUT_FRACTION of the vectors (seeded split) are held out to measure the squared error
-    per vector of the decoder and of the linear baseline. ``epochs``: MLP epochs (default
+    per vector of the decoder and of the linear baseline, and to choose the decoder's blend
+    weight for re-ranking (`calibrate_blend`). ``epochs``: MLP epochs (default
     MLP_EPOCHS; not allowed for a linear decoder), ``hidden``: MLP width. Returns (DecoderNet, metadata for
     `save_decoder`).
     """
@@ -254,24 +280,28 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
         raise SpreadcodeError(
             f"{n} learn vectors are too few to train a decoder of d={quantizer.d} codes "
             f"(need at least {math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1})")
-    inputs = np.ascontiguousarray(quantizer.reconstruct(quantizer.quantize(catalyzed)), dtype=np.float32)
+    codes = quantizer.quantize(catalyzed)
+    inputs = np.ascontiguousarray(quantizer.reconstruct(codes), dtype=np.float32)
     held_out = (inputs[val_rows], targets[val_rows])
     epochs = MLP_EPOCHS if kind == "mlp" and epochs is None else epochs
     net = fit_decoder(inputs[train_rows], targets[train_rows], kind=kind, hidden=hidden,
                       epochs=epochs, seed=seed, held_out=held_out, progress=progress)
     with torch.no_grad():
         baseline = net.linear(torch.from_numpy(held_out[0])).numpy()
+    blend, blend_search = calibrate_blend(net, quantizer, codes[train_rows], inputs[train_rows],
+                                          targets[train_rows], catalyzed[val_rows], held_out[1])
     meta = {
         "catalyzer": catalyzer_meta["sha256"],
         "quantizer": catalyzer_meta["quantizer"],
         "d_in": int(targets.shape[1]),
-        "decoder": {"kind": kind, "hidden": net.hidden},
+        "decoder": {"kind": kind, "hidden": net.hidden, "blend": blend},
         "training": {
             "seed": seed, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
             "epochs": epochs, "batch_size": MLP_BATCH if kind == "mlp" else None,
             "lr": MLP_LR if kind == "mlp" else None,
             "val_mse": squared_error(net.predict(held_out[0]), held_out[1]),
             "baseline_val_mse": squared_error(baseline, held_out[1]),
+            "blend_search": blend_search, "calibration_shortlist": CALIBRATION_SHORTLIST,
             "data": {"n": int(n), "d": int(targets.shape[1]),
                      "sha256": hashlib.sha256(targets.tobytes()).hexdigest()},
         },
@@ -322,6 +352,11 @@ class Decoder:
         return self.meta["decoder"]["kind"]
 
     @property
+    def blend(self):
+        """Weight of the compressed-domain distance when re-ranking (see `calibrate_blend`)."""
+        return self.meta["decoder"]["blend"]
+
+    @property
     def catalyzer_sha256(self):
         return self.meta["catalyzer"]
 
@@ -354,6 +389,8 @@ def load_decoder(ref, store=None):
     spec, quantizer_spec = meta.get("decoder"), meta.get("quantizer")
     if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS and _positive_int(meta, "d_in")
             and (spec["kind"] == "linear" or _positive_int(spec, "hidden"))
+            and isinstance(spec.get("blend"), (int, float)) and math.isfinite(spec["blend"])
+            and spec["blend"] >= 0
             and isinstance(meta.get("catalyzer"), str) and isinstance(quantizer_spec, dict)
             and set(quantizer_spec) == {"kind", "d", "param"}):
         raise SpreadcodeError(f"{path}: corrupt decoder metadata")
@@ -438,14 +475,17 @@ class CollectionCodes:
         return decoded
 
 
-def rerank_candidates(queries, candidates, decode, k, block_rows=DECODE_BATCH):
-    """Re-rank candidate lists by squared L2 between the query and the decoded candidates.
+def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, blend=0.0,
+                      block_rows=DECODE_BATCH):
+    """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
+    plus ``blend`` × the compressed-domain distance that made the shortlist.
 
     queries: float32 (nq, d_in); candidates: int64 (nq, N), -1 = padding; decode: function
-    from sorted unique ids int64 (m,) to float32 (m, d_in). Each block of queries decodes its
-    distinct candidates once (about ``block_rows`` candidate rows per block). Returns
-    (distances float32 (nq, k) ascending, ids int64 (nq, k)): ties go to the lower id, ids
-    always come from the row's candidates, padding (inf, -1) fills rows with fewer than k.
+    from sorted unique ids int64 (m,) to float32 (m, d_in); shortlist_distances: float32
+    (nq, N), needed when blend != 0. Each block of queries decodes its distinct candidates
+    once (about ``block_rows`` candidate rows per block). Returns (scores float32 (nq, k)
+    ascending, ids int64 (nq, k)): ties go to the lower id, ids always come from the row's
+    candidates, padding (inf, -1) fills rows with fewer than k.
     """
     nq, n_short = candidates.shape
     distances = np.full((nq, n_short), np.inf, dtype=np.float32)
@@ -457,6 +497,8 @@ def rerank_candidates(queries, candidates, decode, k, block_rows=DECODE_BATCH):
         decoded = decode(unique)
         diff = decoded[inverse] - np.repeat(queries[start:start + rows], valid.sum(axis=1), axis=0)
         distances[start:start + rows][valid] = np.einsum("ij,ij->i", diff, diff)
+    if blend:
+        distances += np.float32(blend) * shortlist_distances
     padding = max(0, k - n_short)
     return merge_topk([distances, np.full((nq, padding), np.inf, dtype=np.float32)],
                       [candidates, np.full((nq, padding), -1, dtype=np.int64)], k)
@@ -467,18 +509,20 @@ def default_rerank(k):
     return max(RERANK_FACTOR * k, RERANK_MIN)
 
 
-def rerank_search(db_paths, queries, *, k, decoder, rerank=None, model=None, store=None,
-                  verify=True) -> SearchResult:
+def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, model=None,
+                  store=None, verify=True) -> SearchResult:
     """k-NN search with a compressed-domain shortlist re-ranked by a decoder.
 
     `spreadcode.search.search_files` returns the ``rerank`` best candidates (default
     `default_rerank(k)`); they are re-ranked by the squared L2 distance between the raw query
-    and the decoded candidate in input space (`rerank_candidates`). When there are at least as
-    many candidates (queries × N) as codes, every code is decoded once (if that takes at most
+    and the decoded candidate in input space plus ``blend`` × their compressed-domain distance
+    (`rerank_candidates`; default blend: the decoder's calibrated weight, see
+    `calibrate_blend`; 0 ranks by the decoded distance alone). When there are at least as many
+    candidates (queries × N) as codes, every code is decoded once (if that takes at most
     DECODE_ALL_BYTES), otherwise each block of queries decodes its own distinct candidates.
-    ``decoder``: a Decoder or
-    a reference (hash, prefix, path, "latest"); it must belong to the files' catalyzer.
-    ``queries``: path or float32 array (nq, d_in). extra: {"rerank": N, "decoder": sha256}.
+    ``decoder``: a Decoder or a reference (hash, prefix, path, "latest"); it must belong to the
+    files' catalyzer. ``queries``: path or float32 array (nq, d_in). Returns the re-ranking
+    scores as distances; extra: {"rerank": N, "blend": weight, "decoder": sha256}.
     """
     decoder = _as_decoder(decoder, store)
     if k < 1:
@@ -486,13 +530,16 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, model=None, sto
     rerank = default_rerank(k) if rerank is None else rerank
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
+    blend = decoder.blend if blend is None else blend
+    if not (math.isfinite(blend) and blend >= 0):
+        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
     files, quantizer, sha = open_collection(db_paths, verify=False)
     check_decoder_fits(decoder, files, quantizer, sha)
     query_vectors = load_queries(queries, decoder.d_in)
     shortlist = search_files(db_paths, query_vectors, k=rerank, model=model, store=store,
-                             verify=verify).ids
+                             verify=verify)
     codes = CollectionCodes(files, quantizer)
-    if shortlist.size >= codes.count and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+    if shortlist.ids.size >= codes.count and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
         decoded = codes.decode_all(decoder)
 
         def decode(unique):
@@ -500,9 +547,10 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, model=None, sto
     else:
         def decode(unique):
             return decoder.decode(codes.codes(unique))
-    distances, ids = rerank_candidates(query_vectors, shortlist, decode, k)
+    distances, ids = rerank_candidates(query_vectors, shortlist.ids, decode, k,
+                                       shortlist.distances, blend)
     return SearchResult(distances=distances, ids=ids,
-                        extra={"rerank": rerank, "decoder": decoder.sha256})
+                        extra={"rerank": rerank, "blend": blend, "decoder": decoder.sha256})
 
 
 def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, block=16384) -> SearchResult:
@@ -549,6 +597,8 @@ class DecoderSummary:
     n_val: int
     val_mse: float
     baseline_val_mse: float
+    blend: float
+    blend_search: dict
     wall_time_s: float
 
     def report(self):
@@ -564,6 +614,10 @@ class DecoderSummary:
             f"catalyzer {self.catalyzer_sha256[:12]}",
             f"held-out squared error per vector ({self.n_val} vectors): decoder "
             f"{self.val_mse:.5f}, best linear map {self.baseline_val_mse:.5f} ({gain:+.1f}%)",
+            f"held-out 1-recall@1 re-ranking a shortlist of {CALIBRATION_SHORTLIST}: compressed "
+            f"order {100 * self.blend_search['compressed']:.1f}, decoded distance "
+            f"{100 * self.blend_search['0']:.1f}, + {self.blend:g} x compressed distance "
+            f"{100 * self.blend_search[f'{self.blend:g}']:.1f} (blend used by default)",
             f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s",
         ])
 
@@ -591,4 +645,5 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
         catalyzer_sha256=meta["catalyzer"],
         quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
         n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],
-        baseline_val_mse=training["baseline_val_mse"], wall_time_s=time.monotonic() - started)
+        baseline_val_mse=training["baseline_val_mse"], blend=meta["decoder"]["blend"],
+        blend_search=training["blend_search"], wall_time_s=time.monotonic() - started)

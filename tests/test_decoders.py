@@ -8,10 +8,10 @@ import torch
 from spreadcode import store
 from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer
 from spreadcode.container import SpcWriter
-from spreadcode.decoders import (CollectionCodes, DecoderNet, decoded_search, decoder_bytes,
-                                 default_rerank, fit_linear, held_out_split, load_decoder,
-                                 rerank_search, save_decoder, squared_error, train_decoder,
-                                 train_decoder_command)
+from spreadcode.decoders import (BLEND_GRID, CollectionCodes, DecoderNet, calibrate_blend,
+                                 decoded_search, decoder_bytes, default_rerank, fit_linear,
+                                 held_out_split, load_decoder, rerank_search, save_decoder,
+                                 squared_error, train_decoder, train_decoder_command)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.info import describe_file
 from spreadcode.quantizer import quantizer_from_spec
@@ -132,7 +132,8 @@ def test_save_load_round_trip(world, kind, tmp_path):
     assert decoder.sha256 == sha and decoder.kind == kind and not decoder.net.training
     assert decoder.catalyzer_sha256 == world["lattice"]["sha"]
     assert decoder.meta["quantizer"] == LATTICE and decoder.meta["d_in"] == 96
-    assert decoder.meta["decoder"] == {"kind": kind, "hidden": 32 if kind == "mlp" else None}
+    assert decoder.meta["decoder"] == {"kind": kind, "hidden": 32 if kind == "mlp" else None,
+                                       "blend": decoder.blend}
     data = decoder_bytes(decoder.net, decoder.meta)
     assert store.sha256_file(decoder.meta["path"]) == sha
     assert data == open(decoder.meta["path"], "rb").read()
@@ -184,11 +185,11 @@ def test_rerank_orders_the_shortlist_by_decoded_distance(world, name, kind, nq):
     entry = world[name]
     queries = world["query"][:nq]
     shortlist = search_files([entry["spc"]], queries, k=40, store=world["store"]).ids
-    result = rerank_search([entry["spc"]], queries, k=10, decoder=entry[kind], rerank=40,
+    result = rerank_search([entry["spc"]], queries, k=10, decoder=entry[kind], rerank=40, blend=0,
                            store=world["store"])
     assert result.ids.shape == (nq, 10) and result.distances.dtype == np.float32
     assert all(set(row) <= set(allowed) for row, allowed in zip(result.ids, shortlist))
-    assert result.extra == {"rerank": 40, "decoder": entry[kind]}
+    assert result.extra == {"rerank": 40, "blend": 0, "decoder": entry[kind]}
     decoded = all_decoded(world, name, kind)
     for query, candidates, ids, distances in zip(queries, np.sort(shortlist, axis=1), result.ids,
                                                  result.distances):
@@ -202,7 +203,7 @@ def test_rerank_of_the_whole_base_is_exact_search_on_decoded_vectors(world, name
     entry = world[name]
     expected_ids, expected_dist = exact_decoded_knn(all_decoded(world, name, kind), world["query"], 20)
     result = rerank_search([entry["spc"]], world["query"], k=20, decoder=entry[kind],
-                           rerank=N_BASE, store=world["store"])
+                           rerank=N_BASE, blend=0, store=world["store"])
     assert np.array_equal(result.ids, expected_ids)
     np.testing.assert_allclose(result.distances, expected_dist, rtol=1e-4, atol=1e-5)
 
@@ -248,7 +249,7 @@ def test_several_files_with_stored_ids(world, search):
     expected, _ = exact_decoded_knn(all_decoded(world, "sign", "linear"), world["query"], 10)
     if search == "rerank":
         result = rerank_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
-                               rerank=N_BASE, store=world["store"])
+                               rerank=N_BASE, blend=0, store=world["store"])
     else:
         result = decoded_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
                                 store=world["store"], block=100)
@@ -264,6 +265,44 @@ def test_fewer_codes_than_k_are_padded(world):
         assert result.ids.shape == (N_QUERY, 300)
         assert np.all(result.ids[:, 250:] == -1) and np.all(np.isinf(result.distances[:, 250:]))
         assert np.all(np.sort(result.ids[:, :250], axis=1) == np.arange(250))
+
+
+@pytest.mark.parametrize("blend", [0.5, None])
+def test_blended_rerank_adds_the_compressed_distance(world, blend):
+    entry = world["lattice"]
+    decoder = load_decoder(entry["mlp"], store=world["store"])
+    weight = decoder.blend if blend is None else blend
+    shortlist = search_files([entry["spc"]], world["query"], k=50, store=world["store"])
+    result = rerank_search([entry["spc"]], world["query"], k=10, decoder=decoder, rerank=50,
+                           blend=blend, store=world["store"])
+    assert result.extra["blend"] == weight
+    decoded = all_decoded(world, "lattice", "mlp")
+    diff = decoded[shortlist.ids].astype(np.float64) - world["query"][:, None, :]
+    score = (diff ** 2).sum(axis=2) + weight * shortlist.distances
+    order = np.lexsort((shortlist.ids, score), axis=1)[:, :10]
+    assert np.array_equal(result.ids, np.take_along_axis(shortlist.ids, order, axis=1))
+    np.testing.assert_allclose(result.distances, np.take_along_axis(score, order, axis=1),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_calibrated_blend_is_the_best_of_its_grid(world):
+    entry = world["lattice"]
+    decoder = load_decoder(entry["mlp"], store=world["store"])
+    learn = load_sample().learn[:N_LEARN]
+    quantizer = quantizer_from_spec(**LATTICE)
+    catalyzed = catalyze(entry["model"], learn)
+    codes = quantizer.quantize(catalyzed)
+    train_rows, val_rows = held_out_split(N_LEARN, seed=0)
+    blend, recalls = calibrate_blend(decoder.net, quantizer, codes[train_rows],
+                                     quantizer.reconstruct(codes[train_rows]), learn[train_rows],
+                                     catalyzed[val_rows], learn[val_rows])
+    assert blend == decoder.blend and recalls == decoder.meta["training"]["blend_search"]
+    assert set(recalls) == {"compressed", *(f"{b:g}" for b in BLEND_GRID)}
+    assert recalls[f"{blend:g}"] == max(recalls[f"{b:g}"] for b in BLEND_GRID)
+    assert all(recalls[f"{b:g}"] < recalls[f"{blend:g}"] for b in BLEND_GRID if b < blend)
+    nearest = exact_decoded_knn(learn[train_rows], learn[val_rows], 1)[0][:, 0]
+    _, first = quantizer.search(codes[train_rows], catalyzed[val_rows], 1)
+    assert recalls["compressed"] == np.mean(first[:, 0] == nearest)
 
 
 def test_default_shortlist():
@@ -290,6 +329,9 @@ def test_bad_inputs_raise_clear_errors(world, tmp_path):
         train_decoder(learn, entry["model"], meta, kind="linear", epochs=3)
     with pytest.raises(SpreadcodeError, match="too few to train a decoder"):
         train_decoder(learn[:9], entry["model"], meta, kind="linear")
+    with pytest.raises(SpreadcodeError, match="blend must be a finite number >= 0"):
+        rerank_search([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], blend=-1,
+                      store=world["store"])
     with pytest.raises(SpreadcodeError, match="must hold at least k=10"):
         rerank_search([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], rerank=5,
                       store=world["store"])
