@@ -1,0 +1,334 @@
+"""Learned decoders at 64 bits: recall without and with them, and what re-ranking costs.
+
+    python bench/decoders.py [DATASET] [--model HASH|PATH] [--sign-model HASH|PATH]
+                             [--store DIR] [--quick] [--out bench/results] [--cache bench/cache]
+
+DATASET: a directory with learn/base/query and groundtruth.ivecs, or an ann-benchmarks .hdf5
+(see bench/_data.py); default /work/shared/data/wordnet-minilm96. The lattice and sign
+catalyzers come from --model / --sign-model (hash or path, in --store), or are trained with the
+library defaults for 64 bits (`spreadcode.training.default_config`) and cached under --cache,
+shared with bench/suite.py. Decoders are trained on the learn split with the library defaults
+(`spreadcode.decoders.train_decoder`) and cached there too.
+
+Tables (printed, and written as markdown to ``<out>/<dataset>/decoders.md``):
+
+1. 1-recall@1/10/100 at k=100 of: catalyzer + lattice, alone and re-ranked by each decoder
+   (`spreadcode.decoders.rerank_search` on .spc files, default shortlist), and with every code
+   decoded; catalyzer + sign with Hamming ranking, the asymmetric scan, and every code decoded
+   (`decoded_search`); faiss ITQ (±1 bits) and PQ (one-hot codes) with a linear decoder
+   (`spreadcode.decoders.fit_linear`), re-ranking their own shortlist or decoding every code.
+2. The shortlist size N of re-ranking with the MLP decoder: R@1/R@10 at k=10 and the re-ranking
+   cost per query (search with re-ranking minus the shortlist search alone, over all queries).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from bench import peers  # noqa: E402
+from bench._data import load_dataset, quick_slice  # noqa: E402
+from bench._methods import Context, Stopwatch  # noqa: E402
+from bench._spreadcode_methods import QUICK_EPOCHS, trained_catalyzer  # noqa: E402
+from spreadcode import decoders, store as model_store  # noqa: E402
+from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer  # noqa: E402
+from spreadcode.knn import exact_knn  # noqa: E402
+from spreadcode.quantizer import quantizer_from_spec  # noqa: E402
+from spreadcode.search import encode_file, recall_at, search_files  # noqa: E402
+from spreadcode.training import default_config  # noqa: E402
+
+DEFAULT_DATASET = Path("/work/shared/data/wordnet-minilm96")
+BITS = 64
+K = 100
+RECALL_KS = (1, 10, 100)
+SHORTLISTS = (10, 20, 50, 100, 200, 500, 1000)
+SWEEP_K = 10
+
+
+@dataclass
+class Row:
+    """One line of the recall table: 1-recall@k {k: float}, search seconds (all queries), note."""
+
+    method: str
+    recall: dict
+    search_s: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A catalyzer, the .spc file of the base it encoded, and the store holding both + decoders."""
+
+    model: object
+    meta: dict
+    spc: Path
+    store: Path
+    train_s: float
+
+
+def cached_decoder(learn, setup, kind, ctx):
+    """Train (or fetch from ctx.cache_dir) a ``kind`` decoder of setup's catalyzer on learn.
+
+    Cache key: sha256 of (catalyzer hash, kind, quick epochs, learn float32 bytes); training is
+    deterministic, so the cached artifact is what training would produce. Returns (sha256,
+    training seconds)."""
+    epochs = QUICK_EPOCHS if ctx.quick and kind == "mlp" else None
+    key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}".encode() + learn.tobytes()).hexdigest()
+    record = ctx.cache_dir / f"decoder-{key}.json"
+    if record.is_file():
+        entry = json.loads(record.read_text())
+        model_store.save_artifact(ctx.cache_dir / f"{entry['sha256']}.safetensors", setup.store)
+        return entry["sha256"], entry["train_s"]
+    clock = Stopwatch()
+    with clock.running():
+        net, meta = decoders.train_decoder(learn, setup.model, setup.meta, kind=kind, epochs=epochs,
+                                           progress=True)
+    sha, _ = decoders.save_decoder(net, meta, store=ctx.cache_dir)
+    model_store.save_artifact(ctx.cache_dir / f"{sha}.safetensors", setup.store)
+    record.write_text(json.dumps({"sha256": sha, "train_s": clock.seconds,
+                                  "training": meta["training"]}, indent=1) + "\n")
+    return sha, clock.seconds
+
+
+def prepare(ds, model_ref, store, config, ctx, work):
+    """Load (``model_ref``) or train (``config``) a catalyzer, copy it into the work store, and
+    encode the base into a .spc file there -> Setup."""
+    work_store = work / "store"
+    if model_ref is not None:
+        model, meta = load_catalyzer(model_ref, store=store)
+        model_store.save_artifact(meta["path"], work_store)
+        train_s = float("nan")
+    else:
+        trained = trained_catalyzer(ds.learn, config, ctx)
+        sha, _ = save_catalyzer(trained.model, trained.meta, store=work_store)
+        model, meta = load_catalyzer(sha, store=work_store)
+        train_s = trained.train_s
+    base_file = work / "base.npy"
+    if not base_file.is_file():
+        np.save(base_file, ds.base)
+    spc = work / f"base-{meta['sha256'][:12]}.spc"
+    encode_file(base_file, spc, model=meta["sha256"], store=work_store)
+    return Setup(model, meta, spc, work_store, train_s)
+
+
+def timed(function, *args, **kwargs):
+    """(result, seconds) of one call."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def recall(ids, ds):
+    return recall_at(ids, ds.groundtruth, RECALL_KS)
+
+
+def catalyzer_rows(ds, lattice, sign, decoder_shas):
+    """Table 1 rows of the catalyzer codes: lattice and sign, without and with decoders."""
+    rows = []
+    k = min(K, ds.base.shape[0])
+    result, seconds = timed(search_files, [lattice.spc], ds.query, k=k, store=lattice.store)
+    rows.append(Row("catalyzer + lattice", recall(result.ids, ds), seconds,
+                    f"r²={lattice.meta['quantizer']['param']}"))
+    for kind, blend in (("linear", 0.0), ("linear", None), ("mlp", 0.0), ("mlp", None)):
+        rows.append(rerank_row("catalyzer + lattice", lattice, decoder_shas[("lattice", kind)],
+                               kind, blend, ds, k))
+    result, seconds = timed(decoders.decoded_search, [lattice.spc], ds.query, k=k,
+                            decoder=decoder_shas[("lattice", "mlp")], store=lattice.store)
+    rows.append(Row("catalyzer + lattice, mlp decoder, every code decoded", recall(result.ids, ds),
+                    seconds))
+    quantizer = quantizer_from_spec(**sign.meta["quantizer"])
+    codes = quantizer.quantize(catalyze(sign.model, ds.base))
+    (_, ids), seconds = timed(lambda: quantizer.search(codes, catalyze(sign.model, ds.query), k,
+                                                       hamming=True))
+    rows.append(Row("catalyzer + sign (Hamming)", recall(ids, ds), seconds, f"d={quantizer.d}"))
+    result, seconds = timed(search_files, [sign.spc], ds.query, k=k, store=sign.store)
+    rows.append(Row("catalyzer + sign (asymmetric)", recall(result.ids, ds), seconds))
+    for kind in decoders.DECODER_KINDS:
+        result, seconds = timed(decoders.decoded_search, [sign.spc], ds.query, k=k,
+                                decoder=decoder_shas[("sign", kind)], store=sign.store)
+        rows.append(Row(f"catalyzer + sign, {kind} decoder, every code decoded",
+                        recall(result.ids, ds), seconds))
+    rows.append(rerank_row("catalyzer + sign (asymmetric)", sign, decoder_shas[("sign", "mlp")],
+                           "mlp", None, ds, k))
+    return rows
+
+
+def rerank_row(name, setup, decoder_sha, kind, blend, ds, k):
+    """The row of `decoders.rerank_search` with the default shortlist; blend None = the
+    decoder's calibrated weight."""
+    result, seconds = timed(decoders.rerank_search, [setup.spc], ds.query, k=k, decoder=decoder_sha,
+                            blend=blend, store=setup.store)
+    how = "decoded distance only" if result.extra["blend"] == 0 and blend == 0 else \
+        f"calibrated blend {result.extra['blend']:g}"
+    return Row(f"{name}, {kind} decoder re-rank, {how}", recall(result.ids, ds), seconds,
+               f"shortlist N={result.extra['rerank']}")
+
+
+def _faiss_rows(name, factory, features, ds, k):
+    """A faiss code, then a linear decoder fitted on its learn codes: the faiss search alone,
+    its shortlist re-ranked with the decoder, and every code decoded.
+
+    features(index, x) -> the decoder's input for the codes of x (float or uint8 (n, f)).
+    """
+    import faiss
+
+    index = faiss.index_factory(ds.base.shape[1], factory)
+    index.train(ds.learn)
+    index.add(ds.base)
+    (_, ids), seconds = timed(index.search, ds.query, k)
+    rows = [Row(name, recall(ids, ds), seconds)]
+    weight, bias = decoders.fit_linear(features(index, ds.learn), ds.learn)
+    start = time.perf_counter()
+    decoded = features(index, ds.base) @ weight.T + bias
+    decode_s = time.perf_counter() - start
+    shortlist_n = decoders.default_rerank(k)
+    (_, shortlist), shortlist_s = timed(index.search, ds.query, shortlist_n)
+    (_, ids), rerank_s = timed(decoders.rerank_candidates, ds.query, shortlist.astype(np.int64),
+                               lambda unique: decoded[unique], k)
+    rows.append(Row(f"{name}, linear decoder re-rank", recall(ids, ds),
+                    shortlist_s + decode_s + rerank_s, f"shortlist N={shortlist_n}"))
+    (_, ids), seconds = timed(exact_knn, decoded, ds.query, k)
+    rows.append(Row(f"{name}, linear decoder, every code decoded", recall(ids, ds),
+                    decode_s + seconds))
+    return rows
+
+
+def _itq_bits(index, x):
+    """ITQ codes as ±1 float32 (n, 64)."""
+    return np.unpackbits(index.sa_encode(x), axis=1).astype(np.float32) * 2 - 1
+
+
+def _pq_one_hot(index, x):
+    """PQ codes as one-hot uint8 (n, M·256)."""
+    codes = index.sa_encode(x)
+    one_hot = np.zeros((codes.shape[0], codes.shape[1] * 256), dtype=np.uint8)
+    one_hot[np.arange(codes.shape[0])[:, None], np.arange(codes.shape[1]) * 256 + codes] = 1
+    return one_hot
+
+
+def faiss_rows(ds):
+    """ITQ64,LSH and PQ8 (64 bits each) without and with a linear decoder; [] without faiss."""
+    if not peers.available():
+        return []
+    k = min(K, ds.base.shape[0])
+    return (_faiss_rows("ITQ64,LSH (Hamming)", f"ITQ{BITS},LSH", _itq_bits, ds, k)
+            + _faiss_rows("PQ8 (ADC)", f"PQ{BITS // 8}", _pq_one_hot, ds, k))
+
+
+def shortlist_sweep(ds, lattice, decoder_sha):
+    """R@1/R@10 at k=10 and re-ranking cost per query for each shortlist size N, with the
+    decoded distance alone and with the decoder's calibrated blend."""
+    rows = []
+    decoder = decoders.load_decoder(decoder_sha, store=lattice.store)
+    for n_short in [n for n in SHORTLISTS if SWEEP_K <= n <= ds.base.shape[0]]:
+        _, shortlist_s = timed(search_files, [lattice.spc], ds.query, k=n_short, store=lattice.store)
+        entry = {"N": n_short}
+        for label, blend in (("decoded", 0.0), ("blend", None)):
+            result, seconds = timed(decoders.rerank_search, [lattice.spc], ds.query, k=SWEEP_K,
+                                    decoder=decoder, rerank=n_short, blend=blend,
+                                    store=lattice.store)
+            entry[label] = {"recall": recall(result.ids, ds),
+                            "rerank_ms": 1000 * max(seconds - shortlist_s, 0.0) / ds.query.shape[0]}
+        rows.append(entry)
+    return rows, decoder.blend
+
+
+def _pct(value):
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(ds, rows, sweep, decoder_info, stamp):
+    """The report as markdown lines."""
+    lines = [f"# Learned decoders, {BITS} bits: {ds.name}", "",
+             f"*Run {stamp['date']}: `{stamp['command']}`*", "",
+             f"{ds.base.shape[0]} base, {ds.query.shape[0]} queries, d={ds.base.shape[1]}. "
+             "1-recall@k in %; search seconds for all queries (re-ranking rows include the "
+             "shortlist search and the decoding).", "",
+             "| method | R@1 | R@10 | R@100 | search s | note |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.method} | {' | '.join(_pct(row.recall.get(k)) for k in RECALL_KS)} | "
+                     f"{row.search_s:.2f} | {row.note} |")
+    lines += ["", "Decoders: held-out squared error per vector (the baseline is the best linear map) "
+              f"and held-out 1-recall@1 re-ranking a shortlist of {decoders.CALIBRATION_SHORTLIST} "
+              "(learn vectors as queries and database), which picks the blend weight:", "",
+              "| code | kind | val MSE | linear baseline MSE | R@1 compressed | R@1 decoded | "
+              "R@1 blend | blend | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (code, kind), info in decoder_info.items():
+        search = info["blend_search"]
+        chosen = search[f"{info['blend']:g}"]
+        lines.append(f"| {code} | {kind} | {info['val_mse']:.5f} | {info['baseline_val_mse']:.5f} | "
+                     f"{_pct(search['compressed'])} | {_pct(search['0'])} | {_pct(chosen)} | "
+                     f"{info['blend']:g} | {info['train_s']:.0f} |")
+    sweep, blend = sweep
+    lines += ["", f"## Shortlist size: catalyzer + lattice, mlp decoder re-rank, k={SWEEP_K}", "",
+              "Re-rank cost: search with re-ranking minus the shortlist search alone, per query "
+              "(all queries in one batch).", "",
+              f"| N | R@1 decoded | R@10 decoded | ms/query | R@1 blend {blend:g} | "
+              f"R@10 blend {blend:g} | ms/query |", "|---|---|---|---|---|---|---|"]
+    for entry in sweep:
+        cells = [f"{_pct(entry[label]['recall'].get(1))} | {_pct(entry[label]['recall'].get(10))} | "
+                 f"{entry[label]['rerank_ms']:.3f}" for label in ("decoded", "blend")]
+        lines.append(f"| {entry['N']} | {' | '.join(cells)} |")
+    return lines + [""]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python bench/decoders.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", nargs="?", default=str(DEFAULT_DATASET))
+    parser.add_argument("--model", default=None, help="lattice catalyzer (hash or path)")
+    parser.add_argument("--sign-model", default=None, help="sign catalyzer (hash or path)")
+    parser.add_argument("--store", default=None, help="model store of --model / --sign-model")
+    parser.add_argument("--quick", action="store_true", help="small slices, few epochs")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--cache", default=str(REPO / "bench" / "cache"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    ds = load_dataset(args.dataset)
+    if args.quick:
+        ds = quick_slice(ds)
+    ctx = Context(k=min(K, ds.base.shape[0]), quick=args.quick, cache_dir=Path(args.cache))
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    stamp = {"command": shlex.join(["python", "bench/decoders.py", *argv]),
+             "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "lattice").mkdir()
+        (work / "sign").mkdir()
+        lattice = prepare(ds, args.model, args.store, default_config(BITS), ctx, work / "lattice")
+        sign = prepare(ds, args.sign_model, args.store, default_config(BITS, "sign"), ctx, work / "sign")
+        decoder_shas, decoder_info = {}, {}
+        for code, setup in (("lattice", lattice), ("sign", sign)):
+            for kind in decoders.DECODER_KINDS:
+                sha, train_s = cached_decoder(ds.learn, setup, kind, ctx)
+                decoder_shas[(code, kind)] = sha
+                decoder = decoders.load_decoder(sha, store=setup.store)
+                decoder_info[(code, kind)] = {**decoder.meta["training"], "blend": decoder.blend,
+                                              "train_s": train_s}
+        rows = catalyzer_rows(ds, lattice, sign, decoder_shas) + faiss_rows(ds)
+        sweep = shortlist_sweep(ds, lattice, decoder_shas[("lattice", "mlp")])
+    text = "\n".join(markdown(ds, rows, sweep, decoder_info, stamp))
+    folder = Path(args.out) / ds.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "decoders.md").write_text(text)
+    print(text)
+    print(f"written: {folder / 'decoders.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
