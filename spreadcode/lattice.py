@@ -123,8 +123,10 @@ def words(d, r2):
     return max(1, -(-bits(d, r2) // 64))
 
 
+@functools.lru_cache(maxsize=16)
 def _sphere_counts_float(d, top):
-    """|S(d, s)| for s = 0..top in float64 (relative error below 1e-12): float64 (top + 1,)."""
+    """|S(d, s)| for s = 0..top in float64 (relative error below 1e-12): read-only float64
+    (top + 1,)."""
     series = np.zeros(top + 1)
     series[0] = 1.0
     for _ in range(d):
@@ -132,6 +134,7 @@ def _sphere_counts_float(d, top):
         for v in range(1, math.isqrt(top) + 1):
             nxt[v * v:] += 2.0 * series[: top + 1 - v * v]
         series = nxt
+    series.flags.writeable = False
     return series
 
 
