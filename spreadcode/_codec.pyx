@@ -37,10 +37,18 @@ cdef extern from *:
     #define SC_MAX_THREADS() 1
     #endif
 
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+    #error "the spreadcode codec kernels assume a little-endian machine"
+    #endif
     #define SC_MAX_D 64          /* lattice dimension limit: every binomial C(n, k), n <= 64, fits a word */
     #define SC_MAX_W 4           /* lattice codes up to 4 words = 256 bits */
     #define SC_BINOM_N (SC_MAX_D + 1)
     #define SC_INLINE static inline __attribute__((always_inline))
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    #define SC_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
+    #define SC_MULTIVERSION
+    #endif
 
     typedef unsigned __int128 sc_u128;
 
@@ -85,6 +93,24 @@ cdef extern from *:
         scw_mul_small(prod, a, m, W);
         scw_add(acc, prod, W);
     }
+    SC_INLINE void scw_muladd_word(uint64_t *a, uint64_t m, uint64_t add, const int W) {
+        sc_u128 carry = add;                                 /* a = a * m + add, truncated */
+        for (int w = 0; w < W; ++w) {
+            carry += (sc_u128)a[w] * m;
+            a[w] = (uint64_t)carry;
+            carry >>= 64;
+        }
+    }
+    SC_INLINE uint64_t scw_divmod_word(uint64_t *a, uint64_t m, const int W) {
+        if (W == 1) { uint64_t r = a[0] % m; a[0] /= m; return r; }     /* a /= m; a % m */
+        sc_u128 r = 0;
+        for (int w = W - 1; w >= 0; --w) {
+            sc_u128 cur = (r << 64) | a[w];
+            a[w] = (uint64_t)(cur / m);
+            r = cur % m;
+        }
+        return (uint64_t)r;
+    }
     SC_INLINE void scw_shl(uint64_t *a, int s, const int W) {    /* a <<= s, 0 <= s <= 64 */
         const int ws = s >> 6, bs = s & 63;
         for (int w = W - 1; w >= 0; --w) {
@@ -116,10 +142,29 @@ cdef extern from *:
         const uint8_t *nlev;       /* (natom,) distinct values */
         const int8_t *lev_val;     /* (natom, nlevmax) distinct values, decreasing */
         const uint8_t *lev_mult;   /* (natom, nlevmax) their multiplicities */
-        const uint64_t *lev_scale; /* (natom, nlevmax, W) place value Q_j of layer j's rank */
         const uint64_t *offsets;   /* (natom + 1, W) first code of each atom; last = count */
-        const uint64_t *binom;     /* (SC_BINOM_N, SC_BINOM_N) C(n, k), 0 when k > n */
     } sc_lattice;
+
+    /* sc_binom[k][n] = C(n, k) (0 when k > n); the 32- and 16-bit copies saturate, so
+       they compare exactly against values below their maximum (narrower = more lanes). */
+    static uint64_t sc_binom[SC_BINOM_N][SC_BINOM_N];
+    static uint32_t sc_binom32[SC_BINOM_N][SC_BINOM_N];
+    static uint16_t sc_binom16[SC_BINOM_N][SC_BINOM_N];
+    /* sc_byte_mask[b]: byte i is 0xFF when bit i of b is set */
+    static uint64_t sc_byte_mask[256];
+    static void sc_init_tables(void) {
+        for (int n = 0; n < SC_BINOM_N; ++n)
+            for (int k = 0; k < SC_BINOM_N; ++k) {
+                uint64_t c = k == 0 ? 1 : (n == 0 ? 0 : sc_binom[k - 1][n - 1] + sc_binom[k][n - 1]);
+                sc_binom[k][n] = c;
+                sc_binom32[k][n] = c > UINT32_MAX ? UINT32_MAX : (uint32_t)c;
+                sc_binom16[k][n] = c > UINT16_MAX ? UINT16_MAX : (uint16_t)c;
+            }
+        for (int b = 0; b < 256; ++b) {
+            sc_byte_mask[b] = 0;
+            for (int i = 0; i < 8; ++i) if (b >> i & 1) sc_byte_mask[b] |= 0xFFULL << (8 * i);
+        }
+    }
 
     /* Atoms of S(d, r2) in ascending lexicographic order; writes at most `cap` rows into
        `out` (NULL: count only). Returns the number of atoms, or cap + 1 when there are more. */
@@ -146,77 +191,139 @@ cdef extern from *:
         return sc_atoms_rec(d, 0, r2, maxv, row, out, 0, cap);
     }
 
-    /* ---- encode: (atom, level of each coordinate, sign) -> code ------------------- */
-    SC_INLINE void sc_rank_w(const sc_lattice *L, int a, const uint8_t *lev,
-                             const uint8_t *neg, uint64_t *code, const int W) {
+    /* ---- bit masks over coordinate positions ---------------------------------------
+       A layer's positions are a 64-bit mask; the j-th free position is the j-th set bit of
+       the free mask, so pdep / pext map between entry numbers in F_j and positions. BMI2
+       provides them in hardware (used where it is fast); the loops below are the fallback. */
+    static uint64_t sc_pdep_soft(uint64_t src, uint64_t mask) {
+        uint64_t out = 0;
+        for (uint64_t bit = 1; mask; bit <<= 1, mask &= mask - 1)
+            if (src & bit) out |= mask & -mask;
+        return out;
+    }
+    static uint64_t sc_pext_soft(uint64_t src, uint64_t mask) {
+        uint64_t out = 0;
+        for (uint64_t bit = 1; mask; bit <<= 1, mask &= mask - 1)
+            if (src & mask & -mask) out |= bit;
+        return out;
+    }
+    #if defined(__x86_64__) && defined(__GNUC__)
+    #include <immintrin.h>
+    __attribute__((target("bmi2"))) static uint64_t sc_pdep_hw(uint64_t s, uint64_t m) { return _pdep_u64(s, m); }
+    __attribute__((target("bmi2"))) static uint64_t sc_pext_hw(uint64_t s, uint64_t m) { return _pext_u64(s, m); }
+    #endif
+    static uint64_t (*sc_pdep)(uint64_t, uint64_t) = sc_pdep_soft;
+    static uint64_t (*sc_pext)(uint64_t, uint64_t) = sc_pext_soft;
+    static void sc_init_bits(void) {
+    #if defined(__x86_64__) && defined(__GNUC__)
+        __builtin_cpu_init();                  /* microcoded (slow) pdep on AMD before Zen 3 */
+        if (__builtin_cpu_supports("bmi2") && !__builtin_cpu_is("amdfam17h")) {
+            sc_pdep = sc_pdep_hw;
+            sc_pext = sc_pext_hw;
+        }
+    #endif
+    }
+    SC_INLINE uint64_t sc_low_bits(int n) { return n >= 64 ? ~0ULL : (1ULL << n) - 1; }
+
+    /* ---- encode: (atom, positions of each layer, negative positions) -> code ---------- */
+    SC_INLINE void sc_rank_w(const sc_lattice *L, int a, const uint64_t *layer, uint64_t negative,
+                             uint64_t *code, const int W) {
         const int d = L->d, nl = L->nlev[a], nnz = L->nnz[a];
-        const uint64_t *scale = L->lev_scale + (size_t)a * L->nlevmax * W;
         const int8_t *vals = L->lev_val + (size_t)a * L->nlevmax;
+        const uint8_t *mult = L->lev_mult + (size_t)a * L->nlevmax;
         uint64_t acc[SC_MAX_W] = {0};
+        uint64_t free_mask = sc_low_bits(d);
+        int nfree = d;
         for (int j = 0; j + 1 < nl; ++j) {           /* the last layer is implied */
-            uint64_t rho = 0;
-            int q = 0, t = 0;
-            for (int p = 0; p < d; ++p) {
-                int l = lev[p];
-                if (l == j) { ++t; rho += L->binom[q * SC_BINOM_N + t]; }
-                q += (l >= j);
-            }
-            scw_muladd_small(acc, scale + (size_t)j * W, rho, W);
+            uint64_t entries = sc_pext(layer[j], free_mask), rho = 0;
+            for (int t = 1; entries; ++t, entries &= entries - 1)
+                rho += sc_binom[t][__builtin_ctzll(entries)];
+            scw_muladd_word(acc, sc_binom[mult[j]][nfree], rho, W);   /* Horner, radix C(n_j, m_j) */
+            free_mask &= ~layer[j];
+            nfree -= mult[j];
         }
-        uint64_t s = 0;
-        int b = 0;
-        for (int p = 0; p < d; ++p) {
-            uint64_t nz = vals[lev[p]] != 0;
-            s |= (nz & neg[p]) << (b & 63);
-            b += (int)nz;
-        }
+        const uint64_t nonzero = vals[nl - 1] ? sc_low_bits(d) : sc_low_bits(d) & ~layer[nl - 1];
         scw_shl(acc, nnz, W);
-        acc[0] |= s;
+        acc[0] |= sc_pext(negative & nonzero, nonzero);
         scw_add(acc, L->offsets + (size_t)a * W, W);
         memcpy(code, acc, sizeof(uint64_t) * W);
     }
 
     /* ---- decode: code -> lattice point ------------------------------------------ */
+    /* the last atom whose first code is <= code (branch-free binary search) */
+    SC_INLINE int sc_find_atom(const sc_lattice *L, const uint64_t *code, const int W) {
+        int base = 0, len = L->natom;
+        while (len > 1) {
+            int half = len >> 1;
+            base = scw_cmp(L->offsets + (size_t)(base + half) * W, code, W) <= 0 ? base + half : base;
+            len -= half;
+        }
+        return base;
+    }
+
+    /* The m-subset of {0..n-1} with colex rank rho, as a bit mask. */
+    SC_INLINE uint64_t sc_colex_unrank(uint64_t rho, int m, int n) {
+        uint64_t chosen = 0;
+        int lim = n;                                   /* the remaining entries lie below lim */
+        for (int i = m; i > 1; --i) {
+            if (lim == i) return chosen | sc_low_bits(lim);
+            int cnt = 0;                               /* entry = max{p < lim : C(p, i) <= rho} */
+            if (rho < UINT16_MAX) {
+                const uint16_t *col = sc_binom16[i], r16 = (uint16_t)rho;
+                for (int p = 0; p < lim; ++p) cnt += col[p] <= r16;
+            } else if (rho < UINT32_MAX) {
+                const uint32_t *col = sc_binom32[i], r32 = (uint32_t)rho;
+                for (int p = 0; p < lim; ++p) cnt += col[p] <= r32;
+            } else {
+                const uint64_t *col = sc_binom[i];
+                for (int p = 0; p < lim; ++p) cnt += col[p] <= rho;
+            }
+            lim = cnt - 1;
+            rho -= sc_binom[i][lim];
+            chosen |= 1ULL << lim;
+        }
+        return m ? chosen | 1ULL << rho : chosen;      /* C(p, 1) = p */
+    }
+
     SC_INLINE void sc_unrank_w(const sc_lattice *L, const uint64_t *code, int8_t *z, const int W) {
         const int d = L->d;
-        int lo = 0, hi = L->natom;                     /* last atom with offset <= code */
-        while (hi - lo > 1) {
-            int mid = (lo + hi) >> 1;
-            if (scw_cmp(L->offsets + (size_t)mid * W, code, W) <= 0) lo = mid; else hi = mid;
-        }
-        const int a = lo, nl = L->nlev[a], nnz = L->nnz[a];
-        const uint64_t *scale = L->lev_scale + (size_t)a * L->nlevmax * W;
+        const int a = sc_find_atom(L, code, W), nl = L->nlev[a], nnz = L->nnz[a];
         const int8_t *vals = L->lev_val + (size_t)a * L->nlevmax;
         const uint8_t *mult = L->lev_mult + (size_t)a * L->nlevmax;
         uint64_t rem[SC_MAX_W];
         memcpy(rem, code, sizeof(uint64_t) * W);
         scw_sub(rem, L->offsets + (size_t)a * W, W);
-        const uint64_t s = nnz == 64 ? rem[0] : rem[0] & ((1ULL << nnz) - 1);
+        const uint64_t sign = nnz == 64 ? rem[0] : rem[0] & ((1ULL << nnz) - 1);
         scw_shr(rem, nnz, W);
-        uint8_t freep[SC_MAX_D], keep[SC_MAX_D];
-        int nf = d;
-        for (int p = 0; p < d; ++p) freep[p] = (uint8_t)p;
+        uint64_t rho[SC_MAX_D];                        /* mixed-radix digits, last first */
+        int nfree[SC_MAX_D + 1];
+        nfree[0] = d;
+        for (int j = 0; j + 1 < nl; ++j) nfree[j + 1] = nfree[j] - mult[j];
+        for (int j = nl - 2; j > 0; --j) rho[j] = scw_divmod_word(rem, sc_binom[mult[j]][nfree[j]], W);
+        rho[0] = rem[0];
+        /* z is built 8 coordinates per word: byte masks select the layer's positions */
+        const int nw = (d + 7) >> 3;
+        uint64_t zw[SC_MAX_D / 8];
+        const uint64_t ones = 0x0101010101010101ULL;
+        for (int w = 0; w < nw; ++w) zw[w] = ones * (uint8_t)vals[nl - 1];
+        uint64_t free_mask = sc_low_bits(d);
         for (int j = 0; j + 1 < nl; ++j) {
-            const uint64_t *Q = scale + (size_t)j * W;
-            const int8_t val = vals[j];
-            int i = mult[j], nk = 0;
-            for (int idx = nf - 1; idx >= 0; --idx) {
-                int take = 0;
-                if (i > 0) {
-                    uint64_t prod[SC_MAX_W];
-                    scw_mul_small(prod, Q, L->binom[idx * SC_BINOM_N + i], W);
-                    if (scw_cmp(prod, rem, W) <= 0) { scw_sub(rem, prod, W); --i; take = 1; }
-                }
-                if (take) z[freep[idx]] = val; else keep[nk++] = freep[idx];
+            const uint64_t pos = sc_pdep(sc_colex_unrank(rho[j], mult[j], nfree[j]), free_mask);
+            const uint64_t val = ones * (uint8_t)vals[j];
+            free_mask &= ~pos;
+            for (int w = 0; w < nw; ++w) {
+                const uint64_t sel = sc_byte_mask[(pos >> (8 * w)) & 0xFF];
+                zw[w] = (zw[w] & ~sel) | (val & sel);
             }
-            for (int t = 0; t < nk; ++t) freep[t] = keep[nk - 1 - t];
-            nf = nk;
         }
-        for (int t = 0; t < nf; ++t) z[freep[t]] = vals[nl - 1];
-        int b = 0;
-        for (int p = 0; p < d; ++p) {
-            if (z[p]) { if ((s >> b) & 1) z[p] = (int8_t)-z[p]; ++b; }
+        /* negate the selected (non-zero) bytes: ~x + 1 never carries out of a byte x != 0 */
+        const uint64_t nonzero = vals[nl - 1] ? sc_low_bits(d) : sc_low_bits(d) & ~free_mask;
+        const uint64_t neg = sc_pdep(sign, nonzero);
+        for (int w = 0; w < nw; ++w) {
+            const uint64_t sel = sc_byte_mask[(neg >> (8 * w)) & 0xFF];
+            zw[w] = (zw[w] ^ sel) + (sel & ones);
         }
+        memcpy(z, zw, d);
     }
 
     #define SC_DISPATCH_W(W, CALL) \\
@@ -228,9 +335,9 @@ cdef extern from *:
         SC_DISPATCH_W(L->W, SC_CALL)
         #undef SC_CALL
     }
-    static void sc_rank(const sc_lattice *L, int a, const uint8_t *lev, const uint8_t *neg,
+    static void sc_rank(const sc_lattice *L, int a, const uint64_t *layer, uint64_t negative,
                         uint64_t *code) {
-        #define SC_CALL(w) sc_rank_w(L, a, lev, neg, code, w)
+        #define SC_CALL(w) sc_rank_w(L, a, layer, negative, code, w)
         SC_DISPATCH_W(L->W, SC_CALL)
         #undef SC_CALL
     }
@@ -319,10 +426,10 @@ cdef extern from *:
             for (int v = 0; v < nv; ++v) {
                 const uint8_t *plev = L->pos_lev + (size_t)best[v] * d;
                 const float *yv = y + (v0 + v) * d;
-                uint8_t lev[SC_MAX_D], neg[SC_MAX_D];
-                for (int i = 0; i < d; ++i) lev[order[v * d + i]] = plev[i];
-                for (int p = 0; p < d; ++p) neg[p] = yv[p] < 0.f;
-                sc_rank(L, best[v], lev, neg, codes + (v0 + v) * W);
+                uint64_t layer[SC_MAX_D] = {0}, negative = 0;
+                for (int i = 0; i < d; ++i) layer[plev[i]] |= 1ULL << order[v * d + i];
+                for (int p = 0; p < d; ++p) negative |= (uint64_t)(yv[p] < 0.f) << p;
+                sc_rank(L, best[v], layer, negative, codes + (v0 + v) * W);
             }
         }
     }
@@ -354,14 +461,15 @@ cdef extern from *:
                 int mid = (lo + hi) >> 1;
                 if (memcmp(L->atoms + (size_t)mid * d, atom, d) <= 0) lo = mid; else hi = mid;
             }
-            uint8_t levmap[128], lev[SC_MAX_D], neg[SC_MAX_D];
+            uint8_t levmap[128];
+            uint64_t layer[SC_MAX_D] = {0}, negative = 0;
             const int8_t *vals = L->lev_val + (size_t)lo * L->nlevmax;
             for (int j = 0; j < L->nlev[lo]; ++j) levmap[vals[j]] = (uint8_t)j;
             for (int p = 0; p < d; ++p) {
-                lev[p] = levmap[zv[p] < 0 ? -zv[p] : zv[p]];
-                neg[p] = zv[p] < 0;
+                layer[levmap[zv[p] < 0 ? -zv[p] : zv[p]]] |= 1ULL << p;
+                negative |= (uint64_t)(zv[p] < 0) << p;
             }
-            sc_rank(L, lo, lev, neg, codes + v * W);
+            sc_rank(L, lo, layer, negative, codes + v * W);
         }
         return bad == n ? -1 : bad;
     }
@@ -688,9 +796,7 @@ cdef extern from *:
         const uint8_t *nlev
         const int8_t *lev_val
         const uint8_t *lev_mult
-        const uint64_t *lev_scale
         const uint64_t *offsets
-        const uint64_t *binom
 
     ctypedef struct sc_scan:
         int kind, d
@@ -707,6 +813,8 @@ cdef extern from *:
     ctypedef struct sc_range_result:
         int slots, nq
 
+    void sc_init_tables()
+    void sc_init_bits()
     int64_t sc_enumerate_atoms(int d, int r2, int8_t *out, int64_t cap) nogil
     void sc_nearest(const sc_lattice *L, const float *y, int64_t n, int8_t *z, int threads) nogil
     void sc_quantize(const sc_lattice *L, const float *y, int64_t n, uint64_t *codes, int threads) nogil
@@ -726,7 +834,8 @@ cdef extern from *:
 
 MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
-BINOM_N = SC_BINOM_N
+sc_init_tables()
+sc_init_bits()
 
 
 # ---------------------------------------------------------------------------------------
@@ -884,7 +993,7 @@ cdef class LatticeTables:
     cdef object _keep
 
     def __cinit__(self, int d, int r2, int words, atoms, pos_lev, conj, nnz, nlev, lev_val,
-                  lev_mult, lev_scale, offsets, binom):
+                  lev_mult, offsets):
         cdef const int8_t[:, ::1] a = atoms
         cdef const uint8_t[:, ::1] pl = pos_lev
         cdef const uint8_t[:, ::1] cj = conj
@@ -892,20 +1001,17 @@ cdef class LatticeTables:
         cdef const uint8_t[::1] nl = nlev
         cdef const int8_t[:, ::1] lv = lev_val
         cdef const uint8_t[:, ::1] lm = lev_mult
-        cdef const uint64_t[:, :, ::1] ls = lev_scale
         cdef const uint64_t[:, ::1] off = offsets
-        cdef const uint64_t[:, ::1] bn = binom
         if d > SC_MAX_D or not 1 <= words <= SC_MAX_W or a.shape[0] < 1:
             raise SpreadcodeError(f"unsupported lattice tables: d={d}, words={words}")
         self.d, self.r2, self.words, self.natom = d, r2, words, a.shape[0]
         self.atoms, self.offsets = atoms, offsets
-        self._keep = (pos_lev, conj, nnz, nlev, lev_val, lev_mult, lev_scale, binom)
+        self._keep = (pos_lev, conj, nnz, nlev, lev_val, lev_mult)
         self.c.d, self.c.W, self.c.natom = d, words, a.shape[0]
         self.c.tmax, self.c.nlevmax = cj.shape[1], lv.shape[1]
         self.c.atoms, self.c.pos_lev, self.c.conj = &a[0, 0], &pl[0, 0], &cj[0, 0]
         self.c.nnz, self.c.nlev = &nz[0], &nl[0]
-        self.c.lev_val, self.c.lev_mult, self.c.lev_scale = &lv[0, 0], &lm[0, 0], &ls[0, 0, 0]
-        self.c.offsets, self.c.binom = &off[0, 0], &bn[0, 0]
+        self.c.lev_val, self.c.lev_mult, self.c.offsets = &lv[0, 0], &lm[0, 0], &off[0, 0]
 
     def nearest(self, const float[:, ::1] y, int8_t[:, ::1] z, int threads):
         """z (n, d) int8 <- nearest points of y (n, d) float32."""

@@ -238,28 +238,14 @@ def _tables(d, r2):
     nnz = (atoms != 0).sum(axis=1).astype(np.uint8)
 
     fact = [math.factorial(i) for i in range(d + 1)]
-    offsets, scales = [], []
-    total = 0
+    offsets = [0]
     for mults, nz in zip(lev_mult.tolist(), nnz.tolist()):
-        mults = [m for m in mults if m]
         weight = fact[d]
-        radices, free = [], d
         for m in mults:
             weight //= fact[m]
-            radices.append(math.comb(free, m))
-            free -= m
-        place = [1] * nlevmax
-        for j in range(len(mults) - 2, -1, -1):
-            place[j] = place[j + 1] * radices[j + 1]
-        offsets.append(total)
-        scales.extend(place)
-        total += weight << nz
-    offsets.append(total)
-    binom = np.array([[math.comb(n, t) for t in range(_codec.BINOM_N)] for n in range(_codec.BINOM_N)],
-                     dtype=np.uint64)
-    return _codec.LatticeTables(
-        d, r2, w, atoms, pos_lev, conj, nnz, nlev, lev_val, lev_mult,
-        _to_words(scales, w).reshape(natom, nlevmax, w), _to_words(offsets, w), binom)
+        offsets.append(offsets[-1] + (weight << nz))
+    return _codec.LatticeTables(d, r2, w, atoms, pos_lev, conj, nnz, nlev, lev_val, lev_mult,
+                                _to_words(offsets, w))
 
 
 def atoms(d, r2):
