@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # training first: it sets the OpenMP wait policy before torch loads.
-from spreadcode.training import default_config, make_quantizer, train_catalyzer  # noqa: E402, I001
+from spreadcode.training import (DEFAULT_EPOCHS, DEFAULT_TIME_BUDGET_S, default_config,  # noqa: E402, I001
+                                 make_quantizer, resolve_device, train_catalyzer)
 from spreadcode import vecio  # noqa: E402
 from spreadcode.catalyzer import catalyze  # noqa: E402
 
@@ -80,15 +81,22 @@ def fmt(values):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Recall of catalyzer + lattice after training vs PCA + lattice, and a λ sweep.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="directory with learn/base/query.fvecs and groundtruth.ivecs")
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--dout", type=int, default=None)
     parser.add_argument("--r2", type=int, default=None)
-    parser.add_argument("--epochs", type=int, default=None, help="default: TrainConfig's")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"default: like `spreadcode train`, {DEFAULT_EPOCHS} epochs by device, "
+                             f"fewer if they would not fit {DEFAULT_TIME_BUDGET_S / 60:g} minutes")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                        help="train for this many minutes instead of a fixed epoch count")
     parser.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--lambda", dest="lam", type=float, default=None, help="default: per d_out")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="straight-through lattice layer on the positive and negative branches")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lambdas", default=None,
                         help="comma-separated λ values for the sweep (default: ×0.5, ×1, ×2 the default λ)")
@@ -101,8 +109,14 @@ def main(argv=None):
     query = vecio.read_vectors(args.data / "query.fvecs")
     groundtruth = vecio.read_groundtruth(args.data / "groundtruth.ivecs")
     config = default_config(args.bits, "lattice", args.dout, args.r2)
-    overrides = {"seed": args.seed}
-    for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lam", args.lam)):
+    overrides = {"seed": args.seed, "epochs": args.epochs, "time_budget_s": None,
+                 "end_to_end": args.end_to_end}
+    if args.time_budget is not None:
+        overrides["time_budget_s"] = args.time_budget * 60
+    elif args.epochs is None:
+        overrides.update(epochs=DEFAULT_EPOCHS[resolve_device("auto").type],
+                         time_budget_s=DEFAULT_TIME_BUDGET_S)
+    for name, value in (("batch_size", args.batch_size), ("lam", args.lam)):
         if value is not None:
             overrides[name] = value
     config = replace(config, **overrides)
@@ -128,7 +142,8 @@ def main(argv=None):
     print(row(["---"] * 6))
     for lam in lambdas:
         test, val, _, train_s = catalyzer_lattice(
-            learn, base, query, groundtruth, replace(config, lam=lam, epochs=args.sweep_epochs))
+            learn, base, query, groundtruth,
+            replace(config, lam=lam, epochs=args.sweep_epochs, time_budget_s=None))
         print(row([f"{lam:g}", f"{train_s:.0f}", *fmt(test), "/".join(fmt(val))]))
         sys.stdout.flush()
 
