@@ -5,7 +5,7 @@ Prints two tables:
    decode, on n random unit vectors at (d, r2) = (24, 79), with 1 and 2 threads, next to
    faiss.ZnSphereCodec(d, r2) on the same vectors, called through its batched
    encode_multi / decode_multi (OpenMP threads set with faiss.omp_set_num_threads), and
-   the speed ratio. faiss is an optional benchmark-only dependency (the `bench` extra);
+   the speed ratio. The four timings alternate within each repetition; best kept. faiss is an optional benchmark-only dependency (the `bench` extra);
    without it the faiss columns are left empty.
 2. the lattice scan: distances/s of lattice.search for nq unit queries against n codes.
 
@@ -13,6 +13,7 @@ Usage: python bench/codec.py [--n 1000000] [--nq 5000] [--k 10] [--repeat 3]
 """
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -32,13 +33,15 @@ def unit_vectors(n, d, seed):
     return x
 
 
-def best_seconds(fn, repeat):
-    """Fastest wall time of `repeat` calls of fn()."""
-    best = math.inf
+def best_seconds(fns, repeat):
+    """Fastest wall time of each function over `repeat` rounds; the functions take turns
+    within a round so that a change in machine load hits all of them alike."""
+    best = [math.inf] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -46,22 +49,20 @@ def codec_rows(x, d, r2, threads_list, repeat):
     """Table rows (operation, threads, spreadcode vectors/s, faiss vectors/s or None)."""
     n = len(x)
     codes = lattice.quantize(x, r2)
-    rows = []
     codec = faiss.ZnSphereCodec(d, r2) if faiss else None
     faiss_codes = np.empty(n, dtype=np.uint64)
     faiss_out = np.empty_like(x)
+    rows = []
     for threads in threads_list:
-        ours_enc = n / best_seconds(lambda: lattice.quantize(x, r2, threads=threads), repeat)
-        ours_dec = n / best_seconds(lambda: lattice.decode(codes, d, r2, threads=threads), repeat)
-        theirs_enc = theirs_dec = None
+        fns = [lambda: lattice.quantize(x, r2, threads=threads),
+               lambda: lattice.decode(codes, d, r2, threads=threads)]
         if codec is not None:
             faiss.omp_set_num_threads(threads)
-            theirs_enc = n / best_seconds(
-                lambda: codec.encode_multi(n, faiss.swig_ptr(x), faiss.swig_ptr(faiss_codes)), repeat)
-            theirs_dec = n / best_seconds(
-                lambda: codec.decode_multi(n, faiss.swig_ptr(faiss_codes), faiss.swig_ptr(faiss_out)), repeat)
-        rows.append(("nearest + encode", threads, ours_enc, theirs_enc))
-        rows.append(("decode", threads, ours_dec, theirs_dec))
+            fns += [lambda: codec.encode_multi(n, faiss.swig_ptr(x), faiss.swig_ptr(faiss_codes)),
+                    lambda: codec.decode_multi(n, faiss.swig_ptr(faiss_codes), faiss.swig_ptr(faiss_out))]
+        rates = [n / t for t in best_seconds(fns, repeat)] + [None, None]
+        rows.append(("nearest + encode", threads, rates[0], rates[2]))
+        rows.append(("decode", threads, rates[1], rates[3]))
     return rows
 
 
@@ -81,7 +82,7 @@ def scan_rows(n, nq, d, r2, k, threads_list):
     queries = unit_vectors(nq, d, 2)
     rows = []
     for threads in threads_list:
-        seconds = best_seconds(lambda: lattice.search(codes, d, r2, queries, k, threads=threads), 1)
+        seconds, = best_seconds([lambda: lattice.search(codes, d, r2, queries, k, threads=threads)], 1)
         rows.append((threads, seconds, n * nq / seconds))
     return rows
 
@@ -102,6 +103,8 @@ def main():
     parser.add_argument("--skip-scan", action="store_true", help="codec table only")
     args = parser.parse_args()
     d, r2, threads_list = 24, 79, (1, 2)
+    print(f"load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(timings are wall clock, best of --repeat)")
     x = unit_vectors(args.n, d, 0)
     print_codec_table(codec_rows(x, d, r2, threads_list, args.repeat), args.n, d, r2)
     if not args.skip_scan:

@@ -610,7 +610,7 @@ cdef extern from *:
     /* distances of queries [q0, q0 + nqg) to codes [start, start + cnt): dist (SC_QG, SC_BLOCK),
        and hot (SC_QG, SC_BLOCK / 16) flags marking the groups of 16 with a distance <= limit */
     static void sc_score(const sc_scan *S, const float *zT, int64_t start, int cnt, int q0, int nqg,
-                         const float *limit, float *dist, uint8_t *hot) {
+                         const float *limit, float *qbuf, float *dist, uint8_t *hot) {
         if (S->kind == SC_HAMMING) {
             for (int g = 0; g < nqg; ++g) {
                 const uint8_t *qc = S->qcodes + (size_t)(q0 + g) * S->nb;
@@ -620,10 +620,10 @@ cdef extern from *:
             }
             return;
         }
-        const int d = S->d;
-        float q[SC_QG * SC_MAX_D] = {0};
-        memcpy(q, S->queries + (size_t)q0 * d, sizeof(float) * nqg * d);
-        sc_dot_tile(q, d, zT, (cnt + 15) & ~15, S->scale2, limit, dist, hot);
+        const int d = S->d;                            /* qbuf (SC_QG, d): queries, zero-padded */
+        memcpy(qbuf, S->queries + (size_t)q0 * d, sizeof(float) * nqg * d);
+        memset(qbuf + (size_t)nqg * d, 0, sizeof(float) * (SC_QG - nqg) * d);
+        sc_dot_tile(qbuf, d, zT, (cnt + 15) & ~15, S->scale2, limit, dist, hot);
     }
 
     SC_INLINE int sc_before(float da, int64_t ia, float db, int64_t ib) {
@@ -696,9 +696,10 @@ cdef extern from *:
     static int sc_scan_share(const sc_scan *S, sc_share sh, const sc_sink *sink) {
         float *zT = (float *)aligned_alloc(64, sizeof(float) * (S->d > 0 ? S->d : 1) * SC_BLOCK);
         float *dist = (float *)aligned_alloc(64, sizeof(float) * SC_QG * SC_BLOCK);
+        float *qbuf = (float *)malloc(sizeof(float) * SC_QG * (S->d > 0 ? S->d : 1));
         uint8_t hot[SC_QG * SC_BLOCK / 16];
         float limit[SC_QG];
-        int failed = !zT || !dist;
+        int failed = !zT || !dist || !qbuf;
         for (int64_t c0 = sh.c0; c0 < sh.c1 && sh.q1 > sh.q0 && !failed; c0 += SC_BLOCK) {
             int cnt = (int)(sh.c1 - c0 < SC_BLOCK ? sh.c1 - c0 : SC_BLOCK);
             sc_prepare_block(S, c0, cnt, zT);
@@ -706,7 +707,7 @@ cdef extern from *:
                 int nqg = sh.q1 - q0 < SC_QG ? sh.q1 - q0 : SC_QG;
                 for (int g = 0; g < SC_QG; ++g)     /* a distance must reach this to count */
                     limit[g] = g >= nqg ? -INFINITY : sink->k ? sink->hd[(size_t)(q0 + g) * sink->k] : sink->radius;
-                sc_score(S, zT, c0, cnt, q0, nqg, limit, dist, hot);
+                sc_score(S, zT, c0, cnt, q0, nqg, limit, qbuf, dist, hot);
                 for (int g = 0; g < nqg && !failed; ++g) {
                     const float *row = dist + g * SC_BLOCK;
                     const size_t q = (size_t)(q0 + g);
@@ -728,6 +729,7 @@ cdef extern from *:
         }
         free(zT);
         free(dist);
+        free(qbuf);
         return failed ? -1 : 0;
     }
 

@@ -107,6 +107,17 @@ def test_asymmetric_search_equals_brute_force(n, k, threads):
     assert np.array_equal(ids, ref_i) and np.array_equal(distances, ref_d)
 
 
+@pytest.mark.parametrize("d", [64, 128, 200])
+def test_asymmetric_search_in_high_dimension(d):
+    rng = np.random.default_rng(d)
+    db = signs.pack(rng.standard_normal((3000, d)).astype(np.float32))
+    queries = rng.standard_normal((9, d)).astype(np.float32)
+    distances, ids = signs.asymmetric_search(db, d, queries, 4)
+    dist = 2 - (queries.astype(np.float64) @ signs.unpack(db, d).T) * (2 / np.sqrt(d))
+    np.testing.assert_allclose(distances, np.take_along_axis(dist, ids, axis=1), atol=1e-4)
+    np.testing.assert_allclose(distances, np.sort(dist, axis=1)[:, :4], atol=1e-4)
+
+
 def test_range_searches_equal_brute_force():
     rng = np.random.default_rng(9)
     d = 16
