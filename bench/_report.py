@@ -179,12 +179,13 @@ def _pyplot():
 
 
 def plot_figure5(folder, section):
-    """Recall@10 vs bits, one line per method (missing points skipped)."""
+    """Recall@10 vs the bits each code really uses (a lattice sphere may fall short of the
+    target), one line per method; n/a points are skipped."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for row in section["rows"]:
-        points = [(b, row["cells"][str(b)]["recall"]["10"]) for b in section["bits"]
-                  if row["cells"][str(b)]["recall"]]
+        cells = [row["cells"][str(b)] for b in section["bits"]]
+        points = [(cell["bits"], cell["recall"]["10"]) for cell in cells if cell["recall"]]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, [100 * y for y in ys], marker="o", label=row["method"])

@@ -43,7 +43,7 @@ class TrainedCatalyzer:
     def note(self):
         training = self.meta["training"]
         return (f"catalyzer d_out={self.model.d_out}, λ={self.meta['lambda']:g}, "
-                f"{training['epochs']} epochs{' (cached)' if self.cached else ''}")
+                f"epochs={training['epochs']}{' (cached)' if self.cached else ''}")
 
 
 def trained_catalyzer(learn, config, ctx):

@@ -159,6 +159,8 @@ def parse_args(argv):
     parser.add_argument("--cache", default=str(REPO / "bench" / "cache"),
                         help="where trained catalyzers are kept between runs")
     args = parser.parse_args(argv)
+    if args.train_minutes is not None and not args.train_minutes > 0:
+        parser.error(f"--train-minutes must be positive, got {args.train_minutes}")
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTION_RUNNERS))
     if unknown or not args.sections:
