@@ -80,19 +80,6 @@ cdef extern from *:
             borrow = out;
         }
     }
-    SC_INLINE void scw_mul_small(uint64_t *out, const uint64_t *a, uint64_t m, const int W) {
-        sc_u128 carry = 0;                                   /* out = a * m, truncated to W words */
-        for (int w = 0; w < W; ++w) {
-            carry += (sc_u128)a[w] * m;
-            out[w] = (uint64_t)carry;
-            carry >>= 64;
-        }
-    }
-    SC_INLINE void scw_muladd_small(uint64_t *acc, const uint64_t *a, uint64_t m, const int W) {
-        uint64_t prod[SC_MAX_W];                             /* acc += a * m */
-        scw_mul_small(prod, a, m, W);
-        scw_add(acc, prod, W);
-    }
     SC_INLINE void scw_muladd_word(uint64_t *a, uint64_t m, uint64_t add, const int W) {
         sc_u128 carry = add;                                 /* a = a * m + add, truncated */
         for (int w = 0; w < W; ++w) {
@@ -540,7 +527,6 @@ cdef extern from *:
     #define SC_ZT(d, i, c) ((((c) >> 4) * (d) + (i)) * 16 + ((c) & 15))
     enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2 };
     typedef float sc_v8 __attribute__((vector_size(32)));
-    typedef int32_t sc_v8i __attribute__((vector_size(32)));
 
     typedef struct {
         int kind, d;
@@ -1039,8 +1025,8 @@ cdef class LatticeTables:
     Keeps the numpy arrays alive and exposes them to C as one ``sc_lattice`` struct.
     """
     cdef sc_lattice c
-    cdef readonly int d, r2, words, natom
-    cdef readonly object atoms, offsets
+    cdef readonly int d, r2, words
+    cdef readonly object atoms
     cdef object _keep
 
     def __cinit__(self, int d, int r2, int words, atoms, pos_lev, conj, nnz, nlev, lev_val,
@@ -1055,9 +1041,8 @@ cdef class LatticeTables:
         cdef const uint64_t[:, ::1] off = offsets
         if d > SC_MAX_D or not 1 <= words <= SC_MAX_W or a.shape[0] < 1:
             raise SpreadcodeError(f"unsupported lattice tables: d={d}, words={words}")
-        self.d, self.r2, self.words, self.natom = d, r2, words, a.shape[0]
-        self.atoms, self.offsets = atoms, offsets
-        self._keep = (pos_lev, conj, nnz, nlev, lev_val, lev_mult)
+        self.d, self.r2, self.words, self.atoms = d, r2, words, atoms
+        self._keep = (pos_lev, conj, nnz, nlev, lev_val, lev_mult, offsets)
         self.c.d, self.c.W, self.c.natom = d, words, a.shape[0]
         self.c.tmax, self.c.nlevmax = cj.shape[1], lv.shape[1]
         self.c.atoms, self.c.pos_lev, self.c.conj = &a[0, 0], &pl[0, 0], &cj[0, 0]

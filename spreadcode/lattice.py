@@ -110,17 +110,25 @@ def count(d, r2):
     return _sphere_counts(d, r2)[r2]
 
 
+def _empty(d, r2):
+    return SpreadcodeError(f"S(d={d}, r2={r2}) is empty: {r2} is not a sum of {d} squares")
+
+
 def bits(d, r2):
     """Bits needed by a code of S(d, r2): ceil(log2(count(d, r2))); 0 for a single point."""
     n = count(d, r2)
     if n == 0:
-        raise SpreadcodeError(f"S(d={d}, r2={r2}) is empty: {r2} is not a sum of {d} squares")
+        raise _empty(d, r2)
     return (n - 1).bit_length()
+
+
+def _words_of_bits(nbits):
+    return max(1, -(-nbits // 64))
 
 
 def words(d, r2):
     """64-bit words per stored code: max(1, ceil(bits(d, r2) / 64))."""
-    return max(1, -(-bits(d, r2) // 64))
+    return _words_of_bits(bits(d, r2))
 
 
 @functools.lru_cache(maxsize=16)
@@ -181,7 +189,7 @@ def good_params(bits):
 
 
 def _limits(d, r2):
-    """(d, r2, words(d, r2)) as ints after checking the dimension, coordinate and word limits."""
+    """(d, r2) as ints after checking the dimension and coordinate limits."""
     d = _codec.check_int(d, "d", 1)
     r2 = _codec.check_int(r2, "r2", 1)
     if d > MAX_DIM:
@@ -189,20 +197,15 @@ def _limits(d, r2):
     if math.isqrt(r2) > MAX_COORD:
         raise SpreadcodeError(
             f"r2={r2} is too large: coordinates up to {math.isqrt(r2)} do not fit int8 (max {MAX_COORD})")
-    w = words(d, r2)
-    if w > MAX_WORDS:
-        raise SpreadcodeError(
-            f"S(d={d}, r2={r2}) needs {bits(d, r2)}-bit codes, above the {64 * MAX_WORDS}-bit limit")
-    return d, r2, w
+    return d, r2
 
 
 def check_setting(d, r2):
     """(d, r2, words(d, r2)) as ints after checking every codec limit of the module
-    docstring (atoms included); SpreadcodeError names the limit that is exceeded.
-    Builds and caches the setting's tables on first use."""
-    d, r2, w = _limits(d, r2)
-    _tables(d, r2)
-    return d, r2, w
+    docstring; SpreadcodeError names the limit that is exceeded. Builds and caches the
+    setting's tables on first use."""
+    tables = _tables(*_limits(d, r2))
+    return tables.d, tables.r2, tables.words
 
 
 def _to_words(values, w):
@@ -213,16 +216,17 @@ def _to_words(values, w):
 
 @functools.lru_cache(maxsize=16)
 def _tables(d, r2):
-    """The kernel tables of S(d, r2) (a _codec.LatticeTables), built once per setting.
-
-    Cost: proportional to the number of atoms (Python-int arithmetic per atom)."""
-    d, r2, w = _limits(d, r2)
+    """The kernel tables of S(d, r2) (a _codec.LatticeTables), built once per setting from
+    ints (d, r2) within _limits; the code length comes from the atom weights, whose sum is
+    count(d, r2). Cost: proportional to the number of atoms (Python-int arithmetic per atom)."""
     atoms = _codec.enumerate_atoms(d, r2, MAX_ATOMS)
     if atoms is None:
         raise SpreadcodeError(
             f"S(d={d}, r2={r2}) has more than {MAX_ATOMS} atoms: too many for the exact "
-            "nearest-point search; use a smaller r2 or a larger d")
+            "nearest-point search; use a smaller r2 (see good_params)")
     natom = len(atoms)
+    if natom == 0:
+        raise _empty(d, r2)
     new_level = np.zeros((natom, d), dtype=bool)
     new_level[:, 1:] = atoms[:, 1:] != atoms[:, :-1]
     pos_lev = np.cumsum(new_level, axis=1).astype(np.uint8)
@@ -244,6 +248,10 @@ def _tables(d, r2):
         for m in mults:
             weight //= fact[m]
         offsets.append(offsets[-1] + (weight << nz))
+    nbits = (offsets[-1] - 1).bit_length()
+    w = _words_of_bits(nbits)
+    if w > MAX_WORDS:
+        raise SpreadcodeError(f"S(d={d}, r2={r2}) needs {nbits}-bit codes, above the {64 * MAX_WORDS}-bit limit")
     return _codec.LatticeTables(d, r2, w, atoms, pos_lev, conj, nnz, nlev, lev_val, lev_mult,
                                 _to_words(offsets, w))
 
@@ -251,7 +259,7 @@ def _tables(d, r2):
 def atoms(d, r2):
     """The atoms of S(d, r2): int8 (natom, d), rows non-increasing, ascending lexicographic
     order (atom number = row number). A read-only view of the cached tables."""
-    view = _tables(d, r2).atoms.view()
+    view = _tables(*_limits(d, r2)).atoms.view()
     view.flags.writeable = False
     return view
 
