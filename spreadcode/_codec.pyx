@@ -248,24 +248,31 @@ cdef extern from *:
         return base;
     }
 
-    /* The m-subset of {0..n-1} with colex rank rho, as a bit mask. */
-    SC_INLINE uint64_t sc_colex_unrank(uint64_t rho, int m, int n) {
+    /* #{p < width : C(p, i) <= rho}. While rho < C(lim, i) (the colex invariant), no p >= lim
+       is counted, so a fixed width >= lim gives max{p < lim : C(p, i) <= rho} + 1 without
+       loop bounds that depend on the data; narrow tables put more entries in a vector. */
+    SC_INLINE int sc_count_below(uint64_t rho, int i, const int width) {
+        int cnt = 0;
+        if (rho < UINT16_MAX) {
+            const uint16_t *col = sc_binom16[i], r16 = (uint16_t)rho;
+            for (int p = 0; p < width; ++p) cnt += col[p] <= r16;
+        } else if (rho < UINT32_MAX) {
+            const uint32_t *col = sc_binom32[i], r32 = (uint32_t)rho;
+            for (int p = 0; p < width; ++p) cnt += col[p] <= r32;
+        } else {
+            const uint64_t *col = sc_binom[i];
+            for (int p = 0; p < width; ++p) cnt += col[p] <= rho;
+        }
+        return cnt;
+    }
+
+    /* The m-subset of {0..n-1} (n <= width) with colex rank rho, as a bit mask. */
+    SC_INLINE uint64_t sc_colex_unrank(uint64_t rho, int m, int n, const int width) {
         uint64_t chosen = 0;
         int lim = n;                                   /* the remaining entries lie below lim */
         for (int i = m; i > 1; --i) {
             if (lim == i) return chosen | sc_low_bits(lim);
-            int cnt = 0;                               /* entry = max{p < lim : C(p, i) <= rho} */
-            if (rho < UINT16_MAX) {
-                const uint16_t *col = sc_binom16[i], r16 = (uint16_t)rho;
-                for (int p = 0; p < lim; ++p) cnt += col[p] <= r16;
-            } else if (rho < UINT32_MAX) {
-                const uint32_t *col = sc_binom32[i], r32 = (uint32_t)rho;
-                for (int p = 0; p < lim; ++p) cnt += col[p] <= r32;
-            } else {
-                const uint64_t *col = sc_binom[i];
-                for (int p = 0; p < lim; ++p) cnt += col[p] <= rho;
-            }
-            lim = cnt - 1;
+            lim = sc_count_below(rho, i, width) - 1;   /* max{p < lim : C(p, i) <= rho} */
             rho -= sc_binom[i][lim];
             chosen |= 1ULL << lim;
         }
@@ -295,7 +302,10 @@ cdef extern from *:
         for (int w = 0; w < nw; ++w) zw[w] = ones * (uint8_t)vals[nl - 1];
         uint64_t free_mask = sc_low_bits(d);
         for (int j = 0; j + 1 < nl; ++j) {
-            const uint64_t pos = sc_pdep(sc_colex_unrank(rho[j], mult[j], nfree[j]), free_mask);
+            const uint64_t chosen = d <= 16 ? sc_colex_unrank(rho[j], mult[j], nfree[j], 16)
+                                  : d <= 32 ? sc_colex_unrank(rho[j], mult[j], nfree[j], 32)
+                                            : sc_colex_unrank(rho[j], mult[j], nfree[j], 64);
+            const uint64_t pos = sc_pdep(chosen, free_mask);
             const uint64_t val = ones * (uint8_t)vals[j];
             free_mask &= ~pos;
             for (int w = 0; w < nw; ++w) {
