@@ -881,6 +881,7 @@ cdef extern from *:
 
 MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
+TOPK_HEAP_ENTRIES = 1 << 24       # (distance, id) heap entries of one top-k query batch
 sc_init_tables()
 sc_init_bits()
 
@@ -995,18 +996,29 @@ cdef class Scan:
     cdef object keep
 
     def topk(self, int k, int threads):
-        """(distances float32 (nq, k), ids int64 (nq, k)) sorted by (distance, id)."""
-        D = np.empty((self.s.nq, k), dtype=np.float32)
-        I = np.empty((self.s.nq, k), dtype=np.int64)
-        cdef float[:, ::1] dv = D
-        cdef int64_t[:, ::1] iv = I
+        """(distances float32 (nq, k), ids int64 (nq, k)) sorted by (distance, id).
+
+        Queries go in batches whose heaps (batch * k * threads entries) stay below
+        TOPK_HEAP_ENTRIES; the codes are decoded once per batch."""
+        distances = np.empty((self.s.nq, k), dtype=np.float32)
+        ids = np.empty((self.s.nq, k), dtype=np.int64)
+        cdef float[:, ::1] dv = distances
+        cdef int64_t[:, ::1] iv = ids
         cdef int rc = 0
-        if self.s.nq:
+        cdef int batch = max(1, TOPK_HEAP_ENTRIES // (k * threads))
+        cdef sc_scan part = self.s
+        cdef int q0
+        for q0 in range(0, self.s.nq, batch):
+            part.nq = min(batch, self.s.nq - q0)
+            if self.s.kind == SC_HAMMING:
+                part.qcodes = self.s.qcodes + <size_t>q0 * self.s.nb
+            else:
+                part.queries = self.s.queries + <size_t>q0 * self.s.d
             with nogil:
-                rc = sc_scan_topk(&self.s, k, threads, &dv[0, 0], &iv[0, 0])
-        if rc:
-            raise MemoryError("out of memory in the top-k scan")
-        return D, I
+                rc = sc_scan_topk(&part, k, threads, &dv[q0, 0], &iv[q0, 0])
+            if rc:
+                raise MemoryError("out of memory in the top-k scan")
+        return distances, ids
 
     def range(self, float radius, int threads):
         """(lims int64 (nq + 1,), ids int64, distances float32), CSR by query."""

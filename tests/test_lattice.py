@@ -321,6 +321,17 @@ def test_search_equals_brute_force(n, k, threads):
     assert np.array_equal(distances, ref_d)
 
 
+def test_search_in_small_query_batches_gives_the_same_results(monkeypatch):
+    from spreadcode import _codec
+    rng = np.random.default_rng(6)
+    codes = lattice.quantize(rng.standard_normal((3000, 24)).astype(np.float32), 79)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    expected = lattice.search(codes, 24, 79, queries, 7, threads=2)
+    monkeypatch.setattr(_codec, "TOPK_HEAP_ENTRIES", 40)          # batches of 2 queries
+    for got, want in zip(lattice.search(codes, 24, 79, queries, 7, threads=2), expected):
+        assert np.array_equal(got, want)
+
+
 def test_search_multiword_codes():
     d, r2 = 48, 135
     rng = np.random.default_rng(5)

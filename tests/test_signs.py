@@ -107,6 +107,19 @@ def test_asymmetric_search_equals_brute_force(n, k, threads):
     assert np.array_equal(ids, ref_i) and np.array_equal(distances, ref_d)
 
 
+def test_searches_in_small_query_batches_give_the_same_results(monkeypatch):
+    from spreadcode import _codec
+    rng = np.random.default_rng(7)
+    db = signs.pack(rng.standard_normal((3000, 40)).astype(np.float32))
+    queries = rng.standard_normal((30, 40)).astype(np.float32)
+    expected = [signs.hamming_search(db, signs.pack(queries), 5), signs.asymmetric_search(db, 40, queries, 5)]
+    monkeypatch.setattr(_codec, "TOPK_HEAP_ENTRIES", 1)           # one query per batch
+    got = [signs.hamming_search(db, signs.pack(queries), 5), signs.asymmetric_search(db, 40, queries, 5)]
+    for pair_got, pair_want in zip(got, expected):
+        for a, b in zip(pair_got, pair_want):
+            assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("d", [64, 128, 200])
 def test_asymmetric_search_in_high_dimension(d):
     rng = np.random.default_rng(d)
