@@ -45,7 +45,9 @@ from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, lo
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
-HELD_OUT_FRACTION = 0.05
+HELD_OUT_FRACTION = 0.1
+# Every CALIBRATION_QUERY_STRIDE-th held-out vector is a calibration query, the others its database.
+CALIBRATION_QUERY_STRIDE = 5
 MLP_HIDDEN = 1024
 MLP_EPOCHS = 30
 MLP_BATCH = 256
@@ -236,9 +238,11 @@ def held_out_split(n, seed):
 def calibrate_blend(net, quantizer, codes, inputs, targets, query_catalyzed, query_targets):
     """Choose the blend weight of re-ranking on held-out data.
 
-    The held-out vectors are queries (catalyzed float32 (nq, d), raw float32 (nq, d_in)) and
-    the training vectors the database (codes as the quantizer stores them, their
-    reconstructions float32 (n, d), raw float32 (n, d_in)). The compressed-domain shortlist of
+    Queries: catalyzed float32 (nq, d) and raw float32 (nq, d_in); database: codes as the
+    quantizer stores them, their reconstructions float32 (n, d) and raw vectors float32
+    (n, d_in). Both must be unseen by the decoder: it decodes its own training vectors far
+    better than new ones, which would overrate the decoded distance. The compressed-domain
+    shortlist of
     CALIBRATION_SHORTLIST is re-ranked with each weight of BLEND_GRID and scored by
     1-recall@1 against the exact input-space nearest neighbour. Returns (best weight, the
     smallest among equals; {"compressed": recall of the shortlist order, "<weight>": recall}).
@@ -263,7 +267,8 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     learn: real array (n, d_in); catalyzer, catalyzer_meta: as returned by `load_catalyzer`.
     HELD_OUT_FRACTION of the vectors (seeded split) are held out to measure the squared error
     per vector of the decoder and of the linear baseline, and to choose the decoder's blend
-    weight for re-ranking (`calibrate_blend`). ``epochs``: MLP epochs (default
+    weight for re-ranking (`calibrate_blend`: every CALIBRATION_QUERY_STRIDE-th held-out vector
+    is a query, the other held-out vectors are the database). ``epochs``: MLP epochs (default
     MLP_EPOCHS; not allowed for a linear decoder), ``hidden``: MLP width. Returns (DecoderNet, metadata for
     `save_decoder`).
     """
@@ -276,10 +281,12 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     targets = np.ascontiguousarray(learn, dtype=np.float32)
     n = targets.shape[0]
     train_rows, val_rows = held_out_split(n, seed)
-    if len(train_rows) < quantizer.d + 2:
+    if len(train_rows) < quantizer.d + 2 or len(val_rows) < CALIBRATION_QUERY_STRIDE:
+        minimum = max(math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1,
+                      math.ceil(CALIBRATION_QUERY_STRIDE / HELD_OUT_FRACTION))
         raise SpreadcodeError(
             f"{n} learn vectors are too few to train a decoder of d={quantizer.d} codes "
-            f"(need at least {math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1})")
+            f"(need at least {minimum})")
     codes = quantizer.quantize(catalyzed)
     inputs = np.ascontiguousarray(quantizer.reconstruct(codes), dtype=np.float32)
     held_out = (inputs[val_rows], targets[val_rows])
@@ -288,8 +295,10 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
                       epochs=epochs, seed=seed, held_out=held_out, progress=progress)
     with torch.no_grad():
         baseline = net.linear(torch.from_numpy(held_out[0])).numpy()
-    blend, blend_search = calibrate_blend(net, quantizer, codes[train_rows], inputs[train_rows],
-                                          targets[train_rows], catalyzed[val_rows], held_out[1])
+    is_query = np.arange(len(val_rows)) % CALIBRATION_QUERY_STRIDE == 0
+    queries, database = val_rows[is_query], val_rows[~is_query]
+    blend, blend_search = calibrate_blend(net, quantizer, codes[database], inputs[database],
+                                          targets[database], catalyzed[queries], targets[queries])
     meta = {
         "catalyzer": catalyzer_meta["sha256"],
         "quantizer": catalyzer_meta["quantizer"],
@@ -302,6 +311,7 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
             "val_mse": squared_error(net.predict(held_out[0]), held_out[1]),
             "baseline_val_mse": squared_error(baseline, held_out[1]),
             "blend_search": blend_search, "calibration_shortlist": CALIBRATION_SHORTLIST,
+            "calibration_queries": int(len(queries)), "calibration_database": int(len(database)),
             "data": {"n": int(n), "d": int(targets.shape[1]),
                      "sha256": hashlib.sha256(targets.tobytes()).hexdigest()},
         },
@@ -599,6 +609,8 @@ class DecoderSummary:
     baseline_val_mse: float
     blend: float
     blend_search: dict
+    calibration_queries: int
+    calibration_database: int
     wall_time_s: float
 
     def report(self):
@@ -614,7 +626,8 @@ class DecoderSummary:
             f"catalyzer {self.catalyzer_sha256[:12]}",
             f"held-out squared error per vector ({self.n_val} vectors): decoder "
             f"{self.val_mse:.5f}, best linear map {self.baseline_val_mse:.5f} ({gain:+.1f}%)",
-            f"held-out 1-recall@1 re-ranking a shortlist of {CALIBRATION_SHORTLIST}: compressed "
+            f"held-out 1-recall@1 ({self.calibration_queries} queries, {self.calibration_database} "
+            f"database vectors, shortlist {CALIBRATION_SHORTLIST}): compressed "
             f"order {100 * self.blend_search['compressed']:.1f}, decoded distance "
             f"{100 * self.blend_search['0']:.1f}, + {self.blend:g} x compressed distance "
             f"{100 * self.blend_search[f'{self.blend:g}']:.1f} (blend used by default)",
@@ -646,4 +659,5 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
         quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
         n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],
         baseline_val_mse=training["baseline_val_mse"], blend=meta["decoder"]["blend"],
-        blend_search=training["blend_search"], wall_time_s=time.monotonic() - started)
+        blend_search=training["blend_search"], calibration_queries=training["calibration_queries"],
+        calibration_database=training["calibration_database"], wall_time_s=time.monotonic() - started)

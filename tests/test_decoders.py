@@ -119,7 +119,7 @@ def test_linear_decoder_is_least_squares_on_the_training_codes(world):
 
 def test_held_out_split_is_a_seeded_partition():
     train_rows, val_rows = held_out_split(1000, seed=3)
-    assert len(val_rows) == 50
+    assert len(val_rows) == 100
     assert np.array_equal(np.sort(np.concatenate([train_rows, val_rows])), np.arange(1000))
     again = held_out_split(1000, seed=3)
     assert np.array_equal(again[1], val_rows) and not np.array_equal(held_out_split(1000, 4)[1], val_rows)
@@ -292,16 +292,18 @@ def test_calibrated_blend_is_the_best_of_its_grid(world):
     quantizer = quantizer_from_spec(**LATTICE)
     catalyzed = catalyze(entry["model"], learn)
     codes = quantizer.quantize(catalyzed)
-    train_rows, val_rows = held_out_split(N_LEARN, seed=0)
-    blend, recalls = calibrate_blend(decoder.net, quantizer, codes[train_rows],
-                                     quantizer.reconstruct(codes[train_rows]), learn[train_rows],
-                                     catalyzed[val_rows], learn[val_rows])
+    _, val_rows = held_out_split(N_LEARN, seed=0)
+    queries, database = val_rows[::5], np.setdiff1d(val_rows, val_rows[::5])
+    assert decoder.meta["training"]["calibration_queries"] == len(queries) == 30
+    blend, recalls = calibrate_blend(decoder.net, quantizer, codes[database],
+                                     quantizer.reconstruct(codes[database]), learn[database],
+                                     catalyzed[queries], learn[queries])
     assert blend == decoder.blend and recalls == decoder.meta["training"]["blend_search"]
     assert set(recalls) == {"compressed", *(f"{b:g}" for b in BLEND_GRID)}
     assert recalls[f"{blend:g}"] == max(recalls[f"{b:g}"] for b in BLEND_GRID)
     assert all(recalls[f"{b:g}"] < recalls[f"{blend:g}"] for b in BLEND_GRID if b < blend)
-    nearest = exact_decoded_knn(learn[train_rows], learn[val_rows], 1)[0][:, 0]
-    _, first = quantizer.search(codes[train_rows], catalyzed[val_rows], 1)
+    nearest = exact_decoded_knn(learn[database], learn[queries], 1)[0][:, 0]
+    _, first = quantizer.search(codes[database], catalyzed[queries], 1)
     assert recalls["compressed"] == np.mean(first[:, 0] == nearest)
 
 
@@ -359,9 +361,9 @@ def test_train_decoder_command_end_to_end(world, tmp_path):
         (tmp_path / "dec.safetensors").read_bytes()
     lines = summary.report().splitlines()
     assert lines[0] == f"decoder {summary.sha256}"
-    assert any("held-out squared error per vector (75 vectors)" in line
+    assert any("held-out squared error per vector (150 vectors)" in line
                and f"{summary.val_mse:.5f}" in line for line in lines)
-    assert summary.n_train == N_LEARN - 75 and summary.val_mse == summary.baseline_val_mse
+    assert summary.n_train == N_LEARN - 150 and summary.val_mse == summary.baseline_val_mse
 
 
 def test_decoder_net_kinds():
