@@ -160,8 +160,11 @@ def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EP
     inputs: float (n, d); targets: float (n, d_in); n ≥ 2. ``kind="linear"``: `fit_linear`
     only. ``kind="mlp"``: `fit_linear`, then the MLP correction of its residual, ``epochs``
     passes of Adam (batches of MLP_BATCH, cosine learning-rate decay from MLP_LR, seeded by
-    ``seed``). ``held_out``: optional (inputs, targets) whose squared error the progress bar
-    shows. Returns a DecoderNet in eval mode on the CPU.
+    ``seed``). ``held_out``: optional (inputs, targets) scored after every MLP epoch; the
+    epoch with the lowest squared error is the one kept (early stopping: an MLP on few codes,
+    e.g. 64 sign bits, memorises its training vectors after a few epochs). Returns
+    (DecoderNet in eval mode on the CPU, list of the held-out squared error after each epoch:
+    empty without ``held_out`` and for a linear decoder).
     """
     if kind not in DECODER_KINDS:
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
@@ -174,15 +177,17 @@ def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EP
     with torch.no_grad():
         net.linear.weight.copy_(torch.from_numpy(weight))
         net.linear.bias.copy_(torch.from_numpy(bias))
+    curve = []
     if kind == "mlp":
         if not (isinstance(epochs, int) and epochs >= 1):
             raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
-        _train_correction(net, inputs, targets, epochs, seed, held_out, progress)
-    return net.eval()
+        curve = _train_correction(net, inputs, targets, epochs, seed, held_out, progress)
+    return net.eval(), curve
 
 
 def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
-    """Train ``net.mlp`` (the linear part stays fixed) on the linear map's scaled residual."""
+    """Train ``net.mlp`` (the linear part stays fixed) on the linear map's scaled residual;
+    with ``held_out``, restore the epoch of lowest held-out error. Returns the error curve."""
     device = _pick_device()
     net.to(device)
     x = torch.from_numpy(inputs).to(device)
@@ -197,6 +202,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
     optimizer = torch.optim.Adam(net.mlp.parameters(), lr=MLP_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
     rng = np.random.default_rng(seed)
+    curve, best = [], None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -215,16 +221,23 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
                 optimizer.step()
                 schedule.step()
                 total += loss.detach()
+            if held_out is not None:
+                curve.append(squared_error(net.predict(held_out[0]), held_out[1]))
+                if curve[-1] == min(curve):
+                    best = {name: value.detach().clone() for name, value in net.state_dict().items()}
             if bar is not None:
                 text = f"train squared error {float(total) / steps * float(scale) ** 2:.4f}"
-                if held_out is not None:
-                    text += f"  held-out {squared_error(net.predict(held_out[0]), held_out[1]):.4f}"
+                if curve:
+                    text += f"  held-out {curve[-1]:.4f} (best {min(curve):.4f})"
                 bar.set_postfix_str(text, refresh=False)
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    if curve:
+        net.load_state_dict(best)
     net.cpu()
+    return curve
 
 
 def held_out_split(n, seed):
@@ -291,8 +304,8 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     inputs = np.ascontiguousarray(quantizer.reconstruct(codes), dtype=np.float32)
     held_out = (inputs[val_rows], targets[val_rows])
     epochs = MLP_EPOCHS if kind == "mlp" and epochs is None else epochs
-    net = fit_decoder(inputs[train_rows], targets[train_rows], kind=kind, hidden=hidden,
-                      epochs=epochs, seed=seed, held_out=held_out, progress=progress)
+    net, curve = fit_decoder(inputs[train_rows], targets[train_rows], kind=kind, hidden=hidden,
+                             epochs=epochs, seed=seed, held_out=held_out, progress=progress)
     with torch.no_grad():
         baseline = net.linear(torch.from_numpy(held_out[0])).numpy()
     is_query = np.arange(len(val_rows)) % CALIBRATION_QUERY_STRIDE == 0
@@ -307,6 +320,7 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
         "training": {
             "seed": seed, "n_train": int(len(train_rows)), "n_val": int(len(val_rows)),
             "epochs": epochs, "batch_size": MLP_BATCH if kind == "mlp" else None,
+            "best_epoch": int(np.argmin(curve)) + 1 if curve else None, "val_mse_curve": curve,
             "lr": MLP_LR if kind == "mlp" else None,
             "val_mse": squared_error(net.predict(held_out[0]), held_out[1]),
             "baseline_val_mse": squared_error(baseline, held_out[1]),
@@ -600,6 +614,7 @@ class DecoderSummary:
     kind: str
     hidden: int | None
     epochs: int | None
+    best_epoch: int | None
     catalyzer_sha256: str
     quantizer: str
     d_in: int
@@ -616,7 +631,8 @@ class DecoderSummary:
     def report(self):
         """Human-readable lines; the first one is the decoder hash."""
         arch = "closed-form least squares" if self.kind == "linear" else \
-            f"linear + MLP correction, hidden {self.hidden}, {self.epochs} epochs"
+            f"linear + MLP correction, hidden {self.hidden}, epoch {self.best_epoch} of {self.epochs} " \
+            f"kept (lowest held-out error)"
         gain = 100 * (self.val_mse / self.baseline_val_mse - 1) if self.baseline_val_mse > 0 else 0.0
         return "\n".join([
             f"decoder {self.sha256}",
@@ -654,7 +670,7 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
     training = meta["training"]
     return DecoderSummary(
         sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        kind=kind, hidden=net.hidden, epochs=training["epochs"],
+        kind=kind, hidden=net.hidden, epochs=training["epochs"], best_epoch=training["best_epoch"],
         catalyzer_sha256=meta["catalyzer"],
         quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
         n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],

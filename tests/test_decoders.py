@@ -9,8 +9,8 @@ from spreadcode import store
 from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer
 from spreadcode.container import SpcWriter
 from spreadcode.decoders import (BLEND_GRID, CollectionCodes, DecoderNet, calibrate_blend,
-                                 decoded_search, decoder_bytes, default_rerank, fit_linear,
-                                 held_out_split, load_decoder, rerank_search, save_decoder,
+                                 decoded_search, decoder_bytes, default_rerank, fit_decoder,
+                                 fit_linear, held_out_split, load_decoder, rerank_search, save_decoder,
                                  squared_error, train_decoder, train_decoder_command)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.info import describe_file
@@ -167,6 +167,27 @@ def test_mlp_training_is_deterministic(world):
     assert runs[0] == runs[1]
     other = decoder_bytes(*train_decoder(learn, entry["model"], meta, hidden=16, epochs=1, seed=6))
     assert other != runs[0]
+
+
+def test_mlp_keeps_the_epoch_of_lowest_held_out_error():
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((300, 4)).astype(np.float32)
+    targets = rng.standard_normal((300, 6)).astype(np.float32)
+    # Targets are noise: whatever the MLP learns from its 40 training rows is memorisation,
+    # so the held-out error rises as it trains.
+    held_out = (inputs[200:], targets[200:])
+    net, curve = fit_decoder(inputs[:40], targets[:40], hidden=64, epochs=12, held_out=held_out)
+    assert len(curve) == 12 and curve.index(min(curve)) < 11
+    assert squared_error(net.predict(held_out[0]), held_out[1]) == pytest.approx(min(curve), rel=1e-6)
+    assert fit_decoder(inputs[:40], targets[:40], kind="linear", held_out=held_out)[1] == []
+    assert fit_decoder(inputs[:40], targets[:40], hidden=8, epochs=2)[1] == []
+
+
+def test_decoder_metadata_records_the_kept_epoch(world):
+    training = load_decoder(world["sign"]["mlp"], store=world["store"]).meta["training"]
+    curve = training["val_mse_curve"]
+    assert len(curve) == training["epochs"] and training["best_epoch"] == curve.index(min(curve)) + 1
+    assert training["val_mse"] == pytest.approx(min(curve), rel=1e-6)
 
 
 def test_info_lists_the_decoders_of_the_files_catalyzer(world):
