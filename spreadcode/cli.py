@@ -237,6 +237,33 @@ def train_decoder(learn_file, model, kind, epochs, seed, output, store, quiet):
     click.echo(summary.report())
 
 
+@main.command("fine-tune")
+@click.argument("learn_file", type=click.Path(dir_okay=False))
+@click.option("--model", default="latest", show_default=True,
+              help="Catalyzer to start from (hash, prefix, path, 'latest'); it is not modified.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Joint catalyzer + decoder epochs [default: see spreadcode.decoders].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the new catalyzer exactly to this path.")
+@STORE_OPTION
+@QUIET_OPTION
+def fine_tune(learn_file, model, epochs, seed, output, store, quiet):
+    """Fine-tune a catalyzer with a decoder so its codes reconstruct the input better.
+
+    Trains the catalyzer and an MLP decoder together, through the fixed quantizer, on the
+    reconstruction error of LEARN_FILE (held-out part kept for choosing the epoch), and saves
+    a NEW catalyzer (printed hash); the original stays as it is. Its codes differ: encode with
+    it, then run `spreadcode train-decoder` for it and search with `--decoder`.
+    """
+    from .decoders import FINE_TUNE_EPOCHS, fine_tune_command
+
+    summary = fine_tune_command(learn_file, model=model, output=output, store=store, seed=seed,
+                                epochs=FINE_TUNE_EPOCHS if epochs is None else epochs,
+                                progress=_progress(quiet))
+    click.echo(summary.report())
+
+
 @main.command()
 @click.argument("spc_file", type=click.Path(dir_okay=False))
 @STORE_OPTION

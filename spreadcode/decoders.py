@@ -24,6 +24,7 @@ Search with a decoder: `rerank_search` re-ranks the compressed-domain shortlist 
 by the squared L2 distance between the raw query and the decoded candidates; `decoded_search`
 decodes every code (in blocks) and ranks all of them that way (for sign codes: no Hamming).
 """
+import copy
 import hashlib
 import json
 import math
@@ -36,12 +37,14 @@ from torch import nn
 
 from spreadcode import store as model_store
 from spreadcode import vecio
-from spreadcode.catalyzer import catalyze, load_catalyzer, load_state_dict_file, state_dict_bytes
+from spreadcode.catalyzer import (catalyze, load_catalyzer, load_state_dict_file, save_catalyzer,
+                                  state_dict_bytes)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
                                merge_topk, open_collection, search_files)
+from spreadcode.training import straight_through
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
@@ -52,6 +55,12 @@ MLP_HIDDEN = 1024
 MLP_EPOCHS = 30
 MLP_BATCH = 256
 MLP_LR = 1e-3
+# fine_tune_catalyzer: joint passes, decoder warm-up epochs, Adam learning rates (the catalyzer
+# moves ten times slower than the decoder it is paired with).
+FINE_TUNE_EPOCHS = 10
+FINE_TUNE_DECODER_EPOCHS = 8
+FINE_TUNE_CATALYZER_LR = 1e-4
+FINE_TUNE_DECODER_LR = 3e-4
 # Default shortlist for re-ranking: max(RERANK_FACTOR · k, RERANK_MIN) candidates.
 RERANK_FACTOR = 10
 RERANK_MIN = 100
@@ -248,6 +257,19 @@ def held_out_split(n, seed):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def _split_learn(n, quantizer, seed):
+    """`held_out_split` of n learn vectors, or SpreadcodeError when either part is too small
+    to fit a decoder of the quantizer's codes and calibrate it."""
+    train_rows, val_rows = held_out_split(n, seed)
+    if len(train_rows) < quantizer.d + 2 or len(val_rows) < CALIBRATION_QUERY_STRIDE:
+        minimum = max(math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1,
+                      math.ceil(CALIBRATION_QUERY_STRIDE / HELD_OUT_FRACTION))
+        raise SpreadcodeError(
+            f"{n} learn vectors are too few to train a decoder of d={quantizer.d} codes "
+            f"(need at least {minimum})")
+    return train_rows, val_rows
+
+
 def calibrate_blend(net, quantizer, codes, inputs, targets, query_catalyzed, query_targets):
     """Choose the blend weight of re-ranking on held-out data.
 
@@ -293,13 +315,7 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     catalyzed = catalyze(catalyzer, learn)
     targets = np.ascontiguousarray(learn, dtype=np.float32)
     n = targets.shape[0]
-    train_rows, val_rows = held_out_split(n, seed)
-    if len(train_rows) < quantizer.d + 2 or len(val_rows) < CALIBRATION_QUERY_STRIDE:
-        minimum = max(math.ceil((quantizer.d + 2) / (1 - HELD_OUT_FRACTION)) + 1,
-                      math.ceil(CALIBRATION_QUERY_STRIDE / HELD_OUT_FRACTION))
-        raise SpreadcodeError(
-            f"{n} learn vectors are too few to train a decoder of d={quantizer.d} codes "
-            f"(need at least {minimum})")
+    train_rows, val_rows = _split_learn(n, quantizer, seed)
     codes = quantizer.quantize(catalyzed)
     inputs = np.ascontiguousarray(quantizer.reconstruct(codes), dtype=np.float32)
     held_out = (inputs[val_rows], targets[val_rows])
@@ -331,6 +347,91 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
         },
     }
     return net, meta
+
+
+def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EPOCHS,
+                        hidden=MLP_HIDDEN, decoder_epochs=FINE_TUNE_DECODER_EPOCHS, seed=0,
+                        progress=False):
+    """Fine-tune a trained catalyzer so that its codes also reconstruct the input well.
+
+    The catalyzer f, its fixed quantizer q and an MLP decoder g form an auto-encoder. g is
+    first fitted to f's codes (`fit_decoder`, ``decoder_epochs``), then f and g are trained
+    together for ``epochs`` passes of Adam on the squared error ‖g(q(f(x))) − x‖², q being the
+    quantizer's reconstruction forward and the identity backward (`straight_through`, paper
+    §4.2). The triplet + KoLeo training makes codes that keep neighbourhoods; this step makes
+    them keep what a decoder needs as well, which lifts both the compressed-domain search and
+    decoder re-ranking. HELD_OUT_FRACTION of learn (seeded) is held out: after every epoch the
+    held-out error of g(q(f(x))) is measured, and the catalyzer of the best epoch is kept
+    (epoch 0 = the catalyzer given), so the result is never worse on held-out data.
+
+    learn: real array (n, d_in); catalyzer, catalyzer_meta: as from `load_catalyzer`. The
+    codes change, so files must be re-encoded with the new catalyzer and a decoder trained for
+    it (`train_decoder`); g itself is discarded. Returns (catalyzer in eval mode on the CPU,
+    metadata for `save_catalyzer`, held-out squared error per epoch: list of epochs + 1 floats).
+    """
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
+    quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])
+    model = copy.deepcopy(catalyzer).cpu()
+    targets = np.ascontiguousarray(learn, dtype=np.float32)
+    train_rows, val_rows = _split_learn(targets.shape[0], quantizer, seed)
+    codes = quantizer.quantize(catalyze(model, targets[train_rows]))
+    net, _ = fit_decoder(quantizer.reconstruct(codes), targets[train_rows], hidden=hidden,
+                         epochs=decoder_epochs, seed=seed)
+
+    def held_out_error():
+        codes = quantizer.quantize(catalyze(model, targets[val_rows]))
+        return squared_error(net.predict(quantizer.reconstruct(codes)), targets[val_rows])
+
+    curve = [held_out_error()]
+    best = copy.deepcopy(model.state_dict())
+    device = _pick_device()
+    model.to(device)
+    net.to(device)
+    x = torch.from_numpy(targets[train_rows]).to(device)
+    batch = min(MLP_BATCH, x.shape[0])
+    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": FINE_TUNE_CATALYZER_LR},
+                                 {"params": net.parameters(), "lr": FINE_TUNE_DECODER_LR}])
+    rng = np.random.default_rng(seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs, desc="fine-tune", unit="epoch", dynamic_ncols=True)
+    try:
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(x.shape[0])).to(device)
+            model.train()
+            net.train()
+            for step in range(x.shape[0] // batch):
+                rows = order[step * batch:(step + 1) * batch]
+                decoded = net(straight_through(model(x[rows]), quantizer))
+                loss = (decoded - x[rows]).pow(2).sum(dim=1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            curve.append(held_out_error())
+            if curve[-1] == min(curve):
+                best = copy.deepcopy(model.state_dict())
+            if bar is not None:
+                bar.set_postfix_str(f"held-out squared error {curve[-1]:.4f} (start {curve[0]:.4f})",
+                                    refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    model.load_state_dict(best)
+    model.cpu().eval()
+    fine_tuned = {
+        "from": catalyzer_meta["sha256"], "epochs": epochs, "best_epoch": int(np.argmin(curve)),
+        "decoder_epochs": decoder_epochs, "hidden": hidden, "batch_size": batch,
+        "catalyzer_lr": FINE_TUNE_CATALYZER_LR, "decoder_lr": FINE_TUNE_DECODER_LR, "seed": seed,
+        "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "val_mse_curve": curve,
+        "data_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
+    }
+    meta = {"quantizer": catalyzer_meta["quantizer"], "lambda": catalyzer_meta.get("lambda"),
+            "training": {**catalyzer_meta.get("training", {}), "fine_tuned": fine_tuned}}
+    return model, meta, curve
 
 
 def decoder_bytes(net, meta):
@@ -651,6 +752,16 @@ class DecoderSummary:
         ])
 
 
+def _load_catalyzer_and_learn(model, learn_path, store):
+    """(catalyzer, its meta, learn vectors) for a command; SpreadcodeError on a dimension mismatch."""
+    catalyzer, catalyzer_meta = load_catalyzer(model, store=store)
+    learn = vecio.read_vectors(learn_path)
+    if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
+        raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
+                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
+    return catalyzer, catalyzer_meta, learn
+
+
 def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=None, epochs=None,
                           seed=0, progress=True) -> DecoderSummary:
     """Everything ``spreadcode train-decoder`` does: read LEARN_FILE, encode it with the
@@ -659,11 +770,7 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
     started = time.monotonic()
     if kind not in DECODER_KINDS:
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
-    catalyzer, catalyzer_meta = load_catalyzer(model, store=store)
-    learn = vecio.read_vectors(learn_path)
-    if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
-        raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
-                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
     net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
                               seed=seed, progress=progress)
     sha, stored = save_decoder(net, meta, path=output, store=store)
@@ -677,3 +784,50 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
         baseline_val_mse=training["baseline_val_mse"], blend=meta["decoder"]["blend"],
         blend_search=training["blend_search"], calibration_queries=training["calibration_queries"],
         calibration_database=training["calibration_database"], wall_time_s=time.monotonic() - started)
+
+
+@dataclass
+class FineTuneSummary:
+    """What `fine_tune_command` did, for the CLI to print."""
+
+    sha256: str
+    store_path: str
+    output_path: str | None
+    source_sha256: str
+    epochs: int
+    best_epoch: int
+    val_mse_curve: list
+    wall_time_s: float
+
+    def report(self):
+        """Human-readable lines; the first one is the new catalyzer's hash."""
+        kept = (f"epoch {self.best_epoch} of {self.epochs} kept" if self.best_epoch
+                else "no epoch improved it: the weights are the original ones")
+        return "\n".join([
+            f"catalyzer {self.sha256}",
+            f"stored: {self.store_path}",
+            *([f"written: {self.output_path}"] if self.output_path else []),
+            f"fine-tuned from {self.source_sha256[:12]} for reconstruction: held-out squared "
+            f"error of decoded codes {self.val_mse_curve[0]:.5f} -> "
+            f"{self.val_mse_curve[self.best_epoch]:.5f} ({kept})",
+            "its codes differ from the original's: encode with it, then `spreadcode "
+            "train-decoder` for it",
+            f"took {self.wall_time_s:.0f} s",
+        ])
+
+
+def fine_tune_command(learn_path, *, model, epochs=FINE_TUNE_EPOCHS, output=None, store=None,
+                      seed=0, progress=True) -> FineTuneSummary:
+    """Everything ``spreadcode fine-tune`` does: read LEARN_FILE, fine-tune the catalyzer
+    ``model`` (hash, prefix, path or "latest") with `fine_tune_catalyzer`, save the new
+    catalyzer into the store (and to ``output``)."""
+    started = time.monotonic()
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
+    tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
+                                             seed=seed, progress=progress)
+    sha, stored = save_catalyzer(tuned, meta, path=output, store=store)
+    return FineTuneSummary(
+        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
+        source_sha256=catalyzer_meta["sha256"], epochs=epochs,
+        best_epoch=meta["training"]["fine_tuned"]["best_epoch"], val_mse_curve=curve,
+        wall_time_s=time.monotonic() - started)

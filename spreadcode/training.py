@@ -338,7 +338,7 @@ def _catalyze_tensor(model, x, batch=65536):
         return torch.cat([model(x[start:start + batch]) for start in range(0, x.shape[0], batch)])
 
 
-def _straight_through(y, quantizer):
+def straight_through(y, quantizer):
     """Forward: the quantizer's reconstruction (nearest lattice point / r, or signs / √d);
     backward: identity (paper §4.2). y: float tensor (n, d_out) -> same shape."""
     snapped = quantizer.reconstruct(quantizer.quantize(y.detach().cpu().numpy()))
@@ -365,7 +365,7 @@ def _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch):
         out = model(torch.cat([train[anchors], train[positives[anchors]], train[negatives[anchors]]]))
         y_anchor, y_pos, y_neg = out[:batch], out[batch:2 * batch], out[2 * batch:]
         if config.end_to_end:
-            y_pos, y_neg = _straight_through(y_pos, quantizer), _straight_through(y_neg, quantizer)
+            y_pos, y_neg = straight_through(y_pos, quantizer), straight_through(y_neg, quantizer)
         per_triplet = triplet_rank_loss(y_anchor, y_pos, y_neg, reduction="none")
         triplet = per_triplet.mean()
         koleo = koleo_loss(y_anchor)

@@ -1,5 +1,6 @@
 """End-to-end tests of every CLI command on small real data (slices of the bundled sample),
 and of the promise that bad input gives one clear error line, a non-zero exit and no output."""
+import shutil
 import struct
 
 import numpy as np
@@ -244,6 +245,30 @@ def test_train_decoder_and_rerank(work, tmp_path):
                  "--decode-all", "-o", everything)
     assert result.exit_code == 0, result.output
     assert np.load(everything).shape == (40, 10)
+
+
+def test_fine_tune_then_encode_with_the_new_catalyzer(work, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(work["store"], store)
+    result = run("fine-tune", work["learn"], "--model", work["sha"], "--epochs", 1,
+                 "--store", store, "-q", "-o", tmp_path / "tuned.catalyzer")
+    assert result.exit_code == 0, result.output
+    tuned_sha = result.stdout.split()[1]
+    assert tuned_sha != work["sha"] and (tmp_path / "tuned.catalyzer").is_file()
+    assert f"fine-tuned from {work['sha'][:12]}" in result.stdout
+    assert (store / f"{work['sha']}.safetensors").read_bytes() == \
+        (work["store"] / f"{work['sha']}.safetensors").read_bytes()
+    db = tmp_path / "tuned.spc"
+    assert run("encode", work["base"], "-o", db, "--model", tuned_sha, "--store", store,
+               "-q").exit_code == 0
+    assert container.open_spc(db).header.catalyzer_sha256 == tuned_sha
+    searched = run("search", db, work["query"], "-k", 100, "--store", store,
+                   "--gt", work["root"] / "gt.ivecs")
+    assert searched.exit_code == 0 and "1-recall@100=" in searched.stdout
+    wrong = tmp_path / "wrong.fvecs"
+    write_raw_fvecs(wrong, np.ones((50, 7)))
+    assert_clean_error(run("fine-tune", wrong, "--model", tuned_sha, "--store", store),
+                       "dimension 7")
 
 
 def test_decoder_of_another_catalyzer_is_refused(work, tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from spreadcode import store
-from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer
+from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
 from spreadcode.decoders import (BLEND_GRID, CollectionCodes, DecoderNet, calibrate_blend,
                                  decoded_search, decoder_bytes, default_rerank, fit_decoder,
-                                 fit_linear, held_out_split, load_decoder, rerank_search, save_decoder,
+                                 fine_tune_catalyzer, fit_linear, held_out_split, load_decoder, rerank_search, save_decoder,
                                  squared_error, train_decoder, train_decoder_command)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.info import describe_file
@@ -188,6 +188,30 @@ def test_decoder_metadata_records_the_kept_epoch(world):
     curve = training["val_mse_curve"]
     assert len(curve) == training["epochs"] and training["best_epoch"] == curve.index(min(curve)) + 1
     assert training["val_mse"] == pytest.approx(min(curve), rel=1e-6)
+
+
+def test_fine_tune_keeps_its_best_epoch_and_leaves_the_original_alone(world):
+    entry = world["lattice"]
+    meta = {"sha256": entry["sha"], "quantizer": LATTICE, "lambda": 0.02, "training": {"epochs": 2}}
+    learn = load_sample().learn[:N_LEARN]
+    before = catalyzer_bytes(entry["model"], meta)
+    runs = [fine_tune_catalyzer(learn, entry["model"], meta, epochs=2, hidden=16, decoder_epochs=1,
+                                seed=seed) for seed in (0, 0, 2)]
+    assert catalyzer_bytes(entry["model"], meta) == before
+    assert catalyzer_bytes(*runs[0][:2]) == catalyzer_bytes(*runs[1][:2])  # seeded
+    for tuned, tuned_meta, curve in (runs[0], runs[2]):
+        record = tuned_meta["training"]["fine_tuned"]
+        assert len(curve) == 3 and record["val_mse_curve"] == curve and record["from"] == entry["sha"]
+        assert curve[record["best_epoch"]] == min(curve)
+        assert tuned_meta["quantizer"] == LATTICE and tuned_meta["training"]["epochs"] == 2
+        assert not tuned.training
+        same = all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
+                                                     entry["model"].state_dict().values()))
+        # Epoch 0 is the catalyzer given: it is returned unchanged exactly when no epoch beat it
+        # on held-out data (1,350 training vectors are too few for the joint model to generalise).
+        assert same == (record["best_epoch"] == 0)
+    with pytest.raises(SpreadcodeError, match="too few"):
+        fine_tune_catalyzer(learn[:20], entry["model"], meta, epochs=1)
 
 
 def test_info_lists_the_decoders_of_the_files_catalyzer(world):

@@ -11,7 +11,7 @@ from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, load_cata
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
-from spreadcode.training import (TrainConfig, _straight_through, default_config, koleo_loss,
+from spreadcode.training import (TrainConfig, straight_through, default_config, koleo_loss,
                                  lambda_for_dout, make_quantizer, split_sizes, train_catalyzer,
                                  train_command, triplet_rank_loss)
 
@@ -231,7 +231,7 @@ def test_straight_through_forward_snaps_backward_is_identity():
     quantizer = make_quantizer(default_config(64))
     y = torch.nn.functional.normalize(torch.randn(5, 24, generator=torch.Generator().manual_seed(0)), dim=1)
     y.requires_grad_(True)
-    snapped = _straight_through(y, quantizer)
+    snapped = straight_through(y, quantizer)
     expected = quantizer.reconstruct(quantizer.quantize(y.detach().numpy()))
     np.testing.assert_allclose(snapped.detach().numpy(), expected, atol=1e-7)
     weights = torch.arange(120, dtype=torch.float32).reshape(5, 24)
