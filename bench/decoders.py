@@ -261,7 +261,7 @@ def markdown(ds, rows, sweep, decoder_info, stamp):
                      f"{row.search_s:.2f} | {row.note} |")
     lines += ["", "Decoders: held-out squared error per vector (the baseline is the best linear map) "
               f"and held-out 1-recall@1 re-ranking a shortlist of {decoders.CALIBRATION_SHORTLIST} "
-              "(learn vectors as queries and database), which picks the blend weight:", "",
+              "(held-out learn vectors, unseen by the decoder, as queries and database), which picks the blend weight:", "",
               "| code | kind | val MSE | linear baseline MSE | R@1 compressed | R@1 decoded | "
               "R@1 blend | blend | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for (code, kind), info in decoder_info.items():

