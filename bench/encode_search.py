@@ -16,7 +16,6 @@ cached under bench/cache/ by the hash of the learn file.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,14 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "wordnet-minilm96"
 
 
 def peak_rss_mib():
-    """Peak resident set size of this process, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process, MiB: VmHWM of /proc/self/status (Linux), the
+    high-water mark of this process image only. getrusage's ru_maxrss would not do: Linux
+    carries it across fork + exec, so a child would report the parent's peak when larger."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise SystemExit("peak RSS needs /proc/self/status (Linux)")
 
 
 def cached_catalyzer(learn_path, store):

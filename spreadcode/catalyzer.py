@@ -68,8 +68,14 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def catalyze(model, vectors, batch=65536):
+FORWARD_BATCH = 2048
+
+
+def catalyze(model, vectors, batch=FORWARD_BATCH):
     """Map vectors through the catalyzer (eval mode, no gradients, in chunks of ``batch`` rows).
+
+    Small chunks keep the hidden activations (batch x 1024 floats) in cache: on a 2-core CPU
+    2048 rows run ~1.5x faster than 65536 and need 32x less memory (bench/encode_search.py).
 
     vectors: array-like (n, d_in), any real dtype (converted to float32) ->
     float32 (n, d_out) unit rows, C-contiguous numpy. Raises SpreadcodeError for a wrong shape

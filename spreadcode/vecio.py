@@ -9,7 +9,9 @@ Formats, chosen by extension:
   that the last record's header agrees; every read then checks the dim headers of the
   records it returns (vectorised), so all headers are validated by the time a whole file
   has been read.
-* ``.npy``: ``np.load(mmap_mode='r')``; 2-D float16/32/64, uint8, int8 or int32.
+* ``.npy``: 2-D float16/32/64, uint8, int8 or int32; the header is parsed by
+  ``np.load(mmap_mode='r')``, rows of C-ordered arrays are then read from the file like
+  texmex records (Fortran-ordered ones are sliced from the memory map).
 * ``.h5`` / ``.hdf5`` (ann-benchmarks layout: ``train``, ``test``, ``neighbors``,
   ``distances``): the dataset is picked by ``dataset=`` or a ``file.h5:name`` suffix;
   vectors default to ``train``, ground truth to ``neighbors``.
@@ -102,21 +104,18 @@ class _TexmexFile(VectorFile):
                 f"{record.itemsize} (4 + {d} x {value_dtype.itemsize} bytes): "
                 "truncated, or records with different dims")
         super().__init__(path, size // record.itemsize, d, value_dtype)
-        self._records = np.memmap(path, dtype=record, mode="r", shape=(self.n,))
-        self._check_dims(self.n - 1, self.n)
+        self._record = record
+        self._rows(self.n - 1, self.n)  # checks the last record's dim header
 
-    def _check_dims(self, start, stop):
-        dims = self._records["dim"][start:stop]
-        bad = np.flatnonzero(dims != self.d)
+    def _rows(self, start, stop):
+        records = _read_span(self.path, self._record, start, stop)
+        bad = np.flatnonzero(records["dim"] != self.d)
         if bad.size:
             row = start + int(bad[0])
             raise SpreadcodeError(
-                f"{self.path}: record {row} has dim header {int(dims[bad[0]])}, but the first "
-                f"record has {self.d} (inconsistent dims)")
-
-    def _rows(self, start, stop):
-        self._check_dims(start, stop)
-        return self._records["vec"][start:stop]
+                f"{self.path}: record {row} has dim header {int(records['dim'][bad[0]])}, but "
+                f"the first record has {self.d} (inconsistent dims)")
+        return records["vec"]
 
 
 class _NpyFile(VectorFile):
@@ -132,7 +131,10 @@ class _NpyFile(VectorFile):
         super().__init__(path, n, d, _accepted_dtype(array.dtype, dtypes, path))
 
     def _rows(self, start, stop):
-        return self._array[start:stop]
+        if not self._array.flags.c_contiguous:
+            return self._array[start:stop]
+        row = np.dtype((self._array.dtype, (self.d,)))
+        return _read_span(self.path, row, start, stop, offset=self._array.offset)
 
 
 class _Hdf5File(VectorFile):
@@ -161,6 +163,13 @@ class _Hdf5File(VectorFile):
         with h5py.File(self.path, "r") as h5:
             rows = h5[self.dataset][start:stop]
         return rows.reshape(stop - start, self.d)
+
+
+def _read_span(path, record, start, stop, offset=0):
+    """Records ``start:stop`` of a file of fixed-size ``record``s beginning at byte ``offset``,
+    read into a fresh array (stop - start,) of that dtype."""
+    return np.fromfile(path, dtype=record, count=stop - start,
+                       offset=offset + start * record.itemsize)
 
 
 def _checked_shape(shape, name, allow_1d):
