@@ -1,7 +1,7 @@
 """Turning a run's results (one JSON-able dict) into results.json, results.md and PNG figures.
 
 The results dict has one entry per section that ran (``table1``, ``table2``, ``figure5``,
-``figure3``, ``appendixc``), each stamped with the command and date of the run that made
+``figure3``, ``appendixc``, ``decoders``), each stamped with the command and date of the run that made
 it, so re-running one section with ``--only`` updates it and keeps the others.
 """
 import importlib.util
@@ -138,6 +138,11 @@ def _appendixc_md(section):
             f"![range search]({APPENDIXC_PNG})", "", *_table(header, rows), ""]
 
 
+def _decoders_md(section):
+    from bench.decoders import markdown  # torch-heavy: only when the section is rendered
+    return markdown(section)
+
+
 SECTION_MARKDOWN = {
     "table1": _table1_md,
     "table2": lambda s: _sweep_md(
@@ -150,6 +155,7 @@ SECTION_MARKDOWN = {
         "S(d_out, r²) whose code size is closest to the target without exceeding it."),
     "figure3": _figure3_md,
     "appendixc": _appendixc_md,
+    "decoders": _decoders_md,
 }
 
 

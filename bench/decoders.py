@@ -10,7 +10,8 @@ library defaults for 64 bits (`spreadcode.training.default_config`) and cached u
 shared with bench/suite.py. Decoders are trained on the learn split with the library defaults
 (`spreadcode.decoders.train_decoder`) and cached there too.
 
-Tables (printed, and written as markdown to ``<out>/<dataset>/decoders.md``):
+Also the ``decoders`` section of bench/suite.py (`run` measures, `markdown` renders). Run
+standalone, the tables are printed and written as markdown to ``<out>/<dataset>/decoders.md``:
 
 1. 1-recall@1/10/100 at k=100 of: catalyzer + lattice, alone and re-ranked by each decoder
    (`spreadcode.decoders.rerank_search` on .spc files, default shortlist), and with every code
@@ -23,6 +24,7 @@ Tables (printed, and written as markdown to ``<out>/<dataset>/decoders.md``):
    cost per query (search with re-ranking minus the shortlist search alone, over all queries).
 """
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -30,7 +32,6 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,9 +59,9 @@ SHORTLISTS = (10, 20, 50, 100, 200, 500, 1000)
 SWEEP_K = 10
 
 
-@dataclass
+@dataclasses.dataclass
 class Row:
-    """One line of the recall table: 1-recall@k {k: float}, search seconds (all queries), note."""
+    """One line of the recall table: 1-recall@k {"k": float}, search seconds (all queries), note."""
 
     method: str
     recall: dict
@@ -68,7 +69,7 @@ class Row:
     note: str = ""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Setup:
     """A catalyzer, the .spc file of the base it encoded, and the store holding both + decoders."""
 
@@ -152,7 +153,8 @@ def timed(function, *args, **kwargs):
 
 
 def recall(ids, ds):
-    return recall_at(ids, ds.groundtruth, RECALL_KS)
+    """1-recall@1/10/100 as {"k": float} (string keys, as JSON keeps them)."""
+    return {str(k): v for k, v in recall_at(ids, ds.groundtruth, RECALL_KS).items()}
 
 
 def catalyzer_rows(ds, lattice, sign, decoder_shas):
@@ -250,12 +252,14 @@ def _pq_one_hot(index, x):
 
 
 def faiss_rows(ds):
-    """ITQ64,LSH and PQ8 (64 bits each) without and with a linear decoder; [] without faiss."""
+    """ITQ64,LSH (only when 64 <= d, as in the paper) and PQ8 (64 bits each) without and with
+    a linear decoder; [] without faiss."""
     if not peers.available():
         return []
     k = min(K, ds.base.shape[0])
-    return (_faiss_rows("ITQ64,LSH (Hamming)", f"ITQ{BITS},LSH", _itq_bits, ds, k)
-            + _faiss_rows("PQ8 (ADC)", f"PQ{BITS // 8}", _pq_one_hot, ds, k))
+    itq = (_faiss_rows("ITQ64,LSH (Hamming)", f"ITQ{BITS},LSH", _itq_bits, ds, k)
+           if BITS <= ds.base.shape[1] else [])
+    return itq + _faiss_rows("PQ8 (ADC)", f"PQ{BITS // 8}", _pq_one_hot, ds, k)
 
 
 def shortlist_sweep(ds, lattice, decoder_sha):
@@ -280,37 +284,79 @@ def _pct(value):
     return "" if value is None else f"{100 * value:.1f}"
 
 
-def markdown(ds, rows, sweep, decoder_info, stamp):
-    """The report as markdown lines."""
-    lines = [f"# Learned decoders, {BITS} bits: {ds.name}", "",
-             f"*Run {stamp['date']}: `{stamp['command']}`*", "",
-             f"{ds.base.shape[0]} base, {ds.query.shape[0]} queries, d={ds.base.shape[1]}. "
-             "1-recall@k in %; search seconds for all queries (re-ranking rows include the "
-             "shortlist search and the decoding).", "",
+def run(ds, ctx, model=None, sign_model=None, store=None):
+    """Every measurement of this benchmark on ``ds`` -> JSON-able dict (the suite's
+    ``decoders`` section): "rows" (method, recall {"k": float}, search_s, note), "decoders"
+    (code, kind, training metadata, blend, train_s) and "sweep" (blend, rows)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "lattice").mkdir()
+        (work / "sign").mkdir()
+        lattice = prepare(ds, model, store, default_config(BITS), ctx, work / "lattice")
+        sign = prepare(ds, sign_model, store, default_config(BITS, "sign"), ctx, work / "sign")
+        decoder_shas, decoder_info = {}, []
+        for code, setup in (("lattice", lattice), ("sign", sign)):
+            for kind in decoders.DECODER_KINDS:
+                sha, train_s = cached_decoder(ds.learn, setup, kind, ctx)
+                decoder_shas[(code, kind)] = sha
+                decoder_info.append(_decoder_info(code, kind, sha, setup, train_s))
+        tuned_sha, tune_s = cached_fine_tune(ds.learn, lattice, ctx)
+        (work / "tuned").mkdir()
+        tuned = prepare(ds, tuned_sha, ctx.cache_dir, None, ctx, work / "tuned")
+        tuned_decoder, tuned_decoder_s = cached_decoder(ds.learn, tuned, "mlp", ctx)
+        decoder_info.append(_decoder_info("lattice, fine-tuned", "mlp", tuned_decoder, tuned,
+                                          tune_s + tuned_decoder_s))
+        rows = (catalyzer_rows(ds, lattice, sign, decoder_shas)
+                + fine_tuned_rows(ds, tuned, tuned_decoder) + faiss_rows(ds))
+        sweep, blend = shortlist_sweep(ds, lattice, decoder_shas[("lattice", "mlp")])
+    return {"bits": BITS, "k": min(K, ds.base.shape[0]),
+            "rows": [dataclasses.asdict(row) for row in rows], "decoders": decoder_info,
+            "sweep": {"k": SWEEP_K, "blend": blend, "rows": sweep}}
+
+
+def _decoder_info(code, kind, sha, setup, train_s):
+    """The decoders-table entry of one trained decoder (JSON-able)."""
+    decoder = decoders.load_decoder(sha, store=setup.store)
+    return {"code": code, "kind": kind, "sha256": sha, **decoder.meta["training"],
+            "blend": decoder.blend, "train_s": train_s}
+
+
+def markdown(section):
+    """The ``decoders`` section (from `run`, stamped with "date" and "command") as markdown
+    lines, under a level-2 title."""
+    lines = [f"## Learned decoders, {section['bits']} bits", "",
+             f"*Run {section['date']}: `{section['command']}`*", "",
+             f"1-recall@k in % at k={section['k']}; search seconds for all queries (re-ranking "
+             "rows include the shortlist search and the decoding).", "",
              "| method | R@1 | R@10 | R@100 | search s | note |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row.method} | {' | '.join(_pct(row.recall.get(k)) for k in RECALL_KS)} | "
-                     f"{row.search_s:.2f} | {row.note} |")
+    for row in section["rows"]:
+        lines.append(f"| {row['method']} | "
+                     f"{' | '.join(_pct(row['recall'].get(str(k))) for k in RECALL_KS)} | "
+                     f"{row['search_s']:.2f} | {row['note']} |")
     lines += ["", "Decoders: held-out squared error per vector (the baseline is the best linear map) "
               f"and held-out 1-recall@1 re-ranking a shortlist of {decoders.CALIBRATION_SHORTLIST} "
-              "(held-out learn vectors, unseen by the decoder, as queries and database), which picks the blend weight:", "",
+              "(held-out learn vectors, unseen by the decoder, as queries and database), which "
+              "picks the blend weight:", "",
               "| code | kind | val MSE | linear baseline MSE | R@1 compressed | R@1 decoded | "
               "R@1 blend | blend | train s |", "|---|---|---|---|---|---|---|---|---|"]
-    for (code, kind), info in decoder_info.items():
+    for info in section["decoders"]:
         search = info["blend_search"]
         chosen = search[f"{info['blend']:g}"]
-        lines.append(f"| {code} | {kind} | {info['val_mse']:.5f} | {info['baseline_val_mse']:.5f} | "
-                     f"{_pct(search['compressed'])} | {_pct(search['0'])} | {_pct(chosen)} | "
-                     f"{info['blend']:g} | {info['train_s']:.0f} |")
-    sweep, blend = sweep
-    lines += ["", f"## Shortlist size: catalyzer + lattice, mlp decoder re-rank, k={SWEEP_K}", "",
-              "Re-rank cost: search with re-ranking minus the shortlist search alone, per query "
-              "(all queries in one batch).", "",
+        lines.append(f"| {info['code']} | {info['kind']} | {info['val_mse']:.5f} | "
+                     f"{info['baseline_val_mse']:.5f} | {_pct(search['compressed'])} | "
+                     f"{_pct(search['0'])} | {_pct(chosen)} | {info['blend']:g} | "
+                     f"{info['train_s']:.0f} |")
+    sweep = section["sweep"]
+    blend = sweep["blend"]
+    lines += ["", f"### Shortlist size: catalyzer + lattice, mlp decoder re-rank, k={sweep['k']}",
+              "", "Re-rank cost: search with re-ranking minus the shortlist search alone, per "
+              "query (all queries in one batch).", "",
               f"| N | R@1 decoded | R@10 decoded | ms/query | R@1 blend {blend:g} | "
               f"R@10 blend {blend:g} | ms/query |", "|---|---|---|---|---|---|---|"]
-    for entry in sweep:
-        cells = [f"{_pct(entry[label]['recall'].get(1))} | {_pct(entry[label]['recall'].get(10))} | "
-                 f"{entry[label]['rerank_ms']:.3f}" for label in ("decoded", "blend")]
+    for entry in sweep["rows"]:
+        cells = [f"{_pct(entry[label]['recall'].get('1'))} | "
+                 f"{_pct(entry[label]['recall'].get('10'))} | {entry[label]['rerank_ms']:.3f}"
+                 for label in ("decoded", "blend")]
         lines.append(f"| {entry['N']} | {' | '.join(cells)} |")
     return lines + [""]
 
@@ -329,6 +375,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    """Standalone run: the section alone, printed and written to <out>/<dataset>/decoders.md
+    (`bench/suite.py --only decoders` puts the same section into results.md/json instead)."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     ds = load_dataset(args.dataset)
@@ -336,33 +384,11 @@ def main(argv=None):
         ds = quick_slice(ds)
     ctx = Context(k=min(K, ds.base.shape[0]), quick=args.quick, cache_dir=Path(args.cache))
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    stamp = {"command": shlex.join(["python", "bench/decoders.py", *argv]),
-             "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "lattice").mkdir()
-        (work / "sign").mkdir()
-        lattice = prepare(ds, args.model, args.store, default_config(BITS), ctx, work / "lattice")
-        sign = prepare(ds, args.sign_model, args.store, default_config(BITS, "sign"), ctx, work / "sign")
-        decoder_shas, decoder_info = {}, {}
-        for code, setup in (("lattice", lattice), ("sign", sign)):
-            for kind in decoders.DECODER_KINDS:
-                sha, train_s = cached_decoder(ds.learn, setup, kind, ctx)
-                decoder_shas[(code, kind)] = sha
-                decoder = decoders.load_decoder(sha, store=setup.store)
-                decoder_info[(code, kind)] = {**decoder.meta["training"], "blend": decoder.blend,
-                                              "train_s": train_s}
-        tuned_sha, tune_s = cached_fine_tune(ds.learn, lattice, ctx)
-        (work / "tuned").mkdir()
-        tuned = prepare(ds, tuned_sha, ctx.cache_dir, None, ctx, work / "tuned")
-        tuned_decoder, tuned_decoder_s = cached_decoder(ds.learn, tuned, "mlp", ctx)
-        decoder = decoders.load_decoder(tuned_decoder, store=tuned.store)
-        decoder_info[("lattice, fine-tuned", "mlp")] = {
-            **decoder.meta["training"], "blend": decoder.blend, "train_s": tune_s + tuned_decoder_s}
-        rows = (catalyzer_rows(ds, lattice, sign, decoder_shas)
-                + fine_tuned_rows(ds, tuned, tuned_decoder) + faiss_rows(ds))
-        sweep = shortlist_sweep(ds, lattice, decoder_shas[("lattice", "mlp")])
-    text = "\n".join(markdown(ds, rows, sweep, decoder_info, stamp))
+    section = {"command": shlex.join(["python", "bench/decoders.py", *argv]),
+               "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               **run(ds, ctx, args.model, args.sign_model, args.store)}
+    text = "\n".join([f"# {ds.name}: {ds.base.shape[0]} base, {ds.query.shape[0]} queries, "
+                      f"d={ds.base.shape[1]}", "", *markdown(section)])
     folder = Path(args.out) / ds.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "decoders.md").write_text(text)

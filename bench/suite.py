@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 
 from tqdm import tqdm  # noqa: E402
 
-from bench import _registry, _report, peers  # noqa: E402
+from bench import _registry, _report, decoders, peers  # noqa: E402
 from bench._data import load_dataset, quick_slice  # noqa: E402
 from bench._methods import Context, NotApplicable  # noqa: E402
 from bench._spreadcode_methods import reference_catalyzed  # noqa: E402
@@ -134,12 +134,22 @@ def run_appendixc(ds, ctx, progress, folder, can_plot):
     return section
 
 
+def run_decoders(ds, ctx, progress, folder, can_plot):
+    progress.set_description("decoders: learned decoders and re-ranking")
+    section = decoders.run(ds, ctx)
+    for row in section["rows"]:
+        progress.write(f"decoders | {row['method']}: "
+                       + " ".join(f"R@{k}={100 * v:.1f}" for k, v in row["recall"].items()))
+    progress.update()
+    return section
+
+
 SECTION_RUNNERS = {"table1": run_table1, "table2": run_table2, "figure5": run_figure5,
-                   "figure3": run_figure3, "appendixc": run_appendixc}
+                   "figure3": run_figure3, "appendixc": run_appendixc, "decoders": run_decoders}
 SECTION_STEPS = {"table1": len(_registry.TABLE1),
                  "table2": len(_registry.TABLE2) * len(SWEEP_BITS),
                  "figure5": len(_registry.FIGURE5) * len(SWEEP_BITS),
-                 "figure3": 1, "appendixc": 1}
+                 "figure3": 1, "appendixc": 1, "decoders": 1}
 
 
 def parse_args(argv):

@@ -56,8 +56,10 @@ MLP_EPOCHS = 30
 MLP_BATCH = 256
 MLP_LR = 1e-3
 # fine_tune_catalyzer: joint passes, decoder warm-up epochs, Adam learning rates (the catalyzer
-# moves ten times slower than the decoder it is paired with).
-FINE_TUNE_EPOCHS = 10
+# moves ten times slower than the decoder it is paired with). On wordnet-minilm96 (64-bit
+# lattice) the held-out error still fell after 10 epochs and bottomed out at epoch 21 of 30
+# (~9 s per epoch on 2 cores); the best epoch is kept, so extra epochs cost only time.
+FINE_TUNE_EPOCHS = 30
 FINE_TUNE_DECODER_EPOCHS = 8
 FINE_TUNE_CATALYZER_LR = 1e-4
 FINE_TUNE_DECODER_LR = 3e-4

@@ -18,7 +18,7 @@ from spreadcode.knn import exact_knn
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "bench" / "suite.py"
-SECTIONS = ("table1", "table2", "figure5", "figure3", "appendixc")
+SECTIONS = ("table1", "table2", "figure5", "figure3", "appendixc", "decoders")
 
 
 def _clustered(rng, n, centers):
@@ -62,7 +62,7 @@ def test_quick_run_writes_every_section(quick_run):
     assert set(SECTIONS) <= set(results)
     assert (folder / "results.md").is_file()
     markdown = (folder / "results.md").read_text()
-    for title in ("Table 1", "Table 2", "Figure 5", "Figure 3", "Appendix C"):
+    for title in ("Table 1", "Table 2", "Figure 5", "Figure 3", "Appendix C", "Learned decoders"):
         assert title in markdown
     assert results["dataset"]["n_query"] == 100 and results["dataset"]["d"] == 32
     for _, recall in _all_recalls(results):
@@ -89,6 +89,22 @@ def test_quick_run_neighbour_statistics(quick_run):
         points = results["appendixc"]["spaces"][space]
         results_per_query = [p["mean_results"] for p in points]
         assert results_per_query == sorted(results_per_query)
+
+
+def test_quick_run_decoder_rows(quick_run):
+    results, _ = quick_run
+    section = results["decoders"]
+    rows = {row["method"]: row for row in section["rows"]}
+    for name in ("catalyzer + lattice", "catalyzer + sign (Hamming)",
+                 "catalyzer + lattice, fine-tuned with a decoder"):
+        assert set(rows[name]["recall"]) == {"1", "10", "100"}
+    assert {(d["code"], d["kind"]) for d in section["decoders"]} == {
+        ("lattice", "linear"), ("lattice", "mlp"), ("sign", "linear"), ("sign", "mlp"),
+        ("lattice, fine-tuned", "mlp")}
+    assert all(d["val_mse"] <= d["baseline_val_mse"] + 1e-6 for d in section["decoders"]
+               if d["kind"] == "linear")
+    n_values = [entry["N"] for entry in section["sweep"]["rows"]]
+    assert n_values == sorted(n_values) and n_values[0] >= section["sweep"]["k"]
 
 
 def test_quick_run_faiss_rows(quick_run):
