@@ -125,8 +125,10 @@ def cached_fine_tune(learn, setup, ctx):
 
 
 def prepare(ds, model_ref, store, config, ctx, work):
-    """Load (``model_ref``) or train (``config``) a catalyzer, copy it into the work store, and
-    encode the base into a .spc file there -> Setup."""
+    """Load (``model_ref``) or train (``config``) a catalyzer, copy it into the work store
+    ``work``/store, and encode the base (``work``/../base.npy, written by the first call) into a
+    .spc file in ``work`` -> Setup."""
+    work.mkdir()
     work_store = work / "store"
     if model_ref is not None:
         model, meta = load_catalyzer(model_ref, store=store)
@@ -137,7 +139,7 @@ def prepare(ds, model_ref, store, config, ctx, work):
         sha, _ = save_catalyzer(trained.model, trained.meta, store=work_store)
         model, meta = load_catalyzer(sha, store=work_store)
         train_s = trained.train_s
-    base_file = work / "base.npy"
+    base_file = work.parent / "base.npy"
     if not base_file.is_file():
         np.save(base_file, ds.base)
     spc = work / f"base-{meta['sha256'][:12]}.spc"
@@ -290,8 +292,6 @@ def run(ds, ctx, model=None, sign_model=None, store=None):
     (code, kind, training metadata, blend, train_s) and "sweep" (blend, rows)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "lattice").mkdir()
-        (work / "sign").mkdir()
         lattice = prepare(ds, model, store, default_config(BITS), ctx, work / "lattice")
         sign = prepare(ds, sign_model, store, default_config(BITS, "sign"), ctx, work / "sign")
         decoder_shas, decoder_info = {}, []
@@ -301,7 +301,6 @@ def run(ds, ctx, model=None, sign_model=None, store=None):
                 decoder_shas[(code, kind)] = sha
                 decoder_info.append(_decoder_info(code, kind, sha, setup, train_s))
         tuned_sha, tune_s = cached_fine_tune(ds.learn, lattice, ctx)
-        (work / "tuned").mkdir()
         tuned = prepare(ds, tuned_sha, ctx.cache_dir, None, ctx, work / "tuned")
         tuned_decoder, tuned_decoder_s = cached_decoder(ds.learn, tuned, "mlp", ctx)
         decoder_info.append(_decoder_info("lattice, fine-tuned", "mlp", tuned_decoder, tuned,

@@ -16,6 +16,8 @@ from .errors import SpreadcodeError
 STORE_OPTION = click.option(
     "--store", type=click.Path(file_okay=False), default=None,
     help="Model store directory [default: $SPREADCODE_HOME/models or ~/.spreadcode/models].")
+SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True,
+                           help="Seed of every random choice: the same seed, the same result.")
 QUIET_OPTION = click.option("-q", "--quiet", is_flag=True,
                             help="No progress bars (they are only drawn on a terminal anyway).")
 
@@ -89,7 +91,7 @@ def main(ctx, debug):
               help="Stop after this many minutes (keeps the best checkpoint).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@SEED_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the model exactly to this path.")
 @STORE_OPTION
@@ -216,7 +218,7 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
               help="Closed-form least squares, or the same plus an MLP correction.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="MLP training epochs [default: see spreadcode.decoders].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@SEED_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the decoder exactly to this path.")
 @STORE_OPTION
@@ -243,7 +245,7 @@ def train_decoder(learn_file, model, kind, epochs, seed, output, store, quiet):
               help="Catalyzer to start from (hash, prefix, path, 'latest'); it is not modified.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Joint catalyzer + decoder epochs [default: see spreadcode.decoders].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@SEED_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the new catalyzer exactly to this path.")
 @STORE_OPTION
@@ -256,11 +258,10 @@ def fine_tune(learn_file, model, epochs, seed, output, store, quiet):
     a NEW catalyzer (printed hash); the original stays as it is. Its codes differ: encode with
     it, then run `spreadcode train-decoder` for it and search with `--decoder`.
     """
-    from .decoders import FINE_TUNE_EPOCHS, fine_tune_command
+    from .decoders import fine_tune_command
 
     summary = fine_tune_command(learn_file, model=model, output=output, store=store, seed=seed,
-                                epochs=FINE_TUNE_EPOCHS if epochs is None else epochs,
-                                progress=_progress(quiet))
+                                epochs=epochs, progress=_progress(quiet))
     click.echo(summary.report())
 
 

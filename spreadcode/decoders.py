@@ -235,7 +235,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
             if held_out is not None:
                 curve.append(squared_error(net.predict(held_out[0]), held_out[1]))
                 if curve[-1] == min(curve):
-                    best = {name: value.detach().clone() for name, value in net.state_dict().items()}
+                    best = _snapshot(net)
             if bar is not None:
                 text = f"train squared error {float(total) / steps * float(scale) ** 2:.4f}"
                 if curve:
@@ -249,6 +249,12 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
         net.load_state_dict(best)
     net.cpu()
     return curve
+
+
+def _snapshot(module):
+    """A copy of ``module``'s state dict that later training steps leave alone (to restore
+    the best epoch with ``load_state_dict``)."""
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
 def held_out_split(n, seed):
@@ -386,7 +392,7 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
         return squared_error(net.predict(quantizer.reconstruct(codes)), targets[val_rows])
 
     curve = [held_out_error()]
-    best = copy.deepcopy(model.state_dict())
+    best = _snapshot(model)
     device = _pick_device()
     model.to(device)
     net.to(device)
@@ -414,7 +420,7 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
                 optimizer.step()
             curve.append(held_out_error())
             if curve[-1] == min(curve):
-                best = copy.deepcopy(model.state_dict())
+                best = _snapshot(model)
             if bar is not None:
                 bar.set_postfix_str(f"held-out squared error {curve[-1]:.4f} (start {curve[0]:.4f})",
                                     refresh=False)
@@ -818,12 +824,13 @@ class FineTuneSummary:
         ])
 
 
-def fine_tune_command(learn_path, *, model, epochs=FINE_TUNE_EPOCHS, output=None, store=None,
+def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None,
                       seed=0, progress=True) -> FineTuneSummary:
     """Everything ``spreadcode fine-tune`` does: read LEARN_FILE, fine-tune the catalyzer
-    ``model`` (hash, prefix, path or "latest") with `fine_tune_catalyzer`, save the new
-    catalyzer into the store (and to ``output``)."""
+    ``model`` (hash, prefix, path or "latest") with `fine_tune_catalyzer` (``epochs`` None:
+    FINE_TUNE_EPOCHS), save the new catalyzer into the store (and to ``output``)."""
     started = time.monotonic()
+    epochs = FINE_TUNE_EPOCHS if epochs is None else epochs
     catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
     tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
                                              seed=seed, progress=progress)

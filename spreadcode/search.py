@@ -65,8 +65,8 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     """Catalyze and quantize every vector of ``input_path`` into the .spc file ``output_path``.
 
     Streams ``batch`` vectors at a time (peak memory ~ batch × d_in floats plus the
-    catalyzer's forward chunk, not the input size); the output appears only when complete (temp file + rename). The same
-    input and model always give byte-identical files.
+    catalyzer's forward chunk, not the input size); the output appears only when complete
+    (temp file + rename). The same input and model always give byte-identical files.
     """
     from .catalyzer import catalyze, load_catalyzer
 

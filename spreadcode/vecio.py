@@ -128,13 +128,14 @@ class _NpyFile(VectorFile):
             raise SpreadcodeError(f"{path}: not a readable .npy array ({err})") from None
         n, d = _checked_shape(array.shape, path, allow_1d)
         self._array = array.reshape(n, d)
+        # One file record per row when C-ordered; Fortran-ordered rows are not contiguous.
+        self._row = np.dtype((array.dtype, (d,))) if self._array.flags.c_contiguous else None
         super().__init__(path, n, d, _accepted_dtype(array.dtype, dtypes, path))
 
     def _rows(self, start, stop):
-        if not self._array.flags.c_contiguous:
+        if self._row is None:
             return self._array[start:stop]
-        row = np.dtype((self._array.dtype, (self.d,)))
-        return _read_span(self.path, row, start, stop, offset=self._array.offset)
+        return _read_span(self.path, self._row, start, stop, offset=self._array.offset)
 
 
 class _Hdf5File(VectorFile):
