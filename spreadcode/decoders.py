@@ -44,7 +44,7 @@ from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
                                merge_topk, open_collection, search_files)
-from spreadcode.training import straight_through
+from spreadcode.training import epoch_progress, straight_through
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
@@ -214,12 +214,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
     rng = np.random.default_rng(seed)
     curve, best = [], None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, desc="train decoder", unit="epoch", dynamic_ncols=True)
-    try:
+    with epoch_progress(epochs, "train decoder", progress) as bar:
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(n)).to(device)
             net.train()
@@ -242,9 +237,6 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
                     text += f"  held-out {curve[-1]:.4f} (best {min(curve):.4f})"
                 bar.set_postfix_str(text, refresh=False)
                 bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
     if curve:
         net.load_state_dict(best)
     net.cpu()
@@ -401,12 +393,7 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": FINE_TUNE_CATALYZER_LR},
                                  {"params": net.parameters(), "lr": FINE_TUNE_DECODER_LR}])
     rng = np.random.default_rng(seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=epochs, desc="fine-tune", unit="epoch", dynamic_ncols=True)
-    try:
+    with epoch_progress(epochs, "fine-tune", progress) as bar:
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(x.shape[0])).to(device)
             model.train()
@@ -425,9 +412,6 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
                 bar.set_postfix_str(f"held-out squared error {curve[-1]:.4f} (start {curve[0]:.4f})",
                                     refresh=False)
                 bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
     model.load_state_dict(best)
     model.cpu().eval()
     fine_tuned = {

@@ -20,6 +20,7 @@ import hashlib
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 # Before torch (and its OpenMP runtime) loads: OpenMP threads that spin-wait between the many
@@ -407,46 +408,44 @@ def fit(prepared, config, progress=True, desc="train", started=None):
     # Without a budget the schedule is known; with one it is planned after the first epoch.
     planned = config.epochs if config.time_budget_s is None else None
     history, best, last_recall = [], None, None
-    bar = _progress_bar(planned, desc, progress)
     interrupted = False
-    try:
-        epoch = 0
-        while planned is None or epoch < planned:
-            epoch_start = time.monotonic()
-            lr = config.learning_rate(epoch, planned or 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    with epoch_progress(planned, desc, progress) as bar:
+        try:
+            epoch = 0
+            while planned is None or epoch < planned:
+                epoch_start = time.monotonic()
+                lr = config.learning_rate(epoch, planned or 1)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
-            def on_batch(step, steps, means, epoch=epoch):
-                if bar is not None and (step % 20 == 0 or step == steps):
-                    bar.set_postfix_str(_postfix(epoch + 1, f"{step}/{steps}", means, last_recall), refresh=True)
+                def on_batch(step, steps, means, epoch=epoch):
+                    if bar is not None and (step % 20 == 0 or step == steps):
+                        bar.set_postfix_str(_postfix(epoch + 1, f"{step}/{steps}", means, last_recall),
+                                            refresh=True)
 
-            means = _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch)
-            epoch += 1
-            out_of_time = (config.time_budget_s is not None
-                           and time.monotonic() - started >= config.time_budget_s)
-            recall = None
-            if planned is None or out_of_time or epoch == planned or epoch % config.eval_every == 0:
-                recall = last_recall = validation_recall(model, quantizer, prepared)
-                if best is None or _rank(recall) > _rank(best["recall"]):
-                    best = _snapshot(model, epoch, recall)
-            history.append({"epoch": epoch, "lr": lr, "triplet": means[0], "koleo": means[1],
-                            "offending": means[2], "recall": recall,
-                            "seconds": time.monotonic() - epoch_start})
-            if planned is None:
-                planned = _plan_epochs(config, time.monotonic() - started, time.monotonic() - epoch_start)
+                means = _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch)
+                epoch += 1
+                out_of_time = (config.time_budget_s is not None
+                               and time.monotonic() - started >= config.time_budget_s)
+                recall = None
+                if planned is None or out_of_time or epoch == planned or epoch % config.eval_every == 0:
+                    recall = last_recall = validation_recall(model, quantizer, prepared)
+                    if best is None or _rank(recall) > _rank(best["recall"]):
+                        best = _snapshot(model, epoch, recall)
+                history.append({"epoch": epoch, "lr": lr, "triplet": means[0], "koleo": means[1],
+                                "offending": means[2], "recall": recall,
+                                "seconds": time.monotonic() - epoch_start})
+                if planned is None:
+                    planned = _plan_epochs(config, time.monotonic() - started, time.monotonic() - epoch_start)
+                    if bar is not None:
+                        bar.total = planned
                 if bar is not None:
-                    bar.total = planned
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(_postfix(epoch, "done", means, last_recall), refresh=True)
-            if out_of_time:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        if bar is not None:
-            bar.close()
+                    bar.update(1)
+                    bar.set_postfix_str(_postfix(epoch, "done", means, last_recall), refresh=True)
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
     if best is None:
         best = _snapshot(model, len(history), validation_recall(model, quantizer, prepared))
     model.cpu()
@@ -475,13 +474,20 @@ def _rank(recall):
     return recall["10"], recall["1"]
 
 
-def _progress_bar(total, desc, enabled):
-    """A tqdm epoch bar on stderr, or None when progress is off."""
+@contextmanager
+def epoch_progress(total, desc, enabled):
+    """Context of a tqdm epoch bar on stderr (None when progress is off), closed on exit
+    however the block ends; total: planned epochs, or None when not known yet."""
     if not enabled:
-        return None
+        yield None
+        return
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _postfix(epoch, where, means, recall):
