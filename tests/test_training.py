@@ -357,3 +357,13 @@ def test_epoch_planning_under_a_time_budget():
 def test_train_command_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(SpreadcodeError, match=message):
         train_command(None, store=tmp_path, progress=False, **kwargs)
+
+
+def test_epoch_progress_closes_its_bar_however_the_block_ends():
+    with training.epoch_progress(3, "test", enabled=False) as bar:
+        assert bar is None
+    with pytest.raises(KeyboardInterrupt):
+        with training.epoch_progress(3, "test", enabled=True) as bar:
+            bar.update(1)
+            raise KeyboardInterrupt
+    assert bar.n == 1 and bar.disable  # tqdm marks a closed bar disabled
