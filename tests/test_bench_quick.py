@@ -143,3 +143,20 @@ def test_range_agreement_on_a_line():
     assert (half["recall"], half["mean_results"]) == (0.5, 1.0)
     # ε = 1.0: query 1 now reaches its neighbour at 10.
     assert (full["recall"], full["mean_results"]) == (1.0, 1.5)
+
+
+def test_sift_dataset_split_is_distinct_seeded_and_sized():
+    from bench.make_sift_dataset import LEARN_SHARE, split
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 256, (3000, 128), dtype=np.uint8)
+    descriptors = np.concatenate([rows, rows[:500]])  # 500 duplicates to drop
+    learn, base, query = split(descriptors, 200, seed=3)
+    assert (len(query), len(learn)) == (200, int(2800 * LEARN_SHARE))
+    assert len(learn) + len(base) + len(query) == 3000
+    together = np.concatenate([learn, base, query])
+    assert len(np.unique(together, axis=0)) == 3000
+    assert np.array_equal(np.unique(together, axis=0), np.unique(rows, axis=0))
+    again = split(descriptors, 200, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((learn, base, query), again))
+    assert not np.array_equal(split(descriptors, 200, seed=4)[2], query)
