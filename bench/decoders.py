@@ -83,11 +83,13 @@ class Setup:
 def cached_decoder(learn, setup, kind, ctx):
     """Train (or fetch from ctx.cache_dir) a ``kind`` decoder of setup's catalyzer on learn.
 
-    Cache key: sha256 of (catalyzer hash, kind, quick epochs, learn float32 bytes); training is
-    deterministic, so the cached artifact is what training would produce. Returns (sha256,
-    training seconds)."""
+    Cache key: sha256 of (catalyzer hash, kind, quick epochs, blend rule, learn float32 bytes);
+    training is deterministic, so the cached artifact is what training would produce. Returns
+    (sha256, training seconds)."""
     epochs = QUICK_EPOCHS if ctx.quick and kind == "mlp" else None
-    key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}".encode() + learn.tobytes()).hexdigest()
+    blend_rule = f"blend {decoders.BLEND_WEIGHT} x unit ratio of top {decoders.BLEND_SCALE_TOP}"
+    key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}-{blend_rule}".encode()
+                         + learn.tobytes()).hexdigest()
     record = ctx.cache_dir / f"decoder-{key}.json"
     if record.is_file():
         entry = json.loads(record.read_text())
@@ -206,7 +208,7 @@ def rerank_row(name, setup, decoder_sha, kind, blend, ds, k):
     result, seconds = timed(decoders.rerank_search, [setup.spc], ds.query, k=k, decoder=decoder_sha,
                             blend=blend, store=setup.store)
     how = "decoded distance only" if result.extra["blend"] == 0 and blend == 0 else \
-        f"calibrated blend {result.extra['blend']:g}"
+        f"blend {result.extra['blend']:.3g}"
     return Row(f"{name}, {kind} decoder re-rank, {how}", recall(result.ids, ds), seconds,
                f"shortlist N={result.extra['rerank']}")
 
@@ -332,26 +334,26 @@ def markdown(section):
         lines.append(f"| {row['method']} | "
                      f"{' | '.join(_pct(row['recall'].get(str(k))) for k in RECALL_KS)} | "
                      f"{row['search_s']:.2f} | {row['note']} |")
-    lines += ["", "Decoders: held-out squared error per vector (the baseline is the best linear map) "
+    lines += ["", "Decoders: held-out squared error per vector (the baseline is the best linear map), "
               f"and held-out 1-recall@1 re-ranking a shortlist of {decoders.CALIBRATION_SHORTLIST} "
-              "(held-out learn vectors, unseen by the decoder, as queries and database), which "
-              "picks the blend weight:", "",
+              "(held-out learn vectors, unseen by the decoder, as queries and database). The "
+              f"blend is {decoders.BLEND_WEIGHT:g} × the ratio of decoded to compressed distances "
+              "on that shortlist (`spreadcode.decoders.calibrate_blend`):", "",
               "| code | kind | val MSE | linear baseline MSE | R@1 compressed | R@1 decoded | "
-              "R@1 blend | blend | train s |", "|---|---|---|---|---|---|---|---|---|"]
+              "R@1 blended | blend | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for info in section["decoders"]:
-        search = info["blend_search"]
-        chosen = search[f"{info['blend']:g}"]
+        recalls = info["blend_calibration"]["recall_at_1"]
         lines.append(f"| {info['code']} | {info['kind']} | {info['val_mse']:.5f} | "
-                     f"{info['baseline_val_mse']:.5f} | {_pct(search['compressed'])} | "
-                     f"{_pct(search['0'])} | {_pct(chosen)} | {info['blend']:g} | "
-                     f"{info['train_s']:.0f} |")
+                     f"{info['baseline_val_mse']:.5f} | {_pct(recalls['compressed'])} | "
+                     f"{_pct(recalls['decoded'])} | {_pct(recalls['blended'])} | "
+                     f"{info['blend']:.3g} | {info['train_s']:.0f} |")
     sweep = section["sweep"]
     blend = sweep["blend"]
     lines += ["", f"### Shortlist size: catalyzer + lattice, mlp decoder re-rank, k={sweep['k']}",
               "", "Re-rank cost: search with re-ranking minus the shortlist search alone, per "
               "query (all queries in one batch).", "",
-              f"| N | R@1 decoded | R@10 decoded | ms/query | R@1 blend {blend:g} | "
-              f"R@10 blend {blend:g} | ms/query |", "|---|---|---|---|---|---|---|"]
+              f"| N | R@1 decoded | R@10 decoded | ms/query | R@1 blend {blend:.3g} | "
+              f"R@10 blend {blend:.3g} | ms/query |", "|---|---|---|---|---|---|---|"]
     for entry in sweep["rows"]:
         cells = [f"{_pct(entry[label]['recall'].get('1'))} | "
                  f"{_pct(entry[label]['recall'].get('10'))} | {entry[label]['rerank_ms']:.3f}"

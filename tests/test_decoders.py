@@ -8,10 +8,11 @@ import torch
 from spreadcode import store
 from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
-from spreadcode.decoders import (BLEND_GRID, CollectionCodes, DecoderNet, calibrate_blend,
-                                 decoded_search, decoder_bytes, default_rerank, fit_decoder,
-                                 fine_tune_catalyzer, fit_linear, held_out_split, load_decoder, rerank_search, save_decoder,
-                                 squared_error, train_decoder, train_decoder_command)
+from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST,
+                                 CollectionCodes, DecoderNet, calibrate_blend, decoded_search,
+                                 decoder_bytes, default_rerank, fine_tune_catalyzer, fit_decoder,
+                                 fit_linear, held_out_split, load_decoder, rerank_search,
+                                 save_decoder, squared_error, train_decoder, train_decoder_command)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.info import describe_file
 from spreadcode.quantizer import quantizer_from_spec
@@ -330,7 +331,7 @@ def test_blended_rerank_adds_the_compressed_distance(world, blend):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_calibrated_blend_is_the_best_of_its_grid(world):
+def test_calibrated_blend_is_the_weight_times_the_distance_unit_ratio(world):
     entry = world["lattice"]
     decoder = load_decoder(entry["mlp"], store=world["store"])
     learn = load_sample().learn[:N_LEARN]
@@ -340,16 +341,26 @@ def test_calibrated_blend_is_the_best_of_its_grid(world):
     _, val_rows = held_out_split(N_LEARN, seed=0)
     queries, database = val_rows[::5], np.setdiff1d(val_rows, val_rows[::5])
     assert decoder.meta["training"]["calibration_queries"] == len(queries) == 30
-    blend, recalls = calibrate_blend(decoder.net, quantizer, codes[database],
-                                     quantizer.reconstruct(codes[database]), learn[database],
-                                     catalyzed[queries], learn[queries])
-    assert blend == decoder.blend and recalls == decoder.meta["training"]["blend_search"]
-    assert set(recalls) == {"compressed", *(f"{b:g}" for b in BLEND_GRID)}
-    assert recalls[f"{blend:g}"] == max(recalls[f"{b:g}"] for b in BLEND_GRID)
-    assert all(recalls[f"{b:g}"] < recalls[f"{blend:g}"] for b in BLEND_GRID if b < blend)
+    blend, calibration = calibrate_blend(decoder.net, quantizer, codes[database],
+                                         quantizer.reconstruct(codes[database]), learn[database],
+                                         catalyzed[queries], learn[queries])
+    assert blend == decoder.blend and calibration == decoder.meta["training"]["blend_calibration"]
+    # The unit ratio by hand: mean decoded over mean compressed distance of the top candidates.
+    distances, shortlist = quantizer.search(codes[database], catalyzed[queries], CALIBRATION_SHORTLIST)
+    top = shortlist[:, :BLEND_SCALE_TOP]
+    decoded = decoder.net.predict(quantizer.reconstruct(codes[database]))
+    decoded_mean = ((decoded[top].astype(np.float64) - learn[queries][:, None, :]) ** 2).sum(axis=2).mean()
+    scale = decoded_mean / distances[:, :BLEND_SCALE_TOP].astype(np.float64).mean()
+    assert calibration["scale"] == pytest.approx(scale, rel=1e-5)
+    assert calibration["weight"] == BLEND_WEIGHT and blend == pytest.approx(BLEND_WEIGHT * scale, rel=1e-5)
     nearest = exact_decoded_knn(learn[database], learn[queries], 1)[0][:, 0]
-    _, first = quantizer.search(codes[database], catalyzed[queries], 1)
-    assert recalls["compressed"] == np.mean(first[:, 0] == nearest)
+    recalls = calibration["recall_at_1"]
+    assert recalls["compressed"] == np.mean(shortlist[:, 0] == nearest)
+    for key, weight in (("decoded", 0.0), ("blended", blend)):
+        score = ((decoded[shortlist].astype(np.float64) - learn[queries][:, None, :]) ** 2).sum(axis=2) \
+            + weight * distances
+        best = shortlist[np.arange(len(queries)), np.lexsort((shortlist, score), axis=1)[:, 0]]
+        assert recalls[key] == np.mean(best == nearest)
 
 
 def test_default_shortlist():
