@@ -84,8 +84,9 @@ def cached_decoder(learn, setup, kind, ctx):
     """Train (or fetch from ctx.cache_dir) a ``kind`` decoder of setup's catalyzer on learn.
 
     Cache key: sha256 of (catalyzer hash, kind, quick epochs, blend rule, learn float32 bytes);
-    training is deterministic, so the cached artifact is what training would produce. Returns
-    (sha256, training seconds)."""
+    training is seeded, so the cached artifact is what training would produce up to the CPU's
+    run-to-run float noise (about ±0.5 R@1 after re-ranking). Returns (sha256, training
+    seconds)."""
     epochs = QUICK_EPOCHS if ctx.quick and kind == "mlp" else None
     blend_rule = f"blend {decoders.BLEND_WEIGHT} x unit ratio of top {decoders.BLEND_SCALE_TOP}"
     key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}-{blend_rule}".encode()
