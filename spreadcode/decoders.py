@@ -71,7 +71,7 @@ DECODE_BATCH = 65536
 # in different units (input space, unit sphere), so `calibrate_blend` sets blend = BLEND_WEIGHT ×
 # their ratio on held-out data (mean over the first BLEND_SCALE_TOP candidates of each query's
 # shortlist of CALIBRATION_SHORTLIST). Picking the weight by held-out recall@1 instead was
-# dropped: the held-out database is ~10× sparser than a real one and ~1,000 queries give a noisy
+# dropped: the held-out database is ~14× sparser than a real one and ~1,000 queries give a noisy
 # recall, so it chose weights costing up to 2 points of R@1; 0.5 is within 0.3 of the best weight
 # on the base of both benchmark datasets (BENCHMARKS.md, "Blend weight").
 BLEND_WEIGHT = 0.5
@@ -344,7 +344,7 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     is_query = np.arange(len(val_rows)) % CALIBRATION_QUERY_STRIDE == 0
     queries, database = val_rows[is_query], val_rows[~is_query]
     blend, blend_calibration = calibrate_blend(net, quantizer, codes[database], inputs[database],
-                                          targets[database], catalyzed[queries], targets[queries])
+                                               targets[database], catalyzed[queries], targets[queries])
     meta = {
         "catalyzer": catalyzer_meta["sha256"],
         "quantizer": catalyzer_meta["quantizer"],
