@@ -44,7 +44,7 @@ from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
                                merge_topk, open_collection, search_files)
-from spreadcode.training import epoch_progress, straight_through
+from spreadcode.training import epoch_progress, state_snapshot, straight_through
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
@@ -237,7 +237,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
             if held_out is not None:
                 curve.append(squared_error(net.predict(held_out[0]), held_out[1]))
                 if curve[-1] == min(curve):
-                    best = _snapshot(net)
+                    best = state_snapshot(net)
             if bar is not None:
                 text = f"train squared error {float(total) / steps * float(scale) ** 2:.4f}"
                 if curve:
@@ -248,12 +248,6 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
         net.load_state_dict(best)
     net.cpu()
     return curve
-
-
-def _snapshot(module):
-    """A copy of ``module``'s state dict that later training steps leave alone (to restore
-    the best epoch with ``load_state_dict``)."""
-    return {name: value.detach().clone() for name, value in module.state_dict().items()}
 
 
 def held_out_split(n, seed):
@@ -401,7 +395,7 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
         return squared_error(net.predict(quantizer.reconstruct(codes)), targets[val_rows])
 
     curve = [held_out_error()]
-    best = _snapshot(model)
+    best = state_snapshot(model)
     device = _pick_device()
     model.to(device)
     net.to(device)
@@ -424,7 +418,7 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
                 optimizer.step()
             curve.append(held_out_error())
             if curve[-1] == min(curve):
-                best = _snapshot(model)
+                best = state_snapshot(model)
             if bar is not None:
                 bar.set_postfix_str(f"held-out squared error {curve[-1]:.4f} (start {curve[0]:.4f})",
                                     refresh=False)

@@ -387,10 +387,15 @@ def _plan_epochs(config, elapsed, epoch_seconds):
     return max(1, fits if config.epochs is None else min(config.epochs, fits))
 
 
+def state_snapshot(module):
+    """A CPU copy of ``module``'s state dict that later training steps leave alone (to restore
+    the best epoch with ``load_state_dict``)."""
+    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
+
 def _snapshot(model, epoch, recall):
-    """A checkpoint: epoch, validation recall and a CPU copy of the state dict."""
-    return {"epoch": epoch, "recall": recall,
-            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    """A checkpoint: epoch, validation recall and `state_snapshot` of the model."""
+    return {"epoch": epoch, "recall": recall, "state": state_snapshot(model)}
 
 
 def fit(prepared, config, progress=True, desc="train", started=None):
