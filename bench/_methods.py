@@ -3,6 +3,7 @@
 Every row of every table is one such function, looked up by name in ``bench/_registry.py``.
 Sweep methods (Table 2, Figure 5) take the code size in bits as a fifth argument.
 """
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,3 +68,24 @@ class Stopwatch:
             yield self
         finally:
             self.seconds += time.perf_counter() - start
+
+
+def cached_training(cache_dir, record_name, train, save):
+    """Run a seeded training step once per cache key.
+
+    The record ``cache_dir/<record_name>.json`` holds {"sha256", "train_s", ...}: when it
+    exists it is returned as is. Otherwise ``train()`` is timed, ``save(result)`` stores the
+    artifact in cache_dir and returns (its sha256, more JSON-able fields for the record), and
+    the record is written. Returns (record dict, train()'s result, or None when cached).
+    """
+    record = cache_dir / f"{record_name}.json"
+    if record.is_file():
+        return json.loads(record.read_text()), None
+    clock = Stopwatch()
+    with clock.running():
+        result = train()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    sha, fields = save(result)
+    entry = {"sha256": sha, "train_s": clock.seconds, **fields}
+    record.write_text(json.dumps(entry, indent=1) + "\n")
+    return entry, result

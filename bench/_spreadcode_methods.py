@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench import peers
-from bench._methods import NotApplicable, Outcome, Stopwatch
+from bench._methods import NotApplicable, Outcome, Stopwatch, cached_training
 from spreadcode import lattice
 from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer
 from spreadcode.errors import SpreadcodeError
@@ -55,19 +55,16 @@ def trained_catalyzer(learn, config, ctx):
         config = dataclasses.replace(config, time_budget_s=60.0 * ctx.train_minutes)
     config_json = json.dumps(dataclasses.asdict(config), sort_keys=True)
     key = hashlib.sha256(learn.tobytes() + config_json.encode()).hexdigest()
-    record = ctx.cache_dir / f"{key}.json"
-    if record.is_file():
-        entry = json.loads(record.read_text())
+
+    def save(result):
+        sha, _ = save_catalyzer(result.model, result.meta, store=ctx.cache_dir)
+        return sha, {"config": json.loads(config_json)}
+
+    entry, result = cached_training(ctx.cache_dir, key, lambda: train_catalyzer(learn, config), save)
+    if result is None:
         model, meta = load_catalyzer(entry["sha256"], store=ctx.cache_dir)
         return TrainedCatalyzer(model, meta, entry["train_s"], cached=True)
-    clock = Stopwatch()
-    with clock.running():
-        result = train_catalyzer(learn, config)
-    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-    sha, _ = save_catalyzer(result.model, result.meta, store=ctx.cache_dir)
-    record.write_text(json.dumps({"sha256": sha, "train_s": clock.seconds,
-                                  "config": json.loads(config_json)}, indent=1) + "\n")
-    return TrainedCatalyzer(result.model, result.meta, clock.seconds, cached=False)
+    return TrainedCatalyzer(result.model, result.meta, entry["train_s"], cached=False)
 
 
 def _lattice_quantizer(d, bits):

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import datetime
 import hashlib
-import json
 import shlex
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from bench import peers  # noqa: E402
 from bench._data import load_dataset, quick_slice  # noqa: E402
-from bench._methods import Context, Stopwatch  # noqa: E402
+from bench._methods import Context, cached_training  # noqa: E402
 from bench._spreadcode_methods import QUICK_EPOCHS, trained_catalyzer  # noqa: E402
 from spreadcode import decoders, store as model_store  # noqa: E402
 from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer  # noqa: E402
@@ -91,20 +90,19 @@ def cached_decoder(learn, setup, kind, ctx):
     blend_rule = f"blend {decoders.BLEND_WEIGHT} x unit ratio of top {decoders.BLEND_SCALE_TOP}"
     key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}-{blend_rule}".encode()
                          + learn.tobytes()).hexdigest()
-    record = ctx.cache_dir / f"decoder-{key}.json"
-    if record.is_file():
-        entry = json.loads(record.read_text())
-        model_store.save_artifact(ctx.cache_dir / f"{entry['sha256']}.safetensors", setup.store)
-        return entry["sha256"], entry["train_s"]
-    clock = Stopwatch()
-    with clock.running():
-        net, meta = decoders.train_decoder(learn, setup.model, setup.meta, kind=kind, epochs=epochs,
-                                           progress=True)
-    sha, _ = decoders.save_decoder(net, meta, store=ctx.cache_dir)
-    model_store.save_artifact(ctx.cache_dir / f"{sha}.safetensors", setup.store)
-    record.write_text(json.dumps({"sha256": sha, "train_s": clock.seconds,
-                                  "training": meta["training"]}, indent=1) + "\n")
-    return sha, clock.seconds
+
+    def train():
+        return decoders.train_decoder(learn, setup.model, setup.meta, kind=kind, epochs=epochs,
+                                      progress=True)
+
+    def save(trained):
+        net, meta = trained
+        sha, _ = decoders.save_decoder(net, meta, store=ctx.cache_dir)
+        return sha, {"training": meta["training"]}
+
+    entry, _ = cached_training(ctx.cache_dir, f"decoder-{key}", train, save)
+    model_store.save_artifact(ctx.cache_dir / f"{entry['sha256']}.safetensors", setup.store)
+    return entry["sha256"], entry["train_s"]
 
 
 def cached_fine_tune(learn, setup, ctx):
@@ -113,18 +111,18 @@ def cached_fine_tune(learn, setup, ctx):
     ctx.cache_dir, training seconds)."""
     epochs = 1 if ctx.quick else decoders.FINE_TUNE_EPOCHS
     key = hashlib.sha256(f"{setup.meta['sha256']}-fine-tune-{epochs}".encode() + learn.tobytes()).hexdigest()
-    record = ctx.cache_dir / f"fine-tune-{key}.json"
-    if record.is_file():
-        entry = json.loads(record.read_text())
-        return entry["sha256"], entry["train_s"]
-    clock = Stopwatch()
-    with clock.running():
-        model, meta, _ = decoders.fine_tune_catalyzer(learn, setup.model, setup.meta, epochs=epochs,
-                                                      progress=True)
-    sha, _ = save_catalyzer(model, meta, store=ctx.cache_dir)
-    record.write_text(json.dumps({"sha256": sha, "train_s": clock.seconds,
-                                  "fine_tuned": meta["training"]["fine_tuned"]}, indent=1) + "\n")
-    return sha, clock.seconds
+
+    def train():
+        return decoders.fine_tune_catalyzer(learn, setup.model, setup.meta, epochs=epochs,
+                                            progress=True)
+
+    def save(tuned):
+        model, meta, _ = tuned
+        sha, _ = save_catalyzer(model, meta, store=ctx.cache_dir)
+        return sha, {"fine_tuned": meta["training"]["fine_tuned"]}
+
+    entry, _ = cached_training(ctx.cache_dir, f"fine-tune-{key}", train, save)
+    return entry["sha256"], entry["train_s"]
 
 
 def prepare(ds, model_ref, store, config, ctx, work):
