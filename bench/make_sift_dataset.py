@@ -43,7 +43,10 @@ GROUNDTRUTH_K = 100
 def describe_images(paths):
     """SIFT descriptors of each image: (list of uint8 (n_i, 128) arrays, list of (path, n_i));
     images that cannot be read, are smaller than MIN_SIDE or have no keypoint are skipped."""
-    import cv2
+    try:
+        import cv2
+    except ImportError:
+        raise SystemExit("bench/make_sift_dataset.py needs OpenCV: pip install opencv-python-headless") from None
 
     sift = cv2.SIFT_create()
     blocks, used = [], []
