@@ -1,0 +1,38 @@
+/* Scans: the distances of every (query, code) pair for lattice codes (dot product with
+   the decoded point), sign codes (dot product with the +-1 vector) and Hamming distance,
+   collected as the top-k or every result within a radius of each query. */
+#ifndef SPREADCODE_SCAN_H
+#define SPREADCODE_SCAN_H
+
+#include "common.h"
+#include "lattice.h"
+
+enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2 };
+
+typedef struct {
+    int kind, d;
+    int64_t n;                   /* codes */
+    const sc_lattice *lat;       /* SC_LATTICE */
+    const uint64_t *lcodes;
+    const uint8_t *scodes;       /* SC_SIGN_DOT, SC_HAMMING: (n, nb) */
+    int nb;
+    int nq;
+    const float *queries;        /* (nq, d) for the dot kinds */
+    const uint8_t *qcodes;       /* (nq, nb) for SC_HAMMING */
+    float scale2;                /* dot kinds: distance = 2 - <q, code vector> * scale2 */
+} sc_scan;
+
+/* Top-k of every query: out_d, out_i (nq, k). Returns 0, or -1 when out of memory. */
+SC_API int sc_scan_topk(const sc_scan *S, int k, int threads, float *out_d, int64_t *out_i);
+
+/* Range search: every code with distance <= radius, gathered per (slot, query). */
+typedef struct sc_list sc_list;
+typedef struct { sc_list *lists; int slots, nq; } sc_range_result;
+/* Fills R and the per-query totals lims[q + 1]. Returns 0, or -1 when out of memory. */
+SC_API int sc_scan_range(const sc_scan *S, float radius, int threads, sc_range_result *R,
+                         int64_t *lims);
+/* Writes each query's results sorted by (distance, id) and frees R. */
+SC_API void sc_range_finish(sc_range_result *R, const int64_t *lims, int64_t *ids, float *dists,
+                            int threads);
+
+#endif
