@@ -191,7 +191,7 @@ def enumerate_atoms(int d, int r2, int64_t cap):
 # ---------------------------------------------------------------------------------------
 
 cdef class Scan:
-    """One prepared scan: codes, queries and the scoring rule (see the C sc_scan struct)."""
+    """One prepared scan: codes, queries and the scoring rule (see sc_scan in csrc/scan.h)."""
     cdef sc_scan s
     cdef object keep
 
