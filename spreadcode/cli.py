@@ -7,7 +7,10 @@ so ``spreadcode info`` starts instantly.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import click
 
@@ -27,17 +30,42 @@ def _progress(quiet):
     return not quiet and sys.stderr.isatty()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds exactly like Ctrl-C:
+    temporary outputs are deleted, training keeps its best checkpoint."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM (kill, timeout, service managers) raises `_Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Cli(click.Group):
     """A click group that turns exceptions into one clear line and a non-zero exit."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("spreadcode: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, _Terminated)
+            click.echo(f"spreadcode: {'terminated' if terminated else 'interrupted'}", err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except Exception as exc:  # noqa: BLE001 -- the CLI's last line of defence
             if ctx.obj and ctx.obj.get("debug"):
                 raise

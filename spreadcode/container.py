@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from spreadcode.errors import SpreadcodeError
-from spreadcode.vecio import atomic_output
+from spreadcode.fileio import atomic_output
 
 MAGIC = b"SPRDCODE"
 VERSION_MAJOR = 1

@@ -13,11 +13,11 @@ import json
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import atomic_output
 
 ARTIFACT_SUFFIX = ".safetensors"
 FORMAT_VERSION = 1
@@ -112,29 +112,13 @@ def read_metadata(path):
         raise SpreadcodeError(f"{path}: cannot read model file ({exc.strerror})") from None
 
 
-def _atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~umask)  # mkstemp makes 0600; models are ordinary files
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_file(path, data):
     """Atomically write artifact bytes to exactly ``path`` (no extension added); mkdir parents."""
+    path = Path(path)
     try:
-        _atomic_write(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as fh:
+            fh.write(data)
     except OSError as exc:
         raise SpreadcodeError(f"{path}: cannot write model file ({exc.strerror})") from None
 
@@ -160,10 +144,7 @@ def save_artifact(src, store=None):
     if target.is_file() and sha256_file(target) == sha:
         os.utime(target)
     else:
-        try:
-            _atomic_write(target, data)
-        except OSError as exc:
-            raise SpreadcodeError(f"cannot write to the model store {target.parent} ({exc.strerror})") from None
+        write_file(target, data)
     return sha, target
 
 

@@ -17,17 +17,16 @@ Formats, chosen by extension:
   vectors default to ``train``, ground truth to ``neighbors``.
 
 Floating-point data is converted to float32 chunk by chunk and checked for NaN/Inf (an error
-names the file and the first bad vector). Writers go through `atomic_output`: a hidden temp
-file next to the target, renamed into place only when complete.
+names the file and the first bad vector). Writers go through `spreadcode.fileio.atomic_output`:
+a hidden temp file next to the target, renamed into place only when complete.
 """
 import os
-import secrets
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import atomic_output
 
 TEXMEX_VALUE_DTYPES = {
     ".fvecs": np.dtype("<f4"),
@@ -279,36 +278,6 @@ def check_finite(x, what, first_row=0):
         raise SpreadcodeError(
             f"{what}: vector {first_row + row} contains NaN or Inf "
             "(or a value beyond the float32 range)")
-
-
-@contextmanager
-def atomic_output(path):
-    """Write a file all-or-nothing: yields a binary file (read/write/seek, so h5py can use it)
-    opened at a hidden temp path in the target's directory; on clean exit it is fsynced and
-    renamed onto ``path``, on any exception (Ctrl-C included) it is deleted and the exception
-    re-raised."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise SpreadcodeError(f"{path}: cannot create file ({err.strerror})") from None
-    fh = os.fdopen(fd, "w+b")
-    try:
-        yield fh
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, path)
-    except OSError as err:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise SpreadcodeError(f"{path}: cannot write file ({err.strerror or err})") from None
 
 
 def write_vectors(path, x):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import rehash_header
 from spreadcode import container, lattice, signs
 from spreadcode.errors import SpreadcodeError
 
@@ -34,16 +35,6 @@ def write_spc(path, codes, *, layout=LATTICE, ids=None, batch=4, metadata=None,
 
 def random_codes(n, code_bytes, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, code_bytes), dtype=np.uint8)
-
-
-def rehash_header(path):
-    """Recompute the header SHA-256 after a deliberate header edit (spec: SHA-256 of bytes
-    [0, payload_offset) with bytes 128..160 zeroed)."""
-    data = bytearray(path.read_bytes())
-    payload_offset = struct.unpack_from("<Q", data, 56)[0]
-    data[128:160] = bytes(32)
-    data[128:160] = hashlib.sha256(data[:payload_offset]).digest()
-    path.write_bytes(bytes(data))
 
 
 def flip_byte(path, offset):

@@ -282,17 +282,6 @@ def test_write_replaces_an_existing_file_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.fvecs"]
 
 
-def test_atomic_output_discards_on_interrupt(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with vecio.atomic_output(tmp_path / "out.bin") as fh:
-            fh.write(b"partial")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(SpreadcodeError, match="cannot create file"):
-        with vecio.atomic_output(tmp_path / "no" / "such" / "dir.bin"):
-            pass
-
-
 def test_write_h5_round_trips(tmp_path, rng):
     ids = rng.integers(0, 100, (3, 4))
     dist = rng.random((3, 4)).astype(np.float32)
