@@ -174,8 +174,9 @@ def encode(input_file, output, model, batch, store, quiet):
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="DB.spc... QUERIES")
 @click.option("-k", type=click.IntRange(min=1), default=None,
-              help="Number of neighbours per query [default: 10].")
-@click.option("--radius", type=float, default=None,
+              help="Number of neighbours per query [default: 10]; at most the number of codes "
+                   "(a larger k is capped, with a note on stderr).")
+@click.option("--radius", type=click.FloatRange(min=0), default=None,
               help="Range search: every code within this distance (instead of -k).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Results file: .ivecs (+ .distances.fvecs), .npy, .h5; TSV on stdout "
@@ -203,7 +204,7 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     sphere; with --decoder, squared L2 in input space between the raw query and the decoded
     vectors. Results go to --output, or to stdout as TSV (query, rank, id, distance).
     """
-    from . import search as search_lib
+    from .search import search_command
 
     if len(paths) < 2:
         raise click.UsageError("give at least one .spc file and a queries file")
@@ -216,28 +217,15 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     if gt is not None and radius is not None:
         raise click.UsageError("--gt needs -k (recall of a range search is not defined)")
     *db_paths, queries = paths
-    if decoder is None:
-        result = search_lib.search_files(db_paths, queries, k=k or 10, radius=radius,
-                                         model=model, store=store, hamming=hamming)
-    else:
-        from . import decoders
-
-        if decode_all:
-            result = decoders.decoded_search(db_paths, queries, k=k or 10, decoder=decoder,
-                                             store=store)
-        else:
-            result = decoders.rerank_search(db_paths, queries, k=k or 10, decoder=decoder,
-                                            rerank=rerank, model=model, store=store)
-    if output:
-        for written in search_lib.write_results(output, result):
-            click.echo(f"wrote {written}", err=gt is None)
-    elif gt is None:
-        search_lib.write_tsv(sys.stdout, result)
-    if gt is not None:
-        from .vecio import read_groundtruth
-
-        recalls = search_lib.recall_at(result.ids, read_groundtruth(gt))
-        click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in recalls.items()))
+    report = search_command(db_paths, queries, k=k, radius=radius, output=output, gt=gt,
+                            model=model, decoder=decoder, rerank=rerank, decode_all=decode_all,
+                            hamming=hamming, store=store, stream=sys.stdout)
+    if report.note():
+        click.echo(f"spreadcode: note: {report.note()}", err=True)
+    for written in report.written:
+        click.echo(f"wrote {written}", err=gt is None)
+    if report.recalls is not None:
+        click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in report.recalls.items()))
 
 
 @main.command("train-decoder")

@@ -42,8 +42,9 @@ from spreadcode.catalyzer import (catalyze, load_catalyzer, load_state_dict_file
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
-from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
-                               merge_topk, open_collection, search_files)
+from spreadcode.search import (PreparedSearch, SearchResult, batch_rows, check_k,
+                               describe_quantizer, load_queries, merge_topk, open_collection,
+                               prepare_scan)
 from spreadcode.training import epoch_progress, state_snapshot, straight_through
 
 ARTIFACT_KIND = "decoder"
@@ -608,28 +609,24 @@ def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, 
     """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
     plus ``blend`` × the compressed-domain distance that made the shortlist.
 
-    queries: float32 (nq, d_in); candidates: int64 (nq, N), -1 = padding; decode: function
-    from sorted unique ids int64 (m,) to float32 (m, d_in); shortlist_distances: float32
-    (nq, N), needed when blend != 0. Each block of queries decodes its distinct candidates
-    once (about ``block_rows`` candidate rows per block). Returns (scores float32 (nq, k)
-    ascending, ids int64 (nq, k)): ties go to the lower id, ids always come from the row's
-    candidates, padding (inf, -1) fills rows with fewer than k.
+    queries: float32 (nq, d_in); candidates: int64 (nq, N), N >= k, ids of codes (any int64);
+    decode: function from sorted unique ids int64 (m,) to float32 (m, d_in);
+    shortlist_distances: float32 (nq, N), needed when blend != 0. Each block of queries decodes
+    its distinct candidates once (about ``block_rows`` candidate rows per block). Returns
+    (scores float32 (nq, k) ascending, ids int64 (nq, k)): ties go to the lower id, ids always
+    come from the row's candidates.
     """
     nq, n_short = candidates.shape
-    distances = np.full((nq, n_short), np.inf, dtype=np.float32)
+    distances = np.empty((nq, n_short), dtype=np.float32)
     rows = max(1, block_rows // max(n_short, 1))
     for start in range(0, nq, rows):
         ids = candidates[start:start + rows]
-        valid = ids >= 0
-        unique, inverse = np.unique(ids[valid], return_inverse=True)
-        decoded = decode(unique)
-        diff = decoded[inverse] - np.repeat(queries[start:start + rows], valid.sum(axis=1), axis=0)
-        distances[start:start + rows][valid] = np.einsum("ij,ij->i", diff, diff)
+        unique, inverse = np.unique(ids.ravel(), return_inverse=True)
+        diff = decode(unique)[inverse] - np.repeat(queries[start:start + rows], n_short, axis=0)
+        distances[start:start + rows] = np.einsum("ij,ij->i", diff, diff).reshape(ids.shape)
     if blend:
         distances += np.float32(blend) * shortlist_distances
-    padding = max(0, k - n_short)
-    return merge_topk([distances, np.full((nq, padding), np.inf, dtype=np.float32)],
-                      [candidates, np.full((nq, padding), -1, dtype=np.int64)], k)
+    return merge_topk([distances], [candidates], k)
 
 
 def default_rerank(k):
@@ -645,29 +642,41 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, mod
     `default_rerank(k)`); they are re-ranked by the squared L2 distance between the raw query
     and the decoded candidate in input space plus ``blend`` × their compressed-domain distance
     (`rerank_candidates`; default blend: the decoder's calibrated weight, see
-    `calibrate_blend`; 0 ranks by the decoded distance alone). When there are at least as many
-    candidates (queries × N) as codes, every code is decoded once (if that takes at most
+    `calibrate_blend`; 0 ranks by the decoded distance alone). k and the shortlist are capped
+    at the number of codes, as in `search_files`. When there are at least as many candidates
+    (queries × N) as codes, every code is decoded once (if that takes at most
     DECODE_ALL_BYTES), otherwise each block of queries decodes its own distinct candidates.
     ``decoder``: a Decoder or a reference (hash, prefix, path, "latest"); it must belong to the
     files' catalyzer. ``queries``: path or float32 array (nq, d_in). Returns the re-ranking
     scores as distances; extra: {"rerank": N, "blend": weight, "decoder": sha256}.
     """
+    return prepare_rerank(db_paths, queries, k=k, decoder=decoder, rerank=rerank, blend=blend,
+                          model=model, store=store, verify=verify).result()
+
+
+def prepare_rerank(db_paths, queries, *, k, decoder, rerank=None, blend=None, model=None,
+                   store=None, verify=True) -> PreparedSearch:
+    """`rerank_search`, prepared to run query batch by query batch."""
     decoder = _as_decoder(decoder, store)
-    if k < 1:
-        raise SpreadcodeError(f"k must be at least 1, got {k}")
-    rerank = default_rerank(k) if rerank is None else rerank
+    k = check_k(k)
+    rerank = default_rerank(k) if rerank is None else check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     blend = decoder.blend if blend is None else blend
     if not (math.isfinite(blend) and blend >= 0):
         raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
-    files, quantizer, sha = open_collection(db_paths, verify=False)
-    check_decoder_fits(decoder, files, quantizer, sha)
-    query_vectors = load_queries(queries, decoder.d_in)
-    shortlist = search_files(db_paths, query_vectors, k=rerank, model=model, store=store,
-                             verify=verify)
-    codes = CollectionCodes(files, quantizer)
-    if shortlist.ids.size >= codes.count and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+    collection = open_collection(db_paths, verify=verify)
+    check_decoder_fits(decoder, *collection)
+    shortlist = prepare_scan(collection, queries, k=rerank, model=model, store=store)
+    query_vectors = shortlist.queries
+    if query_vectors.shape[1] != decoder.d_in:
+        raise SpreadcodeError(
+            f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
+            f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
+    k_capped = min(k, collection.count)
+    codes = CollectionCodes(collection.files, collection.quantizer)
+    if len(query_vectors) * shortlist.k >= codes.count \
+            and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
         decoded = codes.decode_all(decoder)
 
         def decode(unique):
@@ -675,10 +684,15 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, mod
     else:
         def decode(unique):
             return decoder.decode(codes.codes(unique))
-    distances, ids = rerank_candidates(query_vectors, shortlist.ids, decode, k,
-                                       shortlist.distances, blend)
-    return SearchResult(distances=distances, ids=ids,
-                        extra={"rerank": rerank, "blend": blend, "decoder": decoder.sha256})
+    extra = {"rerank": rerank, "blend": blend, "decoder": decoder.sha256}
+
+    def run(start, stop):
+        candidates = shortlist.run(start, stop)
+        distances, ids = rerank_candidates(query_vectors[start:stop], candidates.ids, decode,
+                                           k_capped, candidates.distances, blend)
+        return SearchResult(distances=distances, ids=ids, extra=extra)
+
+    return PreparedSearch(query_vectors, run, k_capped, k, collection.count, shortlist.rows)
 
 
 def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, block=16384) -> SearchResult:
@@ -686,26 +700,38 @@ def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, bl
     scan, hence no Hamming ranking for sign codes).
 
     Codes are decoded ``block`` at a time (memory O(block · d_in)) and searched with
-    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id, padding when the
-    collection holds fewer than k codes. No catalyzer is needed, only the decoder.
+    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id; k is capped at the
+    number of codes, as in `search_files`. No catalyzer is needed, only the decoder.
     """
+    return prepare_decoded(db_paths, queries, k=k, decoder=decoder, store=store, verify=verify,
+                           block=block).result()
+
+
+def prepare_decoded(db_paths, queries, *, k, decoder, store=None, verify=True,
+                    block=16384) -> PreparedSearch:
+    """`decoded_search`, prepared to run query batch by query batch."""
     decoder = _as_decoder(decoder, store)
-    if k < 1:
-        raise SpreadcodeError(f"k must be at least 1, got {k}")
-    files, quantizer, sha = open_collection(db_paths, verify=verify)
-    check_decoder_fits(decoder, files, quantizer, sha)
+    collection = open_collection(db_paths, verify=verify)
+    check_decoder_fits(decoder, *collection)
+    k_capped = collection.clamp_k(k)
     query_vectors = load_queries(queries, decoder.d_in)
-    nq = query_vectors.shape[0]
-    best = (np.full((nq, k), np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
-    offsets = np.cumsum([0] + [spc.count for spc in files])
-    for spc, offset in zip(files, offsets):
-        codes = quantizer.codes_from_bytes(spc.codes_bytes)
-        for start in range(0, spc.count, block):
-            decoded = decoder.decode(codes[start:start + block])
-            dist, local = exact_knn(decoded, query_vectors, min(k, decoded.shape[0]),
-                                    db_block=block)
-            best = merge_topk([best[0], dist], [best[1], _global_ids(spc, offset, local + start)], k)
-    return SearchResult(distances=best[0], ids=best[1], extra={"decoder": decoder.sha256})
+    extra = {"decoder": decoder.sha256}
+
+    def run(start, stop):
+        batch = query_vectors[start:stop]
+        best = (np.empty((len(batch), 0), dtype=np.float32), np.empty((len(batch), 0), dtype=np.int64))
+        for index, spc in enumerate(collection.files):
+            codes = collection.codes(index)
+            for first in range(0, spc.count, block):
+                decoded = decoder.decode(codes[first:first + block])
+                dist, local = exact_knn(decoded, batch, min(k_capped, decoded.shape[0]),
+                                        db_block=block)
+                best = merge_topk([best[0], dist],
+                                  [best[1], collection.global_ids(index, local + first)], k_capped)
+        return SearchResult(distances=best[0], ids=best[1], extra=extra)
+
+    return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
+                          batch_rows(k_capped))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ names the file and the first bad vector). Writers go through `spreadcode.fileio.
 a hidden temp file next to the target, renamed into place only when complete.
 """
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -287,38 +288,82 @@ def write_vectors(path, x):
     path = Path(path)
     x = np.asarray(x)
     n, d = _checked_shape(x.shape, path, allow_1d=False)
+    with atomic_output(path) as fh:
+        rows_writer(fh, path, n, d, x.dtype)(x)
+
+
+def rows_writer(fh, path, n, d, dtype):
+    """A function that appends rows (b, d) to ``fh``, the open binary file that becomes
+    ``path``, so that n rows in all make a vector file of ``path``'s extension: texmex records
+    (values checked as `write_vectors` does; errors name ``path`` and the row), or a ``.npy``
+    array of ``dtype`` (n, d) whose header is written now."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        with atomic_output(path) as fh:
-            np.save(fh, x, allow_pickle=False)
-        return
+        dtype = np.dtype(dtype)
+        np.lib.format.write_array_header_1_0(fh, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, d)})
+        return lambda rows: fh.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
     if suffix not in TEXMEX_VALUE_DTYPES:
         raise SpreadcodeError(
             f"{path}: cannot write this file type (expected .fvecs, .bvecs, .ivecs or .npy)")
     value_dtype = TEXMEX_VALUE_DTYPES[suffix]
-    _check_convertible(x, value_dtype, path)
     record = np.dtype([("dim", "<i4"), ("vec", value_dtype, (d,))])
-    with atomic_output(path) as fh:
-        for start in range(0, n, DEFAULT_BATCH):
-            rows = x[start:start + DEFAULT_BATCH]
-            records = np.empty(rows.shape[0], dtype=record)
+    written = 0
+
+    def append(rows):
+        nonlocal written
+        rows = np.asarray(rows)
+        if rows.size:
+            _check_convertible(rows, value_dtype, path)
+        for start in range(0, rows.shape[0], DEFAULT_BATCH):
+            block = rows[start:start + DEFAULT_BATCH]
+            records = np.empty(block.shape[0], dtype=record)
             records["dim"] = d
             with np.errstate(over="ignore"):
-                records["vec"] = rows
+                records["vec"] = block
             if value_dtype.kind == "f":
-                check_finite(records["vec"], str(path), first_row=start)
+                check_finite(records["vec"], str(path), first_row=written + start)
             fh.write(records.tobytes())
+        written += rows.shape[0]
+    return append
 
 
 def write_h5(path, arrays):
     """Write ``arrays`` ({dataset name: array}) as one HDF5 file, atomically; e.g. search
     results as ann-benchmarks ``neighbors`` int64 (nq, k) and ``distances`` float32 (nq, k)."""
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    with atomic_output(path) as fh, h5_appenders(
+            fh, {name: (a.shape, a.dtype) for name, a in arrays.items()}) as append:
+        for name, array in arrays.items():
+            append[name](array)
+
+
+@contextmanager
+def h5_appenders(fh, datasets):
+    """Write an HDF5 file into the open binary ``fh`` with the datasets {name: (shape, dtype)};
+    a first dimension of None makes a dataset grow as rows come. Yields {name: append(rows)},
+    functions that fill each dataset from the start, in order."""
     import h5py
 
-    with atomic_output(path) as fh:
-        with h5py.File(fh, "w") as h5:
-            for name, array in arrays.items():
-                h5.create_dataset(name, data=np.asarray(array))
+    def appender(dataset):
+        filled = 0
+
+        def append(rows):
+            nonlocal filled
+            rows = np.asarray(rows)
+            if dataset.maxshape[0] is None:
+                dataset.resize(filled + rows.shape[0], axis=0)
+            dataset[filled:filled + rows.shape[0]] = rows
+            filled += rows.shape[0]
+        return append
+
+    with h5py.File(fh, "w") as h5:
+        yield {name: appender(h5.create_dataset(
+            name, shape=(shape[0] or 0, *shape[1:]), dtype=dtype,
+            maxshape=(None, *shape[1:]) if shape[0] is None else None,
+            chunks=True if shape[0] is None else None))
+            for name, (shape, dtype) in datasets.items()}
 
 
 def _check_convertible(x, value_dtype, path):
@@ -334,4 +379,5 @@ def _check_convertible(x, value_dtype, path):
     info = np.iinfo(value_dtype)
     if x.min() < info.min or x.max() > info.max:
         raise SpreadcodeError(
-            f"{path}: values outside the {value_dtype.name} range [{info.min}, {info.max}]")
+            f"{path}: values from {x.min()} to {x.max()} do not fit the {value_dtype.name} range "
+            f"[{info.min}, {info.max}] of {path.suffix} files; .npy or .h5 hold them")

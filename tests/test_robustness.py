@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
-from helpers import run
-from spreadcode import vecio
+from helpers import assert_clean_error, forge_spc, run
+from spreadcode import container, vecio
 from spreadcode.catalyzer import Catalyzer, save_catalyzer
 from spreadcode.decoders import save_decoder, train_decoder
 from spreadcode.sample import exact_neighbors, load_sample
@@ -73,6 +74,164 @@ def digest(path):
 
 def listing(directory):
     return sorted(p.name for p in Path(directory).iterdir())
+
+
+# ---- 2. and 5. k beyond the collection, k beyond reason ---------------------------------------
+
+def read_ivecs_results(path):
+    ids = vecio.read_groundtruth(path)
+    distances = vecio.read_vectors(str(path).replace(".ivecs", ".distances.fvecs"))
+    return ids, distances
+
+
+@pytest.mark.parametrize("extra", [(), ("--decoder", "DECODER"), ("--decoder", "DECODER",
+                                                                   "--decode-all")])
+def test_k_beyond_the_collection_is_clamped_and_said_once(world, tmp_path, extra):
+    extra = tuple(world["decoder"] if a == "DECODER" else a for a in extra)
+    common = (world["db"], world["q"], "--store", world["store"], *extra)
+    clamped = run("search", *common, "-k", 3000, "-o", tmp_path / "r.ivecs")
+    assert clamped.exit_code == 0, clamped.output
+    notes = [line for line in clamped.stderr.splitlines() if "2000" in line and "3000" in line]
+    assert len(notes) == 1 and notes[0].startswith("spreadcode: note: "), clamped.stderr
+    exact = run("search", *common, "-k", N_BASE, "-o", tmp_path / "e.ivecs")
+    assert exact.exit_code == 0, exact.output
+    ids, distances = read_ivecs_results(tmp_path / "r.ivecs")
+    assert ids.shape == distances.shape == (N_QUERY, N_BASE)
+    assert np.isfinite(distances).all()
+    assert (np.sort(ids, axis=1) == np.arange(N_BASE)).all()
+    for got, want in zip(read_ivecs_results(tmp_path / "r.ivecs"),
+                         read_ivecs_results(tmp_path / "e.ivecs")):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_empty_collection_is_refused_and_leaves_nothing(world, tmp_path):
+    header = container.read_header(world["db"])
+    empty = forge_spc(tmp_path / "empty.spc", kind=1, d=24, param=79, bits=header.bits,
+                      code_bytes=8, catalyzer=bytes.fromhex(world["sha"]))
+    for extra in ((), ("--decoder", world["decoder"])):
+        result = run("search", empty, world["q"], "-k", 5, "-o", tmp_path / "r.ivecs",
+                     "--store", world["store"], *extra)
+        assert_clean_error(result, str(empty), "no codes")
+        assert listing(tmp_path) == ["empty.spc"]
+    ranged = run("search", empty, world["q"], "--radius", 1, "--store", world["store"])
+    assert ranged.exit_code == 0 and ranged.stdout == "query\trank\tid\tdistance\n"
+
+
+@pytest.mark.parametrize("option, value", [("-k", 2**63), ("-k", 2**31), ("--rerank", 2**63)])
+def test_absurd_k_is_a_clear_error(world, option, value):
+    extra = ("--decoder", world["decoder"], "-k", 5) if option == "--rerank" else ()
+    result = run("search", world["db"], world["q"], option, value, "--store", world["store"],
+                 *extra)
+    assert_clean_error(result, f"{option.lstrip('-')}", str(value))
+
+
+def test_huge_k_costs_what_the_collection_holds(world, tmp_path):
+    result = run("search", world["db"], world["q"], "-k", 100_000_000, "--store",
+                 world["store"], "-o", tmp_path / "r.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "r.npy").shape == (N_QUERY, N_BASE)
+
+
+def test_results_are_written_query_batch_by_query_batch(world, tmp_path, monkeypatch):
+    from spreadcode import search
+
+    common = (world["db"], world["q"], "--store", world["store"])
+    outputs = ("r.ivecs", "r.npy", "r.h5")
+    whole = [run("search", *common, "-k", 30, "-o", tmp_path / f"whole-{o}") for o in outputs]
+    whole.append(run("search", *common, "-k", 30))
+    whole.append(run("search", *common, "--radius", 0.8, "-o", tmp_path / "whole-range.h5"))
+    whole.append(run("search", *common, "--radius", 0.8))
+    monkeypatch.setattr(search, "RESULT_BATCH_ENTRIES", 7 * 30)  # batches of 7 queries
+    monkeypatch.setattr(search, "RANGE_BATCH_QUERIES", 7)
+    parts = [run("search", *common, "-k", 30, "-o", tmp_path / f"parts-{o}") for o in outputs]
+    parts.append(run("search", *common, "-k", 30))
+    parts.append(run("search", *common, "--radius", 0.8, "-o", tmp_path / "parts-range.h5"))
+    parts.append(run("search", *common, "--radius", 0.8))
+    assert [r.exit_code for r in whole + parts] == [0] * 12
+    assert parts[3].stdout == whole[3].stdout and parts[5].stdout == whole[5].stdout
+    assert len(whole[5].stdout.splitlines()) > N_QUERY
+    for name in ("r.ivecs", "r.distances.fvecs", "r.npy", "r.distances.npy"):
+        assert (tmp_path / f"parts-{name}").read_bytes() == (tmp_path / f"whole-{name}").read_bytes()
+    for name in ("r.h5", "range.h5"):
+        with h5py.File(tmp_path / f"parts-{name}") as got, h5py.File(tmp_path / f"whole-{name}") as want:
+            assert set(got) == set(want)
+            for key in want:
+                np.testing.assert_array_equal(got[key][:], want[key][:])
+
+
+def test_negative_radius_is_a_usage_error(world):
+    result = run("search", world["db"], world["q"], "--radius", -1, "--store", world["store"])
+    assert result.exit_code == 2 and "radius" in result.stderr and result.stdout == ""
+
+
+# ---- 3. and 4. ids: negative, and beyond what the output format holds -------------------------
+
+def with_ids(world, path, ids):
+    """A copy of db.spc whose codes carry the stored ``ids`` int64 (2000,)."""
+    spc = container.open_spc(world["db"])
+    h = spc.header
+    with container.SpcWriter(path, kind=h.kind, d=h.d, param=h.param, bits=h.bits,
+                             code_bytes=h.code_bytes, input_dim=h.input_dim,
+                             input_dtype=h.input_dtype, catalyzer_sha256=h.catalyzer_sha256,
+                             metadata=h.metadata, with_ids=True) as writer:
+        writer.append(spc.codes_bytes, ids)
+    return path
+
+
+def tsv_ids(stdout, k):
+    rows = [line.split("\t") for line in stdout.splitlines()[1:]]
+    return np.array([int(row[2]) for row in rows], dtype=np.int64).reshape(-1, k)
+
+
+def test_negative_stored_ids_reach_the_tsv(world, tmp_path):
+    ids = np.arange(N_BASE, dtype=np.int64) - 1000
+    db = with_ids(world, tmp_path / "neg.spc", ids)
+    tsv = run("search", db, world["q"], "-k", 20, "--store", world["store"])
+    assert tsv.exit_code == 0, tsv.output
+    got = tsv_ids(tsv.stdout, 20)
+    assert got.shape == (N_QUERY, 20) and (got < 0).any()
+    plain = run("search", world["db"], world["q"], "-k", 20, "--store", world["store"])
+    np.testing.assert_array_equal(got, ids[tsv_ids(plain.stdout, 20)])
+
+
+def test_ties_go_to_the_lower_id_negative_ones_included(world, tmp_path):
+    code = np.asarray(container.open_spc(world["db"]).codes_bytes[:1])
+    path = tmp_path / "twins.spc"
+    h = container.read_header(world["db"])
+    with container.SpcWriter(path, kind=h.kind, d=h.d, param=h.param, bits=h.bits,
+                             code_bytes=h.code_bytes, input_dim=h.input_dim,
+                             input_dtype=h.input_dtype, catalyzer_sha256=h.catalyzer_sha256,
+                             with_ids=True) as writer:
+        writer.append(np.repeat(code, 3, axis=0), np.array([5, -3, 2**40]))
+    result = run("search", path, world["q"], "-k", 3, "--store", world["store"])
+    assert result.exit_code == 0, result.output
+    assert (tsv_ids(result.stdout, 3) == [-3, 5, 2**40]).all()
+
+
+def test_ids_beyond_int32_are_refused_for_ivecs_only(world, tmp_path):
+    ids = np.arange(N_BASE, dtype=np.int64) - 2**40
+    db = with_ids(world, tmp_path / "far.spc", ids)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run("search", db, world["q"], "-k", 5, "--store", world["store"],
+                 "-o", out / "r.ivecs")
+    assert_clean_error(result, "int32", ".npy", ".h5")
+    assert listing(out) == []
+    assert run("search", db, world["q"], "-k", 5, "--store", world["store"],
+               "-o", out / "r.npy").exit_code == 0
+    plain = run("search", world["db"], world["q"], "-k", 5, "--store", world["store"])
+    np.testing.assert_array_equal(np.load(out / "r.npy"), ids[tsv_ids(plain.stdout, 5)])
+
+
+# ---- 7. forged .spc headers with valid checksums ----------------------------------------------
+
+def test_code_kind_that_disagrees_with_the_catalyzer_names_both(world, tmp_path):
+    spc = container.open_spc(world["db"])
+    path = forge_spc(tmp_path / "sign.spc", kind=2, d=64, param=64, bits=64, code_bytes=8,
+                     count=spc.count, codes=spc.codes_bytes.tobytes(),
+                     catalyzer=bytes.fromhex(world["sha"]))
+    result = run("search", path, world["q"], "--store", world["store"])
+    assert_clean_error(result, "sign d=64", "lattice d=24 r2=79", world["sha"][:12])
 
 
 # ---- 8. SIGTERM and SIGKILL ------------------------------------------------------------------
