@@ -784,9 +784,12 @@ class DecoderSummary:
         ])
 
 
-def _load_catalyzer_and_learn(model, learn_path, store):
-    """(catalyzer, its meta, learn vectors) for a command; SpreadcodeError on a dimension mismatch."""
-    catalyzer, catalyzer_meta = load_catalyzer(model, store=store)
+def _load_catalyzer_and_learn(model, learn_path, output, store):
+    """(catalyzer, its meta, learn vectors) for a command writing ``output``; SpreadcodeError
+    on a dimension mismatch, or first when ``output`` is the learn file or the catalyzer."""
+    model_file = model_store.resolve(model, store)
+    vecio.check_outputs([output], [learn_path, model_file])
+    catalyzer, catalyzer_meta = load_catalyzer(model_file, store=store)
     learn = vecio.read_vectors(learn_path)
     if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
         raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
@@ -802,7 +805,7 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
     started = time.monotonic()
     if kind not in DECODER_KINDS:
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
     net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
                               seed=seed, progress=progress)
     sha, stored = save_decoder(net, meta, path=output, store=store)
@@ -855,7 +858,7 @@ def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None
     FINE_TUNE_EPOCHS), save the new catalyzer into the store (and to ``output``)."""
     started = time.monotonic()
     epochs = FINE_TUNE_EPOCHS if epochs is None else epochs
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
     tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
                                              seed=seed, progress=progress)
     sha, stored = save_catalyzer(tuned, meta, path=output, store=store)

@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import __version__, container, fileio, vecio
+from . import store as model_store
 from .errors import SpreadcodeError
 from .quantizer import quantizer_from_spec
 
@@ -75,8 +76,10 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     """
     from .catalyzer import catalyze, load_catalyzer
 
+    model_file = model_store.resolve(model, store)
+    vecio.check_outputs([output_path], [input_path, model_file])
     vectors = vecio.open_vectors(input_path, dataset=dataset)
-    catalyzer, meta = load_catalyzer(model, store=store)
+    catalyzer, meta = load_catalyzer(model_file, store=store)
     _check_dim(vectors.d, meta, f"{input_path}")
     quantizer = quantizer_from_spec(**meta["quantizer"])
     chunks = vectors.chunks(batch)
@@ -533,7 +536,9 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
 
     k-NN (``k``, default 10) or range search (``radius``; no k, decoder or ground truth),
     compressed-domain (`prepare_search`) or with a decoder (re-ranking, or with
-    ``decode_all`` decoded search: see `spreadcode.decoders`). Results go to ``output``
+    ``decode_all`` decoded search: see `spreadcode.decoders`; ``model`` and ``decoder`` are
+    references: hash, prefix, path or "latest"). An output that is one of the files read
+    (.spc, queries, ground truth, models) is refused first. Results go to ``output``
     (`results_writer`, all-or-nothing), else as TSV to the text ``stream`` unless ``gt`` is
     given. ``gt``: ground-truth ids (read before searching), scored as 1-recall@1/10/100.
     """
@@ -541,6 +546,15 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
         raise SpreadcodeError("a range search (radius) takes no k, decoder or ground truth")
     k = 10 if k is None and radius is None else k
     written = [] if output is None else result_paths(output, ranged=radius is not None)
+    if not db_paths:
+        raise SpreadcodeError("no .spc file given")
+    if decoder is not None:
+        decoder = model_store.resolve(decoder, store, kind="decoder")
+    if not decode_all:
+        sha = container.read_header(db_paths[0]).catalyzer_sha256
+        if model is not None or sha is not None:
+            model = model_store.resolve(model if model is not None else sha, store)
+    vecio.check_outputs(written, [*db_paths, queries, gt, model, decoder])
     if decoder is None:
         prepared = prepare_search(db_paths, queries, k=k, radius=radius, model=model,
                                   store=store, hamming=hamming)

@@ -281,6 +281,33 @@ def check_finite(x, what, first_row=0):
             "(or a value beyond the float32 range)")
 
 
+def check_outputs(outputs, inputs):
+    """Refuse (SpreadcodeError) an output that is the same file as an input, whatever the
+    paths say (relative, through symlinks, hard links: same device and inode), before
+    anything is read or written. ``outputs`` / ``inputs``: paths, None entries skipped;
+    inputs may be ``file.h5:dataset`` names or arrays (not files, skipped)."""
+    read = {}
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            path = _split_dataset(item, None)[0]
+            read.setdefault(_file_identity(path), path)
+    read.pop(None, None)
+    for output in outputs:
+        if output is not None and _file_identity(output) in read:
+            raise SpreadcodeError(
+                f"{output}: this output is the same file as the input "
+                f"{read[_file_identity(output)]}; nothing was done (choose another output path)")
+
+
+def _file_identity(path):
+    """(device, inode) of the file at ``path``, or None when there is none."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def write_vectors(path, x):
     """Write ``x`` (n, d) atomically in the format of the extension: ``.fvecs`` (float32,
     finite), ``.ivecs`` (int32) or ``.bvecs`` (uint8) from integers in range, or ``.npy``

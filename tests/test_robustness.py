@@ -76,6 +76,50 @@ def listing(directory):
     return sorted(p.name for p in Path(directory).iterdir())
 
 
+# ---- 1. an output that is an input ----------------------------------------------------------
+
+def copy(src, dst):
+    dst.write_bytes(Path(src).read_bytes())
+    return dst
+
+
+def test_output_that_is_an_input_is_refused_before_any_work(world, tmp_path, monkeypatch):
+    store, sha = world["store"], world["sha"]
+    x = copy(world["base"], tmp_path / "x.fvecs")
+    q = copy(world["root"] / "q.npy", tmp_path / "q.npy")
+    gt = copy(world["root"] / "gt.ivecs", tmp_path / "gt.ivecs")
+    learn = copy(world["learn"], tmp_path / "l.fvecs")
+    model = copy(world["model_file"], tmp_path / "m")
+    queries_named_like_the_sidecar = copy(world["q"], tmp_path / "r.distances.fvecs")
+    (tmp_path / "link.spc").symlink_to(x)
+    (tmp_path / "sub").mkdir()
+    os.link(q, tmp_path / "hard.npy")
+    monkeypatch.chdir(tmp_path)
+    stored_model = store / f"{sha}.safetensors"
+    cases = [
+        (("encode", "x.fvecs", "-o", "x.fvecs", "--model", sha), x),
+        (("encode", x, "-o", tmp_path / "sub" / ".." / "x.fvecs", "--model", sha), x),
+        (("encode", x, "-o", "link.spc", "--model", sha), x),
+        (("encode", x, "-o", "m", "--model", "m"), model),
+        (("encode", x, "-o", stored_model, "--model", "latest"), stored_model),
+        (("search", world["db"], "q.npy", "-o", "q.npy"), q),
+        (("search", world["db"], "q.npy", "-o", "hard.npy"), q),
+        (("search", world["db"], queries_named_like_the_sidecar, "-o", "r.ivecs"),
+         queries_named_like_the_sidecar),
+        (("search", world["db"], world["q"], "-o", "gt.ivecs", "--gt", "gt.ivecs"), gt),
+        (("train", "l.fvecs", "-o", "l.fvecs", "--epochs", 1), learn),
+        (("train-decoder", "l.fvecs", "-o", "l.fvecs", "--model", sha), learn),
+        (("fine-tune", "l.fvecs", "-o", "m", "--model", "m"), model),
+    ]
+    for args, victim in cases:
+        before, files_before = digest(victim), listing(tmp_path)
+        quiet = () if args[0] == "search" else ("-q",)
+        result = run(*args, "--store", store, *quiet)
+        assert_clean_error(result, "same file as the input")
+        assert digest(victim) == before, args
+        assert listing(tmp_path) == files_before, args
+
+
 # ---- 2. and 5. k beyond the collection, k beyond reason ---------------------------------------
 
 def read_ivecs_results(path):

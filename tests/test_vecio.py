@@ -1,5 +1,6 @@
 """Vector file I/O: round trips, streaming, and a clear error for every malformed input."""
 import io
+import os
 
 import h5py
 import numpy as np
@@ -319,3 +320,20 @@ def test_write_h5_round_trips(tmp_path, rng):
     np.testing.assert_array_equal(vecio.read_groundtruth(tmp_path / "res.h5"), ids)
     np.testing.assert_array_equal(vecio.read_vectors(tmp_path / "res.h5:distances"), dist)
     assert [p.name for p in tmp_path.iterdir()] == ["res.h5"]
+
+
+def test_check_outputs_finds_an_input_under_any_name(tmp_path, monkeypatch):
+    vecio.write_vectors(tmp_path / "a.fvecs", np.ones((2, 3), np.float32))
+    vecio.write_h5(tmp_path / "d.h5", {"train": np.ones((2, 3), np.float32)})
+    (tmp_path / "link").symlink_to(tmp_path / "a.fvecs")
+    os.link(tmp_path / "a.fvecs", tmp_path / "hard.fvecs")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for output in ("../a.fvecs", tmp_path / "link", tmp_path / "hard.fvecs",
+                   tmp_path / "sub" / ".." / "a.fvecs"):
+        with pytest.raises(SpreadcodeError, match=f"^{output}: this output is the same file as "
+                                                  f"the input {tmp_path / 'a.fvecs'}"):
+            vecio.check_outputs([None, output], [np.ones(3), None, tmp_path / "a.fvecs"])
+    with pytest.raises(SpreadcodeError, match="same file as the input"):
+        vecio.check_outputs([tmp_path / "d.h5"], [f"{tmp_path / 'd.h5'}:train"])
+    vecio.check_outputs([tmp_path / "new.fvecs", tmp_path / "d.h5"], [tmp_path / "a.fvecs"])
