@@ -37,8 +37,8 @@ from torch import nn
 
 from spreadcode import store as model_store
 from spreadcode import vecio
-from spreadcode.catalyzer import (catalyze, load_catalyzer, load_state_dict_file, save_catalyzer,
-                                  state_dict_bytes)
+from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_catalyzer,
+                                  load_module, save_catalyzer, state_dict_bytes)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
@@ -502,10 +502,6 @@ class Decoder:
         return out
 
 
-def _positive_int(meta, key):
-    return isinstance(meta.get(key), int) and not isinstance(meta[key], bool) and meta[key] > 0
-
-
 def load_decoder(ref, store=None):
     """Load a decoder by path, hash (or unique prefix of ≥ 8 hex digits) or "latest".
 
@@ -515,17 +511,17 @@ def load_decoder(ref, store=None):
     meta = model_store.read_metadata(path)
     if meta["artifact"] != ARTIFACT_KIND:
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a decoder")
-    spec, quantizer_spec = meta.get("decoder"), meta.get("quantizer")
-    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS and _positive_int(meta, "d_in")
-            and (spec["kind"] == "linear" or _positive_int(spec, "hidden"))
+    spec = meta.get("decoder")
+    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS
+            and is_width(meta.get("d_in"))
+            and (spec["kind"] == "linear" or is_width(spec.get("hidden")))
             and isinstance(spec.get("blend"), (int, float)) and math.isfinite(spec["blend"])
-            and spec["blend"] >= 0
-            and isinstance(meta.get("catalyzer"), str) and isinstance(quantizer_spec, dict)
-            and set(quantizer_spec) == {"kind", "d", "param"}):
+            and spec["blend"] >= 0 and isinstance(meta.get("catalyzer"), str)):
         raise SpreadcodeError(f"{path}: corrupt decoder metadata")
-    quantizer = quantizer_from_spec(**quantizer_spec)
-    net = DecoderNet(quantizer.d, meta["d_in"], spec.get("hidden") if spec["kind"] == "mlp" else None)
-    meta["sha256"] = load_state_dict_file(path, net, "decoder (tensors do not match its metadata)")
+    quantizer = artifact_quantizer(meta, path)
+    hidden = spec["hidden"] if spec["kind"] == "mlp" else None
+    net, meta["sha256"] = load_module(path, lambda: DecoderNet(quantizer.d, meta["d_in"], hidden),
+                                      "decoder (tensors do not match its metadata)")
     meta["path"] = str(path)
     return Decoder(net, meta, quantizer)
 

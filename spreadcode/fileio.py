@@ -1,4 +1,4 @@
-"""File handling shared by every layer: all-or-nothing outputs.
+"""File handling shared by every layer: all-or-nothing outputs and strict JSON.
 
 Outputs are written to a hidden temporary file beside the target, named
 ``.<name>.spreadcode-tmp-<pid>-<random hex>``, and renamed onto the target only when complete;
@@ -6,6 +6,7 @@ an exception (Ctrl-C, and SIGTERM through the CLI) deletes it. A process killed 
 (SIGKILL, power loss) cannot clean up, so every new write of ``<name>`` first deletes the
 temporaries of ``<name>`` whose process no longer exists. No torch, no click.
 """
+import json
 import os
 import re
 import secrets
@@ -15,6 +16,7 @@ from pathlib import Path
 from spreadcode.errors import SpreadcodeError
 
 TEMP_MARK = ".spreadcode-tmp-"
+MAX_JSON_DEPTH = 64
 
 
 def temp_path(path):
@@ -106,3 +108,41 @@ def atomic_output(path):
     """`atomic_outputs` of one file: yields its binary temp file."""
     with atomic_outputs([path]) as (fh,):
         yield fh
+
+
+def load_json(data, what):
+    """Parse JSON strictly: UTF-8 bytes or a str, RFC 8259 without NaN/Infinity, valid
+    Unicode (no unpaired surrogates), nested at most MAX_JSON_DEPTH arrays/objects deep.
+
+    Returns the value; raises SpreadcodeError("<what> is not valid JSON (<why>)")."""
+    def refuse(why):
+        return SpreadcodeError(f"{what} is not valid JSON ({why})")
+
+    def no_constant(name):
+        raise refuse(f"{name} is not a JSON number")
+
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        value = json.loads(text, parse_constant=no_constant)
+    except UnicodeDecodeError:
+        raise refuse("not UTF-8") from None
+    except RecursionError:
+        raise refuse(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except SpreadcodeError:
+        raise
+    except ValueError as err:  # json.JSONDecodeError, or an integer with too many digits
+        raise refuse(str(err)) from None
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise refuse("a string holds an unpaired surrogate") from None
+        elif isinstance(item, (list, dict)):
+            if depth == MAX_JSON_DEPTH:
+                raise refuse(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            children = (x for pair in item.items() for x in pair) if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value

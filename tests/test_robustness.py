@@ -7,8 +7,10 @@ temporary files behind. Everything runs on a tiny random catalyzer (hidden width
 module takes a few seconds.
 """
 import hashlib
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -17,10 +19,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from helpers import assert_clean_error, forge_spc, run
 from spreadcode import container, vecio
+from spreadcode import store as model_store
 from spreadcode.catalyzer import Catalyzer, save_catalyzer
 from spreadcode.decoders import save_decoder, train_decoder
 from spreadcode.sample import exact_neighbors, load_sample
@@ -265,6 +269,73 @@ def test_ids_beyond_int32_are_refused_for_ivecs_only(world, tmp_path):
                "-o", out / "r.npy").exit_code == 0
     plain = run("search", world["db"], world["q"], "-k", 5, "--store", world["store"])
     np.testing.assert_array_equal(np.load(out / "r.npy"), ids[tsv_ids(plain.stdout, 5)])
+
+
+# ---- 6. model metadata that lies about its tensors -------------------------------------------
+
+def forged_artifact(path, meta, tensors=None):
+    """A safetensors file with spreadcode metadata ``meta`` and the given small tensors."""
+    tensors = tensors or {"x": torch.zeros(2)}
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"spreadcode": json.dumps(meta)}))
+    return path
+
+
+@pytest.mark.parametrize("hidden, message", [(10**9, "bad 'arch'"),
+                                             (2**20, "tensors do not match arch")])
+def test_model_metadata_is_checked_against_the_tensors_first(world, tmp_path, hidden, message):
+    catalyzer_meta = {"artifact": "catalyzer", "format_version": 1,
+                      "arch": {"d_in": 96, "hidden": hidden, "d_out": 24},
+                      "quantizer": QUANTIZER, "lambda": 0.0, "training": {}}
+    huge = forged_artifact(tmp_path / "huge.safetensors", catalyzer_meta)
+    assert huge.stat().st_size < 400
+    started = time.monotonic()
+    result = run("encode", world["base"], "-o", tmp_path / "x.spc", "--model", huge,
+                 "--store", world["store"])
+    assert_clean_error(result, str(huge), message)
+    assert time.monotonic() - started < 5 and not (tmp_path / "x.spc").exists()
+
+
+def test_decoder_and_model_files_must_hold_what_their_metadata_says(world, tmp_path):
+    decoder_meta = store_meta(world["store"], world["decoder"])
+    decoder_meta["d_in"] = 4096
+    lying = forged_artifact(tmp_path / "dec.safetensors", decoder_meta,
+                            load_tensors(world["store"], world["decoder"]))
+    result = run("search", world["db"], world["q"], "-k", 5, "--decoder", lying,
+                 "--store", world["store"])
+    assert_clean_error(result, str(lying), "tensors do not match")
+
+    # consistent names and shapes, but the tensor is shorter than its shape says
+    good = world["model_file"].read_bytes()
+    header_len = struct.unpack_from("<Q", good)[0]
+    header = json.loads(good[8:8 + header_len])
+    name = next(n for n in header if n != "__metadata__" and header[n]["shape"])
+    header[name]["shape"] = [dim * 2 for dim in header[name]["shape"]]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + header_len:])
+    result = run("encode", world["base"], "-o", tmp_path / "x.spc", "--model", short,
+                 "--store", world["store"])
+    assert_clean_error(result, str(short), f"tensor {name!r}")
+
+
+def test_info_survives_a_decoder_entry_with_odd_metadata(world, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / f"{world['sha']}.safetensors").write_bytes(world["model_file"].read_bytes())
+    meta = {"artifact": "decoder", "format_version": 1, "catalyzer": world["sha"], "decoder": 5}
+    sha, _ = model_store.save_artifact(forged_artifact(tmp_path / "odd", meta), store)
+    result = run("info", world["db"], "--store", store)
+    assert result.exit_code == 0, result.output
+    assert f"{sha[:12]} (?)" in result.stdout
+
+
+def store_meta(store, sha):
+    return model_store.read_metadata(store / f"{sha}.safetensors")
+
+
+def load_tensors(store, sha):
+    return safetensors.torch.load((store / f"{sha}.safetensors").read_bytes())
 
 
 # ---- 7. forged .spc headers with valid checksums ----------------------------------------------
