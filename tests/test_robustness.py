@@ -340,6 +340,38 @@ def load_tensors(store, sha):
 
 # ---- 7. forged .spc headers with valid checksums ----------------------------------------------
 
+def test_forged_metadata_is_refused_by_info_and_search(world, tmp_path):
+    sha = bytes.fromhex(world["sha"])
+    bits = container.read_header(world["db"]).bits
+    cases = {
+        "nested": b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "surrogate": b'{"a":"\\ud800"}',
+        "nan": b'{"a":NaN}',
+    }
+    for name, metadata in cases.items():
+        path = forge_spc(tmp_path / f"{name}.spc", kind=1, d=24, param=79, bits=bits,
+                         code_bytes=8, metadata=metadata, catalyzer=sha)
+        assert_clean_error(run("info", path, "--store", world["store"]), str(path), "metadata")
+        assert_clean_error(run("search", path, world["q"], "--store", world["store"]),
+                           str(path), "metadata")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(kind=2, d=2**32 - 1, param=2**32 - 1, bits=2**32 - 1, code_bytes=2**29), "limit"),
+    (dict(kind=1, d=1000, param=1, bits=1, code_bytes=8), "d=1000"),
+    (dict(kind=1, d=24, param=79, bits=41, code_bytes=8), "41"),
+    (dict(kind=1, d=24, param=100000, bits=64, code_bytes=8), "r2=100000"),
+    (dict(kind=1, d=3, param=7, bits=1, code_bytes=8), "empty"),
+])
+def test_forged_code_parameters_are_refused_by_the_reader(world, tmp_path, fields, message):
+    path = forge_spc(tmp_path / "forged.spc", **fields, catalyzer=bytes.fromhex(world["sha"]))
+    info = run("info", path, "--store", world["store"])
+    assert_clean_error(info, str(path), message)
+    assert "checksum" not in info.stdout
+    assert_clean_error(run("search", path, world["q"], "--store", world["store"]),
+                       str(path), message)
+
+
 def test_code_kind_that_disagrees_with_the_catalyzer_names_both(world, tmp_path):
     spc = container.open_spc(world["db"])
     path = forge_spc(tmp_path / "sign.spc", kind=2, d=64, param=64, bits=64, code_bytes=8,
