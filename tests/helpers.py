@@ -1,5 +1,6 @@
-"""Helpers shared by the test modules: invoking the CLI and checking its one-line errors, and
-writing raw (possibly hostile) vector and .spc files that spreadcode's writers would refuse."""
+"""Helpers shared by the test modules: invoking the CLI and checking its one-line errors, a
+tiny catalyzer, and raw (possibly hostile) vector and .spc files that spreadcode's writers
+would refuse."""
 import hashlib
 import struct
 
@@ -23,6 +24,24 @@ def assert_clean_error(result, *fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def tiny_catalyzer(d_out, seed=0):
+    """A catalyzer of the sample's 96 dims to ``d_out`` with seeded random weights, hidden
+    width 32 and preprocessing / BatchNorm statistics from the sample (no training)."""
+    import torch
+
+    from spreadcode.catalyzer import Catalyzer
+    from spreadcode.sample import load_sample
+
+    torch.manual_seed(seed)
+    model = Catalyzer(96, d_out, 32)
+    learn = load_sample().learn[:1000]
+    model.fit_preprocessing(torch.from_numpy(learn))
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(learn[:300]))
+    return model.eval()
 
 
 def write_raw_fvecs(path, x):

@@ -22,10 +22,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from helpers import assert_clean_error, forge_spc, run
+from helpers import assert_clean_error, forge_spc, run, tiny_catalyzer
 from spreadcode import container, vecio
 from spreadcode import store as model_store
-from spreadcode.catalyzer import Catalyzer, save_catalyzer
+from spreadcode.catalyzer import save_catalyzer
 from spreadcode.decoders import save_decoder, train_decoder
 from spreadcode.sample import exact_neighbors, load_sample
 from spreadcode.search import encode_file
@@ -35,18 +35,6 @@ QUANTIZER = {"kind": "lattice", "d": 24, "param": 79}
 N_BASE, N_QUERY = 2000, 50
 
 
-def tiny_catalyzer():
-    """A catalyzer of the sample's 96 dims with seeded random weights and hidden width 32."""
-    torch.manual_seed(0)
-    model = Catalyzer(96, QUANTIZER["d"], 32)
-    learn = load_sample().learn[:1000]
-    model.fit_preprocessing(torch.from_numpy(learn))
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(learn[:300]))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A store with the tiny catalyzer (also written to model.safetensors) and a linear decoder
@@ -54,7 +42,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
     sample = load_sample()
     store = root / "store"
-    model = tiny_catalyzer()
+    model = tiny_catalyzer(QUANTIZER["d"])
     sha, _ = save_catalyzer(model, {"quantizer": QUANTIZER, "lambda": 0.0, "training": {}},
                             path=root / "model.safetensors", store=store)
     net, meta = train_decoder(sample.learn[:1000], model, {"sha256": sha, "quantizer": QUANTIZER},
