@@ -26,9 +26,10 @@ def assert_clean_error(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def tiny_catalyzer(d_out, seed=0):
+def tiny_catalyzer(d_out, seed=0, fit_rows=1000):
     """A catalyzer of the sample's 96 dims to ``d_out`` with seeded random weights, hidden
-    width 32 and preprocessing / BatchNorm statistics from the sample (no training)."""
+    width 32, preprocessing fitted on ``fit_rows`` sample learn vectors and BatchNorm
+    statistics from 300 of them (no training)."""
     import torch
 
     from spreadcode.catalyzer import Catalyzer
@@ -36,7 +37,7 @@ def tiny_catalyzer(d_out, seed=0):
 
     torch.manual_seed(seed)
     model = Catalyzer(96, d_out, 32)
-    learn = load_sample().learn[:1000]
+    learn = load_sample().learn[:fit_rows]
     model.fit_preprocessing(torch.from_numpy(learn))
     model.train()
     with torch.no_grad():

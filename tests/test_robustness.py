@@ -171,20 +171,21 @@ def test_huge_k_costs_what_the_collection_holds(world, tmp_path):
 def test_results_are_written_query_batch_by_query_batch(world, tmp_path, monkeypatch):
     from spreadcode import search
 
-    common = (world["db"], world["q"], "--store", world["store"])
-    outputs = ("r.ivecs", "r.npy", "r.h5")
-    whole = [run("search", *common, "-k", 30, "-o", tmp_path / f"whole-{o}") for o in outputs]
-    whole.append(run("search", *common, "-k", 30))
-    whole.append(run("search", *common, "--radius", 0.8, "-o", tmp_path / "whole-range.h5"))
-    whole.append(run("search", *common, "--radius", 0.8))
+    def searches(prefix):
+        """Each output format once, TSV for k-NN and range search: their CLI results."""
+        common = (world["db"], world["q"], "--store", world["store"])
+        results = [run("search", *common, "-k", 30, "-o", tmp_path / f"{prefix}-{name}")
+                   for name in ("r.ivecs", "r.npy", "r.h5")]
+        results.append(run("search", *common, "--radius", 0.8, "-o",
+                           tmp_path / f"{prefix}-range.h5"))
+        return results + [run("search", *common, "-k", 30), run("search", *common, "--radius", 0.8)]
+
+    whole = searches("whole")
     monkeypatch.setattr(search, "RESULT_BATCH_ENTRIES", 7 * 30)  # batches of 7 queries
     monkeypatch.setattr(search, "RANGE_BATCH_QUERIES", 7)
-    parts = [run("search", *common, "-k", 30, "-o", tmp_path / f"parts-{o}") for o in outputs]
-    parts.append(run("search", *common, "-k", 30))
-    parts.append(run("search", *common, "--radius", 0.8, "-o", tmp_path / "parts-range.h5"))
-    parts.append(run("search", *common, "--radius", 0.8))
+    parts = searches("parts")
     assert [r.exit_code for r in whole + parts] == [0] * 12
-    assert parts[3].stdout == whole[3].stdout and parts[5].stdout == whole[5].stdout
+    assert parts[4].stdout == whole[4].stdout and parts[5].stdout == whole[5].stdout
     assert len(whole[5].stdout.splitlines()) > N_QUERY
     for name in ("r.ivecs", "r.distances.fvecs", "r.npy", "r.distances.npy"):
         assert (tmp_path / f"parts-{name}").read_bytes() == (tmp_path / f"whole-{name}").read_bytes()
