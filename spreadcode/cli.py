@@ -220,8 +220,9 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     report = search_command(db_paths, queries, k=k, radius=radius, output=output, gt=gt,
                             model=model, decoder=decoder, rerank=rerank, decode_all=decode_all,
                             hamming=hamming, store=store, stream=sys.stdout)
-    if report.note():
-        click.echo(f"spreadcode: note: {report.note()}", err=True)
+    note = report.note()
+    if note:
+        click.echo(f"spreadcode: note: {note}", err=True)
     for written in report.written:
         click.echo(f"wrote {written}", err=gt is None)
     if report.recalls is not None:
