@@ -21,8 +21,15 @@ from torch import nn
 
 from spreadcode import store as model_store
 from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import quantizer_from_spec
 
 ARTIFACT_KIND = "catalyzer"
+# No layer of a model file is wider than this (input dimension, hidden width, output).
+MAX_WIDTH = 1 << 20
+# torch dtype -> its name in safetensors headers.
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+                      torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+                      torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 class Catalyzer(nn.Module):
@@ -139,26 +146,53 @@ def state_dict_bytes(module, metadata_json):
     return safetensors.torch.save(tensors, metadata={model_store.METADATA_KEY: metadata_json})
 
 
-def load_state_dict_file(path, module, what):
-    """Fill ``module`` (built with the architecture the metadata describes) from the artifact at
-    ``path`` and put it in eval mode. Returns the hex SHA-256 of the file bytes.
+def is_width(value):
+    """Whether ``value`` can be a layer width of a model file: an int in 1..MAX_WIDTH."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
 
-    Raises SpreadcodeError for unreadable tensor data, or "corrupt <what>" when tensor names,
-    shapes or dtypes differ from the module's.
+
+def artifact_quantizer(meta, path):
+    """The quantizer named by an artifact's ``meta["quantizer"]`` ({"kind", "d", "param"});
+    SpreadcodeError naming the file when it is malformed or beyond the codec's limits."""
+    spec = meta.get("quantizer")
+    if not (isinstance(spec, dict) and set(spec) == {"kind", "d", "param"}):
+        raise SpreadcodeError(f"{path}: corrupt metadata (bad 'quantizer')")
+    try:
+        return quantizer_from_spec(**spec)
+    except SpreadcodeError as err:
+        raise SpreadcodeError(f"{path}: corrupt metadata (bad 'quantizer': {err})") from None
+
+
+def load_module(path, build, what):
+    """Build the network an artifact's metadata describes and fill it from the file.
+
+    ``build()`` makes the module. It is first built on torch's meta device (no memory) and
+    the names, dtypes and shapes of its state dict are compared with the tensors listed in
+    the file's header (`spreadcode.store.read_tensors`, which checks they fill exactly their
+    bytes), so metadata that promises a larger network than the file holds is refused before
+    anything is allocated. Then the tensors are read, must be finite, and fill the module.
+    Returns (module in eval mode on the CPU, hex SHA-256 of the file bytes); SpreadcodeError
+    "corrupt <what>" otherwise.
     """
     path = Path(path)
+    listed = model_store.read_tensors(path)
+    with torch.device("meta"):
+        module = build()
+    expected = {name: (SAFETENSORS_DTYPES.get(tensor.dtype), tuple(tensor.shape))
+                for name, tensor in module.state_dict().items()}
+    if listed != expected:
+        raise SpreadcodeError(f"{path}: corrupt {what}")
     data = path.read_bytes()
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own error type for malformed data
         raise SpreadcodeError(f"{path}: corrupt model file ({exc})") from None
-    expected = module.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape
-                                            or tensors[k].dtype != expected[k].dtype for k in expected):
-        raise SpreadcodeError(f"{path}: corrupt {what}")
+    if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+        raise SpreadcodeError(f"{path}: corrupt {what}: weights hold NaN or Inf")
+    module = module.to_empty(device="cpu")
     module.load_state_dict(tensors)
     module.eval()
-    return hashlib.sha256(data).hexdigest()
+    return module, hashlib.sha256(data).hexdigest()
 
 
 def save_catalyzer(model, meta, path=None, store=None):
@@ -185,10 +219,14 @@ def load_catalyzer(ref, store=None):
     if meta["artifact"] != ARTIFACT_KIND:
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a catalyzer")
     arch = meta.get("arch")
-    if not isinstance(arch, dict) or not all(isinstance(arch.get(key), int) and arch[key] > 0
+    if not isinstance(arch, dict) or not all(is_width(arch.get(key))
                                              for key in ("d_in", "hidden", "d_out")):
         raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (bad 'arch')")
-    model = Catalyzer(arch["d_in"], arch["d_out"], arch["hidden"])
-    meta["sha256"] = load_state_dict_file(path, model, f"catalyzer (tensors do not match arch {arch})")
+    if artifact_quantizer(meta, path).d != arch["d_out"]:
+        raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (quantizer dimension "
+                              f"{meta['quantizer']['d']} != d_out {arch['d_out']})")
+    model, meta["sha256"] = load_module(
+        path, lambda: Catalyzer(arch["d_in"], arch["d_out"], arch["hidden"]),
+        f"catalyzer (tensors do not match arch {arch})")
     meta["path"] = str(path)
     return model, meta

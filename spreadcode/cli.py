@@ -7,7 +7,10 @@ so ``spreadcode info`` starts instantly.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import click
 
@@ -27,17 +30,42 @@ def _progress(quiet):
     return not quiet and sys.stderr.isatty()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds exactly like Ctrl-C:
+    temporary outputs are deleted, training keeps its best checkpoint."""
+
+
+def _raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM (kill, timeout, service managers) raises `_Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Cli(click.Group):
     """A click group that turns exceptions into one clear line and a non-zero exit."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("spreadcode: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, _Terminated)
+            click.echo(f"spreadcode: {'terminated' if terminated else 'interrupted'}", err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
         except Exception as exc:  # noqa: BLE001 -- the CLI's last line of defence
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -146,8 +174,9 @@ def encode(input_file, output, model, batch, store, quiet):
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="DB.spc... QUERIES")
 @click.option("-k", type=click.IntRange(min=1), default=None,
-              help="Number of neighbours per query [default: 10].")
-@click.option("--radius", type=float, default=None,
+              help="Number of neighbours per query [default: 10]; at most the number of codes "
+                   "(a larger k is capped, with a note on stderr).")
+@click.option("--radius", type=click.FloatRange(min=0), default=None,
               help="Range search: every code within this distance (instead of -k).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Results file: .ivecs (+ .distances.fvecs), .npy, .h5; TSV on stdout "
@@ -175,7 +204,7 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     sphere; with --decoder, squared L2 in input space between the raw query and the decoded
     vectors. Results go to --output, or to stdout as TSV (query, rank, id, distance).
     """
-    from . import search as search_lib
+    from .search import search_command
 
     if len(paths) < 2:
         raise click.UsageError("give at least one .spc file and a queries file")
@@ -188,28 +217,16 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     if gt is not None and radius is not None:
         raise click.UsageError("--gt needs -k (recall of a range search is not defined)")
     *db_paths, queries = paths
-    if decoder is None:
-        result = search_lib.search_files(db_paths, queries, k=k or 10, radius=radius,
-                                         model=model, store=store, hamming=hamming)
-    else:
-        from . import decoders
-
-        if decode_all:
-            result = decoders.decoded_search(db_paths, queries, k=k or 10, decoder=decoder,
-                                             store=store)
-        else:
-            result = decoders.rerank_search(db_paths, queries, k=k or 10, decoder=decoder,
-                                            rerank=rerank, model=model, store=store)
-    if output:
-        for written in search_lib.write_results(output, result):
-            click.echo(f"wrote {written}", err=gt is None)
-    elif gt is None:
-        search_lib.write_tsv(sys.stdout, result)
-    if gt is not None:
-        from .vecio import read_groundtruth
-
-        recalls = search_lib.recall_at(result.ids, read_groundtruth(gt))
-        click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in recalls.items()))
+    report = search_command(db_paths, queries, k=k, radius=radius, output=output, gt=gt,
+                            model=model, decoder=decoder, rerank=rerank, decode_all=decode_all,
+                            hamming=hamming, store=store, stream=sys.stdout)
+    note = report.note()
+    if note:
+        click.echo(f"spreadcode: note: {note}", err=True)
+    for written in report.written:
+        click.echo(f"wrote {written}", err=gt is None)
+    if report.recalls is not None:
+        click.echo("  ".join(f"1-recall@{kk}={value:.4f}" for kk, value in report.recalls.items()))
 
 
 @main.command("train-decoder")

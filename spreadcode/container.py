@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from spreadcode.errors import SpreadcodeError
-from spreadcode.vecio import atomic_output
+from spreadcode.fileio import atomic_output, load_json
+from spreadcode.quantizer import quantizer_from_spec
 
 MAGIC = b"SPRDCODE"
 VERSION_MAJOR = 1
@@ -91,25 +92,25 @@ def _align(offset, alignment):
 
 
 def _check_code_layout(kind, d, param, bits, code_bytes, where):
-    """Raise unless the code parameters are self-consistent: lattice codes take
-    ceil(bits / 64) uint64 words, sign codes one bit per dimension packed in ceil(d / 8)
-    bytes."""
+    """Raise unless the code parameters name a setting the codec supports (within its limits,
+    see `spreadcode.lattice` and `spreadcode.signs`) and ``bits`` / ``code_bytes`` are exactly
+    what it takes: lattice ceil(log2 |S(d, r²)|) bits in ceil(bits / 64) uint64 words, sign
+    codes one bit per dimension (param = bits = d) in ceil(d / 8) bytes."""
     if kind not in KINDS:
         raise SpreadcodeError(f"{where}: unknown code kind {kind!r} (expected lattice or sign)")
-    if not (d >= 1 and param >= 1 and bits >= 1):
+    try:
+        quantizer = quantizer_from_spec(kind, d, param)
+    except SpreadcodeError as err:
+        raise SpreadcodeError(f"{where}: {err}") from None
+    if (bits, code_bytes) != (quantizer.bits, quantizer.code_bytes):
         raise SpreadcodeError(
-            f"{where}: d, parameter and bits must be positive (got {d}, {param}, {bits})")
-    if kind == "lattice":
-        expected = 8 * math.ceil(bits / 64)
-    else:
-        if param != d or bits != d:
-            raise SpreadcodeError(
-                f"{where}: sign codes have one bit per dimension, got d={d}, "
-                f"param={param}, bits={bits}")
-        expected = math.ceil(d / 8)
-    if code_bytes != expected:
-        raise SpreadcodeError(
-            f"{where}: {kind} codes of {bits} bits take {expected} bytes, not {code_bytes}")
+            f"{where}: {describe_code(kind, d, param)} codes have {quantizer.bits} bits in "
+            f"{quantizer.code_bytes} bytes, not {bits} bits in {code_bytes} bytes")
+
+
+def describe_code(kind, d, param):
+    """The code of a header in words, e.g. ``lattice S(24, r²=79)`` or ``sign bits, d=64``."""
+    return f"lattice S({d}, r²={param})" if kind == "lattice" else f"sign bits, d={d}"
 
 
 def _catalyzer_bytes(value, where):
@@ -128,12 +129,23 @@ def _catalyzer_bytes(value, where):
 
 
 def _metadata_bytes(metadata, where):
-    """Deterministic UTF-8 JSON: sorted keys, compact separators, no NaN."""
+    """Deterministic UTF-8 JSON: sorted keys, compact separators, no NaN; only what readers
+    accept (`_read_metadata`)."""
     try:
-        return json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"),
+        data = json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as err:
         raise SpreadcodeError(f"{where}: metadata is not JSON-serialisable ({err})") from None
+    _read_metadata(data, where)
+    return data
+
+
+def _read_metadata(data, where):
+    """The metadata object of UTF-8 JSON bytes, parsed strictly (`fileio.load_json`)."""
+    metadata = load_json(data, f"{where}: metadata")
+    if not isinstance(metadata, dict):
+        raise SpreadcodeError(f"{where}: metadata is not a JSON object")
+    return metadata
 
 
 class SpcWriter:
@@ -275,11 +287,9 @@ class SpcFile:
     def checksum_ok(self):
         """Whether the payload (codes, padding, ids) matches its SHA-256; computed once."""
         digest = hashlib.sha256()
-        buffer = bytearray(_HASH_CHUNK)
         with open(self.path, "rb") as fh:
             fh.seek(self.header.payload_offset)
-            while size := fh.readinto(buffer):
-                digest.update(memoryview(buffer)[:size])
+            _hash_file(fh, digest)
         return digest.hexdigest() == self.header.payload_sha256
 
     def verify(self):
@@ -287,6 +297,18 @@ class SpcFile:
         if not self.checksum_ok:
             raise SpreadcodeError(
                 f"{self.path}: payload checksum mismatch: the codes or ids are corrupted")
+
+
+def _hash_file(fh, digest, size=None):
+    """Feed the next ``size`` bytes (None: all the rest) of the binary file ``fh`` to
+    ``digest``, _HASH_CHUNK at a time."""
+    buffer = memoryview(bytearray(_HASH_CHUNK))
+    while size is None or size > 0:
+        got = fh.readinto(buffer if size is None else buffer[:min(size, _HASH_CHUNK)])
+        if not got:
+            return
+        digest.update(buffer[:got])
+        size = None if size is None else size - got
 
 
 def _map(path, dtype, offset, shape):
@@ -301,9 +323,11 @@ def _map(path, dtype, offset, shape):
 def read_header(path):
     """Read and validate the header of a .spc file, before trusting any count in it.
 
-    Checks, in order: magic, major version, that the header, metadata and payload offset
-    fit in the file, the header SHA-256, the code parameters, and that the file length is
-    exactly what count, code size and ids imply. Returns an `SpcHeader`.
+    Checks, in the order of formats/spc.md ("Reading and validation"): magic, major version,
+    that the header, metadata and payload offset fit in the file, the header SHA-256, the code
+    parameters against the codec, the metadata, and that the file length is exactly what
+    count, code size and ids imply. Returns an `SpcHeader`; SpreadcodeError naming the file
+    and the first check that failed.
     """
     path = Path(path)
     if not path.is_file():
@@ -334,21 +358,18 @@ def read_header(path):
             raise SpreadcodeError(
                 f"{path}: corrupted or truncated header: header {header_size} bytes, metadata "
                 f"{metadata_size} bytes, payload at offset {payload_offset}, file {size} bytes")
-        fh.seek(0)
-        prefix = bytearray(fh.read(payload_offset))
-    prefix[HEADER_SHA256_SLICE] = bytes(32)
-    if hashlib.sha256(prefix).digest() != header_sha256:
-        raise SpreadcodeError(f"{path}: header checksum mismatch: the header is corrupted")
-    kind_name = {v: k for k, v in KINDS.items()}.get(kind)
-    if kind_name is None:
-        raise SpreadcodeError(f"{path}: unknown code kind {kind} (written by a newer spreadcode?)")
-    _check_code_layout(kind_name, d, param, bits, code_bytes, path)
-    try:
-        metadata = json.loads(bytes(prefix[header_size:header_size + metadata_size]))
-    except (UnicodeDecodeError, ValueError):
-        metadata = None
-    if not isinstance(metadata, dict):
-        raise SpreadcodeError(f"{path}: metadata is not a JSON object")
+        digest = hashlib.sha256(start[:HEADER_SHA256_SLICE.start] + bytes(32)
+                                + start[HEADER_SHA256_SLICE.stop:])
+        _hash_file(fh, digest, payload_offset - HEADER_SIZE)
+        if digest.digest() != header_sha256:
+            raise SpreadcodeError(f"{path}: header checksum mismatch: the header is corrupted")
+        kind_name = {v: k for k, v in KINDS.items()}.get(kind)
+        if kind_name is None:
+            raise SpreadcodeError(
+                f"{path}: unknown code kind {kind} (written by a newer spreadcode?)")
+        _check_code_layout(kind_name, d, param, bits, code_bytes, path)
+        fh.seek(header_size)
+        metadata = _read_metadata(fh.read(metadata_size), path)
     header = SpcHeader(
         version_major=major, version_minor=minor, kind=kind_name, d=d, param=param, bits=bits,
         code_bytes=code_bytes, count=count, input_dim=input_dim,
@@ -383,14 +404,12 @@ def describe(spc):
     """Human-oriented summary of an opened `SpcFile` for ``spreadcode info``: an ordered
     dict of field name -> str or int. Computes the payload checksum if not done yet."""
     h = spc.header
-    code = (f"lattice S({h.d}, r²={h.param})" if h.kind == "lattice"
-            else f"sign bits, d={h.d}")
     input_bytes = h.input_dim * np.dtype(h.input_dtype).itemsize \
         if h.input_dtype in INPUT_DTYPES else None
     return {
         "file": str(spc.path),
         "format": f".spc {h.version_major}.{h.version_minor}",
-        "code": code,
+        "code": describe_code(h.kind, h.d, h.param),
         "bits per code": h.bits,
         "bytes per code": h.code_bytes,
         "vectors": h.count,

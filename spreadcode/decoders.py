@@ -37,13 +37,14 @@ from torch import nn
 
 from spreadcode import store as model_store
 from spreadcode import vecio
-from spreadcode.catalyzer import (catalyze, load_catalyzer, load_state_dict_file, save_catalyzer,
-                                  state_dict_bytes)
+from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_catalyzer,
+                                  load_module, save_catalyzer, state_dict_bytes)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
-from spreadcode.search import (SearchResult, _global_ids, describe_quantizer, load_queries,
-                               merge_topk, open_collection, search_files)
+from spreadcode.search import (PreparedSearch, SearchResult, batch_rows, check_k,
+                               describe_quantizer, load_queries, merge_topk, open_collection,
+                               prepare_scan)
 from spreadcode.training import epoch_progress, state_snapshot, straight_through
 
 ARTIFACT_KIND = "decoder"
@@ -501,10 +502,6 @@ class Decoder:
         return out
 
 
-def _positive_int(meta, key):
-    return isinstance(meta.get(key), int) and not isinstance(meta[key], bool) and meta[key] > 0
-
-
 def load_decoder(ref, store=None):
     """Load a decoder by path, hash (or unique prefix of ≥ 8 hex digits) or "latest".
 
@@ -514,17 +511,17 @@ def load_decoder(ref, store=None):
     meta = model_store.read_metadata(path)
     if meta["artifact"] != ARTIFACT_KIND:
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a decoder")
-    spec, quantizer_spec = meta.get("decoder"), meta.get("quantizer")
-    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS and _positive_int(meta, "d_in")
-            and (spec["kind"] == "linear" or _positive_int(spec, "hidden"))
+    spec = meta.get("decoder")
+    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS
+            and is_width(meta.get("d_in"))
+            and (spec["kind"] == "linear" or is_width(spec.get("hidden")))
             and isinstance(spec.get("blend"), (int, float)) and math.isfinite(spec["blend"])
-            and spec["blend"] >= 0
-            and isinstance(meta.get("catalyzer"), str) and isinstance(quantizer_spec, dict)
-            and set(quantizer_spec) == {"kind", "d", "param"}):
+            and spec["blend"] >= 0 and isinstance(meta.get("catalyzer"), str)):
         raise SpreadcodeError(f"{path}: corrupt decoder metadata")
-    quantizer = quantizer_from_spec(**quantizer_spec)
-    net = DecoderNet(quantizer.d, meta["d_in"], spec.get("hidden") if spec["kind"] == "mlp" else None)
-    meta["sha256"] = load_state_dict_file(path, net, "decoder (tensors do not match its metadata)")
+    quantizer = artifact_quantizer(meta, path)
+    hidden = spec["hidden"] if spec["kind"] == "mlp" else None
+    net, meta["sha256"] = load_module(path, lambda: DecoderNet(quantizer.d, meta["d_in"], hidden),
+                                      "decoder (tensors do not match its metadata)")
     meta["path"] = str(path)
     return Decoder(net, meta, quantizer)
 
@@ -608,28 +605,24 @@ def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, 
     """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
     plus ``blend`` × the compressed-domain distance that made the shortlist.
 
-    queries: float32 (nq, d_in); candidates: int64 (nq, N), -1 = padding; decode: function
-    from sorted unique ids int64 (m,) to float32 (m, d_in); shortlist_distances: float32
-    (nq, N), needed when blend != 0. Each block of queries decodes its distinct candidates
-    once (about ``block_rows`` candidate rows per block). Returns (scores float32 (nq, k)
-    ascending, ids int64 (nq, k)): ties go to the lower id, ids always come from the row's
-    candidates, padding (inf, -1) fills rows with fewer than k.
+    queries: float32 (nq, d_in); candidates: int64 (nq, N), N >= k, ids of codes (any int64);
+    decode: function from sorted unique ids int64 (m,) to float32 (m, d_in);
+    shortlist_distances: float32 (nq, N), needed when blend != 0. Each block of queries decodes
+    its distinct candidates once (about ``block_rows`` candidate rows per block). Returns
+    (scores float32 (nq, k) ascending, ids int64 (nq, k)): ties go to the lower id, ids always
+    come from the row's candidates.
     """
     nq, n_short = candidates.shape
-    distances = np.full((nq, n_short), np.inf, dtype=np.float32)
+    distances = np.empty((nq, n_short), dtype=np.float32)
     rows = max(1, block_rows // max(n_short, 1))
     for start in range(0, nq, rows):
         ids = candidates[start:start + rows]
-        valid = ids >= 0
-        unique, inverse = np.unique(ids[valid], return_inverse=True)
-        decoded = decode(unique)
-        diff = decoded[inverse] - np.repeat(queries[start:start + rows], valid.sum(axis=1), axis=0)
-        distances[start:start + rows][valid] = np.einsum("ij,ij->i", diff, diff)
+        unique, inverse = np.unique(ids.ravel(), return_inverse=True)
+        diff = decode(unique)[inverse] - np.repeat(queries[start:start + rows], n_short, axis=0)
+        distances[start:start + rows] = np.einsum("ij,ij->i", diff, diff).reshape(ids.shape)
     if blend:
         distances += np.float32(blend) * shortlist_distances
-    padding = max(0, k - n_short)
-    return merge_topk([distances, np.full((nq, padding), np.inf, dtype=np.float32)],
-                      [candidates, np.full((nq, padding), -1, dtype=np.int64)], k)
+    return merge_topk([distances], [candidates], k)
 
 
 def default_rerank(k):
@@ -645,29 +638,41 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, mod
     `default_rerank(k)`); they are re-ranked by the squared L2 distance between the raw query
     and the decoded candidate in input space plus ``blend`` × their compressed-domain distance
     (`rerank_candidates`; default blend: the decoder's calibrated weight, see
-    `calibrate_blend`; 0 ranks by the decoded distance alone). When there are at least as many
-    candidates (queries × N) as codes, every code is decoded once (if that takes at most
+    `calibrate_blend`; 0 ranks by the decoded distance alone). k and the shortlist are capped
+    at the number of codes, as in `search_files`. When there are at least as many candidates
+    (queries × N) as codes, every code is decoded once (if that takes at most
     DECODE_ALL_BYTES), otherwise each block of queries decodes its own distinct candidates.
     ``decoder``: a Decoder or a reference (hash, prefix, path, "latest"); it must belong to the
     files' catalyzer. ``queries``: path or float32 array (nq, d_in). Returns the re-ranking
     scores as distances; extra: {"rerank": N, "blend": weight, "decoder": sha256}.
     """
+    return prepare_rerank(db_paths, queries, k=k, decoder=decoder, rerank=rerank, blend=blend,
+                          model=model, store=store, verify=verify).result()
+
+
+def prepare_rerank(db_paths, queries, *, k, decoder, rerank=None, blend=None, model=None,
+                   store=None, verify=True) -> PreparedSearch:
+    """`rerank_search`, prepared to run query batch by query batch."""
     decoder = _as_decoder(decoder, store)
-    if k < 1:
-        raise SpreadcodeError(f"k must be at least 1, got {k}")
-    rerank = default_rerank(k) if rerank is None else rerank
+    k = check_k(k)
+    rerank = default_rerank(k) if rerank is None else check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     blend = decoder.blend if blend is None else blend
     if not (math.isfinite(blend) and blend >= 0):
         raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
-    files, quantizer, sha = open_collection(db_paths, verify=False)
-    check_decoder_fits(decoder, files, quantizer, sha)
-    query_vectors = load_queries(queries, decoder.d_in)
-    shortlist = search_files(db_paths, query_vectors, k=rerank, model=model, store=store,
-                             verify=verify)
-    codes = CollectionCodes(files, quantizer)
-    if shortlist.ids.size >= codes.count and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+    collection = open_collection(db_paths, verify=verify)
+    check_decoder_fits(decoder, *collection)
+    shortlist = prepare_scan(collection, queries, k=rerank, model=model, store=store)
+    query_vectors = shortlist.queries
+    if query_vectors.shape[1] != decoder.d_in:
+        raise SpreadcodeError(
+            f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
+            f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
+    k_capped = min(k, collection.count)
+    codes = CollectionCodes(collection.files, collection.quantizer)
+    if len(query_vectors) * shortlist.k >= codes.count \
+            and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
         decoded = codes.decode_all(decoder)
 
         def decode(unique):
@@ -675,10 +680,15 @@ def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, mod
     else:
         def decode(unique):
             return decoder.decode(codes.codes(unique))
-    distances, ids = rerank_candidates(query_vectors, shortlist.ids, decode, k,
-                                       shortlist.distances, blend)
-    return SearchResult(distances=distances, ids=ids,
-                        extra={"rerank": rerank, "blend": blend, "decoder": decoder.sha256})
+    extra = {"rerank": rerank, "blend": blend, "decoder": decoder.sha256}
+
+    def run(start, stop):
+        candidates = shortlist.run(start, stop)
+        distances, ids = rerank_candidates(query_vectors[start:stop], candidates.ids, decode,
+                                           k_capped, candidates.distances, blend)
+        return SearchResult(distances=distances, ids=ids, extra=extra)
+
+    return PreparedSearch(query_vectors, run, k_capped, k, collection.count, shortlist.rows)
 
 
 def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, block=16384) -> SearchResult:
@@ -686,26 +696,38 @@ def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, bl
     scan, hence no Hamming ranking for sign codes).
 
     Codes are decoded ``block`` at a time (memory O(block · d_in)) and searched with
-    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id, padding when the
-    collection holds fewer than k codes. No catalyzer is needed, only the decoder.
+    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id; k is capped at the
+    number of codes, as in `search_files`. No catalyzer is needed, only the decoder.
     """
+    return prepare_decoded(db_paths, queries, k=k, decoder=decoder, store=store, verify=verify,
+                           block=block).result()
+
+
+def prepare_decoded(db_paths, queries, *, k, decoder, store=None, verify=True,
+                    block=16384) -> PreparedSearch:
+    """`decoded_search`, prepared to run query batch by query batch."""
     decoder = _as_decoder(decoder, store)
-    if k < 1:
-        raise SpreadcodeError(f"k must be at least 1, got {k}")
-    files, quantizer, sha = open_collection(db_paths, verify=verify)
-    check_decoder_fits(decoder, files, quantizer, sha)
+    collection = open_collection(db_paths, verify=verify)
+    check_decoder_fits(decoder, *collection)
+    k_capped = collection.clamp_k(k)
     query_vectors = load_queries(queries, decoder.d_in)
-    nq = query_vectors.shape[0]
-    best = (np.full((nq, k), np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64))
-    offsets = np.cumsum([0] + [spc.count for spc in files])
-    for spc, offset in zip(files, offsets):
-        codes = quantizer.codes_from_bytes(spc.codes_bytes)
-        for start in range(0, spc.count, block):
-            decoded = decoder.decode(codes[start:start + block])
-            dist, local = exact_knn(decoded, query_vectors, min(k, decoded.shape[0]),
-                                    db_block=block)
-            best = merge_topk([best[0], dist], [best[1], _global_ids(spc, offset, local + start)], k)
-    return SearchResult(distances=best[0], ids=best[1], extra={"decoder": decoder.sha256})
+    extra = {"decoder": decoder.sha256}
+
+    def run(start, stop):
+        batch = query_vectors[start:stop]
+        best = (np.empty((len(batch), 0), dtype=np.float32), np.empty((len(batch), 0), dtype=np.int64))
+        for index, spc in enumerate(collection.files):
+            codes = collection.codes(index)
+            for first in range(0, spc.count, block):
+                decoded = decoder.decode(codes[first:first + block])
+                dist, local = exact_knn(decoded, batch, min(k_capped, decoded.shape[0]),
+                                        db_block=block)
+                best = merge_topk([best[0], dist],
+                                  [best[1], collection.global_ids(index, local + first)], k_capped)
+        return SearchResult(distances=best[0], ids=best[1], extra=extra)
+
+    return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
+                          batch_rows(k_capped))
 
 
 @dataclass(frozen=True)
@@ -758,9 +780,12 @@ class DecoderSummary:
         ])
 
 
-def _load_catalyzer_and_learn(model, learn_path, store):
-    """(catalyzer, its meta, learn vectors) for a command; SpreadcodeError on a dimension mismatch."""
-    catalyzer, catalyzer_meta = load_catalyzer(model, store=store)
+def _load_catalyzer_and_learn(model, learn_path, output, store):
+    """(catalyzer, its meta, learn vectors) for a command writing ``output``; SpreadcodeError
+    on a dimension mismatch, or first when ``output`` is the learn file or the catalyzer."""
+    model_file = model_store.resolve(model, store)
+    vecio.check_outputs([output], [learn_path, model_file])
+    catalyzer, catalyzer_meta = load_catalyzer(model_file, store=store)
     learn = vecio.read_vectors(learn_path)
     if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
         raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
@@ -776,7 +801,7 @@ def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=N
     started = time.monotonic()
     if kind not in DECODER_KINDS:
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
     net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
                               seed=seed, progress=progress)
     sha, stored = save_decoder(net, meta, path=output, store=store)
@@ -829,7 +854,7 @@ def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None
     FINE_TUNE_EPOCHS), save the new catalyzer into the store (and to ``output``)."""
     started = time.monotonic()
     epochs = FINE_TUNE_EPOCHS if epochs is None else epochs
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, store)
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
     tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
                                              seed=seed, progress=progress)
     sha, stored = save_catalyzer(tuned, meta, path=output, store=store)

@@ -40,6 +40,12 @@ def describe_file(path, store_path=None) -> FileReport:
         decoders = [a for a in store.list_artifacts("decoder", store_path)
                     if a.meta.get("catalyzer") == sha]
         rows.append(("decoders", ", ".join(
-            f"{a.sha256[:12]} ({a.meta.get('decoder', {}).get('kind', '?')})" for a in decoders)
-            or "none"))
+            f"{a.sha256[:12]} ({_decoder_kind(a.meta)})" for a in decoders) or "none"))
     return FileReport(path=str(path), rows=rows, ok=spc.checksum_ok)
+
+
+def _decoder_kind(meta):
+    """The kind a decoder's metadata states, or "?" when it states none it could be."""
+    spec = meta.get("decoder")
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    return kind if isinstance(kind, str) else "?"

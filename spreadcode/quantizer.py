@@ -76,7 +76,7 @@ class SignQuantizer:
     kind = "sign"
 
     def __init__(self, d):
-        self.d = _codec.check_int(d, "d", 1)
+        self.d = signs.check_dim(d)
         self.param = self.d
         self.bits = self.d
         self.code_bytes = signs.code_bytes(self.d)

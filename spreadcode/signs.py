@@ -4,7 +4,8 @@ Bit layout (normative; the .spc format points here): a vector x of dimension d b
 ceil(d / 8) bytes; bit i is bit (i % 8) of byte i // 8, least significant bit first, and is 1
 when x_i > 0 (0 for x_i <= 0). Padding bits of the last byte are 0 and are checked on
 input. The bit pattern stands for the vector s in {-1, +1}^d (bit 1 -> +1), i.e. the unit
-point s / sqrt(d).
+point s / sqrt(d). Limit: 1 <= d <= MAX_DIM = 2^20 (anything else is refused with
+SpreadcodeError).
 
 Distances:
 * Hamming: the number of differing bits, returned as float32 by the searches (exact).
@@ -18,10 +19,20 @@ import numpy as np
 from spreadcode import _codec
 from spreadcode.errors import SpreadcodeError
 
+MAX_DIM = 1 << 20
+
+
+def check_dim(d):
+    """d as an int in 1..MAX_DIM (the dimension of sign codes); SpreadcodeError otherwise."""
+    d = _codec.check_int(d, "d", 1)
+    if d > MAX_DIM:
+        raise SpreadcodeError(f"sign code dimension d={d} is above the limit of {MAX_DIM}")
+    return d
+
 
 def code_bytes(d):
     """Bytes per sign code of a d-dimensional vector: ceil(d / 8)."""
-    return (_codec.check_int(d, "d", 1) + 7) // 8
+    return (check_dim(d) + 7) // 8
 
 
 def pack(x, threads=None):
@@ -37,7 +48,7 @@ def pack(x, threads=None):
 
 def unpack(codes, d, threads=None):
     """The +-1 vectors s of sign codes (uint8 (n, ceil(d / 8))): float32 (n, d). Cost: O(n * d)."""
-    d = _codec.check_int(d, "d", 1)
+    d = check_dim(d)
     codes = _codec.check_sign_codes(codes, d, "codes")
     out = np.empty((codes.shape[0], d), dtype=np.float32)
     _codec.sign_unpack(codes, out, _codec.check_threads(threads))
@@ -76,7 +87,7 @@ def _hamming_scan(db, q_codes):
 
 def _asymmetric_scan(db, d, queries):
     """A prepared asymmetric _codec.Scan of sign codes against float32 queries."""
-    d = _codec.check_int(d, "d", 1)
+    d = check_dim(d)
     db = _codec.check_sign_codes(db, d, "db")
     queries = _codec.check_vectors(queries, "queries", d)
     return _codec.sign_scan(db, d, queries, np.float32(2.0 / math.sqrt(d)))

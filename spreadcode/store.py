@@ -9,20 +9,23 @@ JSON), so listing and inspecting models never imports torch.
 """
 import hashlib
 import io
-import json
+import math
 import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import atomic_output, load_json
 
 ARTIFACT_SUFFIX = ".safetensors"
 FORMAT_VERSION = 1
 METADATA_KEY = "spreadcode"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Bytes per element of the safetensors dtypes a spreadcode artifact may hold.
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 _HASH_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
@@ -58,8 +61,10 @@ def sha256_file(path):
 def _parse_header(fh, size, name):
     """Read and validate the safetensors header of an open binary file of ``size`` bytes.
 
-    Returns the spreadcode metadata dict. Raises SpreadcodeError naming ``name`` for anything
-    that is not a complete spreadcode artifact.
+    Returns (the spreadcode metadata dict, {tensor name: (safetensors dtype, shape tuple)}).
+    Raises SpreadcodeError naming ``name`` for anything that is not a complete spreadcode
+    artifact: every tensor's dtype and shape must account exactly for its bytes, which must
+    lie inside the file, so the shapes are what loading the tensors will allocate.
     """
     prefix = fh.read(8)
     if len(prefix) < 8:
@@ -67,19 +72,15 @@ def _parse_header(fh, size, name):
     (header_len,) = struct.unpack("<Q", prefix)
     if header_len > min(size - 8, _MAX_HEADER_BYTES):
         raise SpreadcodeError(f"{name}: not a spreadcode model file (not safetensors, or truncated)")
-    try:
-        header = json.loads(fh.read(header_len).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SpreadcodeError(f"{name}: not a spreadcode model file (unreadable safetensors header)") from None
+    header = load_json(fh.read(header_len), f"{name}: not a spreadcode model file: its safetensors header")
     if not isinstance(header, dict):
-        raise SpreadcodeError(f"{name}: not a spreadcode model file (unreadable safetensors header)")
+        raise SpreadcodeError(f"{name}: not a spreadcode model file (the safetensors header is not an object)")
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
         raise SpreadcodeError(f"{name}: a safetensors file without spreadcode metadata, not a spreadcode model")
-    try:
-        meta = json.loads(metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError):
-        raise SpreadcodeError(f"{name}: corrupt spreadcode metadata in the model header") from None
+    if not isinstance(metadata[METADATA_KEY], str):
+        raise SpreadcodeError(f"{name}: corrupt spreadcode metadata in the model header (not a string)")
+    meta = load_json(metadata[METADATA_KEY], f"{name}: corrupt spreadcode metadata: it")
     if not isinstance(meta, dict) or not isinstance(meta.get("artifact"), str) \
             or not isinstance(meta.get("format_version"), int):
         raise SpreadcodeError(f"{name}: corrupt spreadcode metadata (no artifact kind or format_version)")
@@ -88,22 +89,37 @@ def _parse_header(fh, size, name):
             f"{name}: format_version {meta['format_version']} is newer than this spreadcode "
             f"understands ({FORMAT_VERSION}); upgrade spreadcode")
     data_size = size - 8 - header_len
+    tensors = {}
     for tensor_name, entry in header.items():
-        if tensor_name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise SpreadcodeError(f"{name}: corrupt model file (tensor {tensor_name!r} lies outside the file)")
-    return meta
+        if tensor_name != "__metadata__":
+            tensors[tensor_name] = _tensor_entry(entry, data_size)
+            if tensors[tensor_name] is None:
+                raise SpreadcodeError(
+                    f"{name}: corrupt model file (tensor {tensor_name!r}: its dtype, shape and "
+                    "byte range disagree, or it lies outside the file)")
+    return meta, tensors
 
 
-def read_metadata(path):
-    """The spreadcode metadata dict of an artifact file (header only; no torch, no tensor data).
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
-    Raises SpreadcodeError for missing, foreign (not safetensors / no spreadcode metadata),
-    truncated or too-new files.
-    """
+
+def _tensor_entry(entry, data_size):
+    """(dtype, shape tuple) of a safetensors header entry whose ``data_offsets`` lie within the
+    ``data_size`` bytes of tensor data and span exactly shape x dtype size bytes; else None."""
+    if not isinstance(entry, dict):
+        return None
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not (dtype in DTYPE_BYTES and isinstance(shape, list) and all(map(_is_count, shape))
+            and isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+            and offsets[0] <= offsets[1] <= data_size
+            and offsets[1] - offsets[0] == math.prod(shape) * DTYPE_BYTES[dtype]):
+        return None
+    return dtype, tuple(shape)
+
+
+def _read_header(path):
+    """`_parse_header` of the file at ``path``; SpreadcodeError when it cannot be read."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -112,29 +128,29 @@ def read_metadata(path):
         raise SpreadcodeError(f"{path}: cannot read model file ({exc.strerror})") from None
 
 
-def _atomic_write(path, data):
-    """Write bytes to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~umask)  # mkstemp makes 0600; models are ordinary files
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def read_metadata(path):
+    """The spreadcode metadata dict of an artifact file (header only; no torch, no tensor data).
+
+    Raises SpreadcodeError for missing, foreign (not safetensors / no spreadcode metadata),
+    truncated or too-new files.
+    """
+    return _read_header(path)[0]
+
+
+def read_tensors(path):
+    """The tensors an artifact file holds, from its header only: {name: (safetensors dtype
+    such as "F32", shape tuple)}, each checked to fill exactly its bytes inside the file.
+    Raises SpreadcodeError as `read_metadata` does."""
+    return _read_header(path)[1]
 
 
 def write_file(path, data):
     """Atomically write artifact bytes to exactly ``path`` (no extension added); mkdir parents."""
+    path = Path(path)
     try:
-        _atomic_write(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as fh:
+            fh.write(data)
     except OSError as exc:
         raise SpreadcodeError(f"{path}: cannot write model file ({exc.strerror})") from None
 
@@ -160,10 +176,7 @@ def save_artifact(src, store=None):
     if target.is_file() and sha256_file(target) == sha:
         os.utime(target)
     else:
-        try:
-            _atomic_write(target, data)
-        except OSError as exc:
-            raise SpreadcodeError(f"cannot write to the model store {target.parent} ({exc.strerror})") from None
+        write_file(target, data)
     return sha, target
 
 

@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from spreadcode import vecio  # noqa: E402
 from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
@@ -554,9 +555,7 @@ def _load_learn(learn_path):
         from spreadcode.sample import load_sample
 
         return load_sample().learn
-    from spreadcode.vecio import read_vectors
-
-    return read_vectors(learn_path)
+    return vecio.read_vectors(learn_path)
 
 
 def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
@@ -586,6 +585,7 @@ def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r
         overrides["lam"] = float(lam)
     config = replace(config, **overrides)
     _check_config(config)
+    vecio.check_outputs([output], [learn_path])
     learn = _load_learn(learn_path)
     if lam == "auto":
         result = search_lambda(learn, config, progress=progress)

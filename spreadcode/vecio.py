@@ -17,17 +17,17 @@ Formats, chosen by extension:
   vectors default to ``train``, ground truth to ``neighbors``.
 
 Floating-point data is converted to float32 chunk by chunk and checked for NaN/Inf (an error
-names the file and the first bad vector). Writers go through `atomic_output`: a hidden temp
-file next to the target, renamed into place only when complete.
+names the file and the first bad vector). Writers go through `spreadcode.fileio.atomic_output`:
+a hidden temp file next to the target, renamed into place only when complete.
 """
 import os
-import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import atomic_output
 
 TEXMEX_VALUE_DTYPES = {
     ".fvecs": np.dtype("<f4"),
@@ -281,34 +281,31 @@ def check_finite(x, what, first_row=0):
             "(or a value beyond the float32 range)")
 
 
-@contextmanager
-def atomic_output(path):
-    """Write a file all-or-nothing: yields a binary file (read/write/seek, so h5py can use it)
-    opened at a hidden temp path in the target's directory; on clean exit it is fsynced and
-    renamed onto ``path``, on any exception (Ctrl-C included) it is deleted and the exception
-    re-raised."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+def check_outputs(outputs, inputs):
+    """Refuse (SpreadcodeError) an output that is the same file as an input, whatever the
+    paths say (relative, through symlinks, hard links: same device and inode), before
+    anything is read or written. ``outputs`` / ``inputs``: paths, None entries skipped;
+    inputs may be ``file.h5:dataset`` names or arrays (not files, skipped)."""
+    read = {}
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            path = _split_dataset(item, None)[0]
+            read.setdefault(_file_identity(path), path)
+    read.pop(None, None)
+    for output in outputs:
+        if output is not None and _file_identity(output) in read:
+            raise SpreadcodeError(
+                f"{output}: this output is the same file as the input "
+                f"{read[_file_identity(output)]}; nothing was done (choose another output path)")
+
+
+def _file_identity(path):
+    """(device, inode) of the file at ``path``, or None when there is none."""
     try:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise SpreadcodeError(f"{path}: cannot create file ({err.strerror})") from None
-    fh = os.fdopen(fd, "w+b")
-    try:
-        yield fh
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, path)
-    except OSError as err:
-        fh.close()
-        tmp.unlink(missing_ok=True)
-        raise SpreadcodeError(f"{path}: cannot write file ({err.strerror or err})") from None
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def write_vectors(path, x):
@@ -318,38 +315,82 @@ def write_vectors(path, x):
     path = Path(path)
     x = np.asarray(x)
     n, d = _checked_shape(x.shape, path, allow_1d=False)
+    with atomic_output(path) as fh:
+        rows_writer(fh, path, n, d, x.dtype)(x)
+
+
+def rows_writer(fh, path, n, d, dtype):
+    """A function that appends rows (b, d) to ``fh``, the open binary file that becomes
+    ``path``, so that n rows in all make a vector file of ``path``'s extension: texmex records
+    (values checked as `write_vectors` does; errors name ``path`` and the row), or a ``.npy``
+    array of ``dtype`` (n, d) whose header is written now."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        with atomic_output(path) as fh:
-            np.save(fh, x, allow_pickle=False)
-        return
+        dtype = np.dtype(dtype)
+        np.lib.format.write_array_header_1_0(fh, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, d)})
+        return lambda rows: fh.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
     if suffix not in TEXMEX_VALUE_DTYPES:
         raise SpreadcodeError(
             f"{path}: cannot write this file type (expected .fvecs, .bvecs, .ivecs or .npy)")
     value_dtype = TEXMEX_VALUE_DTYPES[suffix]
-    _check_convertible(x, value_dtype, path)
     record = np.dtype([("dim", "<i4"), ("vec", value_dtype, (d,))])
-    with atomic_output(path) as fh:
-        for start in range(0, n, DEFAULT_BATCH):
-            rows = x[start:start + DEFAULT_BATCH]
-            records = np.empty(rows.shape[0], dtype=record)
+    written = 0
+
+    def append(rows):
+        nonlocal written
+        rows = np.asarray(rows)
+        if rows.size:
+            _check_convertible(rows, value_dtype, path)
+        for start in range(0, rows.shape[0], DEFAULT_BATCH):
+            block = rows[start:start + DEFAULT_BATCH]
+            records = np.empty(block.shape[0], dtype=record)
             records["dim"] = d
             with np.errstate(over="ignore"):
-                records["vec"] = rows
+                records["vec"] = block
             if value_dtype.kind == "f":
-                check_finite(records["vec"], str(path), first_row=start)
+                check_finite(records["vec"], str(path), first_row=written + start)
             fh.write(records.tobytes())
+        written += rows.shape[0]
+    return append
 
 
 def write_h5(path, arrays):
     """Write ``arrays`` ({dataset name: array}) as one HDF5 file, atomically; e.g. search
     results as ann-benchmarks ``neighbors`` int64 (nq, k) and ``distances`` float32 (nq, k)."""
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    with atomic_output(path) as fh, h5_appenders(
+            fh, {name: (a.shape, a.dtype) for name, a in arrays.items()}) as append:
+        for name, array in arrays.items():
+            append[name](array)
+
+
+@contextmanager
+def h5_appenders(fh, datasets):
+    """Write an HDF5 file into the open binary ``fh`` with the datasets {name: (shape, dtype)};
+    a first dimension of None makes a dataset grow as rows come. Yields {name: append(rows)},
+    functions that fill each dataset from the start, in order."""
     import h5py
 
-    with atomic_output(path) as fh:
-        with h5py.File(fh, "w") as h5:
-            for name, array in arrays.items():
-                h5.create_dataset(name, data=np.asarray(array))
+    def appender(dataset):
+        filled = 0
+
+        def append(rows):
+            nonlocal filled
+            rows = np.asarray(rows)
+            if dataset.maxshape[0] is None:
+                dataset.resize(filled + rows.shape[0], axis=0)
+            dataset[filled:filled + rows.shape[0]] = rows
+            filled += rows.shape[0]
+        return append
+
+    with h5py.File(fh, "w") as h5:
+        yield {name: appender(h5.create_dataset(
+            name, shape=(shape[0] or 0, *shape[1:]), dtype=dtype,
+            maxshape=(None, *shape[1:]) if shape[0] is None else None,
+            chunks=True if shape[0] is None else None))
+            for name, (shape, dtype) in datasets.items()}
 
 
 def _check_convertible(x, value_dtype, path):
@@ -365,4 +406,5 @@ def _check_convertible(x, value_dtype, path):
     info = np.iinfo(value_dtype)
     if x.min() < info.min or x.max() > info.max:
         raise SpreadcodeError(
-            f"{path}: values outside the {value_dtype.name} range [{info.min}, {info.max}]")
+            f"{path}: values from {x.min()} to {x.max()} do not fit the {value_dtype.name} range "
+            f"[{info.min}, {info.max}] of {path.suffix} files; .npy or .h5 hold them")

@@ -169,3 +169,43 @@ def test_load_rejects_corrupt_tensor_data(tmp_path, field, value, message):
     with pytest.raises(SpreadcodeError, match=message) as info:
         load_catalyzer(path)
     assert str(path) in str(info.value)
+
+
+def lying_file(tmp_path, arch, tensors=None, quantizer=None):
+    """A catalyzer file whose metadata says ``arch`` (and ``quantizer``) over ``tensors``."""
+    tensors = tensors or {k: v.contiguous() for k, v in small_model().state_dict().items()}
+    meta = {"artifact": "catalyzer", "format_version": 1, **META, "arch": arch}
+    if quantizer is not None:
+        meta["quantizer"] = quantizer
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"spreadcode": json.dumps(meta)}))
+    return path
+
+
+@pytest.mark.parametrize("arch, quantizer, message", [
+    ({"d_in": 96, "hidden": 10**9, "d_out": 8}, None, r"bad 'arch'"),
+    ({"d_in": 96, "hidden": 2**20, "d_out": 8}, None, "tensors do not match arch"),
+    ({"d_in": 96, "hidden": True, "d_out": 8}, None, r"bad 'arch'"),
+    ({"d_in": 96, "hidden": 32, "d_out": 8}, {"kind": "lattice", "d": 8, "param": 10**6},
+     r"bad 'quantizer': r2=1000000 is too large"),
+    ({"d_in": 96, "hidden": 32, "d_out": 8}, {"kind": "lattice", "d": 24, "param": 79},
+     "quantizer dimension 24 != d_out 8"),
+    ({"d_in": 96, "hidden": 32, "d_out": 8}, ["lattice", 8, 10], r"bad 'quantizer'"),
+])
+def test_metadata_is_checked_before_any_network_is_built(tmp_path, monkeypatch, arch, quantizer,
+                                                          message):
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("a network was built on the CPU")
+
+    monkeypatch.setattr(torch.nn.Module, "to_empty", no_allocation)
+    path = lying_file(tmp_path, arch, quantizer=quantizer)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: corrupt .*{message}"):
+        load_catalyzer(path)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    tensors = {k: v.contiguous().clone() for k, v in small_model().state_dict().items()}
+    tensors["mlp.0.weight"][3, 1] = float("nan")
+    path = lying_file(tmp_path, {"d_in": 96, "hidden": 32, "d_out": 8}, tensors)
+    with pytest.raises(SpreadcodeError, match="weights hold NaN or Inf"):
+        load_catalyzer(path)

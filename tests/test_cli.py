@@ -5,33 +5,10 @@ import struct
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from helpers import assert_clean_error, run, write_raw_fvecs
 from spreadcode import container, vecio
-from spreadcode.cli import main
 from spreadcode.sample import exact_neighbors, load_sample
-
-
-def run(*args):
-    """Invoke the CLI; returns click's Result (``.exit_code``, ``.stdout``, ``.stderr``)."""
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def write_raw_fvecs(path, x):
-    """Write float32 (n, d) as .fvecs bytes without vecio's checks (to make bad files)."""
-    x = np.asarray(x, dtype=np.float32)
-    dims = np.full((x.shape[0], 1), x.shape[1], dtype=np.int32)
-    path.write_bytes(np.hstack([dims.view(np.float32), x]).tobytes())
-
-
-def assert_clean_error(result, *fragments):
-    """One line on stderr naming the problem, non-zero exit, no traceback."""
-    assert result.exit_code != 0
-    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and errors[0].startswith("spreadcode: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,14 @@
 error for every kind of damage."""
 import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import forge_spc, rehash_header, reseal
 from spreadcode import container, lattice, signs
 from spreadcode.errors import SpreadcodeError
 
@@ -15,8 +17,8 @@ GOLDEN_DIR = Path(__file__).resolve().parents[1] / "formats" / "golden"
 GOLDEN_NAMES = ["lattice-d24-r79", "lattice-d48-r135", "sign-d20-ids"]
 
 CATALYZER = bytes(range(32))
-LATTICE = dict(kind="lattice", d=24, param=79, bits=41, code_bytes=8)
-WIDE_LATTICE = dict(kind="lattice", d=32, param=30, bits=129, code_bytes=24)
+LATTICE = dict(kind="lattice", d=24, param=79, bits=64, code_bytes=8)
+WIDE_LATTICE = dict(kind="lattice", d=64, param=100, bits=147, code_bytes=24)
 SIGN = dict(kind="sign", d=20, param=20, bits=20, code_bytes=3)
 
 
@@ -34,16 +36,6 @@ def write_spc(path, codes, *, layout=LATTICE, ids=None, batch=4, metadata=None,
 
 def random_codes(n, code_bytes, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, code_bytes), dtype=np.uint8)
-
-
-def rehash_header(path):
-    """Recompute the header SHA-256 after a deliberate header edit (spec: SHA-256 of bytes
-    [0, payload_offset) with bytes 128..160 zeroed)."""
-    data = bytearray(path.read_bytes())
-    payload_offset = struct.unpack_from("<Q", data, 56)[0]
-    data[128:160] = bytes(32)
-    data[128:160] = hashlib.sha256(data[:payload_offset]).digest()
-    path.write_bytes(bytes(data))
 
 
 def flip_byte(path, offset):
@@ -208,6 +200,109 @@ def test_header_damage_messages(tmp_path, offset, message):
         container.open_spc(path, verify=False)
 
 
+# formats/spc.md, "Reading and validation": the checks a reader makes, in order, and the
+# message of each. A file made to fail check N and every later one must fail with check N.
+READER_CHECKS = [
+    (1, "not a .spc file"),
+    (2, "file uses .spc format version 2.0"),
+    (3, "corrupted or truncated header"),
+    (4, "header checksum mismatch"),
+    (5, r"lattice S\(24, r²=79\) codes have 64 bits in 8 bytes, not 41 bits in 8 bytes"),
+    (6, "metadata is not valid JSON"),
+    (7, "unexpected trailing bytes"),
+    (8, "payload checksum mismatch"),
+]
+
+
+def failing_from(path, step):
+    """A .spc file at ``path`` that breaks reader check ``step`` and every later one."""
+    forge_spc(path, kind=1, d=24, param=79, bits=41 if step <= 5 else 64, code_bytes=8,
+              count=3, codes=random_codes(3, 8).tobytes(), catalyzer=CATALYZER,
+              metadata=b'{"a":NaN}' if step <= 6 else b"{}")
+    data = bytearray(path.read_bytes())
+    if step <= 7:
+        data += b"\0"  # trailing byte: the length is wrong and so is the payload checksum
+    if step == 8:
+        data[-1] ^= 1
+    if step > 4:
+        data = bytearray(reseal(data, payload=False))
+    else:
+        data[170] ^= 1  # a reserved header byte: only the header checksum notices
+    if step <= 3:
+        struct.pack_into("<Q", data, 56, 200)  # payload offset not a multiple of 64
+    if step <= 2:
+        struct.pack_into("<H", data, 8, 2)
+    if step <= 1:
+        data[:8] = b"NOTSPC!!"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_reader_checks_are_those_of_the_spec():
+    spec = (Path(__file__).resolve().parents[1] / "formats" / "spc.md").read_text()
+    checklist = spec[spec.index("## Reading and validation"):spec.index("**Why SHA-256.**")]
+    steps = [int(m.group(1)) for m in re.finditer(r"^(\d+)\. ", checklist, re.MULTILINE)]
+    assert steps == [n for n, _ in READER_CHECKS]
+
+
+@pytest.mark.parametrize("step, message", READER_CHECKS)
+def test_reader_makes_its_checks_in_the_order_of_the_spec(tmp_path, step, message):
+    path = failing_from(tmp_path / "bad.spc", step)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: {message}"):
+        container.open_spc(path)
+    if step == 8:
+        assert not container.open_spc(path, verify=False).checksum_ok
+    else:
+        with pytest.raises(SpreadcodeError, match=f"^{path}: {message}"):
+            container.read_header(path)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(kind=3), "unknown code kind 3"),
+    (dict(kind=1, d=65, param=79), "lattice dimension d=65 is above the limit of 64"),
+    (dict(kind=1, d=24, param=16384), "r2=16384 is too large"),
+    (dict(kind=1, d=3, param=7), "S\\(d=3, r2=7\\) is empty"),
+    (dict(kind=1, d=16, param=800), "more than 262144 atoms"),
+    (dict(kind=1, d=1000, param=1, bits=1), "d=1000 is above the limit of 64"),
+    (dict(kind=1, d=24, param=79, bits=64, code_bytes=16), "not 64 bits in 16 bytes"),
+    (dict(kind=2, d=2**32 - 1, param=2**32 - 1, bits=2**32 - 1, code_bytes=2**29),
+     "sign code dimension d=4294967295 is above the limit"),
+    (dict(kind=2, d=20, param=21, bits=20, code_bytes=3), "param must equal d=20"),
+    (dict(kind=2, d=20, param=20, bits=21, code_bytes=3), "not 21 bits in 3 bytes"),
+])
+def test_code_parameters_are_checked_against_the_codec(tmp_path, fields, message):
+    """Check 5: kind, d, param within the codec's limits, bits and code size exactly."""
+    fields = {"d": 24, "param": 79, "bits": 64, "code_bytes": 8, **fields}
+    path = forge_spc(tmp_path / "forged.spc", **fields)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: .*{message}"):
+        container.read_header(path)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 64 levels"),
+    (b'{"a":' + b"[" * 64 + b"]" * 64 + b"}", "nested more than 64 levels"),
+    (b'{"a":"\\ud800"}', "unpaired surrogate"),
+    (b'{"a":Infinity}', "Infinity is not a JSON number"),
+    (b'{"a":"\xff"}', "not UTF-8"),
+    (b'{"a":1', "Expecting"),
+    (b'{"a":1' + b"1" * 5000 + b"}", "digits"),
+    (b"[]", "a JSON object"),
+])
+def test_metadata_must_be_a_strict_json_object(tmp_path, metadata, message):
+    """Check 6: UTF-8 JSON object, no NaN/Infinity, no unpaired surrogate, nesting <= 64."""
+    path = forge_spc(tmp_path / "forged.spc", kind=1, d=24, param=79, bits=64, code_bytes=8,
+                     metadata=metadata)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: metadata is not .*{message}"):
+        container.read_header(path)
+
+
+def test_metadata_nested_64_deep_and_any_unicode_is_read(tmp_path):
+    metadata = b'{"a":' + b"[" * 63 + b"]" * 63 + b',"b":"\\ud83d\\ude00 \xc3\xa9"}'
+    path = forge_spc(tmp_path / "ok.spc", kind=1, d=24, param=79, bits=64, code_bytes=8,
+                     metadata=metadata)
+    assert container.read_header(path).metadata["b"] == "\U0001F600 é"
+
+
 def test_wrong_magic_and_not_a_file(tmp_path):
     (tmp_path / "x.spc").write_bytes(b"\x93NUMPY" + bytes(300))
     with pytest.raises(SpreadcodeError, match=r"not a .spc file \(bad magic bytes\)"):
@@ -241,13 +336,29 @@ def test_newer_minor_version_is_read(tmp_path):
     np.testing.assert_array_equal(spc.codes_bytes, codes)
 
 
+def nested(depth):
+    """A JSON value nested ``depth`` lists deep."""
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(kind="pq"), "unknown code kind 'pq'"),
-    (dict(code_bytes=16), "lattice codes of 41 bits take 8 bytes, not 16"),
-    (dict(bits=129, code_bytes=16), "take 24 bytes, not 16"),
-    (dict(kind="sign", d=20, param=20, bits=20, code_bytes=2), "take 3 bytes, not 2"),
-    (dict(kind="sign", d=20, param=16, bits=20, code_bytes=3), "one bit per dimension"),
-    (dict(d=0), "must be positive"),
+    (dict(code_bytes=16), "lattice S\\(24, r²=79\\) codes have 64 bits in 8 bytes, not 64 bits in "
+                          "16 bytes"),
+    (dict(bits=129, code_bytes=16), "have 64 bits in 8 bytes, not 129 bits in 16 bytes"),
+    (dict(kind="sign", d=20, param=20, bits=20, code_bytes=2),
+     "sign bits, d=20 codes have 20 bits in 3 bytes, not 20 bits in 2 bytes"),
+    (dict(kind="sign", d=20, param=16, bits=20, code_bytes=3), "param must equal d=20"),
+    (dict(kind="sign", d=2**21, param=2**21, bits=2**21, code_bytes=2**18),
+     "above the limit of 1048576"),
+    (dict(d=0), "d must be >= 1"),
+    (dict(d=65), "dimension d=65 is above the limit of 64"),
+    (dict(param=100_000), "r2=100000 is too large"),
+    (dict(metadata={"x": "\ud800"}), "metadata is not"),
+    (dict(metadata={"x": nested(70)}), "nested more than 64 levels"),
     (dict(d=24.0), r"d must be an integer in \[0, 2\^32\), got 24.0"),
     (dict(input_dim=2**32), "input_dim must be an integer"),
     (dict(input_dtype="complex64"), "unsupported input dtype"),
@@ -306,7 +417,7 @@ def test_describe_summarises_the_file(tmp_path):
         "file": str(path),
         "format": ".spc 1.0",
         "code": "lattice S(24, r²=79)",
-        "bits per code": 41,
+        "bits per code": 64,
         "bytes per code": 8,
         "vectors": 6,
         "ids": "int64",

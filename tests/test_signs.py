@@ -148,3 +148,13 @@ def test_range_searches_equal_brute_force():
             order = hit[np.lexsort((hit, dist[q, hit]))]
             assert np.array_equal(ids[lims[q]:lims[q + 1]], order)
             assert np.array_equal(distances[lims[q]:lims[q + 1]], dist[q, order])
+
+
+def test_dimension_limit():
+    assert signs.code_bytes(signs.MAX_DIM) == signs.MAX_DIM // 8
+    for call in (lambda: signs.code_bytes(signs.MAX_DIM + 1),
+                 lambda: signs.unpack(np.zeros((1, 1), np.uint8), 2**32 - 1),
+                 lambda: signs.asymmetric_search(np.zeros((1, 1), np.uint8), 2**32 - 1,
+                                                 np.zeros((1, 8), np.float32), 1)):
+        with pytest.raises(SpreadcodeError, match="above the limit of 1048576"):
+            call()

@@ -64,8 +64,10 @@ def test_read_metadata_returns_spreadcode_json(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "too short"),
     (b"0123456789abcdef" * 4, "not safetensors, or truncated"),
-    (struct.pack("<Q", 4) + b"\xff\xfe{}", "unreadable safetensors header"),
-    (struct.pack("<Q", 2) + b"[]", "unreadable safetensors header"),
+    (struct.pack("<Q", 4) + b"\xff\xfe{}", r"safetensors header is not valid JSON \(not UTF-8\)"),
+    (struct.pack("<Q", 2) + b"[]", "safetensors header is not an object"),
+    (struct.pack("<Q", 6) + b"[[[]]]", "safetensors header is not an object"),
+    (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "nested more than 64 levels"),
     (safetensors.numpy.save({"w": np.zeros(2, np.float32)}), "without spreadcode metadata"),
     (safetensors.numpy.save({"w": np.zeros(2, np.float32)}, metadata={"spreadcode": "{"}), "corrupt spreadcode metadata"),
     (safetensors.numpy.save({"w": np.zeros(2, np.float32)}, metadata={"spreadcode": "{}"}), "no artifact kind"),
@@ -159,3 +161,31 @@ def test_store_does_not_import_torch():
     code = "import sys, spreadcode.store; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_read_tensors_lists_dtypes_and_shapes(tmp_path):
+    path = tmp_path / "a.safetensors"
+    path.write_bytes(artifact_bytes())
+    assert store.read_tensors(path) == {"w": ("F32", (2, 3))}
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F32", "shape": [2, 4], "data_offsets": [0, 24]},  # shape says 32 bytes
+    {"dtype": "F64", "shape": [2, 3], "data_offsets": [0, 24]},  # dtype says 48 bytes
+    {"dtype": "C64", "shape": [2, 3], "data_offsets": [0, 24]},  # no such dtype here
+    {"dtype": "F32", "shape": [2, -3], "data_offsets": [0, 24]},
+    {"dtype": "F32", "shape": [True, 6], "data_offsets": [0, 24]},
+    {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 24]},
+    {"dtype": "F32", "shape": [2, 3], "data_offsets": [8, 32]},  # past the end
+    {"dtype": "F32", "shape": [2, 3]},
+])
+def test_tensor_entries_must_account_for_their_bytes(tmp_path, entry):
+    good = artifact_bytes()
+    header_len = struct.unpack_from("<Q", good)[0]
+    header = json.loads(good[8:8 + header_len])
+    header["w"] = entry
+    text = json.dumps(header).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + good[8 + header_len:])
+    with pytest.raises(SpreadcodeError, match=f"^{path}: corrupt model file \\(tensor 'w'"):
+        store.read_metadata(path)

@@ -1,4 +1,7 @@
 """Vector file I/O: round trips, streaming, and a clear error for every malformed input."""
+import io
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -258,8 +261,9 @@ def test_read_ids_from_one_column(tmp_path):
 
 @pytest.mark.parametrize("name, x, message", [
     ("x.ivecs", np.ones((2, 2), np.float32), "stores int32; got float32"),
-    ("x.bvecs", np.array([[1, 256]]), r"outside the uint8 range \[0, 255\]"),
-    ("x.ivecs", np.array([[2**31]]), "outside the int32 range"),
+    ("x.bvecs", np.array([[1, 256]]), r"values from 1 to 256 do not fit the uint8 range \[0, 255\] "
+                                      r"of .bvecs files; .npy or .h5 hold them"),
+    ("x.ivecs", np.array([[-2**31 - 1]]), r"do not fit the int32 range \[-2147483648, 2147483647\]"),
     ("x.fvecs", np.array([[1.0], [np.nan]]), "vector 1 contains NaN"),
     ("x.fvecs", np.array([["a"]]), "cannot store <U1 values"),
     ("x.fvecs", np.zeros((0, 3), np.float32), "no vectors"),
@@ -282,15 +286,31 @@ def test_write_replaces_an_existing_file_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.fvecs"]
 
 
-def test_atomic_output_discards_on_interrupt(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with vecio.atomic_output(tmp_path / "out.bin") as fh:
-            fh.write(b"partial")
-            raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(SpreadcodeError, match="cannot create file"):
-        with vecio.atomic_output(tmp_path / "no" / "such" / "dir.bin"):
-            pass
+@pytest.mark.parametrize("name", ["x.npy", "x.fvecs", "x.ivecs"])
+def test_rows_written_in_batches_make_the_same_file(tmp_path, rng, name):
+    x = rng.integers(-50, 50, (10, 3)).astype(np.int32 if name.endswith("ivecs") else np.float32)
+    vecio.write_vectors(tmp_path / name, x)
+    with open(tmp_path / f"b{name}", "wb") as fh:
+        append = vecio.rows_writer(fh, tmp_path / f"b{name}", 10, 3, x.dtype)
+        for start in (0, 1, 4):
+            append(x[start:{0: 1, 1: 4, 4: 10}[start]])
+    assert (tmp_path / f"b{name}").read_bytes() == (tmp_path / name).read_bytes()
+    if name == "x.npy":
+        buffer = io.BytesIO()
+        np.save(buffer, x)
+        assert buffer.getvalue() == (tmp_path / name).read_bytes()
+
+
+def test_h5_datasets_can_grow_as_rows_come(tmp_path):
+    with open(tmp_path / "g.h5", "wb") as fh:
+        with vecio.h5_appenders(fh, {"ids": ((None,), np.int64), "fixed": ((3, 2), np.float32)}) as append:
+            append["ids"]([1, 2])
+            append["fixed"](np.ones((1, 2)))
+            append["ids"]([3])
+            append["fixed"](np.zeros((2, 2)))
+    with h5py.File(tmp_path / "g.h5") as h5:
+        np.testing.assert_array_equal(h5["ids"][:], [1, 2, 3])
+        np.testing.assert_array_equal(h5["fixed"][:], [[1, 1], [0, 0], [0, 0]])
 
 
 def test_write_h5_round_trips(tmp_path, rng):
@@ -300,3 +320,20 @@ def test_write_h5_round_trips(tmp_path, rng):
     np.testing.assert_array_equal(vecio.read_groundtruth(tmp_path / "res.h5"), ids)
     np.testing.assert_array_equal(vecio.read_vectors(tmp_path / "res.h5:distances"), dist)
     assert [p.name for p in tmp_path.iterdir()] == ["res.h5"]
+
+
+def test_check_outputs_finds_an_input_under_any_name(tmp_path, monkeypatch):
+    vecio.write_vectors(tmp_path / "a.fvecs", np.ones((2, 3), np.float32))
+    vecio.write_h5(tmp_path / "d.h5", {"train": np.ones((2, 3), np.float32)})
+    (tmp_path / "link").symlink_to(tmp_path / "a.fvecs")
+    os.link(tmp_path / "a.fvecs", tmp_path / "hard.fvecs")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for output in ("../a.fvecs", tmp_path / "link", tmp_path / "hard.fvecs",
+                   tmp_path / "sub" / ".." / "a.fvecs"):
+        with pytest.raises(SpreadcodeError, match=f"^{output}: this output is the same file as "
+                                                  f"the input {tmp_path / 'a.fvecs'}"):
+            vecio.check_outputs([None, output], [np.ones(3), None, tmp_path / "a.fvecs"])
+    with pytest.raises(SpreadcodeError, match="same file as the input"):
+        vecio.check_outputs([tmp_path / "d.h5"], [f"{tmp_path / 'd.h5'}:train"])
+    vecio.check_outputs([tmp_path / "new.fvecs", tmp_path / "d.h5"], [tmp_path / "a.fvecs"])
