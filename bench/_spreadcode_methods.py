@@ -5,7 +5,8 @@ the row's code size (`default_config`), on the learn split. A trained catalyzer 
 key = sha256(learn float32 bytes + config JSON); the model goes into ``ctx.cache_dir`` (a
 spreadcode model store, named by its own sha256) and ``<key>.json`` records that sha256 and
 the training time, so a re-run reports the original training time without retraining.
-Search is asymmetric: the catalyzed query is scored against the decoded codes.
+Catalyzer rows go through `spreadcode.Index` (in memory): search is asymmetric, the catalyzed
+query scored against the decoded codes.
 """
 import dataclasses
 import hashlib
@@ -19,6 +20,7 @@ from bench._methods import NotApplicable, Outcome, Stopwatch, cached_training
 from spreadcode import lattice
 from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer
 from spreadcode.errors import SpreadcodeError
+from spreadcode.index import Index
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.training import default_config, train_catalyzer
 
@@ -75,20 +77,20 @@ def _lattice_quantizer(d, bits):
         raise NotApplicable(str(err)) from err
 
 
-def _search_codes(trained, quantizer, base, query, ctx, hamming=False, note=""):
-    """Catalyze + quantize base, catalyze queries, search the k best -> Outcome.
+def _search_codes(trained, base, query, ctx, quantizer=None, hamming=False, note=""):
+    """An `Index` of the catalyzer (and ``quantizer``, default its own): add base, search the
+    k best of each query -> Outcome.
 
     hamming: rank sign codes by Hamming distance to the query's own sign code instead of
     the asymmetric score.
     """
+    index = Index.from_catalyzer(trained.model, trained.meta, quantizer=quantizer)
     encode, search = Stopwatch(), Stopwatch()
     with encode.running():
-        codes = quantizer.quantize(catalyze(trained.model, base))
+        index.add(base)
     with search.running():
-        catalyzed = catalyze(trained.model, query)
-        search_options = {"hamming": True} if hamming else {}
-        _, ids = quantizer.search(codes, catalyzed, ctx.k, **search_options)
-    return Outcome(ids=ids, bits=quantizer.bits, train_s=trained.train_s,
+        _, ids = index.search(query, ctx.k, hamming=hamming)
+    return Outcome(ids=ids, bits=index.bits, train_s=trained.train_s,
                    encode_s=encode.seconds, search_s=search.seconds,
                    note=", ".join(filter(None, [trained.note(), note])))
 
@@ -97,9 +99,8 @@ def _lattice_row(config):
     """Table 1 row: catalyzer trained with ``config``, coded with its lattice."""
     def method(learn, base, query, ctx):
         trained = trained_catalyzer(learn, config, ctx)
-        quantizer = quantizer_from_spec(**trained.meta["quantizer"])
-        return _search_codes(trained, quantizer, base, query, ctx,
-                             note=f"r²={quantizer.param}")
+        return _search_codes(trained, base, query, ctx,
+                             note=f"r²={trained.meta['quantizer']['param']}")
     return method
 
 
@@ -153,8 +154,7 @@ def catalyzer_sign(hamming):
     """Table 2 sweep row: catalyzer with d_out = bits, sign codes."""
     def method(learn, base, query, ctx, bits):
         trained = trained_catalyzer(learn, default_config(bits, "sign"), ctx)
-        quantizer = quantizer_from_spec(**trained.meta["quantizer"])
-        return _search_codes(trained, quantizer, base, query, ctx, hamming=hamming)
+        return _search_codes(trained, base, query, ctx, hamming=hamming)
     return method
 
 
@@ -164,7 +164,7 @@ def catalyzer_lattice_at(d_out):
     def method(learn, base, query, ctx, bits):
         quantizer = _lattice_quantizer(d_out, bits)
         trained = trained_catalyzer(learn, default_config(TABLE1_BITS, dout=d_out), ctx)
-        return _search_codes(trained, quantizer, base, query, ctx,
+        return _search_codes(trained, base, query, ctx, quantizer=quantizer,
                              note=f"r²={quantizer.param}")
     return method
 

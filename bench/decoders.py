@@ -14,9 +14,9 @@ Also the ``decoders`` section of bench/suite.py (`run` measures, `markdown` rend
 standalone, the tables are printed and written as markdown to ``<out>/<dataset>/decoders.md``:
 
 1. 1-recall@1/10/100 at k=100 of: catalyzer + lattice, alone and re-ranked by each decoder
-   (`spreadcode.decoders.rerank_search` on .spc files, default shortlist), and with every code
+   (`spreadcode.Index.search` on .spc files, default shortlist), and with every code
    decoded; catalyzer + sign with Hamming ranking, the asymmetric scan, and every code decoded
-   (`decoded_search`); the lattice catalyzer fine-tuned with a decoder (`spreadcode fine-tune`,
+   (``decode_all=True``); the lattice catalyzer fine-tuned with a decoder (`spreadcode fine-tune`,
    cached too), alone and re-ranked by its own MLP decoder; faiss ITQ (±1 bits) and PQ
    (one-hot codes) with a linear decoder
    (`spreadcode.decoders.fit_linear`), re-ranking their own shortlist or decoding every code.
@@ -47,7 +47,9 @@ from spreadcode import decoders, store as model_store  # noqa: E402
 from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
 from spreadcode.quantizer import quantizer_from_spec  # noqa: E402
-from spreadcode.search import encode_file, recall_at, search_files  # noqa: E402
+from spreadcode.encode import encode_file  # noqa: E402
+from spreadcode.index import Index  # noqa: E402
+from spreadcode.search import default_rerank, recall_at, rerank_candidates  # noqa: E402
 from spreadcode.training import default_config  # noqa: E402
 
 DEFAULT_DATASET = Path("/work/shared/data/wordnet-minilm96")
@@ -155,6 +157,14 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+def search_spc(setup, query, k, **options):
+    """(distances, ids) of `Index.load` (setup's .spc, its store) + `Index.search`;
+    ``decoder`` and the search options go to them."""
+    decoder = options.pop("decoder", None)
+    index = Index.load(setup.spc, decoder=decoder, store=setup.store)
+    return index.search(query, k, **options)
+
+
 def recall(ids, ds):
     """1-recall@1/10/100 as {"k": float} (string keys, as JSON keeps them)."""
     return {str(k): v for k, v in recall_at(ids, ds.groundtruth, RECALL_KS).items()}
@@ -164,28 +174,28 @@ def catalyzer_rows(ds, lattice, sign, decoder_shas):
     """Table 1 rows of the catalyzer codes: lattice and sign, without and with decoders."""
     rows = []
     k = min(K, ds.base.shape[0])
-    result, seconds = timed(search_files, [lattice.spc], ds.query, k=k, store=lattice.store)
-    rows.append(Row("catalyzer + lattice", recall(result.ids, ds), seconds,
+    (_, ids), seconds = timed(search_spc, lattice, ds.query, k)
+    rows.append(Row("catalyzer + lattice", recall(ids, ds), seconds,
                     f"r²={lattice.meta['quantizer']['param']}"))
     for kind, blend in (("linear", 0.0), ("linear", None), ("mlp", 0.0), ("mlp", None)):
         rows.append(rerank_row("catalyzer + lattice", lattice, decoder_shas[("lattice", kind)],
                                kind, blend, ds, k))
-    result, seconds = timed(decoders.decoded_search, [lattice.spc], ds.query, k=k,
-                            decoder=decoder_shas[("lattice", "mlp")], store=lattice.store)
-    rows.append(Row("catalyzer + lattice, mlp decoder, every code decoded", recall(result.ids, ds),
+    (_, ids), seconds = timed(search_spc, lattice, ds.query, k,
+                              decoder=decoder_shas[("lattice", "mlp")], decode_all=True)
+    rows.append(Row("catalyzer + lattice, mlp decoder, every code decoded", recall(ids, ds),
                     seconds))
     quantizer = quantizer_from_spec(**sign.meta["quantizer"])
     codes = quantizer.quantize(catalyze(sign.model, ds.base))
     (_, ids), seconds = timed(lambda: quantizer.search(codes, catalyze(sign.model, ds.query), k,
                                                        hamming=True))
     rows.append(Row("catalyzer + sign (Hamming)", recall(ids, ds), seconds, f"d={quantizer.d}"))
-    result, seconds = timed(search_files, [sign.spc], ds.query, k=k, store=sign.store)
-    rows.append(Row("catalyzer + sign (asymmetric)", recall(result.ids, ds), seconds))
+    (_, ids), seconds = timed(search_spc, sign, ds.query, k)
+    rows.append(Row("catalyzer + sign (asymmetric)", recall(ids, ds), seconds))
     for kind in decoders.DECODER_KINDS:
-        result, seconds = timed(decoders.decoded_search, [sign.spc], ds.query, k=k,
-                                decoder=decoder_shas[("sign", kind)], store=sign.store)
+        (_, ids), seconds = timed(search_spc, sign, ds.query, k,
+                                  decoder=decoder_shas[("sign", kind)], decode_all=True)
         rows.append(Row(f"catalyzer + sign, {kind} decoder, every code decoded",
-                        recall(result.ids, ds), seconds))
+                        recall(ids, ds), seconds))
     rows.append(rerank_row("catalyzer + sign (asymmetric)", sign, decoder_shas[("sign", "mlp")],
                            "mlp", None, ds, k))
     return rows
@@ -194,22 +204,21 @@ def catalyzer_rows(ds, lattice, sign, decoder_shas):
 def fine_tuned_rows(ds, tuned, decoder_sha):
     """Rows of the fine-tuned lattice catalyzer: compressed-domain search, then MLP re-ranking."""
     k = min(K, ds.base.shape[0])
-    result, seconds = timed(search_files, [tuned.spc], ds.query, k=k, store=tuned.store)
-    return [Row("catalyzer + lattice, fine-tuned with a decoder", recall(result.ids, ds), seconds,
+    (_, ids), seconds = timed(search_spc, tuned, ds.query, k)
+    return [Row("catalyzer + lattice, fine-tuned with a decoder", recall(ids, ds), seconds,
                 "spreadcode fine-tune"),
             rerank_row("catalyzer + lattice, fine-tuned with a decoder", tuned, decoder_sha, "mlp",
                        None, ds, k)]
 
 
 def rerank_row(name, setup, decoder_sha, kind, blend, ds, k):
-    """The row of `decoders.rerank_search` with the default shortlist; blend None = the
-    decoder's calibrated weight."""
-    result, seconds = timed(decoders.rerank_search, [setup.spc], ds.query, k=k, decoder=decoder_sha,
-                            blend=blend, store=setup.store)
-    how = "decoded distance only" if result.extra["blend"] == 0 and blend == 0 else \
-        f"blend {result.extra['blend']:.3g}"
-    return Row(f"{name}, {kind} decoder re-rank, {how}", recall(result.ids, ds), seconds,
-               f"shortlist N={result.extra['rerank']}")
+    """The row of decoder re-ranking with the default shortlist; blend None = the decoder's
+    calibrated weight."""
+    (_, ids), seconds = timed(search_spc, setup, ds.query, k, decoder=decoder_sha, blend=blend)
+    weight = decoders.load_decoder(decoder_sha, store=setup.store).blend if blend is None else blend
+    how = "decoded distance only" if blend == 0 else f"blend {weight:.3g}"
+    return Row(f"{name}, {kind} decoder re-rank, {how}", recall(ids, ds), seconds,
+               f"shortlist N={default_rerank(k)}")
 
 
 def _faiss_rows(name, factory, features, ds, k):
@@ -229,9 +238,9 @@ def _faiss_rows(name, factory, features, ds, k):
     start = time.perf_counter()
     decoded = features(index, ds.base) @ weight.T + bias
     decode_s = time.perf_counter() - start
-    shortlist_n = decoders.default_rerank(k)
+    shortlist_n = default_rerank(k)
     (_, shortlist), shortlist_s = timed(index.search, ds.query, shortlist_n)
-    (_, ids), rerank_s = timed(decoders.rerank_candidates, ds.query, shortlist.astype(np.int64),
+    (_, ids), rerank_s = timed(rerank_candidates, ds.query, shortlist.astype(np.int64),
                                lambda unique: decoded[unique], k)
     rows.append(Row(f"{name}, linear decoder re-rank", recall(ids, ds),
                     shortlist_s + decode_s + rerank_s, f"shortlist N={shortlist_n}"))
@@ -271,13 +280,12 @@ def shortlist_sweep(ds, lattice, decoder_sha):
     rows = []
     decoder = decoders.load_decoder(decoder_sha, store=lattice.store)
     for n_short in [n for n in SHORTLISTS if SWEEP_K <= n <= ds.base.shape[0]]:
-        _, shortlist_s = timed(search_files, [lattice.spc], ds.query, k=n_short, store=lattice.store)
+        _, shortlist_s = timed(search_spc, lattice, ds.query, n_short)
         entry = {"N": n_short}
         for label, blend in (("decoded", 0.0), ("blend", None)):
-            result, seconds = timed(decoders.rerank_search, [lattice.spc], ds.query, k=SWEEP_K,
-                                    decoder=decoder, rerank=n_short, blend=blend,
-                                    store=lattice.store)
-            entry[label] = {"recall": recall(result.ids, ds),
+            (_, ids), seconds = timed(search_spc, lattice, ds.query, SWEEP_K, decoder=decoder,
+                                      rerank=n_short, blend=blend)
+            entry[label] = {"recall": recall(ids, ds),
                             "rerank_ms": 1000 * max(seconds - shortlist_s, 0.0) / ds.query.shape[0]}
         rows.append(entry)
     return rows, decoder.blend

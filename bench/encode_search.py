@@ -66,7 +66,9 @@ def run_step(name, args):
     """The child-process side of `step`: do the work, print one JSON line."""
     from spreadcode import vecio
     if name in ("encode", "search"):  # imported before the clock starts: torch takes seconds
-        from spreadcode.search import encode_file, recall_at, search_files
+        from spreadcode.encode import encode_file
+        from spreadcode.index import Index
+        from spreadcode.search import recall_at
 
     started = time.perf_counter()
     if name == "encode":
@@ -74,11 +76,11 @@ def run_step(name, args):
                               store=args["store"])
         result = {"n": summary.count}
     elif name == "search":
-        res = search_files([args["db"]], args["query"], k=100, model=args["model"],
-                           store=args["store"])
+        index = Index.load(args["db"], model=args["model"], store=args["store"])
+        _, ids = index.search(vecio.read_vectors(args["query"]), k=100)
         elapsed = time.perf_counter() - started
-        result = {"n": len(res.ids), "seconds": elapsed,
-                  "recall": recall_at(res.ids, vecio.read_groundtruth(args["gt"]))}
+        result = {"n": len(ids), "seconds": elapsed,
+                  "recall": recall_at(ids, vecio.read_groundtruth(args["gt"]))}
     elif name in ("faiss-encode", "faiss-search"):
         import faiss
         learn = vecio.read_vectors(args["learn"])

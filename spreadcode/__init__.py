@@ -5,8 +5,20 @@ a *catalyzer* (small MLP) maps vectors onto the unit sphere so that a fixed quan
 (the spherical lattice S(d, r^2) or plain sign bits) codes them well; search is asymmetric
 (catalyzed query against decoded codes).
 
-Submodules are imported lazily: ``spreadcode.lattice``, ``spreadcode.signs`` and
-``spreadcode.container`` never import torch, so format tools start instantly.
+The Python API is `spreadcode.Index` (``spreadcode.index``). Submodules are imported lazily:
+the codec, ``spreadcode.container``, the vector I/O and the model store never import torch, so
+format tools start instantly.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``spreadcode.Index`` and ``spreadcode.SpreadcodeError``, imported on first use."""
+    if name == "Index":
+        from .index import Index
+        return Index
+    if name == "SpreadcodeError":
+        from .errors import SpreadcodeError
+        return SpreadcodeError
+    raise AttributeError(f"module 'spreadcode' has no attribute {name!r}")

@@ -160,7 +160,7 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
 @QUIET_OPTION
 def encode(input_file, output, model, batch, store, quiet):
     """Compress INPUT_FILE (.fvecs/.bvecs/.npy/.h5) into a .spc file."""
-    from .search import encode_file
+    from .encode import encode_file
 
     summary = encode_file(input_file, output, model=model, store=store, batch=batch,
                           progress=_progress(quiet))
@@ -204,7 +204,7 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     sphere; with --decoder, squared L2 in input space between the raw query and the decoded
     vectors. Results go to --output, or to stdout as TSV (query, rank, id, distance).
     """
-    from .search import search_command
+    from .commands import search_command
 
     if len(paths) < 2:
         raise click.UsageError("give at least one .spc file and a queries file")

@@ -20,9 +20,10 @@ sorted keys, under "spreadcode"): {"artifact": "decoder", "format_version": 1, "
 sha256, "quantizer": {"kind", "d", "param"}, "d_in", "decoder": {"kind", "hidden"},
 "training": {"seed", "n_train", "n_val", "val_mse", "baseline_val_mse", ...}}.
 
-Search with a decoder: `rerank_search` re-ranks the compressed-domain shortlist of N candidates
-by the squared L2 distance between the raw query and the decoded candidates; `decoded_search`
-decodes every code (in blocks) and ranks all of them that way (for sign codes: no Hamming).
+Search with a decoder (`spreadcode.search`): `prepare_rerank` re-ranks the compressed-domain
+shortlist of N candidates by the squared L2 distance between the raw query and the decoded
+candidates; `prepare_decoded` decodes every code (in blocks) and ranks all of them that way
+(for sign codes: no Hamming).
 """
 import copy
 import hashlib
@@ -42,9 +43,8 @@ from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_c
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
-from spreadcode.search import (PreparedSearch, SearchResult, batch_rows, check_k,
-                               describe_quantizer, load_queries, merge_topk, open_collection,
-                               prepare_scan)
+from spreadcode.quantizer import describe_quantizer
+from spreadcode.search import rerank_candidates
 from spreadcode.training import epoch_progress, state_snapshot, straight_through
 
 ARTIFACT_KIND = "decoder"
@@ -64,9 +64,6 @@ FINE_TUNE_EPOCHS = 30
 FINE_TUNE_DECODER_EPOCHS = 8
 FINE_TUNE_CATALYZER_LR = 1e-4
 FINE_TUNE_DECODER_LR = 3e-4
-# Default shortlist for re-ranking: max(RERANK_FACTOR · k, RERANK_MIN) candidates.
-RERANK_FACTOR = 10
-RERANK_MIN = 100
 DECODE_BATCH = 65536
 # Re-ranking scores a candidate by decoded distance + blend × compressed distance. The two are
 # in different units (input space, unit sphere), so `calibrate_blend` sets blend = BLEND_WEIGHT ×
@@ -78,8 +75,6 @@ DECODE_BATCH = 65536
 BLEND_WEIGHT = 0.5
 BLEND_SCALE_TOP = 10
 CALIBRATION_SHORTLIST = 100
-# rerank_search decodes the whole collection once when that is cheaper and fits in this much.
-DECODE_ALL_BYTES = 512 << 20
 # fit_linear accumulates its normal equations over chunks of about this many float64 values.
 LSTSQ_CHUNK_VALUES = 1 << 23
 
@@ -524,210 +519,6 @@ def load_decoder(ref, store=None):
                                       "decoder (tensors do not match its metadata)")
     meta["path"] = str(path)
     return Decoder(net, meta, quantizer)
-
-
-def _as_decoder(decoder, store):
-    """A Decoder as given, or loaded from a reference (hash, prefix, path, "latest")."""
-    return decoder if isinstance(decoder, Decoder) else load_decoder(decoder, store)
-
-
-def check_decoder_fits(decoder, files, quantizer, catalyzer_sha256):
-    """Raise SpreadcodeError unless ``decoder`` was trained for the collection's catalyzer
-    (the .spc header's hash) and code format; the message names both hashes."""
-    where = files[0].path
-    if catalyzer_sha256 != decoder.catalyzer_sha256:
-        raise SpreadcodeError(
-            f"decoder {decoder.sha256} belongs to catalyzer {decoder.catalyzer_sha256}, but "
-            f"{where} was encoded with catalyzer {catalyzer_sha256}")
-    theirs = (quantizer.kind, quantizer.d, quantizer.param)
-    ours = (decoder.quantizer.kind, decoder.quantizer.d, decoder.quantizer.param)
-    if theirs != ours:
-        raise SpreadcodeError(f"decoder {decoder.sha256} decodes {describe_quantizer(decoder.quantizer)} "
-                              f"codes, but {where} holds {describe_quantizer(quantizer)} codes")
-
-
-class CollectionCodes:
-    """Codes of a collection of opened .spc files, looked up by global id.
-
-    Global ids follow `spreadcode.search.search_files`: a file's stored ids, else
-    offset + position. Ids must be unique across the collection.
-    """
-
-    def __init__(self, files, quantizer):
-        self.files, self.quantizer = files, quantizer
-        self.offsets = np.cumsum([0] + [spc.count for spc in files])
-        self.code_bytes = files[0].header.code_bytes
-        self.order = self.sorted_ids = None
-        if any(spc.ids is not None for spc in files):
-            ids = np.concatenate([np.asarray(spc.ids) if spc.ids is not None
-                                  else offset + np.arange(spc.count, dtype=np.int64)
-                                  for spc, offset in zip(files, self.offsets)])
-            self.order = np.argsort(ids, kind="stable")
-            self.sorted_ids = ids[self.order]
-            if np.any(np.diff(self.sorted_ids) == 0):
-                raise SpreadcodeError(
-                    f"{files[0].path}: ids are not unique across the collection; "
-                    "decoding by id needs unique ids")
-
-    @property
-    def count(self):
-        """Number of codes in the collection."""
-        return int(self.offsets[-1])
-
-    def positions(self, ids):
-        """Valid global ids int64 (m,) -> positions int64 (m,) in the files' concatenation."""
-        return ids if self.order is None else self.order[np.searchsorted(self.sorted_ids, ids)]
-
-    def codes_at(self, positions):
-        """Positions int64 (m,) -> codes (m, ...) in the quantizer's layout."""
-        file_of = np.searchsorted(self.offsets, positions, side="right") - 1
-        raw = np.empty((len(positions), self.code_bytes), dtype=np.uint8)
-        for index, spc in enumerate(self.files):
-            here = file_of == index
-            raw[here] = spc.codes_bytes[positions[here] - self.offsets[index]]
-        return self.quantizer.codes_from_bytes(raw)
-
-    def codes(self, ids):
-        """Valid global ids int64 (m,) -> codes (m, ...) in the quantizer's layout."""
-        return self.codes_at(self.positions(ids))
-
-    def decode_all(self, decoder):
-        """Every code decoded, in position order: float32 (count, d_in)."""
-        decoded = np.empty((self.count, decoder.d_in), dtype=np.float32)
-        for spc, offset in zip(self.files, self.offsets):
-            decoded[offset:offset + spc.count] = decoder.decode(
-                self.quantizer.codes_from_bytes(spc.codes_bytes))
-        return decoded
-
-
-def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, blend=0.0,
-                      block_rows=DECODE_BATCH):
-    """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
-    plus ``blend`` × the compressed-domain distance that made the shortlist.
-
-    queries: float32 (nq, d_in); candidates: int64 (nq, N), N >= k, ids of codes (any int64);
-    decode: function from sorted unique ids int64 (m,) to float32 (m, d_in);
-    shortlist_distances: float32 (nq, N), needed when blend != 0. Each block of queries decodes
-    its distinct candidates once (about ``block_rows`` candidate rows per block). Returns
-    (scores float32 (nq, k) ascending, ids int64 (nq, k)): ties go to the lower id, ids always
-    come from the row's candidates.
-    """
-    nq, n_short = candidates.shape
-    distances = np.empty((nq, n_short), dtype=np.float32)
-    rows = max(1, block_rows // max(n_short, 1))
-    for start in range(0, nq, rows):
-        ids = candidates[start:start + rows]
-        unique, inverse = np.unique(ids.ravel(), return_inverse=True)
-        diff = decode(unique)[inverse] - np.repeat(queries[start:start + rows], n_short, axis=0)
-        distances[start:start + rows] = np.einsum("ij,ij->i", diff, diff).reshape(ids.shape)
-    if blend:
-        distances += np.float32(blend) * shortlist_distances
-    return merge_topk([distances], [candidates], k)
-
-
-def default_rerank(k):
-    """Shortlist size used when none is given: max(RERANK_FACTOR · k, RERANK_MIN)."""
-    return max(RERANK_FACTOR * k, RERANK_MIN)
-
-
-def rerank_search(db_paths, queries, *, k, decoder, rerank=None, blend=None, model=None,
-                  store=None, verify=True) -> SearchResult:
-    """k-NN search with a compressed-domain shortlist re-ranked by a decoder.
-
-    `spreadcode.search.search_files` returns the ``rerank`` best candidates (default
-    `default_rerank(k)`); they are re-ranked by the squared L2 distance between the raw query
-    and the decoded candidate in input space plus ``blend`` × their compressed-domain distance
-    (`rerank_candidates`; default blend: the decoder's calibrated weight, see
-    `calibrate_blend`; 0 ranks by the decoded distance alone). k and the shortlist are capped
-    at the number of codes, as in `search_files`. When there are at least as many candidates
-    (queries × N) as codes, every code is decoded once (if that takes at most
-    DECODE_ALL_BYTES), otherwise each block of queries decodes its own distinct candidates.
-    ``decoder``: a Decoder or a reference (hash, prefix, path, "latest"); it must belong to the
-    files' catalyzer. ``queries``: path or float32 array (nq, d_in). Returns the re-ranking
-    scores as distances; extra: {"rerank": N, "blend": weight, "decoder": sha256}.
-    """
-    return prepare_rerank(db_paths, queries, k=k, decoder=decoder, rerank=rerank, blend=blend,
-                          model=model, store=store, verify=verify).result()
-
-
-def prepare_rerank(db_paths, queries, *, k, decoder, rerank=None, blend=None, model=None,
-                   store=None, verify=True) -> PreparedSearch:
-    """`rerank_search`, prepared to run query batch by query batch."""
-    decoder = _as_decoder(decoder, store)
-    k = check_k(k)
-    rerank = default_rerank(k) if rerank is None else check_k(rerank, "rerank")
-    if rerank < k:
-        raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    blend = decoder.blend if blend is None else blend
-    if not (math.isfinite(blend) and blend >= 0):
-        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
-    collection = open_collection(db_paths, verify=verify)
-    check_decoder_fits(decoder, *collection)
-    shortlist = prepare_scan(collection, queries, k=rerank, model=model, store=store)
-    query_vectors = shortlist.queries
-    if query_vectors.shape[1] != decoder.d_in:
-        raise SpreadcodeError(
-            f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
-            f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
-    k_capped = min(k, collection.count)
-    codes = CollectionCodes(collection.files, collection.quantizer)
-    if len(query_vectors) * shortlist.k >= codes.count \
-            and codes.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
-        decoded = codes.decode_all(decoder)
-
-        def decode(unique):
-            return decoded[codes.positions(unique)]
-    else:
-        def decode(unique):
-            return decoder.decode(codes.codes(unique))
-    extra = {"rerank": rerank, "blend": blend, "decoder": decoder.sha256}
-
-    def run(start, stop):
-        candidates = shortlist.run(start, stop)
-        distances, ids = rerank_candidates(query_vectors[start:stop], candidates.ids, decode,
-                                           k_capped, candidates.distances, blend)
-        return SearchResult(distances=distances, ids=ids, extra=extra)
-
-    return PreparedSearch(query_vectors, run, k_capped, k, collection.count, shortlist.rows)
-
-
-def decoded_search(db_paths, queries, *, k, decoder, store=None, verify=True, block=16384) -> SearchResult:
-    """Exact k-NN of the raw queries among the decoded codes of every file (no compressed-domain
-    scan, hence no Hamming ranking for sign codes).
-
-    Codes are decoded ``block`` at a time (memory O(block · d_in)) and searched with
-    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id; k is capped at the
-    number of codes, as in `search_files`. No catalyzer is needed, only the decoder.
-    """
-    return prepare_decoded(db_paths, queries, k=k, decoder=decoder, store=store, verify=verify,
-                           block=block).result()
-
-
-def prepare_decoded(db_paths, queries, *, k, decoder, store=None, verify=True,
-                    block=16384) -> PreparedSearch:
-    """`decoded_search`, prepared to run query batch by query batch."""
-    decoder = _as_decoder(decoder, store)
-    collection = open_collection(db_paths, verify=verify)
-    check_decoder_fits(decoder, *collection)
-    k_capped = collection.clamp_k(k)
-    query_vectors = load_queries(queries, decoder.d_in)
-    extra = {"decoder": decoder.sha256}
-
-    def run(start, stop):
-        batch = query_vectors[start:stop]
-        best = (np.empty((len(batch), 0), dtype=np.float32), np.empty((len(batch), 0), dtype=np.int64))
-        for index, spc in enumerate(collection.files):
-            codes = collection.codes(index)
-            for first in range(0, spc.count, block):
-                decoded = decoder.decode(codes[first:first + block])
-                dist, local = exact_knn(decoded, batch, min(k_capped, decoded.shape[0]),
-                                        db_block=block)
-                best = merge_topk([best[0], dist],
-                                  [best[1], collection.global_ids(index, local + first)], k_capped)
-        return SearchResult(distances=best[0], ids=best[1], extra=extra)
-
-    return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
-                          batch_rows(k_capped))
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,17 @@ class DemoReport:
 
 def run_demo(epochs=None, progress=True) -> DemoReport:
     """Train, encode and search the bundled sample; return the measurements."""
-    from .search import encode_file, recall_at, search_files
+    from .encode import encode_file
+    from .index import Index
+    from .search import recall_at
     from .training import train_command
 
     sample = load_sample()
     with tempfile.TemporaryDirectory(prefix="spreadcode-demo-") as tmp:
         tmp = Path(tmp)
         store = tmp / "models"
-        base_path, query_path = tmp / "base.fvecs", tmp / "query.fvecs"
+        base_path = tmp / "base.fvecs"
         vecio.write_vectors(base_path, sample.base)
-        vecio.write_vectors(query_path, sample.query)
         started = time.monotonic()
         trained = train_command(None, bits=64, epochs=epochs or DEMO_EPOCHS, store=store,
                                 progress=progress)
@@ -61,10 +62,10 @@ def run_demo(epochs=None, progress=True) -> DemoReport:
         encoded = encode_file(base_path, tmp / "base.spc", model=trained.sha256, store=store,
                               progress=progress)
         encoded_at = time.monotonic()
-        result = search_files([tmp / "base.spc"], query_path, k=100, store=store)
+        _, ids = Index.load(tmp / "base.spc", store=store).search(sample.query, k=100)
         searched_at = time.monotonic()
     return DemoReport(
         model_sha256=trained.sha256, quantizer=encoded.quantizer, n_base=encoded.count,
-        n_query=len(sample.query), recall=recall_at(result.ids, sample.groundtruth),
+        n_query=len(sample.query), recall=recall_at(ids, sample.groundtruth),
         compression_ratio=encoded.compression_ratio, train_s=trained_at - started,
         encode_s=encoded_at - trained_at, search_s=searched_at - encoded_at)

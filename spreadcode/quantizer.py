@@ -126,6 +126,13 @@ def _bytes_matrix(buf, code_bytes):
     return buf
 
 
+def describe_quantizer(quantizer) -> str:
+    """Human-readable name of a quantizer, e.g. ``lattice d=24 r2=79`` or ``sign d=64``."""
+    if quantizer.kind == "lattice":
+        return f"lattice d={quantizer.d} r2={quantizer.param}"
+    return f"sign d={quantizer.d}"
+
+
 def quantizer_from_spec(kind, d, param):
     """The quantizer named by a (kind, d, param) triple as stored in .spc headers:
     ("lattice", d, r2) or ("sign", d, d)."""

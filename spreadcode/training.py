@@ -508,14 +508,17 @@ def _postfix(epoch, where, means, recall):
     return text
 
 
-def train_catalyzer(learn, config, progress=True):
-    """Train a catalyzer on ``learn`` (array-like (n, d_in); float32 after conversion).
+def train_catalyzer(learn, config, progress=True, auto_lambda=False):
+    """Train a catalyzer on ``learn`` (array-like (n, d_in); float32 after conversion); with
+    ``auto_lambda``, the best of several λ around config.lam (`search_lambda`).
 
     Returns TrainResult (best-checkpoint model in eval mode on the CPU, metadata for
     `spreadcode.catalyzer.save_catalyzer`, per-epoch history). On CPU the same seed, data and
     config give identical weights. Ctrl-C stops training and keeps the best checkpoint so far
     (meta["training"]["interrupted"] = True). Raises SpreadcodeError for bad inputs.
     """
+    if auto_lambda:
+        return search_lambda(learn, config, progress=progress)
     started = time.monotonic()
     _check_config(config)
     make_quantizer(config)
@@ -558,22 +561,22 @@ def _load_learn(learn_path):
     return vecio.read_vectors(learn_path)
 
 
-def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
-                  epochs=None, time_budget_min=None, device="auto", output=None, store=None,
-                  seed=0, progress=True):
-    """Everything ``spreadcode train`` does: read, train, save into the store (and to ``output``).
+def command_config(bits=64, quantizer="lattice", *, dout=None, r2=None, lam=None, epochs=None,
+                   time_budget_min=None, device="auto", seed=0, hidden=None):
+    """The TrainConfig of ``spreadcode train``'s options (and `spreadcode.index.Index.train`'s).
 
-    learn_path: vector file (.fvecs/.bvecs/.npy/.h5) or None for the bundled sample.
     bits / quantizer / dout / r2: see `default_config`. lam: None (default for d_out), a number,
-    or "auto" (`search_lambda`). epochs / time_budget_min: at most one; with neither,
-    DEFAULT_EPOCHS for the device, fewer if they would not fit in DEFAULT_TIME_BUDGET_S
-    (planned after the first epoch). Returns a TrainSummary (hash, paths, validation recalls, wall time).
+    or "auto" (the default λ, to search around: `train_catalyzer` with ``auto_lambda``).
+    epochs / time_budget_min: at most one; with neither, DEFAULT_EPOCHS for the device, fewer
+    if they would not fit in DEFAULT_TIME_BUDGET_S (planned after the first epoch). hidden:
+    the catalyzer's hidden width (None: TrainConfig's). SpreadcodeError for bad options.
     """
-    started = time.monotonic()
     if epochs is not None and time_budget_min is not None:
         raise SpreadcodeError("give either --epochs or --time-budget, not both")
     config = default_config(bits, quantizer, dout, r2)
     overrides = {"seed": seed, "device": device, "epochs": epochs, "time_budget_s": None}
+    if hidden is not None:
+        overrides["hidden"] = hidden
     if time_budget_min is not None:
         overrides["time_budget_s"] = float(time_budget_min) * 60
     elif epochs is None:
@@ -585,12 +588,24 @@ def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r
         overrides["lam"] = float(lam)
     config = replace(config, **overrides)
     _check_config(config)
+    return config
+
+
+def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
+                  epochs=None, time_budget_min=None, device="auto", output=None, store=None,
+                  seed=0, progress=True):
+    """Everything ``spreadcode train`` does: read, train, save into the store (and to ``output``).
+
+    learn_path: vector file (.fvecs/.bvecs/.npy/.h5) or None for the bundled sample; the
+    options: see `command_config`. Returns a TrainSummary (hash, paths, validation recalls,
+    wall time).
+    """
+    started = time.monotonic()
+    config = command_config(bits, quantizer, dout=dout, r2=r2, lam=lam, epochs=epochs,
+                            time_budget_min=time_budget_min, device=device, seed=seed)
     vecio.check_outputs([output], [learn_path])
     learn = _load_learn(learn_path)
-    if lam == "auto":
-        result = search_lambda(learn, config, progress=progress)
-    else:
-        result = train_catalyzer(learn, config, progress=progress)
+    result = train_catalyzer(learn, config, progress=progress, auto_lambda=lam == "auto")
     sha, stored = save_catalyzer(result.model, result.meta, path=output, store=store)
     training = result.meta["training"]
     return TrainSummary(

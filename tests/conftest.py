@@ -11,7 +11,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--fuzz-examples", type=int, default=None, metavar="N",
         help=f"examples per fuzz test [default: $SPREADCODE_FUZZ_EXAMPLES or {FUZZ_EXAMPLES}; "
-             "the tests marked slow use 30 times as many]")
+             "the test marked fuzz_long uses 30 times as many]")
 
 
 @pytest.fixture(scope="session")

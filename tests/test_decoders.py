@@ -9,16 +9,18 @@ from helpers import tiny_catalyzer
 from spreadcode import store
 from spreadcode.catalyzer import catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
-from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST,
-                                 CollectionCodes, DecoderNet, calibrate_blend, decoded_search,
-                                 decoder_bytes, default_rerank, fine_tune_catalyzer, fit_decoder,
-                                 fit_linear, held_out_split, load_decoder, rerank_search,
-                                 save_decoder, squared_error, train_decoder, train_decoder_command)
+from spreadcode.collection import open_collection
+from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST, DecoderNet,
+                                 calibrate_blend, decoder_bytes, fine_tune_catalyzer, fit_decoder,
+                                 fit_linear, held_out_split, load_decoder, save_decoder,
+                                 squared_error, train_decoder, train_decoder_command)
+from spreadcode.encode import encode_file
 from spreadcode.errors import SpreadcodeError
 from spreadcode.info import describe_file
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.sample import load_sample
-from spreadcode.search import encode_file, open_collection, search_files
+from spreadcode.index import Index
+from spreadcode.search import DECODED_SEARCH_BLOCK, default_rerank, prepare_decoded
 
 LATTICE = {"kind": "lattice", "d": 8, "param": 10}
 SIGN = {"kind": "sign", "d": 16, "param": 16}
@@ -52,6 +54,18 @@ def world(tmp_path_factory):
     return out
 
 
+def searched(paths, queries, *, k, store, **options):
+    """The `SearchResult` (extra included) of `Index.load` (``decoder`` option) + its search."""
+    index = Index.load(paths, decoder=options.pop("decoder", None), store=store)
+    return index.prepare_search(queries, k=k, **options).result()
+
+
+def decoded_search(paths, queries, *, k, decoder, store, block=DECODED_SEARCH_BLOCK):
+    """Decoded search of the .spc ``paths``, decoding ``block`` codes at a time."""
+    return prepare_decoded(open_collection(paths), load_decoder(decoder, store), queries, k=k,
+                           block=block).result()
+
+
 def exact_decoded_knn(decoded, queries, k):
     """Brute force in float64: ids int64 (nq, k) by (squared L2, id), and those distances."""
     diff = queries[:, None, :].astype(np.float64) - decoded[None, :, :].astype(np.float64)
@@ -62,8 +76,7 @@ def exact_decoded_knn(decoded, queries, k):
 
 def all_decoded(world, name, kind):
     decoder = load_decoder(world[name][kind], store=world["store"])
-    files, quantizer, _ = open_collection([world[name]["spc"]])
-    return decoder.decode(quantizer.codes_from_bytes(files[0].codes_bytes))
+    return open_collection([world[name]["spc"]]).decode_all(decoder)
 
 
 def test_fit_linear_equals_numpy_least_squares():
@@ -219,8 +232,8 @@ def test_info_lists_the_decoders_of_the_files_catalyzer(world):
 def test_rerank_orders_the_shortlist_by_decoded_distance(world, name, kind, nq):
     entry = world[name]
     queries = world["query"][:nq]
-    shortlist = search_files([entry["spc"]], queries, k=40, store=world["store"]).ids
-    result = rerank_search([entry["spc"]], queries, k=10, decoder=entry[kind], rerank=40, blend=0,
+    shortlist = searched([entry["spc"]], queries, k=40, store=world["store"]).ids
+    result = searched([entry["spc"]], queries, k=10, decoder=entry[kind], rerank=40, blend=0,
                            store=world["store"])
     assert result.ids.shape == (nq, 10) and result.distances.dtype == np.float32
     assert all(set(row) <= set(allowed) for row, allowed in zip(result.ids, shortlist))
@@ -237,7 +250,7 @@ def test_rerank_orders_the_shortlist_by_decoded_distance(world, name, kind, nq):
 def test_rerank_of_the_whole_base_is_exact_search_on_decoded_vectors(world, name, kind):
     entry = world[name]
     expected_ids, expected_dist = exact_decoded_knn(all_decoded(world, name, kind), world["query"], 20)
-    result = rerank_search([entry["spc"]], world["query"], k=20, decoder=entry[kind],
+    result = searched([entry["spc"]], world["query"], k=20, decoder=entry[kind],
                            rerank=N_BASE, blend=0, store=world["store"])
     assert np.array_equal(result.ids, expected_ids)
     np.testing.assert_allclose(result.distances, expected_dist, rtol=1e-4, atol=1e-5)
@@ -255,9 +268,9 @@ def test_decoded_search_is_exact_search_on_decoded_vectors(world, name):
 def split_with_ids(world, name):
     """The .spc of ``name`` rewritten as two files: the first without ids, the second with
     explicit ids 10_000 + 3·position. Returns (paths, global ids of all rows in order)."""
-    files, quantizer, sha = open_collection([world[name]["spc"]])
-    raw = np.asarray(files[0].codes_bytes)
-    h = files[0].header
+    collection = open_collection([world[name]["spc"]])
+    raw = np.asarray(collection.parts[0].codes_bytes)
+    h, sha = collection.parts[0].header, collection.catalyzer_sha256
     paths, cut = [world["root"] / f"{name}-a.spc", world["root"] / f"{name}-b.spc"], 250
     for path, rows, with_ids in ((paths[0], slice(0, cut), False), (paths[1], slice(cut, None), True)):
         with SpcWriter(path, kind=h.kind, d=h.d, param=h.param, bits=h.bits, code_bytes=h.code_bytes,
@@ -271,11 +284,13 @@ def split_with_ids(world, name):
 
 def test_collection_codes_follow_global_ids(world):
     paths, global_ids = split_with_ids(world, "lattice")
-    files, quantizer, _ = open_collection(paths)
-    whole = np.asarray(open_collection([world["lattice"]["spc"]])[0][0].codes_bytes)
+    collection = open_collection(paths)
+    whole = np.asarray(open_collection([world["lattice"]["spc"]]).parts[0].codes_bytes)
     pick = np.sort(np.random.default_rng(0).choice(len(global_ids), 60, replace=False))
-    codes = CollectionCodes(files, quantizer).codes(global_ids[pick])
-    assert np.array_equal(codes, quantizer.codes_from_bytes(whole[pick]))
+    codes = collection.codes_by_id(global_ids[pick], check=True)
+    assert np.array_equal(codes, collection.quantizer.codes_from_bytes(whole[pick]))
+    with pytest.raises(SpreadcodeError, match="no code has the id 10007"):
+        collection.codes_by_id(np.array([global_ids[0], 7 + 10_000]), check=True)
 
 
 @pytest.mark.parametrize("search", ["rerank", "decoded"])
@@ -283,7 +298,7 @@ def test_several_files_with_stored_ids(world, search):
     paths, global_ids = split_with_ids(world, "sign")
     expected, _ = exact_decoded_knn(all_decoded(world, "sign", "linear"), world["query"], 10)
     if search == "rerank":
-        result = rerank_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
+        result = searched(paths, world["query"], k=10, decoder=world["sign"]["linear"],
                                rerank=N_BASE, blend=0, store=world["store"])
     else:
         result = decoded_search(paths, world["query"], k=10, decoder=world["sign"]["linear"],
@@ -294,7 +309,7 @@ def test_several_files_with_stored_ids(world, search):
 def test_k_beyond_the_codes_is_capped_not_padded(world):
     paths, global_ids = split_with_ids(world, "sign")
     first_file = global_ids[:250]
-    for result in (rerank_search(paths[:1], world["query"], k=300, decoder=world["sign"]["mlp"],
+    for result in (searched(paths[:1], world["query"], k=300, decoder=world["sign"]["mlp"],
                                  store=world["store"]),
                    decoded_search(paths[:1], world["query"], k=300, decoder=world["sign"]["mlp"],
                                   store=world["store"])):
@@ -308,8 +323,8 @@ def test_blended_rerank_adds_the_compressed_distance(world, blend):
     entry = world["lattice"]
     decoder = load_decoder(entry["mlp"], store=world["store"])
     weight = decoder.blend if blend is None else blend
-    shortlist = search_files([entry["spc"]], world["query"], k=50, store=world["store"])
-    result = rerank_search([entry["spc"]], world["query"], k=10, decoder=decoder, rerank=50,
+    shortlist = searched([entry["spc"]], world["query"], k=50, store=world["store"])
+    result = searched([entry["spc"]], world["query"], k=10, decoder=decoder, rerank=50,
                            blend=blend, store=world["store"])
     assert result.extra["blend"] == weight
     decoded = all_decoded(world, "lattice", "mlp")
@@ -359,7 +374,7 @@ def test_default_shortlist():
 
 def test_decoder_of_another_catalyzer_is_refused(world):
     with pytest.raises(SpreadcodeError) as info:
-        rerank_search([world["sign"]["spc"]], world["query"], k=5, decoder=world["lattice"]["mlp"],
+        searched([world["sign"]["spc"]], world["query"], k=5, decoder=world["lattice"]["mlp"],
                       store=world["store"])
     assert world["lattice"]["sha"] in str(info.value) and world["sign"]["sha"] in str(info.value)
     with pytest.raises(SpreadcodeError, match=world["sign"]["sha"]):
@@ -378,13 +393,13 @@ def test_bad_inputs_raise_clear_errors(world, tmp_path):
     with pytest.raises(SpreadcodeError, match="too few to train a decoder"):
         train_decoder(learn[:9], entry["model"], meta, kind="linear")
     with pytest.raises(SpreadcodeError, match="blend must be a finite number >= 0"):
-        rerank_search([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], blend=-1,
+        searched([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], blend=-1,
                       store=world["store"])
     with pytest.raises(SpreadcodeError, match="must hold at least k=10"):
-        rerank_search([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], rerank=5,
+        searched([entry["spc"]], world["query"], k=10, decoder=entry["mlp"], rerank=5,
                       store=world["store"])
     with pytest.raises(SpreadcodeError, match="dimension 95"):
-        rerank_search([entry["spc"]], world["query"][:, :95], k=10, decoder=entry["mlp"],
+        searched([entry["spc"]], world["query"][:, :95], k=10, decoder=entry["mlp"],
                       store=world["store"])
     with pytest.raises(SpreadcodeError, match="not a decoder"):
         load_decoder(entry["sha"], store=world["store"])

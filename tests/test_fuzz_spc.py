@@ -5,7 +5,7 @@ checked against an independent brute-force computation. Unmutated files, and fil
 only where the format allows it, must be read.
 
 Bounded for CI by ``--fuzz-examples`` / $SPREADCODE_FUZZ_EXAMPLES (see conftest.py); the
-test marked ``slow`` runs 30 times as many (``pytest -m slow``).
+test marked ``fuzz_long`` runs 30 times as many (``pytest -m fuzz_long``; left out by default).
 """
 import hashlib
 import itertools
@@ -23,7 +23,8 @@ from spreadcode.catalyzer import catalyze, save_catalyzer
 from spreadcode.errors import SpreadcodeError
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.sample import load_sample
-from spreadcode.search import encode_file, search_files
+from spreadcode.encode import encode_file
+from spreadcode.index import Index
 
 N_BASE, N_QUERY, K, RADIUS = 200, 4, 7, 0.9
 CATALYZERS = {"lattice": {"kind": "lattice", "d": 24, "param": 79},
@@ -183,11 +184,15 @@ def expected_distances(corpus, header, codes_bytes):
 
 
 def check_search(corpus, path, harmless):
-    """search_files in k-NN and range mode: a SpreadcodeError, or exactly the right codes."""
+    """`Index.load` + search in k-NN and range mode: a SpreadcodeError, or exactly the right
+    codes."""
     for radius in (None, RADIUS):
         try:
-            result = search_files([path], corpus["queries"], k=K, radius=radius,
-                                  store=corpus["store"])
+            index = Index.load(path, store=corpus["store"])
+            if radius is None:
+                distances, found = index.search(corpus["queries"], K)
+            else:
+                lims, distances, found = index.range_search(corpus["queries"], radius)
         except SpreadcodeError:
             assert not harmless or radius is None and container.read_header(path).count == 0
             continue
@@ -198,11 +203,11 @@ def check_search(corpus, path, harmless):
         ids = np.arange(spc.count) if spc.ids is None else np.asarray(spc.ids)
         for row in range(N_QUERY):
             if radius is None:
-                got_ids, got = result.ids[row], result.distances[row]
+                got_ids, got = found[row], distances[row]
                 want = np.sort(expected[row])[:min(K, spc.count)]
             else:
-                span = slice(result.lims[row], result.lims[row + 1])
-                got_ids, got = result.ids[span], result.distances[span]
+                span = slice(lims[row], lims[row + 1])
+                got_ids, got = found[span], distances[span]
                 want = np.sort(expected[row][expected[row] <= radius + 1e-5])
                 assert len(want) - np.sum(np.abs(want - radius) < 1e-5) <= len(got) <= len(want)
                 want = want[:len(got)]
@@ -268,6 +273,7 @@ def test_every_mutated_file_is_refused_cleanly_or_read_correctly(corpus, fuzz_ex
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz_long
 def test_fuzz_long_run(corpus, fuzz_examples):
     fuzz(corpus, 30 * fuzz_examples)
 

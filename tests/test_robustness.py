@@ -28,7 +28,7 @@ from spreadcode import store as model_store
 from spreadcode.catalyzer import save_catalyzer
 from spreadcode.decoders import save_decoder, train_decoder
 from spreadcode.sample import exact_neighbors, load_sample
-from spreadcode.search import encode_file
+from spreadcode.encode import encode_file
 
 REPO = Path(__file__).resolve().parents[1]
 QUANTIZER = {"kind": "lattice", "d": 24, "param": 79}

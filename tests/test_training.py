@@ -323,22 +323,14 @@ def test_train_command_lambda_auto_keeps_best_of_grid(tmp_path):
     assert summary.val_recall["10"] == max(summary.lambda_search.values())
 
 
-def test_train_command_default_schedule_is_capped_by_time(tmp_path, monkeypatch):
-    seen = []
-    real_train = training.train_catalyzer
-
-    def one_epoch_instead(learn, config, progress=True):
-        seen.append(config)
-        return real_train(learn, replace(config, epochs=1, time_budget_s=None), progress)
-
-    monkeypatch.setattr(training, "train_catalyzer", one_epoch_instead)
-    learn_path = tmp_path / "learn.npy"
-    vecio.write_vectors(learn_path, load_sample().learn[:300])
-    train_command(learn_path, bits=16, device="cpu", store=tmp_path, progress=False)
-    train_command(learn_path, bits=16, device="cpu", epochs=3, store=tmp_path, progress=False)
-    train_command(learn_path, bits=16, device="cpu", time_budget_min=2, store=tmp_path, progress=False)
-    assert [(c.epochs, c.time_budget_s) for c in seen] == [
+def test_default_schedule_is_capped_by_time():
+    configs = [training.command_config(16, device="cpu"),
+               training.command_config(16, device="cpu", epochs=3),
+               training.command_config(16, device="cpu", time_budget_min=2)]
+    assert [(c.epochs, c.time_budget_s) for c in configs] == [
         (training.DEFAULT_EPOCHS["cpu"], training.DEFAULT_TIME_BUDGET_S), (3, None), (None, 120.0)]
+    with pytest.raises(SpreadcodeError, match="either --epochs or --time-budget"):
+        training.command_config(16, epochs=3, time_budget_min=2)
 
 
 def test_epoch_planning_under_a_time_budget():

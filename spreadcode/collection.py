@@ -1,0 +1,236 @@
+"""Collections: codes of several parts (opened .spc files, or codes held in memory by an
+`spreadcode.index.Index`) searched as one.
+
+Every part holds codes of the same quantizer made by the same catalyzer. Part i's code j has
+the global id ``part.ids[j]`` when the part stores ids, else ``offset_i + j`` (offset = codes in
+earlier parts). Searches scan every part and merge the per-part top-k exactly, ties to the
+lower id. No torch here: the catalyzer is applied by the caller (`spreadcode.search`).
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from . import container
+from .errors import SpreadcodeError
+from .quantizer import describe_quantizer, quantizer_from_spec
+
+# k above this is refused (it is also the largest .ivecs row); below, k is capped at the
+# collection size, so results never hold padding.
+MAX_K = 2**31 - 1
+
+
+def check_k(value, name="k"):
+    """``value`` as an int in 1..MAX_K (bools refused); SpreadcodeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not 1 <= value <= MAX_K:
+        raise SpreadcodeError(f"{name} must be an integer from 1 to {MAX_K}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class MemoryPart:
+    """Codes held in memory, with the fields of a `container.SpcFile` a collection reads:
+    ``codes_bytes`` uint8 (n, code_bytes) as stored, ``ids`` int64 (n,) or None, ``path``
+    (a name for messages)."""
+
+    codes_bytes: np.ndarray
+    ids: np.ndarray | None = None
+    path: str = "in-memory index"
+
+    @property
+    def count(self):
+        """Number of codes."""
+        return int(self.codes_bytes.shape[0])
+
+
+@dataclass(frozen=True)
+class Collection:
+    """Parts searched as one collection: ``parts`` (`container.SpcFile` or `MemoryPart`:
+    ``.path``, ``.count``, ``.codes_bytes``, ``.ids``), their shared ``quantizer`` and
+    ``catalyzer_sha256`` (hex str or None)."""
+
+    parts: tuple
+    quantizer: object
+    catalyzer_sha256: str | None
+    _lookup: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def offsets(self):
+        """int64 (parts + 1,): codes before each part; the last entry is the total."""
+        return np.cumsum([0] + [part.count for part in self.parts], dtype=np.int64)
+
+    @property
+    def count(self):
+        """Number of codes in the collection."""
+        return int(self.offsets[-1])
+
+    @property
+    def where(self):
+        """The parts' names, for messages."""
+        return ", ".join(str(part.path) for part in self.parts) or "empty collection"
+
+    def codes(self, index):
+        """The codes of part ``index`` in the quantizer's layout, validated (an invalid code is
+        an error naming the part)."""
+        part = self.parts[index]
+        try:
+            return self.quantizer.codes_from_bytes(part.codes_bytes)
+        except SpreadcodeError as err:
+            raise SpreadcodeError(f"{part.path}: {err}") from None
+
+    def global_ids(self, index, positions):
+        """Positions int64 (...) of codes in part ``index`` -> their ids int64 (...)."""
+        part = self.parts[index]
+        if part.ids is not None:
+            return np.asarray(part.ids)[positions]
+        return positions + self.offsets[index]
+
+    def all_ids(self):
+        """int64 (count,): the id of every code, in position order."""
+        return np.concatenate([np.zeros(0, np.int64)] + [
+            self.global_ids(index, np.arange(part.count, dtype=np.int64))
+            for index, part in enumerate(self.parts)]).astype(np.int64, copy=False)
+
+    def clamp_k(self, k, name="k"):
+        """``k`` checked by `check_k`, capped at the number of codes; SpreadcodeError when the
+        collection holds none (a k-NN search would have nothing to return)."""
+        k = check_k(k, name)
+        if self.count == 0:
+            raise SpreadcodeError(f"{self.where}: the collection holds no codes, so a k-NN "
+                                  "search has nothing to return")
+        return min(k, self.count)
+
+    def knn(self, catalyzed, k, **scan_options):
+        """The k (<= count) codes nearest to each catalyzed query float32 (nq, d):
+        (distances float32 (nq, k) ascending, ids int64 (nq, k)), ties to the lower id."""
+        distances, ids = [], []
+        for index, part in enumerate(self.parts):
+            if part.count:
+                dist, local = self.quantizer.search(self.codes(index), catalyzed,
+                                                    min(k, part.count), **scan_options)
+                distances.append(dist)
+                ids.append(self.global_ids(index, local))
+        return merge_topk(distances, ids, k)
+
+    def range(self, catalyzed, radius, **scan_options):
+        """Every code within ``radius`` of each catalyzed query float32 (nq, d), CSR:
+        (lims int64 (nq + 1,), ids int64, distances float32), see `merge_ranges`."""
+        parts = []
+        for index in range(len(self.parts)):
+            lims, local, dist = self.quantizer.range_search(self.codes(index), catalyzed,
+                                                            radius, **scan_options)
+            parts.append((lims, self.global_ids(index, local), dist))
+        return merge_ranges(parts, len(catalyzed))
+
+    def _id_order(self):
+        """(order, sorted ids) of every code's id, or None when ids are positions; ids must
+        be unique."""
+        if "order" not in self._lookup:
+            if all(part.ids is None for part in self.parts):
+                self._lookup["order"] = None
+            else:
+                ids = self.all_ids()
+                order = np.argsort(ids, kind="stable")
+                if np.any(np.diff(ids[order]) == 0):
+                    raise SpreadcodeError(f"{self.where}: ids are not unique across the "
+                                          "collection; decoding by id needs unique ids")
+                self._lookup["order"] = (order, ids[order])
+        return self._lookup["order"]
+
+    def positions(self, ids, check=False):
+        """Global ids int64 (m,) -> positions int64 (m,) in the parts' concatenation. With
+        ``check``, ids that name no code are a SpreadcodeError (else they must be valid)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        lookup = self._id_order()
+        if lookup is None:
+            positions = ids
+            known = (ids >= 0) & (ids < self.count)
+        else:
+            order, sorted_ids = lookup
+            slots = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+            known = sorted_ids[slots] == ids if len(sorted_ids) else np.zeros(ids.shape, bool)
+            positions = order[slots] if len(sorted_ids) else ids
+        if check and not known.all():
+            raise SpreadcodeError(f"{self.where}: no code has the id "
+                                  f"{int(ids[np.argmin(known)])}")
+        return positions
+
+    def codes_at(self, positions):
+        """Positions int64 (m,) -> codes (m, ...) in the quantizer's layout."""
+        file_of = np.searchsorted(self.offsets, positions, side="right") - 1
+        raw = np.empty((len(positions), self.quantizer.code_bytes), dtype=np.uint8)
+        for index, part in enumerate(self.parts):
+            here = file_of == index
+            raw[here] = part.codes_bytes[positions[here] - self.offsets[index]]
+        return self.quantizer.codes_from_bytes(raw)
+
+    def codes_by_id(self, ids, check=False):
+        """Global ids int64 (m,) -> codes (m, ...) in the quantizer's layout (see `positions`)."""
+        return self.codes_at(self.positions(ids, check))
+
+    def decode_all(self, decoder):
+        """Every code decoded by ``decoder`` (`.decode(codes)`, `.d_in`), in position order:
+        float32 (count, d_in)."""
+        decoded = np.empty((self.count, decoder.d_in), dtype=np.float32)
+        for index, offset in enumerate(self.offsets[:-1]):
+            decoded[offset:offset + self.parts[index].count] = decoder.decode(self.codes(index))
+        return decoded
+
+
+def open_collection(db_paths, verify=True):
+    """Open .spc files that form one collection and check they are compatible.
+
+    All files must share the code kind, d, parameter and catalyzer; ``verify`` recomputes
+    their checksums. Returns a `Collection`.
+    """
+    if not db_paths:
+        raise SpreadcodeError("no .spc file given")
+    files = [container.open_spc(p, verify=verify) for p in db_paths]
+    first = files[0].header
+    for spc in files[1:]:
+        h = spc.header
+        if (h.kind, h.d, h.param, h.catalyzer_sha256) != (
+                first.kind, first.d, first.param, first.catalyzer_sha256):
+            raise SpreadcodeError(
+                f"{spc.path}: not compatible with {files[0].path} (code kind, dimension, "
+                f"parameter or catalyzer differ); search files of one collection only")
+    quantizer = quantizer_from_spec(first.kind, first.d, first.param)
+    return Collection(tuple(files), quantizer, first.catalyzer_sha256)
+
+
+def check_same_codes(quantizer, other, what, where):
+    """SpreadcodeError unless the quantizer ``other`` makes the codes of ``quantizer`` (the
+    collection's); the message is "<what> <other> codes, but <where> holds <quantizer> codes"
+    (``what``: e.g. "catalyzer 1234abcd makes")."""
+    if (other.kind, other.d, other.param) != (quantizer.kind, quantizer.d, quantizer.param):
+        raise SpreadcodeError(f"{what} {describe_quantizer(other)} codes, but {where} "
+                              f"holds {describe_quantizer(quantizer)} codes")
+
+
+def merge_topk(distances, ids, k):
+    """Merge top-k lists into one: float32/int64 [(nq, k_i)] with sum(k_i) >= k -> (nq, k),
+    sorted by (distance, id) so that ties go to the lower id."""
+    dist = np.concatenate(distances, axis=1)
+    idx = np.concatenate(ids, axis=1)
+    order = np.lexsort((idx, dist), axis=1)[:, :k]
+    return (np.take_along_axis(dist, order, axis=1),
+            np.take_along_axis(idx, order, axis=1))
+
+
+def merge_ranges(parts, nq):
+    """Merge per-part range results [(lims, ids, distances)] into one CSR result.
+
+    Every query's results end up sorted by (distance, id). Vectorised: one global lexsort.
+    """
+    query_of = [np.repeat(np.arange(nq), np.diff(lims)) for lims, _, _ in parts]
+    q = np.concatenate(query_of) if query_of else np.zeros(0, np.int64)
+    ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    dist = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    order = np.lexsort((ids, dist, q))
+    lims = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(np.bincount(q, minlength=nq), out=lims[1:])
+    return lims, ids[order], dist[order].astype(np.float32)

@@ -1,0 +1,280 @@
+"""`Index`: spreadcode as a faiss-style Python object, numpy in, numpy out.
+
+An index holds a catalyzer (and optionally a learned decoder), its quantizer, and a collection
+of codes with their ids: codes added in memory, or the .spc files it was loaded from
+(memory-mapped). Everything the CLI does goes through the same collection, encoding and
+search functions (`spreadcode.collection`, `spreadcode.encode`, `spreadcode.search`), so an
+index and ``spreadcode search`` over the same .spc file give identical results::
+
+    index = spreadcode.Index.train(learn, bits=64)      # or spreadcode.Index(model="latest")
+    index.add(base)
+    D, I = index.search(queries, k=10)
+    index.save("db.spc")                                # the catalyzer goes into the store
+    index = spreadcode.Index.load("db.spc")
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from . import __version__, container, search
+from .collection import Collection, MemoryPart, open_collection
+from .encode import encode_codes
+from .errors import SpreadcodeError
+from .quantizer import describe_quantizer, quantizer_from_spec
+
+
+class Index:
+    """Codes of one catalyzer + quantizer, searchable like a faiss index.
+
+    ``Index(model="latest", decoder=None, store=None)`` starts empty with a catalyzer from the
+    model store (hash, unique prefix, path or "latest"); `Index.train` trains one in memory;
+    `Index.load` opens .spc files. ``decoder`` (a reference or a loaded
+    `spreadcode.decoders.Decoder`) enables re-ranking and decoded search. ``len(index)``: the
+    number of codes; ``index.d``: the input dimension; ``index.bits``: bits per code.
+    """
+
+    def __init__(self, model="latest", *, decoder=None, store=None):
+        from .catalyzer import load_catalyzer
+
+        catalyzer, meta = load_catalyzer(model, store=store)
+        self._setup(Collection((), quantizer_from_spec(**meta["quantizer"]), meta["sha256"]),
+                    (catalyzer, meta), decoder, store, input_dtype="float32")
+
+    def _setup(self, collection, catalyzer, decoder, store, input_dtype, model=None):
+        """Fill the fields: ``catalyzer`` (model, meta) or None (loaded on first use from
+        ``model`` or the collection's hash), ``decoder`` reference, Decoder or None."""
+        self._collection = collection
+        self._catalyzer = catalyzer
+        self._model = model
+        self._store = store
+        self._input_dtype = input_dtype
+        self.decoder = None
+        if decoder is not None:
+            from .decoders import Decoder, load_decoder
+
+            self.decoder = decoder if isinstance(decoder, Decoder) else load_decoder(decoder, store)
+            search.check_decoder_fits(self.decoder, collection)
+
+    @classmethod
+    def train(cls, learn, bits=64, *, quantizer="lattice", dout=None, r2=None, lam=None,
+              epochs=None, time_budget_min=None, hidden=None, device="auto", seed=0,
+              progress=False, store=None, save_model=False):
+        """A new empty index with a catalyzer trained on ``learn`` (array (n, d), any real
+        dtype), in memory. The options are ``spreadcode train``'s
+        (`spreadcode.training.command_config`; ``hidden``: the MLP width). With
+        ``save_model`` the catalyzer is also saved into the model store ``store``."""
+        from .catalyzer import save_catalyzer
+        from .training import command_config, train_catalyzer
+
+        config = command_config(bits, quantizer, dout=dout, r2=r2, lam=lam, epochs=epochs,
+                                time_budget_min=time_budget_min, device=device, seed=seed,
+                                hidden=hidden)
+        result = train_catalyzer(learn, config, progress=progress, auto_lambda=lam == "auto")
+        if save_model:
+            save_catalyzer(result.model, result.meta, store=store)
+        return cls.from_catalyzer(result.model, result.meta, store=store)
+
+    @classmethod
+    def from_catalyzer(cls, catalyzer, meta, *, quantizer=None, decoder=None, store=None):
+        """A new empty index with a catalyzer held in memory: ``catalyzer`` (torch module)
+        and its model-file ``meta`` (as from `spreadcode.training.train_catalyzer` or
+        `spreadcode.catalyzer.load_catalyzer`). ``quantizer`` replaces the one in ``meta`` (a
+        quantizer of the catalyzer's output dimension; the model file the index saves then
+        names it)."""
+        if quantizer is not None:
+            meta = {**meta, "quantizer": {"kind": quantizer.kind, "d": quantizer.d,
+                                          "param": quantizer.param}}
+        index = cls.__new__(cls)
+        index._setup(Collection((), quantizer_from_spec(**meta["quantizer"]),
+                                _catalyzer_sha256(catalyzer, meta)),
+                     (catalyzer, meta), decoder, store, input_dtype="float32")
+        return index
+
+    @classmethod
+    def load(cls, paths, *, model=None, decoder=None, store=None, verify=True):
+        """An index over the .spc file(s) ``paths`` (one path or a list: one collection, global
+        ids in file order), memory-mapped. The catalyzer is the one named in the headers, from
+        ``store``, or ``model`` (it must have the headers' hash); it is loaded when first
+        needed. ``verify`` recomputes the files' checksums."""
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        collection = open_collection(paths, verify=verify)
+        index = cls.__new__(cls)
+        index._setup(collection, None, decoder, store, collection.parts[0].header.input_dtype,
+                     model=model)
+        return index
+
+    @property
+    def catalyzer(self):
+        """The catalyzer (torch module, eval mode, CPU)."""
+        if self._catalyzer is None:
+            self._catalyzer = search.collection_catalyzer(self._collection, self._model,
+                                                          self._store)
+        return self._catalyzer[0]
+
+    @property
+    def quantizer(self):
+        """The quantizer of the codes (`spreadcode.quantizer`)."""
+        return self._collection.quantizer
+
+    @property
+    def catalyzer_sha256(self):
+        """SHA-256 (hex) of the catalyzer's model file bytes (None: a file that names none)."""
+        return self._collection.catalyzer_sha256
+
+    @property
+    def d(self):
+        """Input dimension of the vectors."""
+        if self._catalyzer is None and self._collection.parts:
+            return self._collection.parts[0].header.input_dim
+        return self.catalyzer.d_in
+
+    @property
+    def bits(self):
+        """Bits per code."""
+        return self.quantizer.bits
+
+    @property
+    def ntotal(self):
+        """Number of codes (faiss's name; also ``len(index)``)."""
+        return self._collection.count
+
+    def __len__(self):
+        return self._collection.count
+
+    def __repr__(self):
+        sha = self.catalyzer_sha256
+        decoder = f", decoder {self.decoder.kind} {self.decoder.sha256[:12]}" if self.decoder else ""
+        return (f"<spreadcode.Index {len(self)} codes, d={self.d}, "
+                f"{describe_quantizer(self.quantizer)} ({self.bits} bits), "
+                f"catalyzer {sha[:12] if sha else 'none'}{decoder}>")
+
+    def add(self, x, ids=None):
+        """Catalyze, quantize and add vectors ``x`` (n, d), any real dtype; ``ids`` int (n,)
+        names them (default: their position in the index). An index uses explicit ids for
+        all its vectors or for none. SpreadcodeError for a wrong shape, NaN or Inf."""
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise SpreadcodeError(f"vectors must be a 2-D array (n, d), got shape {x.shape}")
+        parts = self._collection.parts
+        has_ids = any(part.ids is not None for part in parts)
+        if ids is not None:
+            ids = np.asarray(ids)
+            if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (x.shape[0],):
+                raise SpreadcodeError(f"ids must be {x.shape[0]} integers, got "
+                                      f"{ids.dtype} {ids.shape}")
+            ids = ids.astype(np.int64)
+        if parts and len(self) and has_ids != (ids is not None):
+            raise SpreadcodeError("ids must be given for every add or for none: this index "
+                                  f"{'has' if has_ids else 'has no'} explicit ids")
+        codes = encode_codes(self.catalyzer, self.quantizer, x)
+        if not len(self) and x.dtype.name in container.INPUT_DTYPES:
+            self._input_dtype = x.dtype.name
+        if parts and isinstance(parts[-1], MemoryPart):
+            last = parts[-1]
+            codes = np.concatenate([last.codes_bytes, codes])
+            if ids is not None:
+                ids = np.concatenate([last.ids, ids])
+            parts = parts[:-1]
+        self._replace_parts(parts + (MemoryPart(codes, ids),))
+
+    def _replace_parts(self, parts):
+        collection = self._collection
+        self._collection = Collection(tuple(parts), collection.quantizer,
+                                      collection.catalyzer_sha256)
+
+    def reset(self):
+        """Remove every code."""
+        self._replace_parts(())
+
+    def prepare_search(self, queries, *, k=10, radius=None, rerank=None, blend=None,
+                 decode_all=False, hamming=False):
+        """`search` (or with ``radius``, `range_search`) prepared to run query batch by query
+        batch (`spreadcode.search.PreparedSearch`), as ``spreadcode search`` runs it."""
+        uses_decoder = self.decoder is not None and rerank != 0
+        if (rerank or decode_all or blend is not None) and self.decoder is None:
+            raise SpreadcodeError("rerank, blend and decode_all need an index with a decoder")
+        if radius is not None:
+            if rerank or decode_all:
+                raise SpreadcodeError("a range search does not use the decoder")
+            return search.prepare_scan(self._collection, self.catalyzer, queries,
+                                       radius=radius, hamming=hamming)
+        if uses_decoder and hamming:
+            raise SpreadcodeError("a Hamming search does not use the decoder (rerank=0)")
+        if decode_all:
+            return search.prepare_decoded(self._collection, self.decoder, queries, k=k)
+        if uses_decoder:
+            return search.prepare_rerank(self._collection, self.catalyzer, self.decoder,
+                                         queries, k=k, rerank=rerank, blend=blend)
+        return search.prepare_scan(self._collection, self.catalyzer, queries, k=k,
+                                   hamming=hamming)
+
+    def search(self, queries, k=10, *, rerank=None, blend=None, decode_all=False,
+               hamming=False):
+        """The k nearest codes of each query (nq, d), any real dtype: (distances float32
+        (nq, k) ascending, ids int64 (nq, k)), ties to the lower id; k is capped at the
+        number of codes (an empty index is an error).
+
+        Compressed-domain distances (squared L2 between the catalyzed query and the unit
+        reconstruction; with ``hamming``, sign codes only, bit counts). With a decoder the
+        shortlist of ``rerank`` candidates (default max(10 k, 100); 0: no re-ranking) is
+        re-ranked by the squared L2 between the raw query and the decoded candidates, plus
+        ``blend`` (default: the decoder's) × the compressed distance; ``decode_all`` ranks
+        every decoded code instead (no catalyzer needed).
+        """
+        result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
+                               decode_all=decode_all, hamming=hamming).result()
+        return result.distances, result.ids
+
+    def range_search(self, queries, radius, *, hamming=False):
+        """Every code within ``radius`` (compressed-domain distance, see `search`) of each
+        query (nq, d): (lims int64 (nq + 1,), distances float32, ids int64), query i's
+        results at ``lims[i]:lims[i+1]`` sorted by (distance, id), faiss's convention."""
+        result = self.prepare_search(queries, radius=radius, hamming=hamming).result()
+        return result.lims, result.distances, result.ids
+
+    def reconstruct(self, ids):
+        """The vectors of codes ``ids`` int (m,) (SpreadcodeError for an id not in the index).
+
+        With a decoder: its estimate of the input vectors, float32 (m, d). Without one: the
+        quantizer's unit reconstruction in the catalyzer's output space, float32 (m, d_out)
+        (the catalyzer has no inverse)."""
+        ids = np.atleast_1d(np.asarray(ids))
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim != 1:
+            raise SpreadcodeError(f"ids must be a 1-D array of integers, got {ids.dtype} "
+                                  f"{ids.shape}")
+        codes = self._collection.codes_by_id(ids.astype(np.int64), check=True)
+        if self.decoder is not None:
+            return self.decoder.decode(codes)
+        return self.quantizer.reconstruct(codes)
+
+    def save(self, path, *, store=None):
+        """Write the codes (and ids, if explicit) to the .spc file ``path``, all-or-nothing.
+        The catalyzer, which the file names by its hash, is saved into the model store
+        (``store``, default: the index's) so that ``spreadcode search`` and `Index.load` find it."""
+        from .catalyzer import save_catalyzer
+
+        catalyzer = self.catalyzer
+        store = self._store if store is None else store
+        sha, _ = save_catalyzer(catalyzer, self._catalyzer[1], store=store)
+        collection = self._collection
+        with_ids = any(part.ids is not None for part in collection.parts)
+        quantizer = collection.quantizer
+        with container.SpcWriter(
+            path, kind=quantizer.kind, d=quantizer.d, param=quantizer.param,
+            bits=quantizer.bits, code_bytes=quantizer.code_bytes, input_dim=self.d,
+            input_dtype=self._input_dtype, catalyzer_sha256=sha,
+            metadata={"creator": f"spreadcode {__version__}"}, with_ids=with_ids,
+        ) as writer:
+            for index, part in enumerate(collection.parts):
+                ids = collection.global_ids(index, np.arange(part.count)) if with_ids else None
+                writer.append(np.asarray(part.codes_bytes), ids)
+
+
+def _catalyzer_sha256(model, meta):
+    """SHA-256 (hex) of the model file the catalyzer would be saved as."""
+    from .catalyzer import catalyzer_bytes
+
+    return hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest()
