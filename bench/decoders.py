@@ -43,7 +43,7 @@ from bench import peers  # noqa: E402
 from bench._data import load_dataset, quick_slice  # noqa: E402
 from bench._methods import Context, cached_training  # noqa: E402
 from bench._spreadcode_methods import QUICK_EPOCHS, trained_catalyzer  # noqa: E402
-from spreadcode import decoders, store as model_store  # noqa: E402
+from spreadcode import decoders, finetune, store as model_store  # noqa: E402
 from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
 from spreadcode.quantizer import quantizer_from_spec  # noqa: E402
@@ -108,14 +108,14 @@ def cached_decoder(learn, setup, kind, ctx):
 
 
 def cached_fine_tune(learn, setup, ctx):
-    """Fine-tune setup's catalyzer (`decoders.fine_tune_catalyzer`, library defaults; 1 epoch
+    """Fine-tune setup's catalyzer (`finetune.fine_tune_catalyzer`, library defaults; 1 epoch
     in quick mode) or fetch it from ctx.cache_dir. Returns (sha256 of the new catalyzer in
     ctx.cache_dir, training seconds)."""
-    epochs = 1 if ctx.quick else decoders.FINE_TUNE_EPOCHS
+    epochs = 1 if ctx.quick else finetune.FINE_TUNE_EPOCHS
     key = hashlib.sha256(f"{setup.meta['sha256']}-fine-tune-{epochs}".encode() + learn.tobytes()).hexdigest()
 
     def train():
-        return decoders.fine_tune_catalyzer(learn, setup.model, setup.meta, epochs=epochs,
+        return finetune.fine_tune_catalyzer(learn, setup.model, setup.meta, epochs=epochs,
                                             progress=True)
 
     def save(tuned):

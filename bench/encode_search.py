@@ -43,7 +43,7 @@ def peak_rss_mib():
 def cached_catalyzer(learn_path, store):
     """Hash of a default 64-bit catalyzer trained on ``learn_path`` (trained once, cached)."""
     from spreadcode import store as model_store
-    from spreadcode.training import train_command
+    from spreadcode.commands import train_command
 
     key = model_store.sha256_file(learn_path)[:16]
     marker = Path(store) / f"bench-encode-search-{key}.json"

@@ -11,7 +11,6 @@ Model file: safetensors with the module's state dict and one JSON metadata strin
 metadata give the same bytes, hence the same SHA-256, which names the model in the store.
 """
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from spreadcode import store as model_store
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import canonical_json
 from spreadcode.quantizer import quantizer_from_spec
 
 ARTIFACT_KIND = "catalyzer"
@@ -127,7 +127,7 @@ def _metadata_json(model, meta):
         "lambda": meta.get("lambda"),
         "training": meta.get("training", {}),
     }
-    return json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return canonical_json(header)
 
 
 def catalyzer_bytes(model, meta):

@@ -134,7 +134,7 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     is held out for validation; the best checkpoint by validation 1-recall@10 is kept and
     saved into the model store under its SHA-256. Ctrl-C stops early and keeps the best model.
     """
-    from .training import train_command
+    from .commands import train_command
 
     if lam is not None and lam != "auto":
         try:
@@ -250,7 +250,7 @@ def train_decoder(learn_file, model, kind, epochs, seed, output, store, quiet):
     use it with `spreadcode search ... --decoder HASH`. Reports the held-out squared error
     against the best linear map.
     """
-    from .decoders import train_decoder_command
+    from .commands import train_decoder_command
 
     summary = train_decoder_command(learn_file, model=model, kind=kind, output=output,
                                     store=store, epochs=epochs, seed=seed,
@@ -263,7 +263,7 @@ def train_decoder(learn_file, model, kind, epochs, seed, output, store, quiet):
 @click.option("--model", default="latest", show_default=True,
               help="Catalyzer to start from (hash, prefix, path, 'latest'); it is not modified.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Joint catalyzer + decoder epochs [default: see spreadcode.decoders].")
+              help="Joint catalyzer + decoder epochs [default: see spreadcode.finetune].")
 @SEED_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Also write the new catalyzer exactly to this path.")
@@ -277,7 +277,7 @@ def fine_tune(learn_file, model, epochs, seed, output, store, quiet):
     a NEW catalyzer (printed hash); the original stays as it is. Its codes differ: encode with
     it, then run `spreadcode train-decoder` for it and search with `--decoder`.
     """
-    from .decoders import fine_tune_command
+    from .commands import fine_tune_command
 
     summary = fine_tune_command(learn_file, model=model, output=output, store=store, seed=seed,
                                 epochs=epochs, progress=_progress(quiet))
@@ -289,9 +289,9 @@ def fine_tune(learn_file, model, epochs, seed, output, store, quiet):
 @STORE_OPTION
 def info(spc_file, store):
     """Show the header of a .spc file, its checksum status and the matching models."""
-    from .info import describe_file
+    from .commands import info_command
 
-    report = describe_file(spc_file, store_path=store)
+    report = info_command(spc_file, store_path=store)
     for key, value in report.rows:
         click.echo(f"{key + ':':<22}{value}")
     report.raise_if_corrupt()
@@ -303,9 +303,9 @@ def info(spc_file, store):
 @QUIET_OPTION
 def demo(epochs, quiet):
     """Train, encode and search the bundled sample; print recall and compression."""
-    from .demo import run_demo
+    from .commands import demo_command
 
-    report = run_demo(epochs=epochs, progress=_progress(quiet))
+    report = demo_command(epochs=epochs, progress=_progress(quiet))
     click.echo(report.text())
 
 

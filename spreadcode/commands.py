@@ -1,13 +1,17 @@
 """The library behind each CLI command: the ``*_command`` functions, which read the inputs,
 run one library operation and write the outputs, and the summaries the CLI prints.
 
-`spreadcode.cli` only parses options and prints; everything else is here or below.
+`spreadcode.cli` only parses options and prints; everything else is here or below. torch is
+imported only by the commands that need it, so ``spreadcode info`` starts instantly.
 """
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +19,11 @@ from . import container, fileio, vecio
 from . import store as model_store
 from .errors import SpreadcodeError
 from .index import Index
+from .quantizer import describe_quantizer, quantizer_from_spec
 from .search import first_hits, recalls_of
+
+# Epochs of the demo's catalyzer (a ~1 minute run on 2 cores).
+DEMO_EPOCHS = 10
 
 TSV_HEADER = "query\trank\tid\tdistance\n"
 
@@ -172,3 +180,322 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
     recalls = None if truth is None else recalls_of(np.concatenate(hits), prepared.k)
     return SearchReport(written=written, recalls=recalls, k=prepared.k,
                         k_requested=prepared.k_requested, count=prepared.count)
+
+
+@dataclass
+class TrainSummary:
+    """What ``spreadcode train`` reports: where the model went and how good it is."""
+
+    sha256: str
+    store_path: str
+    output_path: str | None
+    quantizer: dict
+    lam: float
+    val_recall: dict
+    best_epoch: int
+    epochs_run: int
+    interrupted: bool
+    n_train: int
+    wall_time_s: float
+    lambda_search: dict = field(default_factory=dict)
+
+    def report(self):
+        """Human-readable lines; the first one is the model hash."""
+        q = self.quantizer
+        code = describe_quantizer(quantizer_from_spec(**q))
+        recall = "  ".join(f"R@{k}={100 * self.val_recall[k]:.1f}"
+                           for k in sorted(self.val_recall, key=int))
+        lines = [
+            f"model {self.sha256}",
+            f"stored: {self.store_path}",
+            *([f"written: {self.output_path}"] if self.output_path else []),
+            f"quantizer: {code}  lambda={self.lam:g}",
+            *([f"lambda search (val R@10): " + ", ".join(
+                f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
+              if self.lambda_search else []),
+            f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run})",
+            f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s"
+            + ("  [interrupted: best model so far kept]" if self.interrupted else ""),
+        ]
+        return "\n".join(lines)
+
+
+def _load_learn(learn_path):
+    """LEARN_FILE through `spreadcode.vecio`, or the bundled sample's learn set when None."""
+    if learn_path is None:
+        from .sample import load_sample
+
+        return load_sample().learn
+    return vecio.read_vectors(learn_path)
+
+
+def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
+                  epochs=None, time_budget_min=None, device="auto", output=None, store=None,
+                  seed=0, progress=True):
+    """Everything ``spreadcode train`` does: read, train, save into the store (and to ``output``).
+
+    learn_path: vector file (.fvecs/.bvecs/.npy/.h5) or None for the bundled sample; the
+    options: see `spreadcode.training.command_config`. Returns a TrainSummary (hash, paths, validation recalls,
+    wall time).
+    """
+    from .catalyzer import save_catalyzer
+    from .training import command_config, train_catalyzer
+
+    started = time.monotonic()
+    config = command_config(bits, quantizer, dout=dout, r2=r2, lam=lam, epochs=epochs,
+                            time_budget_min=time_budget_min, device=device, seed=seed)
+    vecio.check_outputs([output], [learn_path])
+    learn = _load_learn(learn_path)
+    result = train_catalyzer(learn, config, progress=progress, auto_lambda=lam == "auto")
+    sha, stored = save_catalyzer(result.model, result.meta, path=output, store=store)
+    training = result.meta["training"]
+    return TrainSummary(
+        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
+        quantizer=result.meta["quantizer"], lam=result.meta["lambda"], val_recall=training["val_recall"],
+        best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
+        n_train=training["n_train"], wall_time_s=time.monotonic() - started,
+        lambda_search=training.get("lambda_search", {}))
+
+
+@dataclass(frozen=True)
+class DecoderSummary:
+    """What ``spreadcode train-decoder`` reports."""
+
+    sha256: str
+    store_path: str
+    output_path: str | None
+    kind: str
+    hidden: int | None
+    epochs: int | None
+    best_epoch: int | None
+    catalyzer_sha256: str
+    quantizer: str
+    d_in: int
+    n_train: int
+    n_val: int
+    val_mse: float
+    baseline_val_mse: float
+    blend: float
+    blend_calibration: dict
+    calibration_queries: int
+    calibration_database: int
+    wall_time_s: float
+
+    def report(self):
+        """Human-readable lines; the first one is the decoder hash."""
+        from .decoders import CALIBRATION_SHORTLIST
+
+        arch = "closed-form least squares" if self.kind == "linear" else \
+            f"linear + MLP correction, hidden {self.hidden}, epoch {self.best_epoch} of {self.epochs} " \
+            f"kept (lowest held-out error)"
+        gain = 100 * (self.val_mse / self.baseline_val_mse - 1) if self.baseline_val_mse > 0 else 0.0
+        calibration = self.blend_calibration
+        recalls = calibration["recall_at_1"]
+        return "\n".join([
+            f"decoder {self.sha256}",
+            f"stored: {self.store_path}",
+            *([f"written: {self.output_path}"] if self.output_path else []),
+            f"{self.kind} decoder ({arch}): {self.quantizer} codes -> {self.d_in} dims, "
+            f"catalyzer {self.catalyzer_sha256[:12]}",
+            f"held-out squared error per vector ({self.n_val} vectors): decoder "
+            f"{self.val_mse:.5f}, best linear map {self.baseline_val_mse:.5f} ({gain:+.1f}%)",
+            f"held-out 1-recall@1 ({self.calibration_queries} queries, {self.calibration_database} "
+            f"database vectors, shortlist {CALIBRATION_SHORTLIST}): compressed order "
+            f"{100 * recalls['compressed']:.1f}, decoded distance {100 * recalls['decoded']:.1f}, "
+            f"decoded + {self.blend:.4g} x compressed distance {100 * recalls['blended']:.1f} "
+            f"(the default blend: {calibration['weight']:g} x distance-unit ratio "
+            f"{calibration['scale']:.4g})",
+            f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s",
+        ])
+
+
+def _load_catalyzer_and_learn(model, learn_path, output, store):
+    """(catalyzer, its meta, learn vectors) for a command writing ``output``; SpreadcodeError
+    on a dimension mismatch, or first when ``output`` is the learn file or the catalyzer."""
+    from .catalyzer import load_catalyzer
+
+    model_file = model_store.resolve(model, store)
+    vecio.check_outputs([output], [learn_path, model_file])
+    catalyzer, catalyzer_meta = load_catalyzer(model_file, store=store)
+    learn = vecio.read_vectors(learn_path)
+    if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
+        raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
+                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
+    return catalyzer, catalyzer_meta, learn
+
+
+def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=None, epochs=None,
+                          seed=0, progress=True) -> DecoderSummary:
+    """Everything ``spreadcode train-decoder`` does: read LEARN_FILE, encode it with the
+    catalyzer ``model`` (hash, prefix, path or "latest") and its quantizer, train a ``kind``
+    decoder (`train_decoder`), save it into the store (and to ``output``)."""
+    from .decoders import DECODER_KINDS, save_decoder, train_decoder
+
+    started = time.monotonic()
+    if kind not in DECODER_KINDS:
+        raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
+    net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
+                              seed=seed, progress=progress)
+    sha, stored = save_decoder(net, meta, path=output, store=store)
+    training = meta["training"]
+    return DecoderSummary(
+        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
+        kind=kind, hidden=net.hidden, epochs=training["epochs"], best_epoch=training["best_epoch"],
+        catalyzer_sha256=meta["catalyzer"],
+        quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
+        n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],
+        baseline_val_mse=training["baseline_val_mse"], blend=meta["decoder"]["blend"],
+        blend_calibration=training["blend_calibration"], calibration_queries=training["calibration_queries"],
+        calibration_database=training["calibration_database"], wall_time_s=time.monotonic() - started)
+
+
+@dataclass
+class FineTuneSummary:
+    """What `fine_tune_command` did, for the CLI to print."""
+
+    sha256: str
+    store_path: str
+    output_path: str | None
+    source_sha256: str
+    epochs: int
+    best_epoch: int
+    val_mse_curve: list
+    wall_time_s: float
+
+    def report(self):
+        """Human-readable lines; the first one is the new catalyzer's hash."""
+        kept = (f"epoch {self.best_epoch} of {self.epochs} kept" if self.best_epoch
+                else "no epoch improved it: the weights are the original ones")
+        return "\n".join([
+            f"catalyzer {self.sha256}",
+            f"stored: {self.store_path}",
+            *([f"written: {self.output_path}"] if self.output_path else []),
+            f"fine-tuned from {self.source_sha256[:12]} for reconstruction: held-out squared "
+            f"error of decoded codes {self.val_mse_curve[0]:.5f} -> "
+            f"{self.val_mse_curve[self.best_epoch]:.5f} ({kept})",
+            "its codes differ from the original's: encode with it, then `spreadcode "
+            "train-decoder` for it",
+            f"took {self.wall_time_s:.0f} s",
+        ])
+
+
+def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None,
+                      seed=0, progress=True) -> FineTuneSummary:
+    """Everything ``spreadcode fine-tune`` does: read LEARN_FILE, fine-tune the catalyzer
+    ``model`` (hash, prefix, path or "latest") with `fine_tune_catalyzer` (``epochs`` None:
+    `spreadcode.finetune.FINE_TUNE_EPOCHS`), save the new catalyzer into the store (and to ``output``)."""
+    from .catalyzer import save_catalyzer
+    from .finetune import FINE_TUNE_EPOCHS, fine_tune_catalyzer
+
+    started = time.monotonic()
+    epochs = FINE_TUNE_EPOCHS if epochs is None else epochs
+    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
+    tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
+                                             seed=seed, progress=progress)
+    sha, stored = save_catalyzer(tuned, meta, path=output, store=store)
+    return FineTuneSummary(
+        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
+        source_sha256=catalyzer_meta["sha256"], epochs=epochs,
+        best_epoch=meta["training"]["fine_tuned"]["best_epoch"], val_mse_curve=curve,
+        wall_time_s=time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """Rows of (field, value) for display, and whether the payload checksum matched."""
+
+    path: str
+    rows: list
+    ok: bool
+
+    def raise_if_corrupt(self):
+        """Raise SpreadcodeError when the payload checksum did not match."""
+        if not self.ok:
+            raise SpreadcodeError(f"{self.path}: payload checksum mismatch: the file is corrupted")
+
+
+def info_command(path, store_path=None) -> FileReport:
+    """Everything ``spreadcode info`` does: describe the .spc file at ``path``.
+
+    Adds to the container's own summary whether the catalyzer named in the header is in the
+    model store, and which learned decoders exist there for it. A corrupt header raises
+    SpreadcodeError; a corrupt payload is reported in the rows and by ``ok=False``, so the
+    user sees the header before the error.
+    """
+    spc = container.open_spc(path, verify=False)
+    rows = list(container.describe(spc).items())
+    sha = spc.header.catalyzer_sha256
+    if sha is not None:
+        catalyzers = [a for a in model_store.list_artifacts("catalyzer", store_path) if a.sha256 == sha]
+        rows.append(("catalyzer in store", str(catalyzers[0].path) if catalyzers
+                     else f"no (not in {model_store.store_dir(store_path)})"))
+        decoders = [a for a in model_store.list_artifacts("decoder", store_path)
+                    if a.meta.get("catalyzer") == sha]
+        rows.append(("decoders", ", ".join(
+            f"{a.sha256[:12]} ({_decoder_kind(a.meta)})" for a in decoders) or "none"))
+    return FileReport(path=str(path), rows=rows, ok=spc.checksum_ok)
+
+
+def _decoder_kind(meta):
+    """The kind a decoder's metadata states, or "?" when it states none it could be."""
+    spec = meta.get("decoder")
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    return kind if isinstance(kind, str) else "?"
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What the demo measured."""
+
+    model_sha256: str
+    quantizer: str
+    n_base: int
+    n_query: int
+    recall: dict
+    compression_ratio: float
+    train_s: float
+    encode_s: float
+    search_s: float
+
+    def text(self):
+        """A short human-readable report."""
+        recall = "  ".join(f"1-recall@{k}={100 * v:.1f}%" for k, v in self.recall.items())
+        return "\n".join([
+            f"catalyzer {self.model_sha256[:12]} ({self.quantizer}), trained in "
+            f"{self.train_s:.0f} s",
+            f"encoded {self.n_base} vectors in {self.encode_s:.1f} s: "
+            f"{self.compression_ratio:.1f}x smaller than float32",
+            f"searched {self.n_query} queries in {self.search_s:.2f} s: {recall}",
+        ])
+
+
+def demo_command(epochs=None, progress=True) -> DemoReport:
+    """Everything ``spreadcode demo`` does: train a 64-bit lattice catalyzer on the bundled
+    sample's 10,000 learn vectors (``epochs``, default DEMO_EPOCHS), encode its 10,000 base
+    vectors into a .spc file, search its 500 queries; everything in a temporary directory
+    (model store included), so the user's own store is left untouched."""
+    from .encode import encode_file
+    from .sample import load_sample
+    from .search import recall_at
+
+    sample = load_sample()
+    with tempfile.TemporaryDirectory(prefix="spreadcode-demo-") as tmp:
+        tmp = Path(tmp)
+        store = tmp / "models"
+        base_path = tmp / "base.fvecs"
+        vecio.write_vectors(base_path, sample.base)
+        started = time.monotonic()
+        trained = train_command(None, bits=64, epochs=epochs or DEMO_EPOCHS, store=store,
+                                progress=progress)
+        trained_at = time.monotonic()
+        encoded = encode_file(base_path, tmp / "base.spc", model=trained.sha256, store=store,
+                              progress=progress)
+        encoded_at = time.monotonic()
+        _, ids = Index.load(tmp / "base.spc", store=store).search(sample.query, k=100)
+        searched_at = time.monotonic()
+    return DemoReport(
+        model_sha256=trained.sha256, quantizer=encoded.quantizer, n_base=encoded.count,
+        n_query=len(sample.query), recall=recall_at(ids, sample.groundtruth),
+        compression_ratio=encoded.compression_ratio, train_s=trained_at - started,
+        encode_s=encoded_at - trained_at, search_s=searched_at - encoded_at)

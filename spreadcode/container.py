@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from spreadcode.errors import SpreadcodeError
-from spreadcode.fileio import atomic_output, load_json
-from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.fileio import atomic_output, canonical_json, load_json
+from spreadcode.quantizer import describe_code, quantizer_from_spec
 
 MAGIC = b"SPRDCODE"
 VERSION_MAJOR = 1
@@ -108,11 +108,6 @@ def _check_code_layout(kind, d, param, bits, code_bytes, where):
             f"{quantizer.code_bytes} bytes, not {bits} bits in {code_bytes} bytes")
 
 
-def describe_code(kind, d, param):
-    """The code of a header in words, e.g. ``lattice S(24, r²=79)`` or ``sign bits, d=64``."""
-    return f"lattice S({d}, r²={param})" if kind == "lattice" else f"sign bits, d={d}"
-
-
 def _catalyzer_bytes(value, where):
     """32 raw bytes from None, raw bytes or a hex str (all zero = no catalyzer)."""
     if value is None:
@@ -132,8 +127,7 @@ def _metadata_bytes(metadata, where):
     """Deterministic UTF-8 JSON: sorted keys, compact separators, no NaN; only what readers
     accept (`_read_metadata`)."""
     try:
-        data = json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False, allow_nan=False).encode("utf-8")
+        data = canonical_json(metadata or {}, ascii_only=False).encode("utf-8")
     except (TypeError, ValueError) as err:
         raise SpreadcodeError(f"{where}: metadata is not JSON-serialisable ({err})") from None
     _read_metadata(data, where)

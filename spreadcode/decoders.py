@@ -25,11 +25,8 @@ shortlist of N candidates by the squared L2 distance between the raw query and t
 candidates; `prepare_decoded` decodes every code (in blocks) and ranks all of them that way
 (for sign codes: no Hamming).
 """
-import copy
 import hashlib
-import json
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,15 +34,14 @@ import torch
 from torch import nn
 
 from spreadcode import store as model_store
-from spreadcode import vecio
-from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_catalyzer,
-                                  load_module, save_catalyzer, state_dict_bytes)
+from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_module,
+                                  state_dict_bytes)
 from spreadcode.errors import SpreadcodeError
+from spreadcode.fileio import canonical_json
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import quantizer_from_spec
-from spreadcode.quantizer import describe_quantizer
-from spreadcode.search import rerank_candidates
-from spreadcode.training import epoch_progress, state_snapshot, straight_through
+from spreadcode.search import recall_at, rerank_candidates
+from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
@@ -56,14 +52,6 @@ MLP_HIDDEN = 1024
 MLP_EPOCHS = 30
 MLP_BATCH = 256
 MLP_LR = 1e-3
-# fine_tune_catalyzer: joint passes, decoder warm-up epochs, Adam learning rates (the catalyzer
-# moves ten times slower than the decoder it is paired with). On wordnet-minilm96 (64-bit
-# lattice) the held-out error still fell after 10 epochs and bottomed out at epoch 21 of 30
-# (~9 s per epoch on 2 cores); the best epoch is kept, so extra epochs cost only time.
-FINE_TUNE_EPOCHS = 30
-FINE_TUNE_DECODER_EPOCHS = 8
-FINE_TUNE_CATALYZER_LR = 1e-4
-FINE_TUNE_DECODER_LR = 3e-4
 DECODE_BATCH = 65536
 # Re-ranking scores a candidate by decoded distance + blend × compressed distance. The two are
 # in different units (input space, unit sphere), so `calibrate_blend` sets blend = BLEND_WEIGHT ×
@@ -161,12 +149,6 @@ def squared_error(predicted, targets):
     return float(np.einsum("ij,ij->i", diff, diff).mean())
 
 
-def _pick_device():
-    """CUDA when available, else the CPU with torch's current thread count (set it with
-    torch.set_num_threads or OMP_NUM_THREADS; on shared cores one thread can be much faster)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EPOCHS,
                 seed=0, held_out=None, progress=False):
     """Learn a decoder from code representations to input vectors.
@@ -202,7 +184,7 @@ def fit_decoder(inputs, targets, *, kind="mlp", hidden=MLP_HIDDEN, epochs=MLP_EP
 def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
     """Train ``net.mlp`` (the linear part stays fixed) on the linear map's scaled residual;
     with ``held_out``, restore the epoch of lowest held-out error. Returns the error curve."""
-    device = _pick_device()
+    device = pick_device()
     net.to(device)
     x = torch.from_numpy(inputs).to(device)
     with torch.no_grad():
@@ -216,7 +198,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
     optimizer = torch.optim.Adam(net.mlp.parameters(), lr=MLP_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
     rng = np.random.default_rng(seed)
-    curve, best = [], None
+    curve, best = [], BestEpoch(net)
     with epoch_progress(epochs, "train decoder", progress) as bar:
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(n)).to(device)
@@ -232,8 +214,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
                 total += loss.detach()
             if held_out is not None:
                 curve.append(squared_error(net.predict(held_out[0]), held_out[1]))
-                if curve[-1] == min(curve):
-                    best = state_snapshot(net)
+                best.offer(len(curve), -curve[-1])
             if bar is not None:
                 text = f"train squared error {float(total) / steps * float(scale) ** 2:.4f}"
                 if curve:
@@ -241,7 +222,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
                 bar.set_postfix_str(text, refresh=False)
                 bar.update(1)
     if curve:
-        net.load_state_dict(best)
+        best.restore()
     net.cpu()
     return curve
 
@@ -254,7 +235,7 @@ def held_out_split(n, seed):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _split_learn(n, quantizer, seed):
+def split_learn(n, quantizer, seed):
     """`held_out_split` of n learn vectors, or SpreadcodeError when either part is too small
     to fit a decoder of the quantizer's codes and calibrate it."""
     train_rows, val_rows = held_out_split(n, seed)
@@ -295,9 +276,9 @@ def calibrate_blend(net, quantizer, codes, inputs, targets, query_catalyzed, que
     def recall_at_1(weight):
         _, ids = rerank_candidates(query_targets, shortlist, lambda unique: decoded[unique], 1,
                                    shortlist_distances, weight)
-        return float(np.mean(ids[:, 0] == nearest[:, 0]))
+        return recall_at(ids, nearest, ks=(1,))[1]
 
-    recalls = {"compressed": float(np.mean(shortlist[:, 0] == nearest[:, 0])),
+    recalls = {"compressed": recall_at(shortlist, nearest, ks=(1,))[1],
                "decoded": recall_at_1(0.0), "blended": recall_at_1(blend)}
     return blend, {"scale": scale, "weight": BLEND_WEIGHT, "recall_at_1": recalls}
 
@@ -322,7 +303,7 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     catalyzed = catalyze(catalyzer, learn)
     targets = np.ascontiguousarray(learn, dtype=np.float32)
     n = targets.shape[0]
-    train_rows, val_rows = _split_learn(n, quantizer, seed)
+    train_rows, val_rows = split_learn(n, quantizer, seed)
     codes = quantizer.quantize(catalyzed)
     inputs = np.ascontiguousarray(quantizer.reconstruct(codes), dtype=np.float32)
     held_out = (inputs[val_rows], targets[val_rows])
@@ -356,83 +337,6 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     return net, meta
 
 
-def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EPOCHS,
-                        hidden=MLP_HIDDEN, decoder_epochs=FINE_TUNE_DECODER_EPOCHS, seed=0,
-                        progress=False):
-    """Fine-tune a trained catalyzer so that its codes also reconstruct the input well.
-
-    The catalyzer f, its fixed quantizer q and an MLP decoder g form an auto-encoder. g is
-    first fitted to f's codes (`fit_decoder`, ``decoder_epochs``), then f and g are trained
-    together for ``epochs`` passes of Adam on the squared error ‖g(q(f(x))) − x‖², q being the
-    quantizer's reconstruction forward and the identity backward (`straight_through`, paper
-    §4.2). The triplet + KoLeo training makes codes that keep neighbourhoods; this step makes
-    them keep what a decoder needs as well, which lifts both the compressed-domain search and
-    decoder re-ranking. HELD_OUT_FRACTION of learn (seeded) is held out: after every epoch the
-    held-out error of g(q(f(x))) is measured, and the catalyzer of the best epoch is kept
-    (epoch 0 = the catalyzer given), so the result is never worse on held-out data.
-
-    learn: real array (n, d_in); catalyzer, catalyzer_meta: as from `load_catalyzer`. The
-    codes change, so files must be re-encoded with the new catalyzer and a decoder trained for
-    it (`train_decoder`); g itself is discarded. Returns (catalyzer in eval mode on the CPU,
-    metadata for `save_catalyzer`, held-out squared error per epoch: list of epochs + 1 floats).
-    """
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
-    quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])
-    model = copy.deepcopy(catalyzer).cpu()
-    targets = np.ascontiguousarray(learn, dtype=np.float32)
-    train_rows, val_rows = _split_learn(targets.shape[0], quantizer, seed)
-    codes = quantizer.quantize(catalyze(model, targets[train_rows]))
-    net, _ = fit_decoder(quantizer.reconstruct(codes), targets[train_rows], hidden=hidden,
-                         epochs=decoder_epochs, seed=seed)
-
-    def held_out_error():
-        codes = quantizer.quantize(catalyze(model, targets[val_rows]))
-        return squared_error(net.predict(quantizer.reconstruct(codes)), targets[val_rows])
-
-    curve = [held_out_error()]
-    best = state_snapshot(model)
-    device = _pick_device()
-    model.to(device)
-    net.to(device)
-    x = torch.from_numpy(targets[train_rows]).to(device)
-    batch = min(MLP_BATCH, x.shape[0])
-    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": FINE_TUNE_CATALYZER_LR},
-                                 {"params": net.parameters(), "lr": FINE_TUNE_DECODER_LR}])
-    rng = np.random.default_rng(seed)
-    with epoch_progress(epochs, "fine-tune", progress) as bar:
-        for _ in range(epochs):
-            order = torch.from_numpy(rng.permutation(x.shape[0])).to(device)
-            model.train()
-            net.train()
-            for step in range(x.shape[0] // batch):
-                rows = order[step * batch:(step + 1) * batch]
-                decoded = net(straight_through(model(x[rows]), quantizer))
-                loss = (decoded - x[rows]).pow(2).sum(dim=1).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            curve.append(held_out_error())
-            if curve[-1] == min(curve):
-                best = state_snapshot(model)
-            if bar is not None:
-                bar.set_postfix_str(f"held-out squared error {curve[-1]:.4f} (start {curve[0]:.4f})",
-                                    refresh=False)
-                bar.update(1)
-    model.load_state_dict(best)
-    model.cpu().eval()
-    fine_tuned = {
-        "from": catalyzer_meta["sha256"], "epochs": epochs, "best_epoch": int(np.argmin(curve)),
-        "decoder_epochs": decoder_epochs, "hidden": hidden, "batch_size": batch,
-        "catalyzer_lr": FINE_TUNE_CATALYZER_LR, "decoder_lr": FINE_TUNE_DECODER_LR, "seed": seed,
-        "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "val_mse_curve": curve,
-        "data_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
-    }
-    meta = {"quantizer": catalyzer_meta["quantizer"], "lambda": catalyzer_meta.get("lambda"),
-            "training": {**catalyzer_meta.get("training", {}), "fine_tuned": fine_tuned}}
-    return model, meta, curve
-
-
 def decoder_bytes(net, meta):
     """The decoder file's bytes: safetensors of ``net`` + sorted-key JSON metadata.
 
@@ -444,8 +348,7 @@ def decoder_bytes(net, meta):
         raise SpreadcodeError("decoder metadata does not describe this network")
     header = {"artifact": ARTIFACT_KIND, "format_version": model_store.FORMAT_VERSION,
               **{key: meta[key] for key in ("catalyzer", "quantizer", "d_in", "decoder", "training")}}
-    return state_dict_bytes(net, json.dumps(header, sort_keys=True, separators=(",", ":"),
-                                            allow_nan=False))
+    return state_dict_bytes(net, canonical_json(header))
 
 
 def save_decoder(net, meta, path=None, store=None):
@@ -521,136 +424,3 @@ def load_decoder(ref, store=None):
     return Decoder(net, meta, quantizer)
 
 
-@dataclass(frozen=True)
-class DecoderSummary:
-    """What ``spreadcode train-decoder`` reports."""
-
-    sha256: str
-    store_path: str
-    output_path: str | None
-    kind: str
-    hidden: int | None
-    epochs: int | None
-    best_epoch: int | None
-    catalyzer_sha256: str
-    quantizer: str
-    d_in: int
-    n_train: int
-    n_val: int
-    val_mse: float
-    baseline_val_mse: float
-    blend: float
-    blend_calibration: dict
-    calibration_queries: int
-    calibration_database: int
-    wall_time_s: float
-
-    def report(self):
-        """Human-readable lines; the first one is the decoder hash."""
-        arch = "closed-form least squares" if self.kind == "linear" else \
-            f"linear + MLP correction, hidden {self.hidden}, epoch {self.best_epoch} of {self.epochs} " \
-            f"kept (lowest held-out error)"
-        gain = 100 * (self.val_mse / self.baseline_val_mse - 1) if self.baseline_val_mse > 0 else 0.0
-        calibration = self.blend_calibration
-        recalls = calibration["recall_at_1"]
-        return "\n".join([
-            f"decoder {self.sha256}",
-            f"stored: {self.store_path}",
-            *([f"written: {self.output_path}"] if self.output_path else []),
-            f"{self.kind} decoder ({arch}): {self.quantizer} codes -> {self.d_in} dims, "
-            f"catalyzer {self.catalyzer_sha256[:12]}",
-            f"held-out squared error per vector ({self.n_val} vectors): decoder "
-            f"{self.val_mse:.5f}, best linear map {self.baseline_val_mse:.5f} ({gain:+.1f}%)",
-            f"held-out 1-recall@1 ({self.calibration_queries} queries, {self.calibration_database} "
-            f"database vectors, shortlist {CALIBRATION_SHORTLIST}): compressed order "
-            f"{100 * recalls['compressed']:.1f}, decoded distance {100 * recalls['decoded']:.1f}, "
-            f"decoded + {self.blend:.4g} x compressed distance {100 * recalls['blended']:.1f} "
-            f"(the default blend: {calibration['weight']:g} x distance-unit ratio "
-            f"{calibration['scale']:.4g})",
-            f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s",
-        ])
-
-
-def _load_catalyzer_and_learn(model, learn_path, output, store):
-    """(catalyzer, its meta, learn vectors) for a command writing ``output``; SpreadcodeError
-    on a dimension mismatch, or first when ``output`` is the learn file or the catalyzer."""
-    model_file = model_store.resolve(model, store)
-    vecio.check_outputs([output], [learn_path, model_file])
-    catalyzer, catalyzer_meta = load_catalyzer(model_file, store=store)
-    learn = vecio.read_vectors(learn_path)
-    if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
-        raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
-                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
-    return catalyzer, catalyzer_meta, learn
-
-
-def train_decoder_command(learn_path, *, model, kind="mlp", output=None, store=None, epochs=None,
-                          seed=0, progress=True) -> DecoderSummary:
-    """Everything ``spreadcode train-decoder`` does: read LEARN_FILE, encode it with the
-    catalyzer ``model`` (hash, prefix, path or "latest") and its quantizer, train a ``kind``
-    decoder (`train_decoder`), save it into the store (and to ``output``)."""
-    started = time.monotonic()
-    if kind not in DECODER_KINDS:
-        raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
-    net, meta = train_decoder(learn, catalyzer, catalyzer_meta, kind=kind, epochs=epochs,
-                              seed=seed, progress=progress)
-    sha, stored = save_decoder(net, meta, path=output, store=store)
-    training = meta["training"]
-    return DecoderSummary(
-        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        kind=kind, hidden=net.hidden, epochs=training["epochs"], best_epoch=training["best_epoch"],
-        catalyzer_sha256=meta["catalyzer"],
-        quantizer=describe_quantizer(quantizer_from_spec(**meta["quantizer"])), d_in=net.d_in,
-        n_train=training["n_train"], n_val=training["n_val"], val_mse=training["val_mse"],
-        baseline_val_mse=training["baseline_val_mse"], blend=meta["decoder"]["blend"],
-        blend_calibration=training["blend_calibration"], calibration_queries=training["calibration_queries"],
-        calibration_database=training["calibration_database"], wall_time_s=time.monotonic() - started)
-
-
-@dataclass
-class FineTuneSummary:
-    """What `fine_tune_command` did, for the CLI to print."""
-
-    sha256: str
-    store_path: str
-    output_path: str | None
-    source_sha256: str
-    epochs: int
-    best_epoch: int
-    val_mse_curve: list
-    wall_time_s: float
-
-    def report(self):
-        """Human-readable lines; the first one is the new catalyzer's hash."""
-        kept = (f"epoch {self.best_epoch} of {self.epochs} kept" if self.best_epoch
-                else "no epoch improved it: the weights are the original ones")
-        return "\n".join([
-            f"catalyzer {self.sha256}",
-            f"stored: {self.store_path}",
-            *([f"written: {self.output_path}"] if self.output_path else []),
-            f"fine-tuned from {self.source_sha256[:12]} for reconstruction: held-out squared "
-            f"error of decoded codes {self.val_mse_curve[0]:.5f} -> "
-            f"{self.val_mse_curve[self.best_epoch]:.5f} ({kept})",
-            "its codes differ from the original's: encode with it, then `spreadcode "
-            "train-decoder` for it",
-            f"took {self.wall_time_s:.0f} s",
-        ])
-
-
-def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None,
-                      seed=0, progress=True) -> FineTuneSummary:
-    """Everything ``spreadcode fine-tune`` does: read LEARN_FILE, fine-tune the catalyzer
-    ``model`` (hash, prefix, path or "latest") with `fine_tune_catalyzer` (``epochs`` None:
-    FINE_TUNE_EPOCHS), save the new catalyzer into the store (and to ``output``)."""
-    started = time.monotonic()
-    epochs = FINE_TUNE_EPOCHS if epochs is None else epochs
-    catalyzer, catalyzer_meta, learn = _load_catalyzer_and_learn(model, learn_path, output, store)
-    tuned, meta, curve = fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, epochs=epochs,
-                                             seed=seed, progress=progress)
-    sha, stored = save_catalyzer(tuned, meta, path=output, store=store)
-    return FineTuneSummary(
-        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        source_sha256=catalyzer_meta["sha256"], epochs=epochs,
-        best_epoch=meta["training"]["fine_tuned"]["best_epoch"], val_mse_curve=curve,
-        wall_time_s=time.monotonic() - started)

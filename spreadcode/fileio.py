@@ -1,4 +1,5 @@
-"""File handling shared by every layer: all-or-nothing outputs and strict JSON.
+"""File handling shared by every layer: all-or-nothing outputs, strict JSON reading and
+canonical JSON writing.
 
 Outputs are written to a hidden temporary file beside the target, named
 ``.<name>.spreadcode-tmp-<pid>-<random hex>``, and renamed onto the target only when complete;
@@ -108,6 +109,14 @@ def atomic_output(path):
     """`atomic_outputs` of one file: yields its binary temp file."""
     with atomic_outputs([path]) as (fh,):
         yield fh
+
+
+def canonical_json(value, ascii_only=True):
+    """The one JSON text of ``value`` that spreadcode writes (model-file and .spc metadata):
+    sorted keys, compact separators, no NaN/Infinity (ValueError); non-ASCII characters
+    escaped unless ``ascii_only`` is False. Equal values give equal text, hence equal hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only,
+                      allow_nan=False)
 
 
 def load_json(data, what):

@@ -23,7 +23,7 @@ from . import __version__, container, search
 from .collection import Collection, MemoryPart, open_collection
 from .encode import encode_codes
 from .errors import SpreadcodeError
-from .quantizer import describe_quantizer, quantizer_from_spec
+from .quantizer import describe_quantizer, quantizer_from_spec, quantizer_spec
 
 
 class Index:
@@ -85,8 +85,8 @@ class Index:
         quantizer of the catalyzer's output dimension; the model file the index saves then
         names it)."""
         if quantizer is not None:
-            meta = {**meta, "quantizer": {"kind": quantizer.kind, "d": quantizer.d,
-                                          "param": quantizer.param}}
+            meta = {**meta, "quantizer": quantizer_spec(quantizer.kind, quantizer.d,
+                                                        quantizer.param)}
         index = cls.__new__(cls)
         index._setup(Collection((), quantizer_from_spec(**meta["quantizer"]),
                                 _catalyzer_sha256(catalyzer, meta)),

@@ -27,6 +27,7 @@ class LatticeQuantizer:
     """Spherical lattice S(d, r2) quantizer (nearest point, exact code bijection)."""
 
     kind = "lattice"
+    has_hamming = False
 
     def __init__(self, d, r2):
         self.d, self.param, self.words = lattice.check_setting(d, r2)
@@ -74,6 +75,7 @@ class SignQuantizer:
     """Sign-bit quantizer: one bit per dimension, x_i > 0 -> 1."""
 
     kind = "sign"
+    has_hamming = True  # search(..., hamming=True)
 
     def __init__(self, d):
         self.d = signs.check_dim(d)
@@ -124,6 +126,17 @@ def _bytes_matrix(buf, code_bytes):
         raise SpreadcodeError(
             f"code bytes must be a uint8 array of shape (n, {code_bytes}), got {_codec.describe(buf)}")
     return buf
+
+
+def quantizer_spec(kind, d, r2=None):
+    """The (kind, d, param) triple of model files and .spc headers, as a dict: the lattice's
+    param is r2, the sign quantizer's is d."""
+    return {"kind": kind, "d": d, "param": r2 if kind == "lattice" else d}
+
+
+def describe_code(kind, d, param):
+    """The code of a header in words, e.g. ``lattice S(24, r²=79)`` or ``sign bits, d=64``."""
+    return f"lattice S({d}, r²={param})" if kind == "lattice" else f"sign bits, d={d}"
 
 
 def describe_quantizer(quantizer) -> str:

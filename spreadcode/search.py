@@ -167,7 +167,7 @@ def check_hamming(collection, hamming):
     (sign codes only: SpreadcodeError otherwise), else {}."""
     from .quantizer import describe_quantizer
 
-    if hamming and collection.quantizer.kind != "sign":
+    if hamming and not collection.quantizer.has_hamming:
         raise SpreadcodeError(f"{collection.where}: Hamming search needs sign codes, "
                               f"not {describe_quantizer(collection.quantizer)}")
     return {"hamming": True} if hamming else {}

@@ -14,14 +14,14 @@ plus queries; every ``eval_every`` epochs the catalyzed database is quantized wi
 quantizer and searched with the catalyzed queries, giving 1-recall@1/10/100 against the exact
 input-space nearest neighbour. The best checkpoint (recall@10, then @1) is kept.
 
-`train_command` is the single entry point behind ``spreadcode train``.
+`train_catalyzer` (with `command_config`) is what ``spreadcode train``
+(`spreadcode.commands.train_command`) and `spreadcode.index.Index.train` run.
 """
 import hashlib
 import math
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 # Before torch (and its OpenMP runtime) loads: OpenMP threads that spin-wait between the many
 # small parallel regions of SGD steps make training 5-10x slower on a busy 2-core machine
@@ -31,10 +31,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spreadcode import vecio  # noqa: E402
-from spreadcode.catalyzer import Catalyzer, catalyze, save_catalyzer  # noqa: E402
+from spreadcode.catalyzer import Catalyzer, catalyze  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
+from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss  # noqa: E402
+from spreadcode.search import first_hits  # noqa: E402
+from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device, use_all_cores  # noqa: E402
 
 # bits -> (d_out, r²) of the spherical lattice (paper §5: d_out 24 at 16/32/64 bits); larger
 # budgets come from `spreadcode.lattice.good_params`. At 64 bits d_out 32 (r² 36) wins on the
@@ -87,7 +89,9 @@ class TrainConfig:
 
     def quantizer_spec(self):
         """The quantizer as stored in model files: {"kind", "d", "param"}."""
-        return {"kind": self.quantizer, "d": self.d_out, "param": self.r2 if self.quantizer == "lattice" else self.d_out}
+        from spreadcode.quantizer import quantizer_spec
+
+        return quantizer_spec(self.quantizer, self.d_out, self.r2)
 
     def learning_rate(self, epoch, planned_epochs):
         """Learning rate of 0-based ``epoch`` out of ``planned_epochs``."""
@@ -103,44 +107,6 @@ class TrainResult:
     model: Catalyzer
     meta: dict
     history: list
-
-
-@dataclass
-class TrainSummary:
-    """What ``spreadcode train`` reports: where the model went and how good it is."""
-
-    sha256: str
-    store_path: str
-    output_path: str | None
-    quantizer: dict
-    lam: float
-    val_recall: dict
-    best_epoch: int
-    epochs_run: int
-    interrupted: bool
-    n_train: int
-    wall_time_s: float
-    lambda_search: dict = field(default_factory=dict)
-
-    def report(self):
-        """Human-readable lines; the first one is the model hash."""
-        q = self.quantizer
-        code = f"lattice d={q['d']} r2={q['param']}" if q["kind"] == "lattice" else f"sign d={q['d']}"
-        recall = "  ".join(f"R@{k}={100 * self.val_recall[str(k)]:.1f}" for k in RECALL_KS
-                           if str(k) in self.val_recall)
-        lines = [
-            f"model {self.sha256}",
-            f"stored: {self.store_path}",
-            *([f"written: {self.output_path}"] if self.output_path else []),
-            f"quantizer: {code}  lambda={self.lam:g}",
-            *([f"lambda search (val R@10): " + ", ".join(
-                f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
-              if self.lambda_search else []),
-            f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run})",
-            f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s"
-            + ("  [interrupted: best model so far kept]" if self.interrupted else ""),
-        ]
-        return "\n".join(lines)
 
 
 def lambda_for_dout(d_out):
@@ -197,48 +163,12 @@ def make_quantizer(config):
     return quantizer_from_spec(**config.quantizer_spec())
 
 
-def koleo_loss(y):
-    """KoLeo entropy regulariser: −mean_i log(min_{j≠i} ‖y_i − y_j‖).
-
-    y: float tensor (n, d), n ≥ 2 -> scalar tensor. The nearest neighbour is found on Gram
-    products without gradient, the distance itself is recomputed from the difference (exact for
-    close pairs); 1e-8 inside the log keeps duplicates finite.
-    """
-    if y.shape[0] < 2:
-        raise SpreadcodeError("KoLeo needs at least 2 vectors in a batch")
-    with torch.no_grad():
-        gram = y @ y.T
-        sq_norms = gram.diagonal()
-        sq_dist = sq_norms[:, None] + sq_norms[None, :] - 2 * gram
-        sq_dist.fill_diagonal_(torch.inf)
-        nearest = sq_dist.argmin(dim=1)
-    distance = torch.linalg.vector_norm(y - y[nearest], dim=1)
-    return -torch.log(distance + 1e-8).mean()
-
-
-def triplet_rank_loss(anchor, positive, negative, reduction="mean"):
-    """Triplet rank loss without margin: max(0, ‖a − p‖ − ‖a − n‖) per row.
-
-    anchor, positive, negative: float tensors (n, d) -> scalar mean (``reduction="mean"``)
-    or per-triplet values (n,) (``"none"``); a value > 0 marks an offending triplet.
-    """
-    per_triplet = (torch.linalg.vector_norm(anchor - positive, dim=1)
-                   - torch.linalg.vector_norm(anchor - negative, dim=1)).clamp(min=0)
-    return per_triplet.mean() if reduction == "mean" else per_triplet
-
-
 def resolve_device(device):
-    """"auto" -> cuda if available else cpu; on CPU use every core this process may run on."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise SpreadcodeError(f"unknown device {device!r}; use cpu, cuda or auto")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpreadcodeError("--device cuda requested but torch sees no CUDA GPU")
-    if device == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, cores or 1))
-    return torch.device(device)
+    """`pick_device`; on the CPU, torch then uses every core this process may run on."""
+    device = pick_device(device)
+    if device.type == "cpu":
+        use_all_cores()
+    return device
 
 
 def _check_config(config):
@@ -331,8 +261,8 @@ def validation_recall(model, quantizer, prepared):
     codes = quantizer.quantize(catalyze(model, prepared.val_db))
     k = min(max(RECALL_KS), prepared.val_db.shape[0])
     _, ids = quantizer.search(codes, catalyze(model, prepared.val_queries), k)
-    hits = ids == prepared.val_nearest[:, None]
-    return {str(r): float(hits[:, :r].any(axis=1).mean()) for r in RECALL_KS}
+    hits = first_hits(ids, prepared.val_nearest[:, None])
+    return {str(r): float(np.mean(hits < r)) for r in RECALL_KS}
 
 
 def _catalyze_tensor(model, x, batch=65536):
@@ -340,13 +270,6 @@ def _catalyze_tensor(model, x, batch=65536):
     model.eval()
     with torch.no_grad():
         return torch.cat([model(x[start:start + batch]) for start in range(0, x.shape[0], batch)])
-
-
-def straight_through(y, quantizer):
-    """Forward: the quantizer's reconstruction (nearest lattice point / r, or signs / √d);
-    backward: identity (paper §4.2). y: float tensor (n, d_out) -> same shape."""
-    snapped = quantizer.reconstruct(quantizer.quantize(y.detach().cpu().numpy()))
-    return y + (torch.from_numpy(np.ascontiguousarray(snapped, dtype=np.float32)).to(y.device) - y).detach()
 
 
 def _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch):
@@ -388,17 +311,6 @@ def _plan_epochs(config, elapsed, epoch_seconds):
     return max(1, fits if config.epochs is None else min(config.epochs, fits))
 
 
-def state_snapshot(module):
-    """A CPU copy of ``module``'s state dict that later training steps leave alone (to restore
-    the best epoch with ``load_state_dict``)."""
-    return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
-
-
-def _snapshot(model, epoch, recall):
-    """A checkpoint: epoch, validation recall and `state_snapshot` of the model."""
-    return {"epoch": epoch, "recall": recall, "state": state_snapshot(model)}
-
-
 def fit(prepared, config, progress=True, desc="train", started=None):
     """Train one catalyzer on prepared data; see `train_catalyzer`. ``started``: the
     ``time.monotonic()`` the time budget counts from (default: now)."""
@@ -415,7 +327,7 @@ def fit(prepared, config, progress=True, desc="train", started=None):
     rng = np.random.default_rng(config.seed)
     # Without a budget the schedule is known; with one it is planned after the first epoch.
     planned = config.epochs if config.time_budget_s is None else None
-    history, best, last_recall = [], None, None
+    history, best, best_recall, last_recall = [], BestEpoch(model), None, None
     interrupted = False
     with epoch_progress(planned, desc, progress) as bar:
         try:
@@ -438,8 +350,8 @@ def fit(prepared, config, progress=True, desc="train", started=None):
                 recall = None
                 if planned is None or out_of_time or epoch == planned or epoch % config.eval_every == 0:
                     recall = last_recall = validation_recall(model, quantizer, prepared)
-                    if best is None or _rank(recall) > _rank(best["recall"]):
-                        best = _snapshot(model, epoch, recall)
+                    if best.offer(epoch, _rank(recall)):
+                        best_recall = recall
                 history.append({"epoch": epoch, "lr": lr, "triplet": means[0], "koleo": means[1],
                                 "offending": means[2], "recall": recall,
                                 "seconds": time.monotonic() - epoch_start})
@@ -454,10 +366,11 @@ def fit(prepared, config, progress=True, desc="train", started=None):
                     break
         except KeyboardInterrupt:
             interrupted = True
-    if best is None:
-        best = _snapshot(model, len(history), validation_recall(model, quantizer, prepared))
+    if best.epoch is None:
+        best_recall = validation_recall(model, quantizer, prepared)
+        best.offer(len(history), _rank(best_recall))
     model.cpu()
-    model.load_state_dict(best["state"])
+    best.restore()
     model.eval()
     meta = {
         "quantizer": config.quantizer_spec(),
@@ -470,7 +383,7 @@ def fit(prepared, config, progress=True, desc="train", started=None):
             "hidden": config.hidden, "preprocessing": "center, divide by RMS coordinate",
             "n_train": int(prepared.train.shape[0]), "n_val_db": int(prepared.val_db.shape[0]),
             "n_val_queries": int(prepared.val_queries.shape[0]), "data": prepared.data,
-            "device": device.type, "best_epoch": best["epoch"], "val_recall": best["recall"],
+            "device": device.type, "best_epoch": best.epoch, "val_recall": best_recall,
             "interrupted": interrupted,
         },
     }
@@ -480,22 +393,6 @@ def fit(prepared, config, progress=True, desc="train", started=None):
 def _rank(recall):
     """Checkpoint order: validation recall@10 first, recall@1 breaks ties."""
     return recall["10"], recall["1"]
-
-
-@contextmanager
-def epoch_progress(total, desc, enabled):
-    """Context of a tqdm epoch bar on stderr (None when progress is off), closed on exit
-    however the block ends; total: planned epochs, or None when not known yet."""
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="epoch", dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 def _postfix(epoch, where, means, recall):
@@ -552,15 +449,6 @@ def search_lambda(learn, config, factors=AUTO_LAMBDA_FACTORS, progress=True):
     return best
 
 
-def _load_learn(learn_path):
-    """LEARN_FILE through `spreadcode.vecio`, or the bundled sample's learn set when None."""
-    if learn_path is None:
-        from spreadcode.sample import load_sample
-
-        return load_sample().learn
-    return vecio.read_vectors(learn_path)
-
-
 def command_config(bits=64, quantizer="lattice", *, dout=None, r2=None, lam=None, epochs=None,
                    time_budget_min=None, device="auto", seed=0, hidden=None):
     """The TrainConfig of ``spreadcode train``'s options (and `spreadcode.index.Index.train`'s).
@@ -591,26 +479,3 @@ def command_config(bits=64, quantizer="lattice", *, dout=None, r2=None, lam=None
     return config
 
 
-def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
-                  epochs=None, time_budget_min=None, device="auto", output=None, store=None,
-                  seed=0, progress=True):
-    """Everything ``spreadcode train`` does: read, train, save into the store (and to ``output``).
-
-    learn_path: vector file (.fvecs/.bvecs/.npy/.h5) or None for the bundled sample; the
-    options: see `command_config`. Returns a TrainSummary (hash, paths, validation recalls,
-    wall time).
-    """
-    started = time.monotonic()
-    config = command_config(bits, quantizer, dout=dout, r2=r2, lam=lam, epochs=epochs,
-                            time_budget_min=time_budget_min, device=device, seed=seed)
-    vecio.check_outputs([output], [learn_path])
-    learn = _load_learn(learn_path)
-    result = train_catalyzer(learn, config, progress=progress, auto_lambda=lam == "auto")
-    sha, stored = save_catalyzer(result.model, result.meta, path=output, store=store)
-    training = result.meta["training"]
-    return TrainSummary(
-        sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        quantizer=result.meta["quantizer"], lam=result.meta["lambda"], val_recall=training["val_recall"],
-        best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
-        n_train=training["n_train"], wall_time_s=time.monotonic() - started,
-        lambda_search=training.get("lambda_search", {}))

@@ -8,7 +8,8 @@ import pytest
 
 from helpers import assert_clean_error, run, write_raw_fvecs
 from spreadcode import container, vecio
-from spreadcode.sample import exact_neighbors, load_sample
+from spreadcode.knn import exact_knn
+from spreadcode.sample import load_sample
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def work(tmp_path_factory):
     vecio.write_vectors(paths["learn"], sample.learn[:3000])
     vecio.write_vectors(paths["base"], sample.base[:2000])
     vecio.write_vectors(paths["query"], sample.query[:40])
-    gt = exact_neighbors(sample.base[:2000], sample.query[:40], 100)
+    _, gt = exact_knn(sample.base[:2000], sample.query[:40], 100)
     vecio.write_vectors(root / "gt.ivecs", gt.astype(np.int32))
     store = root / "store"
     trained = run("train", paths["learn"], "--epochs", 2, "--store", store, "-q",

@@ -10,13 +10,14 @@ from spreadcode import store
 from spreadcode.catalyzer import catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
 from spreadcode.collection import open_collection
+from spreadcode.commands import info_command, train_decoder_command
 from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST, DecoderNet,
-                                 calibrate_blend, decoder_bytes, fine_tune_catalyzer, fit_decoder,
-                                 fit_linear, held_out_split, load_decoder, save_decoder,
-                                 squared_error, train_decoder, train_decoder_command)
+                                 calibrate_blend, decoder_bytes, fit_decoder, fit_linear,
+                                 held_out_split, load_decoder, save_decoder, squared_error,
+                                 train_decoder)
 from spreadcode.encode import encode_file
 from spreadcode.errors import SpreadcodeError
-from spreadcode.info import describe_file
+from spreadcode.finetune import fine_tune_catalyzer
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.sample import load_sample
 from spreadcode.index import Index
@@ -218,7 +219,7 @@ def test_fine_tune_keeps_its_best_epoch_and_leaves_the_original_alone(world):
 
 
 def test_info_lists_the_decoders_of_the_files_catalyzer(world):
-    rows = dict(describe_file(world["lattice"]["spc"], store_path=world["store"]).rows)
+    rows = dict(info_command(world["lattice"]["spc"], store_path=world["store"]).rows)
     listed = rows["decoders"]
     assert f"{world['lattice']['linear'][:12]} (linear)" in listed
     assert f"{world['lattice']['mlp'][:12]} (mlp)" in listed

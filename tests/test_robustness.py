@@ -27,7 +27,8 @@ from spreadcode import container, vecio
 from spreadcode import store as model_store
 from spreadcode.catalyzer import save_catalyzer
 from spreadcode.decoders import save_decoder, train_decoder
-from spreadcode.sample import exact_neighbors, load_sample
+from spreadcode.knn import exact_knn
+from spreadcode.sample import load_sample
 from spreadcode.encode import encode_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def world(tmp_path_factory):
     vecio.write_vectors(root / "learn.fvecs", sample.learn[:1000])
     vecio.write_vectors(root / "q.fvecs", sample.query[:N_QUERY])
     np.save(root / "q.npy", sample.query[:N_QUERY])
-    gt = exact_neighbors(sample.base[:N_BASE], sample.query[:N_QUERY], 10)
+    _, gt = exact_knn(sample.base[:N_BASE], sample.query[:N_QUERY], 10)
     vecio.write_vectors(root / "gt.ivecs", gt.astype(np.int32))
     encode_file(root / "base.fvecs", root / "db.spc", model=sha, store=store)
     return {"root": root, "store": store, "sha": sha, "decoder": decoder,

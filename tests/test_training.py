@@ -11,9 +11,11 @@ from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, load_cata
 from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
-from spreadcode.training import (TrainConfig, straight_through, default_config, koleo_loss,
-                                 lambda_for_dout, make_quantizer, split_sizes, train_catalyzer,
-                                 train_command, triplet_rank_loss)
+from spreadcode.commands import train_command
+from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss
+from spreadcode.torchutil import epoch_progress
+from spreadcode.training import (TrainConfig, default_config, lambda_for_dout, make_quantizer,
+                                 split_sizes, train_catalyzer)
 
 
 def reference_knn(db, queries, k, exclude_self=False):
@@ -352,10 +354,10 @@ def test_train_command_rejects_bad_arguments(tmp_path, kwargs, message):
 
 
 def test_epoch_progress_closes_its_bar_however_the_block_ends():
-    with training.epoch_progress(3, "test", enabled=False) as bar:
+    with epoch_progress(3, "test", enabled=False) as bar:
         assert bar is None
     with pytest.raises(KeyboardInterrupt):
-        with training.epoch_progress(3, "test", enabled=True) as bar:
+        with epoch_progress(3, "test", enabled=True) as bar:
             bar.update(1)
             raise KeyboardInterrupt
     assert bar.n == 1 and bar.disable  # tqdm marks a closed bar disabled
