@@ -325,7 +325,7 @@ def run(ds, ctx, model=None, sign_model=None, store=None):
 def _decoder_info(code, kind, sha, setup, train_s):
     """The decoders-table entry of one trained decoder (JSON-able)."""
     decoder = decoders.load_decoder(sha, store=setup.store)
-    return {"code": code, "kind": kind, "sha256": sha, **decoder.meta["training"],
+    return {"code": code, "kind": kind, "sha256": sha, **decoder.spec.training,
             "blend": decoder.blend, "train_s": train_s}
 
 

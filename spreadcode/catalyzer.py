@@ -11,6 +11,8 @@ Model file: safetensors with the module's state dict and one JSON metadata strin
 metadata give the same bytes, hence the same SHA-256, which names the model in the store.
 """
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch import nn
 from spreadcode import store as model_store
 from spreadcode.errors import SpreadcodeError
 from spreadcode.fileio import canonical_json
-from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.quantizer import QuantizerSpec, metadata_error
 
 ARTIFACT_KIND = "catalyzer"
 # No layer of a model file is wider than this (input dimension, hidden width, output).
@@ -151,16 +153,48 @@ def is_width(value):
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
 
 
-def artifact_quantizer(meta, path):
-    """The quantizer named by an artifact's ``meta["quantizer"]`` ({"kind", "d", "param"});
-    SpreadcodeError naming the file when it is malformed or beyond the codec's limits."""
-    spec = meta.get("quantizer")
-    if not (isinstance(spec, dict) and set(spec) == {"kind", "d", "param"}):
-        raise SpreadcodeError(f"{path}: corrupt metadata (bad 'quantizer')")
-    try:
-        return quantizer_from_spec(**spec)
-    except SpreadcodeError as err:
-        raise SpreadcodeError(f"{path}: corrupt metadata (bad 'quantizer': {err})") from None
+def check_width(value, where, field):
+    """``value`` if it can be a layer width (`is_width`), else SpreadcodeError naming ``field``."""
+    if not is_width(value):
+        raise metadata_error(where, field, f"{value!r} is not an integer from 1 to {MAX_WIDTH}")
+    return value
+
+
+@dataclass(frozen=True)
+class CatalyzerMeta:
+    """What a catalyzer file's metadata says: the network's widths ``d_in``, ``hidden``,
+    ``d_out``, the ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam``
+    (None when unknown) and the ``training`` record (a JSON object, kept as it is)."""
+
+    d_in: int
+    hidden: int
+    d_out: int
+    quantizer: QuantizerSpec
+    lam: float | None
+    training: dict
+
+    @classmethod
+    def from_json(cls, meta, path):
+        """Check a catalyzer file's metadata (JSON object); SpreadcodeError
+        "<path>: corrupt catalyzer metadata (bad '<field>': why)" naming the first bad field."""
+        where = f"{path}: corrupt catalyzer metadata"
+        arch = meta.get("arch")
+        if not isinstance(arch, dict):
+            raise metadata_error(where, "arch", "not an object")
+        widths = [check_width(arch.get(key), where, f"arch.{key}")
+                  for key in ("d_in", "hidden", "d_out")]
+        quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
+        if quantizer.d != widths[2]:
+            raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
+                                  f"{widths[2]})")
+        lam = meta.get("lambda")
+        if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool)
+                                    and math.isfinite(lam) and lam >= 0):
+            raise metadata_error(where, "lambda", f"{lam!r} is not a number >= 0")
+        training = meta.get("training", {})
+        if not isinstance(training, dict):
+            raise metadata_error(where, "training", "not an object")
+        return cls(*widths, quantizer, lam, training)
 
 
 def load_module(path, build, what):
@@ -218,15 +252,9 @@ def load_catalyzer(ref, store=None):
     meta = model_store.read_metadata(path)
     if meta["artifact"] != ARTIFACT_KIND:
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a catalyzer")
-    arch = meta.get("arch")
-    if not isinstance(arch, dict) or not all(is_width(arch.get(key))
-                                             for key in ("d_in", "hidden", "d_out")):
-        raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (bad 'arch')")
-    if artifact_quantizer(meta, path).d != arch["d_out"]:
-        raise SpreadcodeError(f"{path}: corrupt catalyzer metadata (quantizer dimension "
-                              f"{meta['quantizer']['d']} != d_out {arch['d_out']})")
+    spec = CatalyzerMeta.from_json(meta, path)
     model, meta["sha256"] = load_module(
-        path, lambda: Catalyzer(arch["d_in"], arch["d_out"], arch["hidden"]),
-        f"catalyzer (tensors do not match arch {arch})")
+        path, lambda: Catalyzer(spec.d_in, spec.d_out, spec.hidden),
+        f"catalyzer (tensors do not match arch {meta['arch']})")
     meta["path"] = str(path)
     return model, meta

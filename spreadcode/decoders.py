@@ -27,6 +27,7 @@ candidates; `prepare_decoded` decodes every code (in blocks) and ranks all of th
 """
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +35,11 @@ import torch
 from torch import nn
 
 from spreadcode import store as model_store
-from spreadcode.catalyzer import (artifact_quantizer, catalyze, is_width, load_module,
-                                  state_dict_bytes)
+from spreadcode.catalyzer import catalyze, check_width, load_module, state_dict_bytes
 from spreadcode.errors import SpreadcodeError
 from spreadcode.fileio import canonical_json
 from spreadcode.knn import exact_knn
-from spreadcode.quantizer import quantizer_from_spec
+from spreadcode.quantizer import QuantizerSpec, metadata_error, quantizer_from_spec
 from spreadcode.search import recall_at, rerank_candidates
 from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
 
@@ -361,31 +361,79 @@ def save_decoder(net, meta, path=None, store=None):
     return sha, stored
 
 
+@dataclass(frozen=True)
+class DecoderMeta:
+    """What a decoder file's metadata says: the ``catalyzer`` it belongs to (hex SHA-256 of its
+    file), the ``quantizer`` (QuantizerSpec) of the codes it reads, the input dimension
+    ``d_in`` it decodes to, its ``kind`` ("linear" or "mlp"), the MLP width ``hidden`` (None
+    for a linear decoder), the re-ranking ``blend`` weight and the ``training`` record."""
+
+    catalyzer: str
+    quantizer: QuantizerSpec
+    d_in: int
+    kind: str
+    hidden: int | None
+    blend: float
+    training: dict
+
+    @classmethod
+    def from_json(cls, meta, path):
+        """Check a decoder file's metadata (JSON object); SpreadcodeError
+        "<path>: corrupt decoder metadata (bad '<field>': why)" naming the first bad field."""
+        where = f"{path}: corrupt decoder metadata"
+        catalyzer = meta.get("catalyzer")
+        if not (isinstance(catalyzer, str) and re.fullmatch("[0-9a-f]{64}", catalyzer)):
+            raise metadata_error(where, "catalyzer", f"{catalyzer!r} is not a SHA-256 in hex")
+        quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
+        d_in = check_width(meta.get("d_in"), where, "d_in")
+        spec = meta.get("decoder")
+        if not isinstance(spec, dict):
+            raise metadata_error(where, "decoder", "not an object")
+        kind = spec.get("kind")
+        if kind not in DECODER_KINDS:
+            raise metadata_error(where, "decoder.kind", f"{kind!r} is not one of "
+                                 f"{', '.join(DECODER_KINDS)}")
+        hidden = check_width(spec.get("hidden"), where, "decoder.hidden") if kind == "mlp" else None
+        blend = spec.get("blend")
+        if not (isinstance(blend, (int, float)) and not isinstance(blend, bool)
+                and math.isfinite(blend) and blend >= 0):
+            raise metadata_error(where, "decoder.blend", f"{blend!r} is not a number >= 0")
+        training = meta.get("training", {})
+        if not isinstance(training, dict):
+            raise metadata_error(where, "training", "not an object")
+        return cls(catalyzer, quantizer, d_in, kind, hidden, blend, training)
+
+    def to_json(self):
+        """The metadata object `decoder_bytes` writes (see the module docstring)."""
+        return {"catalyzer": self.catalyzer, "quantizer": self.quantizer.to_json(),
+                "d_in": self.d_in, "training": self.training,
+                "decoder": {"kind": self.kind, "hidden": self.hidden, "blend": self.blend}}
+
+
 @dataclass
 class Decoder:
-    """A decoder loaded from its artifact: ``net`` (DecoderNet, eval mode, CPU), ``meta`` (the
-    file's metadata plus "sha256" and "path") and the ``quantizer`` of the codes it decodes."""
+    """A decoder loaded from its artifact: ``net`` (DecoderNet, eval mode, CPU), ``spec`` (its
+    checked `DecoderMeta`), ``sha256`` (of the file), ``path`` and the ``quantizer`` of the
+    codes it decodes."""
 
     net: DecoderNet
-    meta: dict
+    spec: DecoderMeta
+    sha256: str
+    path: str
     quantizer: object
 
     @property
-    def sha256(self):
-        return self.meta["sha256"]
-
-    @property
     def kind(self):
-        return self.meta["decoder"]["kind"]
+        return self.spec.kind
 
     @property
     def blend(self):
         """Weight of the compressed-domain distance when re-ranking (see `calibrate_blend`)."""
-        return self.meta["decoder"]["blend"]
+        return self.spec.blend
 
     @property
     def catalyzer_sha256(self):
-        return self.meta["catalyzer"]
+        return self.spec.catalyzer
 
     @property
     def d_in(self):
@@ -409,18 +457,8 @@ def load_decoder(ref, store=None):
     meta = model_store.read_metadata(path)
     if meta["artifact"] != ARTIFACT_KIND:
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a decoder")
-    spec = meta.get("decoder")
-    if not (isinstance(spec, dict) and spec.get("kind") in DECODER_KINDS
-            and is_width(meta.get("d_in"))
-            and (spec["kind"] == "linear" or is_width(spec.get("hidden")))
-            and isinstance(spec.get("blend"), (int, float)) and math.isfinite(spec["blend"])
-            and spec["blend"] >= 0 and isinstance(meta.get("catalyzer"), str)):
-        raise SpreadcodeError(f"{path}: corrupt decoder metadata")
-    quantizer = artifact_quantizer(meta, path)
-    hidden = spec["hidden"] if spec["kind"] == "mlp" else None
-    net, meta["sha256"] = load_module(path, lambda: DecoderNet(quantizer.d, meta["d_in"], hidden),
-                                      "decoder (tensors do not match its metadata)")
-    meta["path"] = str(path)
-    return Decoder(net, meta, quantizer)
-
-
+    spec = DecoderMeta.from_json(meta, path)
+    quantizer = spec.quantizer.quantizer()
+    net, sha256 = load_module(path, lambda: DecoderNet(quantizer.d, spec.d_in, spec.hidden),
+                              "decoder (tensors do not match its metadata)")
+    return Decoder(net, spec, sha256, str(path), quantizer)

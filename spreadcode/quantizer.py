@@ -16,6 +16,7 @@ Search distances are squared L2 between a unit query and the unit reconstruction
 (2 - 2 <q, x_hat>), or bit counts for Hamming; results are sorted by (distance, id).
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -126,6 +127,43 @@ def _bytes_matrix(buf, code_bytes):
         raise SpreadcodeError(
             f"code bytes must be a uint8 array of shape (n, {code_bytes}), got {_codec.describe(buf)}")
     return buf
+
+
+def metadata_error(where, field, why):
+    """The SpreadcodeError of a bad metadata field: "<where> (bad '<field>': <why>)"."""
+    return SpreadcodeError(f"{where} (bad '{field}': {why})")
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """The code a model file names: ``kind`` ("lattice" or "sign"), ``d`` and ``param`` (r2 for
+    the lattice, d for signs), as in the JSON object {"kind", "d", "param"}."""
+
+    kind: str
+    d: int
+    param: int
+
+    @classmethod
+    def from_json(cls, value, where, field="quantizer"):
+        """The spec of a metadata object; SpreadcodeError "<where> (bad '<field>...': why)"
+        naming the bad field, also when the codec refuses the code."""
+        if not isinstance(value, dict):
+            raise metadata_error(where, field, "not an object")
+        if set(value) != {"kind", "d", "param"}:
+            raise metadata_error(where, field, f"keys {sorted(value)}, expected d, kind, param")
+        try:
+            quantizer_from_spec(**value)
+        except SpreadcodeError as err:
+            raise metadata_error(where, field, err) from None
+        return cls(**value)
+
+    def to_json(self):
+        """The JSON object {"kind", "d", "param"}."""
+        return {"kind": self.kind, "d": self.d, "param": self.param}
+
+    def quantizer(self):
+        """The quantizer object of this code."""
+        return quantizer_from_spec(self.kind, self.d, self.param)
 
 
 def quantizer_spec(kind, d, r2=None):

@@ -183,14 +183,16 @@ def lying_file(tmp_path, arch, tensors=None, quantizer=None):
 
 
 @pytest.mark.parametrize("arch, quantizer, message", [
-    ({"d_in": 96, "hidden": 10**9, "d_out": 8}, None, r"bad 'arch'"),
+    ({"d_in": 96, "hidden": 10**9, "d_out": 8}, None, r"bad 'arch.hidden': 1000000000 is not"),
     ({"d_in": 96, "hidden": 2**20, "d_out": 8}, None, "tensors do not match arch"),
-    ({"d_in": 96, "hidden": True, "d_out": 8}, None, r"bad 'arch'"),
+    ({"d_in": 96, "hidden": True, "d_out": 8}, None, r"bad 'arch.hidden': True"),
+    ({"d_in": 96}, None, r"bad 'arch.hidden': None"),
+    ("wide", None, r"bad 'arch': not an object"),
     ({"d_in": 96, "hidden": 32, "d_out": 8}, {"kind": "lattice", "d": 8, "param": 10**6},
      r"bad 'quantizer': r2=1000000 is too large"),
     ({"d_in": 96, "hidden": 32, "d_out": 8}, {"kind": "lattice", "d": 24, "param": 79},
      "quantizer dimension 24 != d_out 8"),
-    ({"d_in": 96, "hidden": 32, "d_out": 8}, ["lattice", 8, 10], r"bad 'quantizer'"),
+    ({"d_in": 96, "hidden": 32, "d_out": 8}, ["lattice", 8, 10], r"bad 'quantizer': not an object"),
 ])
 def test_metadata_is_checked_before_any_network_is_built(tmp_path, monkeypatch, arch, quantizer,
                                                           message):

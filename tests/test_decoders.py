@@ -11,10 +11,10 @@ from spreadcode.catalyzer import catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
 from spreadcode.collection import open_collection
 from spreadcode.commands import info_command, train_decoder_command
-from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST, DecoderNet,
-                                 calibrate_blend, decoder_bytes, fit_decoder, fit_linear,
-                                 held_out_split, load_decoder, save_decoder, squared_error,
-                                 train_decoder)
+from spreadcode.decoders import (BLEND_SCALE_TOP, BLEND_WEIGHT, CALIBRATION_SHORTLIST, DecoderMeta,
+                                 DecoderNet, calibrate_blend, decoder_bytes, fit_decoder,
+                                 fit_linear, held_out_split, load_decoder, save_decoder,
+                                 squared_error, train_decoder)
 from spreadcode.encode import encode_file
 from spreadcode.errors import SpreadcodeError
 from spreadcode.finetune import fine_tune_catalyzer
@@ -116,7 +116,7 @@ def test_linear_decoder_is_least_squares_on_the_training_codes(world):
     solution = np.linalg.lstsq(design, learn[train_rows].astype(np.float64), rcond=None)[0]
     np.testing.assert_allclose(decoder.net.linear.weight.detach().numpy(), solution[:-1].T, atol=2e-5)
     np.testing.assert_allclose(decoder.net.linear.bias.detach().numpy(), solution[-1], atol=2e-5)
-    training = decoder.meta["training"]
+    training = decoder.spec.training
     assert training["val_mse"] == training["baseline_val_mse"] == pytest.approx(
         squared_error(decoder.net.predict(inputs[val_rows]), learn[val_rows]), rel=1e-12)
 
@@ -135,13 +135,12 @@ def test_save_load_round_trip(world, kind, tmp_path):
     decoder = load_decoder(sha, store=world["store"])
     assert decoder.sha256 == sha and decoder.kind == kind and not decoder.net.training
     assert decoder.catalyzer_sha256 == world["lattice"]["sha"]
-    assert decoder.meta["quantizer"] == LATTICE and decoder.meta["d_in"] == 96
-    assert decoder.meta["decoder"] == {"kind": kind, "hidden": 32 if kind == "mlp" else None,
-                                       "blend": decoder.blend}
-    data = decoder_bytes(decoder.net, decoder.meta)
-    assert store.sha256_file(decoder.meta["path"]) == sha
-    assert data == open(decoder.meta["path"], "rb").read()
-    sha_again, _ = save_decoder(decoder.net, decoder.meta, path=tmp_path / "copy", store=tmp_path / "s")
+    assert decoder.spec.quantizer.to_json() == LATTICE and decoder.spec.d_in == 96
+    assert (decoder.spec.kind, decoder.spec.hidden) == (kind, 32 if kind == "mlp" else None)
+    data = decoder_bytes(decoder.net, decoder.spec.to_json())
+    assert store.sha256_file(decoder.path) == sha
+    assert data == open(decoder.path, "rb").read()
+    sha_again, _ = save_decoder(decoder.net, decoder.spec.to_json(), path=tmp_path / "copy", store=tmp_path / "s")
     assert sha_again == sha
     from_path = load_decoder(tmp_path / "copy")
     codes = quantizer_from_spec(**LATTICE).quantize(
@@ -151,7 +150,7 @@ def test_save_load_round_trip(world, kind, tmp_path):
 
 
 def test_metadata_is_one_sorted_json_string(world):
-    path = load_decoder(world["sign"]["mlp"], store=world["store"]).meta["path"]
+    path = load_decoder(world["sign"]["mlp"], store=world["store"]).path
     data = open(path, "rb").read()
     raw = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]["spreadcode"]
     meta = json.loads(raw)
@@ -188,12 +187,13 @@ def test_mlp_keeps_the_epoch_of_lowest_held_out_error():
 
 
 def test_decoder_metadata_records_the_kept_epoch(world):
-    training = load_decoder(world["sign"]["mlp"], store=world["store"]).meta["training"]
+    training = load_decoder(world["sign"]["mlp"], store=world["store"]).spec.training
     curve = training["val_mse_curve"]
     assert len(curve) == training["epochs"] and training["best_epoch"] == curve.index(min(curve)) + 1
     assert training["val_mse"] == pytest.approx(min(curve), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tune_keeps_its_best_epoch_and_leaves_the_original_alone(world):
     entry = world["lattice"]
     meta = {"sha256": entry["sha"], "quantizer": LATTICE, "lambda": 0.02, "training": {"epochs": 2}}
@@ -346,11 +346,11 @@ def test_calibrated_blend_is_the_weight_times_the_distance_unit_ratio(world):
     codes = quantizer.quantize(catalyzed)
     _, val_rows = held_out_split(N_LEARN, seed=0)
     queries, database = val_rows[::5], np.setdiff1d(val_rows, val_rows[::5])
-    assert decoder.meta["training"]["calibration_queries"] == len(queries) == 30
+    assert decoder.spec.training["calibration_queries"] == len(queries) == 30
     blend, calibration = calibrate_blend(decoder.net, quantizer, codes[database],
                                          quantizer.reconstruct(codes[database]), learn[database],
                                          catalyzed[queries], learn[queries])
-    assert blend == decoder.blend and calibration == decoder.meta["training"]["blend_calibration"]
+    assert blend == decoder.blend and calibration == decoder.spec.training["blend_calibration"]
     # The unit ratio by hand: mean decoded over mean compressed distance of the top candidates.
     distances, shortlist = quantizer.search(codes[database], catalyzed[queries], CALIBRATION_SHORTLIST)
     top = shortlist[:, :BLEND_SCALE_TOP]
@@ -434,3 +434,22 @@ def test_decoder_net_kinds():
     mlp = DecoderNet(4, 6, hidden=8)
     assert mlp.kind == "mlp" and "residual_scale" in mlp.state_dict()
     assert mlp.predict(np.zeros((3, 4), np.float32)).shape == (3, 6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(catalyzer="abc"), "bad 'catalyzer': 'abc' is not a SHA-256"),
+    (lambda m: m.update(d_in=0), "bad 'd_in': 0 is not an integer"),
+    (lambda m: m.update(quantizer={"kind": "lattice", "d": 8}), "bad 'quantizer': keys"),
+    (lambda m: m["decoder"].update(kind="pca"), "bad 'decoder.kind': 'pca'"),
+    (lambda m: m["decoder"].update(kind="mlp", hidden=None), "bad 'decoder.hidden': None"),
+    (lambda m: m["decoder"].update(blend=float("inf")), "bad 'decoder.blend': inf"),
+    (lambda m: m.update(training=[]), "bad 'training': not an object"),
+])
+def test_corrupt_decoder_metadata_names_the_field(world, edit, message):
+    meta = store.read_metadata(store.resolve(world["lattice"]["linear"], world["store"],
+                                             kind="decoder"))
+    assert DecoderMeta.from_json(meta, "x").to_json() == {
+        key: meta[key] for key in ("catalyzer", "quantizer", "d_in", "decoder", "training")}
+    edit(meta)
+    with pytest.raises(SpreadcodeError, match=f"^x: corrupt decoder metadata \\({message}"):
+        DecoderMeta.from_json(meta, "x")

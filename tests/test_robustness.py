@@ -270,7 +270,7 @@ def forged_artifact(path, meta, tensors=None):
     return path
 
 
-@pytest.mark.parametrize("hidden, message", [(10**9, "bad 'arch'"),
+@pytest.mark.parametrize("hidden, message", [(10**9, "bad 'arch.hidden'"),
                                              (2**20, "tensors do not match arch")])
 def test_model_metadata_is_checked_against_the_tensors_first(world, tmp_path, hidden, message):
     catalyzer_meta = {"artifact": "catalyzer", "format_version": 1,
