@@ -57,6 +57,7 @@ def _all_recalls(results):
                 yield f"{row['method']} @ {bits}", cell["recall"]
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_writes_every_section(quick_run):
     results, folder = quick_run
     assert set(SECTIONS) <= set(results)
@@ -69,6 +70,7 @@ def test_quick_run_writes_every_section(quick_run):
         assert all(0.0 <= value <= 1.0 for value in recall.values())
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_spreadcode_rows_have_recalls(quick_run):
     results, _ = quick_run
     table1 = {row["method"]: row for row in results["table1"]["rows"]}
@@ -80,6 +82,7 @@ def test_quick_run_spreadcode_rows_have_recalls(quick_run):
         assert signs["catalyzer + sign (asymmetric)"]["cells"][bits]["bits"] == int(bits)
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_neighbour_statistics(quick_run):
     results, _ = quick_run
     for space in ("input", "catalyzed"):
@@ -91,6 +94,7 @@ def test_quick_run_neighbour_statistics(quick_run):
         assert results_per_query == sorted(results_per_query)
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_decoder_rows(quick_run):
     results, _ = quick_run
     section = results["decoders"]
@@ -107,6 +111,7 @@ def test_quick_run_decoder_rows(quick_run):
     assert n_values == sorted(n_values) and n_values[0] >= section["sweep"]["k"]
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_faiss_rows(quick_run):
     pytest.importorskip("faiss")
     results, _ = quick_run
@@ -118,6 +123,7 @@ def test_quick_run_faiss_rows(quick_run):
     assert itq["cells"]["32"]["recall"]
 
 
+@pytest.mark.slow  # the benchmark suite in quick mode: over a minute
 def test_quick_run_figures(quick_run):
     pytest.importorskip("matplotlib")
     _, folder = quick_run

@@ -1,5 +1,7 @@
 """End-to-end tests of every CLI command on small real data (slices of the bundled sample),
 and of the promise that bad input gives one clear error line, a non-zero exit and no output."""
+import hashlib
+import re
 import shutil
 import struct
 
@@ -8,6 +10,7 @@ import pytest
 
 from helpers import assert_clean_error, run, write_raw_fvecs
 from spreadcode import container, vecio
+from spreadcode.catalyzer import load_catalyzer
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
 
@@ -34,9 +37,16 @@ def work(tmp_path_factory):
 
 
 def test_train_prints_hash_and_writes_exact_output_path(work):
-    assert len(work["sha"]) == 64
-    assert (work["root"] / "model.catalyzer").is_file()
-    assert (work["store"] / f"{work['sha']}.safetensors").is_file()
+    output = (work["root"] / "model.catalyzer").read_bytes()
+    assert hashlib.sha256(output).hexdigest() == work["sha"]
+    assert (work["store"] / f"{work['sha']}.safetensors").read_bytes() == output
+    model, meta = load_catalyzer(work["root"] / "model.catalyzer")
+    assert (model.d_in, model.d_out) == (96, 24)
+    assert meta["quantizer"] == {"kind": "lattice", "d": 24, "param": 79}  # --bits 64 default
+    training = meta["training"]
+    assert training["epochs"] == 2 and training["n_train"] + training["n_val_db"] \
+        + training["n_val_queries"] == 3000
+    assert 1 <= training["best_epoch"] <= 2 and 0 < training["val_recall"]["10"] <= 1
 
 
 def test_encode_writes_one_code_per_vector_and_is_deterministic(work):
@@ -53,9 +63,13 @@ def test_encode_writes_one_code_per_vector_and_is_deterministic(work):
 def test_info_reports_header_checksum_and_model(work):
     result = run("info", work["root"] / "db.spc", "--store", work["store"])
     assert result.exit_code == 0, result.output
-    assert "checksum:" in result.stdout and "ok" in result.stdout
-    assert work["sha"] in result.stdout
-    assert "vectors:" in result.stdout and "2000" in result.stdout
+    rows = {key.rstrip(":"): value.strip() for key, value in
+            (line.split(":", 1) for line in result.stdout.splitlines())}
+    assert rows["vectors"] == "2000" and rows["code"] == "lattice S(24, r²=79)"
+    assert rows["checksum"].startswith("ok")
+    assert rows["catalyzer sha256"] == work["sha"]
+    assert rows["catalyzer in store"] == str(work["store"] / f"{work['sha']}.safetensors")
+    assert rows["decoders"] == "none"
 
 
 def test_search_tsv_ivecs_h5_and_recall(work):
@@ -115,10 +129,17 @@ def test_range_search_returns_every_code_within_radius(work, tmp_path):
         assert set(ids[lims[q]:lims[q + 1]]) == expected
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_bundled_sample():
     result = run("demo", "--epochs", 1, "-q")
     assert result.exit_code == 0, result.output
-    assert "1-recall@10=" in result.stdout and "smaller than float32" in result.stdout
+    recalls = dict(re.findall(r"1-recall@(\d+)=([\d.]+)%", result.stdout))
+    assert set(recalls) == {"1", "10", "100"}
+    assert 0 < float(recalls["1"]) <= float(recalls["10"]) <= float(recalls["100"]) <= 100
+    assert float(recalls["10"]) > 30  # far above chance (10 of 10,000) after one epoch
+    ratio = float(re.search(r"([\d.]+)x smaller than float32", result.stdout).group(1))
+    assert 40 < ratio <= 48  # 64-bit codes of 96 floats, plus the header
+    assert "encoded 10000 vectors" in result.stdout and "searched 500 queries" in result.stdout
 
 
 # ---- bad inputs: one clear line, non-zero exit, nothing left behind ------------------------
@@ -225,6 +246,7 @@ def test_train_decoder_and_rerank(work, tmp_path):
     assert np.load(everything).shape == (40, 10)
 
 
+@pytest.mark.slow
 def test_fine_tune_then_encode_with_the_new_catalyzer(work, tmp_path):
     store = tmp_path / "store"
     shutil.copytree(work["store"], store)

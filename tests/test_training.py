@@ -225,8 +225,17 @@ def test_sign_and_end_to_end_runs():
     learn = load_sample().learn[:600]
     sign = train_catalyzer(learn, replace(default_config(16, "sign"), hidden=64, epochs=1), progress=False)
     assert sign.meta["quantizer"] == {"kind": "sign", "d": 16, "param": 16}
-    e2e = train_catalyzer(learn, small_config(epochs=1, end_to_end=True), progress=False)
+    assert sign.model.d_out == 16 and set(sign.meta["training"]["val_recall"]) == {"1", "10", "100"}
+    out = catalyze(sign.model, learn[:50])
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, rtol=1e-5)
+    # End-to-end training sees positives and negatives through the quantizer: with the same
+    # seed, data and schedule it must end in other weights than plain training.
+    plain = train_catalyzer(learn, small_config(epochs=1, hidden=32), progress=False)
+    e2e = train_catalyzer(learn, small_config(epochs=1, hidden=32, end_to_end=True), progress=False)
     assert e2e.meta["training"]["end_to_end"] is True
+    assert plain.history[0]["triplet"] != e2e.history[0]["triplet"]
+    assert not all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                     e2e.model.state_dict().values()))
 
 
 def test_straight_through_forward_snaps_backward_is_identity():
