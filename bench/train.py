@@ -27,15 +27,16 @@ from spreadcode.training import (DEFAULT_EPOCHS, DEFAULT_TIME_BUDGET_S, default_
                                  make_quantizer, resolve_device, train_catalyzer)
 from spreadcode import vecio  # noqa: E402
 from spreadcode.catalyzer import catalyze  # noqa: E402
+from spreadcode.search import recall_at  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wordnet-minilm96"
 KS = (1, 10, 100)
 
 
 def recall(ids, groundtruth):
-    """1-recall@1/10/100 in %: ids int64 (nq, >=100), groundtruth int (nq, >=1)."""
-    hits = ids == groundtruth[:, :1]
-    return [100.0 * hits[:, :k].any(axis=1).mean() for k in KS]
+    """1-recall@1/10/100 in % (`spreadcode.search.recall_at`): ids int64 (nq, >=100),
+    groundtruth int (nq, >=1)."""
+    return [100.0 * value for value in recall_at(ids, groundtruth, KS).values()]
 
 
 def search_recall(quantizer, base_out, query_out, groundtruth):
