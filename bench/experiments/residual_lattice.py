@@ -39,7 +39,7 @@ class Res2(nn.Module):
             z = straight_through(y, q)
             xh = self.g[m](z) if m == 0 else xh + self.g[m](torch.cat([z, xh], 1))
             ys.append(y); zs.append(z); xhs.append(xh)
-        return xhs[0] / self.scale + self.center, xh / self.scale + self.center, ys[0], ys[-1], zs[0], zs[-1]
+        return xhs[0] / self.scale + self.center, xh / self.scale + self.center, ys[0], ys[-1], zs[0], torch.cat(zs, 1)
 
 def run_batches(model, x, bs=4096):
     model.eval(); outs = []
@@ -93,7 +93,15 @@ def main():
     _, I = decoders.rerank_candidates(ds.query, Is, lambda u: x2b[u], 100); row["rr"] = recall(I, ds.groundtruth)
     _, I = brute(x2b, ds.query, 100); row["decall"] = recall(I, ds.groundtruth)
     _, I = brute(x1b, ds.query, 100); row["decall1"] = recall(I, ds.groundtruth)
-    x1l, x2l, *_ = run_batches(model, ds.learn)
+    x1l, x2l, _, _, _, zl = run_batches(model, ds.learn)
+    # Additive linear decoder over all stages' lattice points (least squares on learn): the
+    # candidate compressed-domain score; its shortlist of 1000 is re-ranked by the MLP decoder.
+    lin, _ = decoders.fit_decoder(zl, ds.learn, kind="linear")
+    xlin = lin.predict(z2b)
+    row["lin_mse"] = round(float(((xlin - ds.base) ** 2).sum(1).mean()), 4)
+    Dl, Il = brute(xlin, ds.query, 1000)
+    row["lin_all"] = recall(Il, ds.groundtruth)
+    _, I = decoders.rerank_candidates(ds.query, Il, lambda u: x2b[u], 100); row["lin_rr"] = recall(I, ds.groundtruth)
     nb = norm_model(x2l, ds.learn)(x2b)
     row["ip_all"] = recall(ip_search(x2b, nb, ds.query, 100), ds.groundtruth)
     row["ip_rr"] = recall(ip_search(x2b, nb, ds.query, 100, Is, Ds, 0.0), ds.groundtruth)
