@@ -3,11 +3,13 @@
 Run from anywhere: ``python formats/make_golden.py``. Each golden ``NAME.spc`` gets a
 ``NAME.json`` beside it holding the header fields and the decoded content: for lattice codes
 the code values (decimal strings: they exceed 64 bits) and the lattice points z, for sign
-codes the +-1 vectors; plus the ids if any. tests/test_container.py reads them back, so a
+codes the +-1 vectors, for product codes each block's rank (decimal strings) and the
+concatenated lattice points (z_1, ..., z_M); plus the ids if any. tests/test_container.py reads them back, so a
 later spreadcode that can no longer read these bytes fails its tests.
 
 The codes are made from fixed pseudo-random vectors plus, for lattice files, the smallest
-and largest code of the sphere (code 0 and count - 1, which fills the high word). The
+and largest code of the sphere (code 0 and count - 1, which fills the high word), for product
+files the code whose blocks are all 0 and the one whose blocks all hold their largest rank. The
 catalyzer SHA-256 is the made-up value 00 01 02 ... 1f, not a real model.
 """
 import json
@@ -20,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spreadcode import container, lattice, signs  # noqa: E402
+from spreadcode.quantizer import ProductQuantizer  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 FAKE_CATALYZER_SHA256 = bytes(range(32))
@@ -52,6 +55,20 @@ def sign_golden(name, d, ids, seed):
                  {"signs": signs.unpack(codes, d).astype(int).tolist()})
 
 
+def product_golden(name, blocks, n_random, seed):
+    """Codes of ``n_random`` Gaussian vectors, then all blocks 0 and all blocks count - 1."""
+    q = ProductQuantizer(blocks)
+    y = np.random.default_rng(seed).standard_normal((n_random, q.d)).astype(np.float32)
+    ranks = [np.concatenate([rank, [0, lattice.count(d, r2) - 1]]).astype(np.uint64)
+             for rank, (d, r2) in zip(q.block_codes(q.quantize(y)), blocks)]
+    codes = q.join_block_codes(ranks)
+    write_golden(name, codes, None,
+                 dict(kind="product", d=q.d, param=q.param, bits=q.bits,
+                      code_bytes=q.code_bytes, input_dim=96, input_dtype="float32"),
+                 {"codes": np.stack(ranks, axis=1).astype(str).tolist(),
+                  "points": np.concatenate(q.block_points(codes), axis=1).tolist()})
+
+
 def write_golden(name, code_bytes, ids, layout, decoded):
     """Write NAME.spc (codes uint8 (n, code_bytes), ids int64 (n,) or None) and NAME.json."""
     metadata = {"creator": "formats/make_golden.py", "source": f"{name} (synthetic)"}
@@ -60,7 +77,8 @@ def write_golden(name, code_bytes, ids, layout, decoded):
                              metadata=metadata, with_ids=ids is not None) as writer:
         writer.append(code_bytes, ids)
     expected = {
-        "header": dict(layout, version=[1, 0], count=len(code_bytes),
+        "header": dict(layout, version=[1, 1 if layout["kind"] == "product" else 0],
+                       count=len(code_bytes),
                        catalyzer_sha256=FAKE_CATALYZER_SHA256.hex(),
                        has_ids=ids is not None, metadata=metadata),
         "ids": None if ids is None else ids.tolist(),
@@ -77,6 +95,7 @@ def main():
     lattice_golden("lattice-d24-r79", d=24, r2=79, n_random=3, seed=1)
     lattice_golden("lattice-d48-r135", d=48, r2=135, n_random=1, seed=2)
     sign_golden("sign-d20-ids", d=20, ids=[10, -3, 2**40, 7], seed=3)
+    product_golden("product-4x12-r6", blocks=[(12, 6)] * 4, n_random=3, seed=4)
 
 
 if __name__ == "__main__":

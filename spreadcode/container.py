@@ -1,8 +1,8 @@
 """The .spc file: a self-describing, checksummed array of fixed-width codes.
 
 Byte-level specification: ``formats/spc.md``. In short: a 192-byte little-endian header
-(magic, version, code kind and parameters, counts, catalyzer SHA-256, checksums), UTF-8 JSON
-metadata, zero padding to a 64-byte boundary, ``count × code_bytes`` code bytes, then (flag
+(magic, version, code kind and parameters, counts, catalyzer SHA-256, checksums), for product
+codes a block table of M (u32 d_m, u32 r2_m) pairs (format 1.1), UTF-8 JSON metadata, zero padding to a 64-byte boundary, ``count × code_bytes`` code bytes, then (flag
 bit 0) zero padding to 8 bytes and ``count`` int64 ids. Everything before the payload is
 covered by the header SHA-256, everything from the payload on by the payload SHA-256.
 There is no codebook: the header alone says how to decode.
@@ -26,18 +26,20 @@ import numpy as np
 
 from spreadcode.errors import SpreadcodeError
 from spreadcode.fileio import atomic_output, canonical_json, load_json
-from spreadcode.quantizer import describe_code, quantizer_from_spec
+from spreadcode.quantizer import MAX_BLOCKS, describe_code, quantizer_from_spec
 
 MAGIC = b"SPRDCODE"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 0          # lattice and sign files: format 1.0
+PRODUCT_VERSION_MINOR = 1  # product files (the block table): format 1.1
 HEADER = struct.Struct("<8sHHIBBH7IQQ32s32s32s32s")
 HEADER_SIZE = HEADER.size  # 192
+BLOCK = struct.Struct("<II")  # a product block (d_m, r2_m), after the fixed header
 HEADER_SHA256_SLICE = slice(128, 160)
 PAYLOAD_ALIGN = 64
 IDS_ALIGN = 8
 FLAG_HAS_IDS = 1
-KINDS = {"lattice": 1, "sign": 2}
+KINDS = {"lattice": 1, "sign": 2, "product": 3}
 INPUT_DTYPES = {"float32": 1, "uint8": 2, "int32": 3, "float64": 4, "int8": 5, "float16": 6}
 _HASH_CHUNK = 1 << 23
 
@@ -47,7 +49,10 @@ class SpcHeader:
     """Every field of a .spc header, decoded.
 
     ``kind`` is "lattice" (``param`` = r², codes are ``code_bytes // 8`` little-endian uint64
-    words) or "sign" (``param`` = bits = d, one bit per dimension); ``catalyzer_sha256`` is a
+    words), "sign" (``param`` = bits = d, one bit per dimension) or "product" (``param`` = the
+    block table ((d_1, r2_1), ..., (d_M, r2_M)); the header's u32 field holds M, the table
+    follows the fixed header); ``param`` is thus the quantizer's (`quantizer_from_spec`).
+    ``catalyzer_sha256`` is a
     hex str, or None when the vectors were coded without a catalyzer; ``metadata`` is the
     decoded JSON object; the sha256 fields are hex str.
     """
@@ -92,12 +97,15 @@ def _align(offset, alignment):
 
 
 def _check_code_layout(kind, d, param, bits, code_bytes, where):
-    """Raise unless the code parameters name a setting the codec supports (within its limits,
-    see `spreadcode.lattice` and `spreadcode.signs`) and ``bits`` / ``code_bytes`` are exactly
-    what it takes: lattice ceil(log2 |S(d, r²)|) bits in ceil(bits / 64) uint64 words, sign
-    codes one bit per dimension (param = bits = d) in ceil(d / 8) bytes."""
+    """The quantizer of the code parameters; raise unless they name a setting the codec
+    supports (within its limits, see `spreadcode.lattice`, `spreadcode.signs` and
+    `spreadcode.quantizer.ProductQuantizer`) and ``bits`` / ``code_bytes`` are exactly what it
+    takes: lattice ceil(log2 |S(d, r²)|) bits in ceil(bits / 64) uint64 words, sign codes one
+    bit per dimension (param = bits = d) in ceil(d / 8) bytes, product codes the sums of their
+    blocks' bits and ceil(bits_m / 8) bytes (param = the blocks, d their dimensions' sum)."""
     if kind not in KINDS:
-        raise SpreadcodeError(f"{where}: unknown code kind {kind!r} (expected lattice or sign)")
+        raise SpreadcodeError(f"{where}: unknown code kind {kind!r} (expected lattice, sign "
+                              "or product)")
     try:
         quantizer = quantizer_from_spec(kind, d, param)
     except SpreadcodeError as err:
@@ -106,6 +114,7 @@ def _check_code_layout(kind, d, param, bits, code_bytes, where):
         raise SpreadcodeError(
             f"{where}: {describe_code(kind, d, param)} codes have {quantizer.bits} bits in "
             f"{quantizer.code_bytes} bytes, not {bits} bits in {code_bytes} bytes")
+    return quantizer
 
 
 def _catalyzer_bytes(value, where):
@@ -145,7 +154,9 @@ def _read_metadata(data, where):
 class SpcWriter:
     """Stream codes into a new .spc file, all-or-nothing.
 
-    Use as a context manager; ``append`` batches of uint8 (b, code_bytes) codes (and, when
+    ``param`` is the quantizer's: r² (lattice), d (sign) or the blocks ((d_m, r2_m), ...)
+    (product: a 1.1 file with the block table). Use as a context manager; ``append`` batches
+    of uint8 (b, code_bytes) codes (and, when
     ``with_ids``, int64 (b,) ids). The file is built at a hidden temp path beside ``path``
     (ids go to an anonymous scratch file until the codes are complete); on clean exit the
     count and checksums are filled in and the file is renamed onto ``path``. On an exception
@@ -157,32 +168,40 @@ class SpcWriter:
         self.path = Path(path)
         for name, value in (("d", d), ("param", param), ("bits", bits),
                             ("code_bytes", code_bytes), ("input_dim", input_dim)):
+            if name == "param" and kind == "product":
+                continue  # the blocks, checked by the quantizer
             if not isinstance(value, numbers.Integral) or not 0 <= value < 2**32:
                 raise SpreadcodeError(f"{self.path}: {name} must be an integer in [0, 2^32), "
                                       f"got {value!r}")
-        _check_code_layout(kind, d, param, bits, code_bytes, self.path)
+        quantizer = _check_code_layout(kind, d, param, bits, code_bytes, self.path)
         if str(input_dtype) not in INPUT_DTYPES:
             raise SpreadcodeError(f"{self.path}: unsupported input dtype {input_dtype!r} "
                                   f"(expected one of {', '.join(INPUT_DTYPES)})")
         if input_dim < 1:
             raise SpreadcodeError(f"{self.path}: input dimension must be positive")
-        self._fields = dict(kind=kind, d=int(d), param=int(param), bits=int(bits),
+        blocks = quantizer.param if kind == "product" else ()
+        self._blocks = b"".join(BLOCK.pack(*pair) for pair in blocks)
+        self._fields = dict(kind=kind, d=int(d), param=len(blocks) if blocks else int(param),
+                            bits=int(bits),
                             code_bytes=int(code_bytes), input_dim=int(input_dim), input_dtype=str(input_dtype),
                             flags=FLAG_HAS_IDS if with_ids else 0,
                             catalyzer=_catalyzer_bytes(catalyzer_sha256, self.path))
         self._metadata = _metadata_bytes(metadata, self.path)
-        self._payload_offset = _align(HEADER_SIZE + len(self._metadata), PAYLOAD_ALIGN)
+        self._header_size = HEADER_SIZE + len(self._blocks)
+        self._payload_offset = _align(self._header_size + len(self._metadata), PAYLOAD_ALIGN)
         self.count = 0
         self._output = self._file = self._ids_file = None
         self._payload_hash = hashlib.sha256()
 
     def _header(self, payload_sha256=bytes(32), header_sha256=bytes(32)):
+        """The fixed header and, for product codes, the block table: header_size bytes."""
         f = self._fields
+        minor = PRODUCT_VERSION_MINOR if self._blocks else VERSION_MINOR
         return HEADER.pack(
-            MAGIC, VERSION_MAJOR, VERSION_MINOR, HEADER_SIZE, KINDS[f["kind"]],
+            MAGIC, VERSION_MAJOR, minor, self._header_size, KINDS[f["kind"]],
             INPUT_DTYPES[f["input_dtype"]], 0, f["d"], f["param"], f["bits"], f["code_bytes"],
             f["input_dim"], f["flags"], len(self._metadata), self.count, self._payload_offset,
-            f["catalyzer"], payload_sha256, header_sha256, bytes(32))
+            f["catalyzer"], payload_sha256, header_sha256, bytes(32)) + self._blocks
 
     def _prefix(self, payload_sha256=bytes(32), header_sha256=bytes(32)):
         """Bytes [0, payload_offset): header, metadata, zero padding."""
@@ -361,6 +380,8 @@ def read_header(path):
         if kind_name is None:
             raise SpreadcodeError(
                 f"{path}: unknown code kind {kind} (written by a newer spreadcode?)")
+        if kind_name == "product":
+            param = _read_blocks(fh, param, header_size, path)
         _check_code_layout(kind_name, d, param, bits, code_bytes, path)
         fh.seek(header_size)
         metadata = _read_metadata(fh.read(metadata_size), path)
@@ -380,6 +401,22 @@ def read_header(path):
             f"({header.file_size - payload_offset} bytes of payload), file has "
             f"{size - payload_offset} bytes of payload")
     return header
+
+
+def _read_blocks(fh, count, header_size, path):
+    """The block table ((d_m, r2_m), ...) of a product header whose param field says
+    ``count`` blocks, after checking 1 <= count <= MAX_BLOCKS and header_size = 192 + 8 count
+    (the header checks before guarantee the table lies inside the file)."""
+    if not 1 <= count <= MAX_BLOCKS:
+        raise SpreadcodeError(f"{path}: product code of {count} blocks (param): expected 1 to "
+                              f"{MAX_BLOCKS}")
+    if header_size != HEADER_SIZE + BLOCK.size * count:
+        raise SpreadcodeError(
+            f"{path}: product code of {count} blocks needs header_size = {HEADER_SIZE} + "
+            f"{BLOCK.size} × {count} = {HEADER_SIZE + BLOCK.size * count}, got {header_size}")
+    fh.seek(HEADER_SIZE)
+    table = fh.read(BLOCK.size * count)
+    return tuple(BLOCK.unpack_from(table, BLOCK.size * m) for m in range(count))
 
 
 def open_spc(path, verify=True):

@@ -76,19 +76,24 @@ def rehash_header(path):
 
 
 def forge_spc(path, *, kind, d, param, bits, code_bytes, count=0, codes=b"", ids=None,
-              metadata=b"{}", catalyzer=bytes(32), input_dim=96, input_dtype=1):
+              metadata=b"{}", catalyzer=bytes(32), input_dim=96, input_dtype=1, blocks=(),
+              header_size=None):
     """Write a .spc file with exactly these header fields and raw ``metadata`` / ``codes`` /
     ``ids`` bytes, checksums valid: the file a hostile writer could make. ``kind`` is the
-    header's number (1 lattice, 2 sign)."""
-    payload_offset = -(-(container.HEADER_SIZE + len(metadata)) // 64) * 64
+    header's number (1 lattice, 2 sign, 3 product); ``blocks`` (d_m, r2_m) pairs are written
+    as the block table after the fixed header; ``header_size`` defaults to 192 + 8 × blocks
+    (more: zero bytes before the metadata)."""
+    table = b"".join(container.BLOCK.pack(*pair) for pair in blocks)
+    header_size = container.HEADER_SIZE + len(table) if header_size is None else header_size
+    payload_offset = -(-(header_size + len(metadata)) // 64) * 64
     flags = 0 if ids is None else container.FLAG_HAS_IDS
     payload = codes
     if ids is not None:
         payload += bytes(-(payload_offset + len(codes)) % 8) + ids
     header = container.HEADER.pack(
-        container.MAGIC, 1, 0, container.HEADER_SIZE, kind, input_dtype, 0, d, param, bits,
-        code_bytes, input_dim, flags, len(metadata), count, payload_offset, catalyzer,
-        bytes(32), bytes(32), bytes(32))
-    prefix = header + metadata
+        container.MAGIC, 1, 1 if blocks else 0, header_size, kind, input_dtype, 0, d, param,
+        bits, code_bytes, input_dim, flags, len(metadata), count, payload_offset, catalyzer,
+        bytes(32), bytes(32), bytes(32)) + table
+    prefix = header + bytes(header_size - len(header)) + metadata
     path.write_bytes(reseal(prefix + bytes(payload_offset - len(prefix)) + payload))
     return path

@@ -11,15 +11,18 @@ import pytest
 
 from helpers import forge_spc, rehash_header, reseal
 from spreadcode import container, lattice, signs
+from spreadcode.collection import open_collection
 from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import ProductQuantizer
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "formats" / "golden"
-GOLDEN_NAMES = ["lattice-d24-r79", "lattice-d48-r135", "sign-d20-ids"]
+GOLDEN_NAMES = ["lattice-d24-r79", "lattice-d48-r135", "product-4x12-r6", "sign-d20-ids"]
 
 CATALYZER = bytes(range(32))
 LATTICE = dict(kind="lattice", d=24, param=79, bits=64, code_bytes=8)
 WIDE_LATTICE = dict(kind="lattice", d=64, param=100, bits=147, code_bytes=24)
 SIGN = dict(kind="sign", d=20, param=20, bits=20, code_bytes=3)
+PRODUCT = dict(kind="product", d=20, param=((12, 6), (8, 16)), bits=33, code_bytes=5)
 
 
 def write_spc(path, codes, *, layout=LATTICE, ids=None, batch=4, metadata=None,
@@ -258,7 +261,7 @@ def test_reader_makes_its_checks_in_the_order_of_the_spec(tmp_path, step, messag
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(kind=3), "unknown code kind 3"),
+    (dict(kind=4), "unknown code kind 4"),
     (dict(kind=1, d=65, param=79), "lattice dimension d=65 is above the limit of 64"),
     (dict(kind=1, d=24, param=16384), "r2=16384 is too large"),
     (dict(kind=1, d=3, param=7), "S\\(d=3, r2=7\\) is empty"),
@@ -451,8 +454,9 @@ def test_golden_file_decodes_to_its_expected_content(name):
     h = spc.header
     want = expected["header"]
     assert [h.version_major, h.version_minor] == want["version"]
+    param = tuple(map(tuple, want["param"])) if h.kind == "product" else want["param"]
     assert (h.kind, h.d, h.param, h.bits, h.code_bytes, h.count) == (
-        want["kind"], want["d"], want["param"], want["bits"], want["code_bytes"], want["count"])
+        want["kind"], want["d"], param, want["bits"], want["code_bytes"], want["count"])
     assert (h.input_dim, h.input_dtype, h.has_ids) == (
         want["input_dim"], want["input_dtype"], want["has_ids"])
     assert (h.catalyzer_sha256, h.metadata) == (want["catalyzer_sha256"], want["metadata"])
@@ -468,6 +472,18 @@ def test_golden_file_decodes_to_its_expected_content(name):
         points = lattice.decode(words[:, 0] if words.shape[1] == 1 else words, h.d, h.param)
         np.testing.assert_array_equal(points, expected["points"])
         assert ((points.astype(np.int64) ** 2).sum(axis=1) == h.param).all()
+    elif h.kind == "product":
+        # the spec's layout: block m's rank, little-endian in ceil(bits_m / 8) bytes, block 0 first
+        widths = [-(-lattice.bits(d, r2) // 8) for d, r2 in h.param]
+        starts = np.cumsum([0] + widths)
+        ranks = [[str(int.from_bytes(row[a:b].tobytes(), "little")) for a, b in
+                  zip(starts[:-1], starts[1:])] for row in spc.codes_bytes]
+        assert ranks == expected["codes"]
+        points = [lattice.decode(np.array([int(r[m]) for r in ranks], np.uint64), d, r2)
+                  for m, (d, r2) in enumerate(h.param)]
+        np.testing.assert_array_equal(np.concatenate(points, axis=1), expected["points"])
+        for z, (_, r2) in zip(points, h.param):
+            assert ((z.astype(np.int64) ** 2).sum(axis=1) == r2).all()
     else:
         s = signs.unpack(np.ascontiguousarray(spc.codes_bytes), h.d)
         np.testing.assert_array_equal(s, expected["signs"])
@@ -485,3 +501,130 @@ def test_writer_reproduces_golden_files_byte_for_byte(tmp_path, name):
                              with_ids=h.has_ids) as writer:
         writer.append(golden.codes_bytes, golden.ids)
     assert path.read_bytes() == (GOLDEN_DIR / f"{name}.spc").read_bytes()
+
+
+# ---- product codes (kind 3): the block table -------------------------------------------------
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_product_round_trip_and_block_table_layout(tmp_path, with_ids):
+    codes = ProductQuantizer(PRODUCT["param"]).quantize(
+        np.random.default_rng(5).standard_normal((9, 20)).astype(np.float32))
+    ids = np.arange(9, dtype=np.int64) * 3 - 4 if with_ids else None
+    path = write_spc(tmp_path / "p.spc", codes, layout=PRODUCT, ids=ids, metadata={"a": 1})
+    spc = container.open_spc(path)
+    h = spc.header
+    assert (h.kind, h.d, h.param, h.bits, h.code_bytes) == tuple(PRODUCT.values())
+    assert (h.version_major, h.version_minor, h.header_size, h.count) == (1, 1, 208, 9)
+    np.testing.assert_array_equal(spc.codes_bytes, codes)
+    np.testing.assert_array_equal(spc.ids if with_ids else np.zeros(0), ids if with_ids else [])
+    data = path.read_bytes()
+    fields = container.HEADER.unpack_from(data)
+    assert fields[1:4] == (1, 1, 208) and fields[4] == 3
+    assert fields[7:11] == (20, 2, 33, 5)  # d, param = M, bits, code_bytes
+    assert data[192:208] == struct.pack("<4I", 12, 6, 8, 16)
+    assert data[208:215] == b'{"a":1}' and fields[15] == 256
+    prefix = bytearray(data[:256])
+    prefix[128:160] = bytes(32)
+    assert fields[18] == hashlib.sha256(prefix).digest()  # the table is covered
+    assert container.describe(spc)["format"] == ".spc 1.1"
+    assert container.describe(spc)["code"] == "product of 2 lattices S(12, r²=6)+S(8, r²=16)"
+
+
+def test_lattice_and_sign_files_stay_version_1_0(tmp_path):
+    for name, layout in (("l", LATTICE), ("s", SIGN)):
+        h = container.open_spc(write_spc(tmp_path / f"{name}.spc", random_codes(2, layout[
+            "code_bytes"]), layout=layout)).header
+        assert (h.version_minor, h.header_size) == (0, 192)
+
+
+def test_flipped_block_table_byte_is_detected(tmp_path):
+    path = write_spc(tmp_path / "p.spc", random_codes(3, 5), layout=PRODUCT)
+    for offset in range(192, 208):
+        fresh = write_spc(tmp_path / f"{offset}.spc", random_codes(3, 5), layout=PRODUCT)
+        flip_byte(fresh, offset)
+        with pytest.raises(SpreadcodeError, match=f"^{fresh}: header checksum mismatch"):
+            container.read_header(fresh)
+    assert container.read_header(path).param == PRODUCT["param"]
+
+
+# Check 5 for product codes, in the order of formats/spc.md: a file failing rule N and every
+# later one fails with rule N.
+PRODUCT_CHECKS = [
+    ("blocks", r"product code of 0 blocks \(param\): expected 1 to 64"),
+    ("header_size", r"product code of 2 blocks needs header_size = 192 \+ 8 × 2 = 208, got 216"),
+    ("block", r"product block 1: S\(d=3, r2=7\) is empty: 7 is not a sum of 3 squares"),
+    ("d", r"product quantizer d must be the sum of its blocks' dimensions, 20, got 21"),
+    ("bits", r"product of 2 lattices S\(12, r²=6\)\+S\(8, r²=16\) codes have 33 bits in 5 "
+             r"bytes, not 34 bits in 5 bytes"),
+]
+
+
+def product_failing_from(path, rule):
+    """A product .spc file at ``path`` that breaks check-5 rule ``rule`` and every later one."""
+    step = [name for name, _ in PRODUCT_CHECKS].index(rule)
+    blocks = [(12, 6), (3, 7) if step <= 2 else (8, 16)]
+    return forge_spc(path, kind=3, d=21 if step <= 3 else 20, param=0 if step == 0 else 2,
+                     bits=34, code_bytes=5, blocks=blocks, header_size=216 if step <= 1 else None,
+                     count=1, codes=bytes(5))
+
+
+@pytest.mark.parametrize("rule, message", PRODUCT_CHECKS)
+def test_product_parameters_are_checked_in_the_order_of_the_spec(tmp_path, rule, message):
+    path = product_failing_from(tmp_path / "bad.spc", rule)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: {message}$"):
+        container.read_header(path)
+
+
+def test_product_checks_are_those_of_the_spec():
+    spec = (Path(__file__).resolve().parents[1] / "formats" / "spc.md").read_text()
+    step5 = spec[spec.index("\n5. check the code parameters"):spec.index("\n6. check the metadata")]
+    rules = step5[step5.index("for product codes"):]
+    positions = [rules.index(text) for text in
+                 ("1 ≤ M ≤ 64", "`header_size` = 192 + 8 × M", "each block", "`d` =", "`bits` =")]
+    assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize("blocks, fields, message", [
+    ([(12, 6)] * 65, dict(param=65), "product code of 65 blocks"),
+    ([(64, 100)], dict(d=64), r"product block 0: S\(d=64, r2=100\) needs 147-bit codes, above "
+                              "the 64-bit limit of a product block"),
+    ([(65, 1)], dict(d=65), "product block 0: lattice dimension d=65 is above the limit of 64"),
+    ([(12, 0)], dict(d=12), "product block 0: r2 must be >= 1"),
+    ([(12, 6), (8, 16)], dict(code_bytes=6), "codes have 33 bits in 5 bytes, not 34 bits in 6"),
+])
+def test_product_block_table_is_checked_against_the_codec(tmp_path, blocks, fields, message):
+    fields = {"d": 20, "param": len(blocks), "bits": 34, "code_bytes": 5, **fields}
+    path = forge_spc(tmp_path / "forged.spc", kind=3, blocks=blocks, **fields)
+    with pytest.raises(SpreadcodeError, match=f"^{path}: .*{message}"):
+        container.read_header(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(param=()), "product blocks must be a list of 1 to 64"),
+    (dict(param=((12, 6),) * 65), "product blocks must be a list of 1 to 64"),
+    (dict(param=5), "product blocks must be a list of 1 to 64"),
+    (dict(param=((12, 6), (8,))), r"product block 1 must be a \(d, r2\) pair"),
+    (dict(param=((12, 6), (8, 16.0))), "product block 1: r2 must be an integer"),
+    (dict(param=((12, 6), (64, 100))), "above the 64-bit limit of a product block"),
+    (dict(d=21), "d must be the sum of its blocks' dimensions, 20, got 21"),
+    (dict(bits=32), "codes have 33 bits in 5 bytes, not 32 bits in 5 bytes"),
+])
+def test_writer_refuses_bad_product_arguments(tmp_path, overrides, message):
+    args = dict(PRODUCT, input_dim=96, input_dtype="float32", **overrides)
+    with pytest.raises(SpreadcodeError, match=message):
+        container.SpcWriter(tmp_path / "db.spc", **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_using_product_codes_checks_every_block_rank(tmp_path):
+    """A file that passes the header checks but holds a rank >= |S(d_m, r2_m)|."""
+    codes = bytearray(ProductQuantizer(PRODUCT["param"]).join_block_codes(
+        [np.array([5, 0], np.uint64), np.array([1, lattice.count(8, 16) - 1], np.uint64)]))
+    codes[9] = 0xFF  # the high byte of row 1's block 1: above count
+    path = forge_spc(tmp_path / "bad.spc", kind=3, d=20, param=2, bits=33, code_bytes=5,
+                     blocks=PRODUCT["param"], count=2, codes=bytes(codes))
+    collection = open_collection([path])
+    with pytest.raises(SpreadcodeError, match=(
+            rf"^{path}: codes block 1 row 1 is not a valid code of S\(d=8, r2=16\): codes "
+            rf"must be below count = {lattice.count(8, 16)}$")):
+        collection.codes(0)
