@@ -300,3 +300,61 @@ def test_sign_codes_asymmetric_and_hamming(work, tmp_path):
     lattice_db = work["root"] / "db.spc"
     assert_clean_error(run("search", lattice_db, work["query"], "-k", 5, "--store",
                            work["store"], "--hamming"), "Hamming search needs sign codes")
+
+
+def test_product_codes_end_to_end(work, tmp_path):
+    """A catalyzer of d_out = 48 saved with a 4 x S(12, 6) product quantizer: encode, info
+    (the blocks), search (equal to ProductQuantizer.search on the file's codes), and the
+    Python API on the same file."""
+    from helpers import tiny_catalyzer
+    from spreadcode.catalyzer import catalyze, save_catalyzer
+    from spreadcode.index import Index
+    from spreadcode.quantizer import ProductQuantizer
+
+    store = tmp_path / "store"
+    model = tiny_catalyzer(48, seed=3)
+    spec = {"kind": "product", "d": 48, "param": [[12, 6]] * 4}
+    sha, _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.0, "training": {}},
+                            store=store)
+    loaded, meta = load_catalyzer(sha, store=store)
+    assert meta["quantizer"] == spec
+    db = tmp_path / "product.spc"
+    encoded = run("encode", work["base"], "-o", db, "--store", store, "--model", sha[:12])
+    assert encoded.exit_code == 0, encoded.output
+    assert "2000 codes, product d=48 4×S(12,6), 64 bits/vector" in encoded.stdout
+    spc = container.open_spc(db)
+    h = spc.header
+    assert (h.kind, h.d, h.param, h.bits, h.code_bytes, h.version_minor) == (
+        "product", 48, ((12, 6),) * 4, 64, 8, 1)
+    q = ProductQuantizer(h.param)
+    sample = load_sample()
+    np.testing.assert_array_equal(spc.codes_bytes, q.quantize(catalyze(loaded, sample.base[:2000])))
+
+    info = run("info", db, "--store", store)
+    assert info.exit_code == 0, info.output
+    rows = {key.rstrip(":"): value.strip() for key, value in
+            (line.split(":", 1) for line in info.stdout.splitlines())}
+    assert rows["code"] == "product of 4 lattices 4×S(12, r²=6)"
+    assert (rows["format"], rows["bits per code"], rows["bytes per code"]) == (".spc 1.1", "64", "8")
+    assert rows["checksum"].startswith("ok")
+
+    out = tmp_path / "found.npy"
+    searched = run("search", db, work["query"], "-k", 7, "--store", store, "-o", out)
+    assert searched.exit_code == 0, searched.output
+    want_d, want_i = q.search(np.ascontiguousarray(spc.codes_bytes),
+                              catalyze(loaded, sample.query[:40]), 7)
+    np.testing.assert_array_equal(np.load(out), want_i)
+    np.testing.assert_array_equal(np.load(tmp_path / "found.distances.npy"), want_d)
+    ranged = run("search", db, work["query"], "--radius", 0.8, "--store", store)
+    assert ranged.exit_code == 0, ranged.output
+
+    index = Index.load(db, store=store)
+    distances, ids = index.search(sample.query[:40], 7)
+    np.testing.assert_array_equal(ids, want_i)
+    index.add(sample.base[:5])  # copies of codes 0..4, as ids 2000..2004
+    more_d, more_i = index.search(sample.query[:40], 7)
+    assert (more_d <= want_d).all() and set(more_i.ravel()) - set(want_i.ravel()) <= set(
+        range(2000, 2005))
+    lattice_db = work["root"] / "db.spc"
+    assert_clean_error(run("search", db, lattice_db, work["query"], "--store", store),
+                       "not compatible")

@@ -28,7 +28,8 @@ from spreadcode.index import Index
 
 N_BASE, N_QUERY, K, RADIUS = 200, 4, 7, 0.9
 CATALYZERS = {"lattice": {"kind": "lattice", "d": 24, "param": 79},
-              "sign": {"kind": "sign", "d": 20, "param": 20}}
+              "sign": {"kind": "sign", "d": 20, "param": 20},
+              "product": {"kind": "product", "d": 20, "param": [[12, 6], [8, 16]]}}
 # (name, offset, struct format) of the fixed header's integer fields (formats/spc.md).
 FIELDS = [("version_major", 8, "<H"), ("version_minor", 10, "<H"), ("header_size", 12, "<I"),
           ("kind", 16, "<B"), ("input_dtype", 17, "<B"), ("reserved", 18, "<H"),
@@ -40,7 +41,8 @@ HARMLESS_FIELDS = {"version_minor", "input_dtype", "reserved", "input_dim"}
 # Whole code settings (kind, d, param, bits, code_bytes) a header may be rewritten to.
 SETTINGS = [(1, 24, 79, 64, 8), (2, 64, 64, 64, 8), (1, 8, 10, 14, 8), (2, 20, 20, 20, 3),
             (2, 24, 24, 24, 3), (1, 64, 100, 147, 24), (1, 1000, 1, 1, 8), (1, 3, 7, 1, 8),
-            (2, 2**32 - 1, 2**32 - 1, 2**32 - 1, 2**29)]
+            (2, 2**32 - 1, 2**32 - 1, 2**32 - 1, 2**29), (3, 20, 2, 33, 5), (3, 20, 1, 16, 2),
+            (3, 20, 64, 33, 5)]
 EDGES = [0, 1, 2, 3, 7, 8, 20, 24, 63, 64, 65, 79, 100, 191, 192, 193, 255, 256, 2**16 - 1,
          2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]
 _names = itertools.count()
@@ -48,9 +50,9 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A store with a lattice and a sign catalyzer, and valid .spc files of each: without ids,
-    with ids (negative and beyond int32 among them), and empty; queries and their catalyzed
-    forms for the oracle."""
+    """A store with a lattice, a sign and a product catalyzer, and valid .spc files of each
+    (the product ones with a block table, format 1.1): without ids, with ids (negative and
+    beyond int32 among them), and empty; queries and their catalyzed forms for the oracle."""
     root = tmp_path_factory.mktemp("fuzz")
     store, base = root / "store", root / "base.npy"
     np.save(base, load_sample().base[:N_BASE])
@@ -165,7 +167,7 @@ mutations = st.one_of(
     st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=24)).map(
         lambda a: (overwrite_payload(*a), False)),
 )
-cases = st.tuples(st.integers(0, 5), st.lists(mutations, max_size=3),
+cases = st.tuples(st.integers(0, 3 * len(CATALYZERS) - 1), st.lists(mutations, max_size=3),
                   st.sampled_from(["none", "header", "both", "both"]))
 
 
@@ -175,10 +177,10 @@ def expected_distances(corpus, header, codes_bytes):
     """Brute force (float64) distances (nq, count) from the catalyzed queries to every code,
     or None when no catalyzer of the corpus fits the header (search must then refuse)."""
     spec, queries = corpus["catalyzed"].get(header.catalyzer_sha256, (None, None))
-    if spec is None or (spec["kind"], spec["d"], spec["param"]) != (header.kind, header.d,
-                                                                    header.param):
-        return None
     quantizer = quantizer_from_spec(header.kind, header.d, header.param)
+    if spec is None or (spec["kind"], spec["d"], quantizer_from_spec(**spec).param) != (
+            header.kind, header.d, header.param):
+        return None
     points = quantizer.reconstruct(quantizer.codes_from_bytes(np.asarray(codes_bytes)))
     return 2.0 - 2.0 * queries.astype(np.float64) @ points.astype(np.float64).T
 
