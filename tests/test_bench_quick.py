@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench._data import load_dataset, subsample_learn
 from bench._metrics import prob_first_exceeds_kth, range_agreement
 from spreadcode import vecio
+from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,6 +151,26 @@ def test_range_agreement_on_a_line():
     assert (half["recall"], half["mean_results"]) == (0.5, 1.0)
     # ε = 1.0: query 1 now reaches its neighbour at 10.
     assert (full["recall"], full["mean_results"]) == (1.0, 1.5)
+
+
+def test_dataset_directory_of_float16_npy(tmp_path):
+    # The layout of pypi-minilm96: float16 .npy splits, ivecs ground truth.
+    rng = np.random.default_rng(3)
+    splits = {split: rng.standard_normal((n, 8)).astype(np.float16)
+              for split, n in (("learn", 30), ("base", 20), ("query", 5))}
+    for split, x in splits.items():
+        np.save(tmp_path / f"{split}.npy", x)
+    _, gt = exact_knn(splits["base"].astype(np.float32), splits["query"].astype(np.float32), 3)
+    vecio.write_vectors(tmp_path / "groundtruth.ivecs", gt.astype(np.int32))
+    ds = load_dataset(tmp_path)
+    for split, x in splits.items():
+        assert getattr(ds, split).dtype == np.float32
+        assert np.array_equal(getattr(ds, split), x.astype(np.float32))
+    assert np.array_equal(ds.groundtruth, gt)
+    small = subsample_learn(ds, 10)
+    assert np.array_equal(small.learn, ds.learn[:10]) and small.name == f"{ds.name}-learn10"
+    with pytest.raises(SpreadcodeError):
+        subsample_learn(ds, 31)
 
 
 def test_sift_dataset_split_is_distinct_seeded_and_sized():
