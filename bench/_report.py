@@ -1,8 +1,9 @@
 """Turning a run's results (one JSON-able dict) into results.json, results.md and PNG figures.
 
 The results dict has one entry per section that ran (``table1``, ``table2``, ``figure5``,
-``figure3``, ``appendixc``, ``decoders``, ``quality``), each stamped with the command and date of the run that made
-it, so re-running one section with ``--only`` updates it and keeps the others.
+``figure3``, ``appendixc``, ``decoders``, ``quality``), each stamped with the command and date
+of the run that made it, so re-running one section with ``--only`` updates it and keeps the
+others.
 """
 import importlib.util
 import json
