@@ -1,8 +1,9 @@
 """Benchmark datasets: a texmex-style directory or an ann-benchmarks HDF5 file.
 
-Directory layout (like ``/work/shared/data/wordnet-minilm96``): ``learn``, ``base`` and
-``query`` as ``.fvecs`` or ``.bvecs`` plus ``groundtruth.ivecs`` (exact L2 neighbour ids
-into base, best first).
+Directory layout (like ``/work/shared/data/wordnet-minilm96`` or ``pypi-minilm96``):
+``learn``, ``base`` and ``query`` as ``.fvecs``, ``.bvecs`` or ``.npy`` (any dtype
+`spreadcode.vecio` reads, e.g. float16: converted to float32) plus ``groundtruth.ivecs``
+(exact L2 neighbour ids into base, best first).
 
 ann-benchmarks file (``.h5``/``.hdf5``): ``train`` is the base, ``test`` the queries,
 ``neighbors`` the ground truth; the learn set is a seeded random sample of ``train``
@@ -21,6 +22,7 @@ from spreadcode.knn import exact_knn
 
 LEARN_FROM_TRAIN = 100_000
 QUICK_SIZES = {"learn": 5_000, "base": 5_000, "query": 200}
+SPLIT_EXTENSIONS = (".fvecs", ".bvecs", ".npy")  # in order of preference
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,11 @@ def load_dataset(path):
 
 
 def _find_split(directory, split):
-    found = [directory / f"{split}{ext}" for ext in (".fvecs", ".bvecs")
+    found = [directory / f"{split}{ext}" for ext in SPLIT_EXTENSIONS
              if (directory / f"{split}{ext}").is_file()]
     if not found:
-        raise SpreadcodeError(f"{directory}: no {split}.fvecs or {split}.bvecs")
+        names = ", ".join(f"{split}{ext}" for ext in SPLIT_EXTENSIONS)
+        raise SpreadcodeError(f"{directory}: none of {names}")
     return found[0]
 
 
@@ -111,6 +114,15 @@ def _checked(ds):
         raise SpreadcodeError(f"{ds.source}: ground-truth ids fall outside the "
                               f"{ds.base.shape[0]} base vectors")
     return ds
+
+
+def subsample_learn(ds, n):
+    """The first ``n`` learn vectors (the shipped splits are already shuffled, and nested
+    prefixes make training-size curves comparable) -> Dataset named ``<name>-learn<n>``, so
+    that its results do not overwrite those of the full learn set."""
+    if not 0 < n <= ds.learn.shape[0]:
+        raise SpreadcodeError(f"{ds.source}: learn size {n} is not in 1..{ds.learn.shape[0]}")
+    return replace(ds, name=f"{ds.name}-learn{n}", learn=ds.learn[:n])
 
 
 def quick_slice(ds):

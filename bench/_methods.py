@@ -13,6 +13,10 @@ from typing import Callable
 import numpy as np
 
 
+# The paper's code sizes (Table 2, Figure 5); the suite's --bits replaces them.
+SWEEP_BITS = (16, 32, 64, 128)
+
+
 class NotApplicable(Exception):
     """The method cannot run at this setting (e.g. ITQ with more bits than dimensions);
     the message becomes the table cell's note."""
@@ -24,13 +28,15 @@ class Context:
 
     k: results returned per query (recall@k is measured for k up to this);
     quick: small-slice smoke mode (few epochs); cache_dir: where trained catalyzers are kept;
-    train_minutes: time budget per catalyzer, or None for the library's epoch schedule.
+    train_minutes: time budget per catalyzer, or None for the library's epoch schedule;
+    sweep_bits: the code sizes every sweep method (Table 2, Figure 5, quality) runs at.
     """
 
     k: int
     quick: bool
     cache_dir: Path
     train_minutes: float | None = None
+    sweep_bits: tuple[int, ...] = SWEEP_BITS
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,9 @@ class Outcome:
     ids: int64 (nq, k) base ids, best first; bits: code size per base vector;
     train_s / encode_s / search_s: seconds for training on learn, encoding all of base,
     searching all queries (for a cached catalyzer, train_s is the time its training took);
-    note: anything a reader must know to interpret the row.
+    note: anything a reader must know to interpret the row; code: the exact code this run
+    used (a faiss factory string, a quantizer), for rows whose method name covers several
+    (a sweep row is one method name at every code size).
     """
 
     ids: np.ndarray
@@ -49,6 +57,7 @@ class Outcome:
     encode_s: float
     search_s: float
     note: str = ""
+    code: str = ""
 
 
 Method = Callable[[np.ndarray, np.ndarray, np.ndarray, Context], Outcome]

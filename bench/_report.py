@@ -1,8 +1,9 @@
 """Turning a run's results (one JSON-able dict) into results.json, results.md and PNG figures.
 
 The results dict has one entry per section that ran (``table1``, ``table2``, ``figure5``,
-``figure3``, ``appendixc``, ``decoders``), each stamped with the command and date of the run that made
-it, so re-running one section with ``--only`` updates it and keeps the others.
+``figure3``, ``appendixc``, ``decoders``, ``quality``), each stamped with the command and date
+of the run that made it, so re-running one section with ``--only`` updates it and keeps the
+others.
 """
 import importlib.util
 import json
@@ -104,6 +105,71 @@ def _sweep_md(title, section, intro):
             *([""] if notes else [])]
 
 
+QUALITY_COLUMNS = (("R@1", "1", max), ("R@10", "10", max), ("R@100", "100", max),
+                   ("train s", "train_s", min), ("encode s", "encode_s", min),
+                   ("search s", "search_s", min))
+
+
+def _quality_value(cell, key):
+    """A quality cell's column ``key`` as shown in the table (rounded), or None for n/a;
+    comparing shown values makes every tie for the best bold."""
+    if not cell["recall"]:
+        return None
+    if key in cell["recall"]:
+        return round(100 * cell["recall"][key], 1)
+    return round(cell[key], 1)
+
+
+def _quality_rows(section, bits):
+    """Table rows for one code size, the best value of each column in bold."""
+    cells = [(row["method"], row["cells"][str(bits)]) for row in section["rows"]]
+    best = {}
+    for _, key, pick in QUALITY_COLUMNS:
+        values = [v for v in (_quality_value(cell, key) for _, cell in cells) if v is not None]
+        best[key] = pick(values) if values else None
+    rows = []
+    for method, cell in cells:
+        size = str(bits) if cell["bits"] in (None, bits) else f"{bits} (uses {cell['bits']})"
+        shown = []
+        for _, key, _ in QUALITY_COLUMNS:
+            value = _quality_value(cell, key)
+            text = "n/a" if value is None else f"{value:.1f}"
+            shown.append(f"**{text}**" if value is not None and value == best[key] else text)
+        rows.append([size, method, cell.get("code") or "", *shown])
+    return rows
+
+
+def _grouped_notes(section):
+    """One line per method and distinct note, naming the code sizes it applies to."""
+    lines = []
+    for row in section["rows"]:
+        sizes_by_note = {}
+        for b in section["bits"]:
+            note = row["cells"][str(b)]["note"]
+            if note:
+                sizes_by_note.setdefault(note, []).append(str(b))
+        lines += [f"- {row['method']} at {', '.join(sizes)} bits: {note}"
+                  for note, sizes in sizes_by_note.items()]
+    return lines
+
+
+def _quality_md(section):
+    bits = section["bits"]
+    ds = section["dataset"]
+    rows = [row for b in bits for row in _quality_rows(section, b)]
+    notes = _grouped_notes(section)
+    header = ["bits", "method", "code", *(title for title, _, _ in QUALITY_COLUMNS)]
+    return [f"## Quality at {'/'.join(map(str, bits))} bits", "", *_stamp(section),
+            f"Dataset `{ds['name']}`: learn {ds['n_learn']:,}, base {ds['n_base']:,}, "
+            f"queries {ds['n_query']:,}. spreadcode default = `Index.train(learn, bits=b)`, "
+            "`add(base)`, `search(query, k=100)` with every other option at the library's "
+            "default; the faiss peers use exactly the same bits per vector (RQ / LSQ: one of "
+            "the bytes is the quantized norm). 1-recall@1/10/100 in %; seconds to train on "
+            "learn, encode all of base, search all queries (exhaustive). **Bold**: the best "
+            "of the column at that code size (highest recall, fewest seconds).", "",
+            *_table(header, rows), "", *notes, *([""] if notes else [])]
+
+
 def _figure3_md(section):
     rows = [[space, f"{s['mean_first']:.3f}", f"{s['mean_kth']:.3f}",
              f"{100 * s['prob_first_exceeds_kth']:.1f}%"]
@@ -156,6 +222,7 @@ SECTION_MARKDOWN = {
     "figure3": _figure3_md,
     "appendixc": _appendixc_md,
     "decoders": _decoders_md,
+    "quality": _quality_md,
 }
 
 

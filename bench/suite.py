@@ -1,12 +1,16 @@
 """One command answering "how does spreadcode compare with what I would use instead, on my data".
 
     python bench/suite.py DATASET [--quick] [--out bench/results] [--only table1,...]
+                          [--bits 16,32,64,128] [--learn-size N]
 
-DATASET is a directory with learn/base/query (.fvecs or .bvecs) and groundtruth.ivecs, or an
-ann-benchmarks .hdf5 file (see bench/_data.py). Every method in bench/_registry.py is run
-on the same machine in the same process; results go to ``<out>/<dataset>/`` (``-quick``
-appended in quick mode) as results.json, results.md and PNG figures. BENCHMARKS.md explains
-each section.
+DATASET is a directory with learn/base/query (.fvecs, .bvecs or .npy) and groundtruth.ivecs,
+or an ann-benchmarks .hdf5 file (see bench/_data.py). Every method in bench/_registry.py is
+run on the same machine in the same process; results go to ``<out>/<dataset>/``
+(``-learn<N>`` appended with --learn-size, ``-quick`` in quick mode) as results.json,
+results.md and PNG figures. Sections: table1, table2, figure5, figure3, appendixc, decoders
+(the paper's experiments and the learned decoders) and quality (spreadcode's default,
+``spreadcode.Index.train(learn, bits=b)``, against every faiss compact code of the same
+size). BENCHMARKS.md explains each section.
 """
 import argparse
 import datetime
@@ -28,15 +32,14 @@ if str(REPO) not in sys.path:
 from tqdm import tqdm  # noqa: E402
 
 from bench import _registry, _report, decoders, peers  # noqa: E402
-from bench._data import load_dataset, quick_slice  # noqa: E402
-from bench._methods import Context, NotApplicable  # noqa: E402
+from bench._data import load_dataset, quick_slice, subsample_learn  # noqa: E402
+from bench._methods import SWEEP_BITS, Context, NotApplicable  # noqa: E402
 from bench._spreadcode_methods import reference_catalyzed  # noqa: E402
 from bench._metrics import (neighbor_distances, prob_first_exceeds_kth,  # noqa: E402
                             range_agreement)
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.search import recall_at  # noqa: E402
 
-SWEEP_BITS = (16, 32, 64, 128)
 RECALL_KS = (1, 10, 100)
 NEIGHBOR_RANK = 100
 
@@ -51,7 +54,7 @@ def measure(method, ds, ctx, *args):
     recall = recall_at(outcome.ids, ds.groundtruth, RECALL_KS)
     return {"recall": {str(k): v for k, v in recall.items()}, "bits": outcome.bits,
             "train_s": outcome.train_s, "encode_s": outcome.encode_s,
-            "search_s": outcome.search_s, "note": outcome.note}
+            "search_s": outcome.search_s, "note": outcome.note, "code": outcome.code}
 
 
 def _describe(cell):
@@ -74,16 +77,17 @@ def run_table1(ds, ctx, progress, folder, can_plot):
 
 
 def _run_sweep(section, methods, ds, ctx, progress):
+    """Every method at every code size of ``ctx.sweep_bits``."""
     rows = []
     for name, method in methods.items():
         cells = {}
-        for bits in SWEEP_BITS:
+        for bits in ctx.sweep_bits:
             progress.set_description(f"{section}: {name} @ {bits} bits")
             cells[str(bits)] = measure(method, ds, ctx, bits)
             progress.write(f"{section} | {name} @ {bits} bits: {_describe(cells[str(bits)])}")
             progress.update()
         rows.append({"method": name, "cells": cells})
-    return {"bits": list(SWEEP_BITS), "rows": rows}
+    return {"bits": list(ctx.sweep_bits), "rows": rows}
 
 
 def run_table2(ds, ctx, progress, folder, can_plot):
@@ -95,6 +99,15 @@ def run_figure5(ds, ctx, progress, folder, can_plot):
     if can_plot:
         _report.plot_figure5(folder, section)
     return section
+
+
+def run_quality(ds, ctx, progress, folder, can_plot):
+    """spreadcode's default next to the faiss peers of the same code size; the dataset is
+    recorded with the section so that its table can be pasted on its own."""
+    section = _run_sweep("quality", _registry.QUALITY, ds, ctx, progress)
+    return {"dataset": {"name": ds.name, "n_learn": ds.learn.shape[0],
+                        "n_base": ds.base.shape[0], "n_query": ds.query.shape[0]},
+            **section}
 
 
 def run_figure3(ds, ctx, progress, folder, can_plot):
@@ -145,16 +158,48 @@ def run_decoders(ds, ctx, progress, folder, can_plot):
 
 
 SECTION_RUNNERS = {"table1": run_table1, "table2": run_table2, "figure5": run_figure5,
-                   "figure3": run_figure3, "appendixc": run_appendixc, "decoders": run_decoders}
-SECTION_STEPS = {"table1": len(_registry.TABLE1),
-                 "table2": len(_registry.TABLE2) * len(SWEEP_BITS),
-                 "figure5": len(_registry.FIGURE5) * len(SWEEP_BITS),
-                 "figure3": 1, "appendixc": 1, "decoders": 1}
+                   "figure3": run_figure3, "appendixc": run_appendixc, "decoders": run_decoders,
+                   "quality": run_quality}
+SECTIONS_HELP = (
+    "sections: table1 (every method at 64 bits), table2 (binary codes), figure5 (recall vs "
+    "bits), figure3 (neighbour distances), appendixc (range search), decoders (learned "
+    "decoders), quality (spreadcode's default, Index.train(learn, bits=b) and "
+    "search(query, 100), next to faiss PQ, OPQ, RQ and LSQ with a norm byte at the same "
+    "bits; its table is BENCHMARKS.md's \"Quality at 16/32/64/128 bits\"). "
+    "See BENCHMARKS.md.")
+SWEEPS = {"table2": _registry.TABLE2, "figure5": _registry.FIGURE5,
+          "quality": _registry.QUALITY}
+
+
+def section_steps(section, n_bits):
+    """Progress-bar steps of a section: one per row (sweeps: per row and code size)."""
+    if section in SWEEPS:
+        return len(SWEEPS[section]) * n_bits
+    return len(_registry.TABLE1) if section == "table1" else 1
+
+
+def _bit_sizes(text):
+    """argparse type of --bits: comma-separated positive integers -> tuple, in order given."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 16,64, got {text!r}")
+    return sizes
+
+
+def _learn_size(text):
+    """argparse type of --learn-size: a positive integer."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python bench/suite.py", description=__doc__.split("\n\n")[0])
+        prog="python bench/suite.py", description=__doc__.split("\n\n")[0],
+        epilog=SECTIONS_HELP)
     parser.add_argument("dataset", help="dataset directory or ann-benchmarks .hdf5 file")
     parser.add_argument("--quick", action="store_true",
                         help="small slices and few epochs: a smoke run of a few minutes")
@@ -165,9 +210,16 @@ def parse_args(argv):
                              f"{','.join(SECTION_RUNNERS)})")
     parser.add_argument("--train-minutes", type=float, default=None,
                         help="time budget per catalyzer (default: the library's epoch "
-                             "schedule; ignored with --quick)")
+                             "schedule; ignored with --quick and by the quality section, "
+                             "whose spreadcode row is the library's default)")
     parser.add_argument("--cache", default=str(REPO / "bench" / "cache"),
                         help="where trained catalyzers are kept between runs")
+    parser.add_argument("--bits", type=_bit_sizes, default=SWEEP_BITS,
+                        help="code sizes of the sweep sections table2, figure5 and quality "
+                             f"(default {','.join(map(str, SWEEP_BITS))})")
+    parser.add_argument("--learn-size", type=_learn_size, default=None, metavar="N",
+                        help="train on the first N learn vectors only (for training-size "
+                             "curves); results go to <dataset>-learnN/")
     args = parser.parse_args(argv)
     if args.train_minutes is not None and not args.train_minutes > 0:
         parser.error(f"--train-minutes must be positive, got {args.train_minutes}")
@@ -184,6 +236,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         ds = load_dataset(args.dataset)
+        if args.learn_size is not None:
+            ds = subsample_learn(ds, args.learn_size)
     except SpreadcodeError as err:
         sys.exit(f"error: {err}")
     if args.quick:
@@ -191,7 +245,8 @@ def main(argv=None):
     folder = Path(args.out) / ds.name
     folder.mkdir(parents=True, exist_ok=True)
     ctx = Context(k=min(max(RECALL_KS), ds.base.shape[0]), quick=args.quick,
-                  cache_dir=Path(args.cache), train_minutes=args.train_minutes)
+                  cache_dir=Path(args.cache), train_minutes=args.train_minutes,
+                  sweep_bits=args.bits)
     can_plot = _report.matplotlib_available()
     if not can_plot:
         print("matplotlib is not installed: figures are skipped", file=sys.stderr)
@@ -205,7 +260,7 @@ def main(argv=None):
     results["machine"] = _report.machine_description()
     stamp = {"command": shlex.join(["python", "bench/suite.py", *argv]),
              "date": datetime.datetime.now().isoformat(timespec="seconds")}
-    with tqdm(total=sum(SECTION_STEPS[s] for s in args.sections), unit="step",
+    with tqdm(total=sum(section_steps(s, len(args.bits)) for s in args.sections), unit="step",
               file=sys.stderr) as progress:
         for section in args.sections:
             result = SECTION_RUNNERS[section](ds, ctx, progress, folder, can_plot)

@@ -4,6 +4,7 @@ generated dataset, and its measurement helpers give exact answers on hand-checke
 faiss rows and figures are checked only when faiss-cpu / matplotlib are installed; the
 spreadcode rows run regardless.
 """
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench._data import load_dataset, subsample_learn
 from bench._metrics import prob_first_exceeds_kth, range_agreement
 from spreadcode import vecio
+from spreadcode.errors import SpreadcodeError
 from spreadcode.knn import exact_knn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,25 +30,67 @@ def _clustered(rng, n, centers):
     return (centers[labels] + 0.3 * rng.standard_normal((n, centers.shape[1]))).astype(np.float32)
 
 
+def _write_tiny(folder, sizes, seed=7, d=32):
+    """A clustered dataset directory of ``sizes`` {split: n} with exact ground truth."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, d))
+    splits = {split: _clustered(rng, n, centers) for split, n in sizes.items()}
+    for split, x in splits.items():
+        vecio.write_vectors(folder / f"{split}.fvecs", x)
+    _, gt = exact_knn(splits["base"], splits["query"], 100)
+    vecio.write_vectors(folder / "groundtruth.ivecs", gt.astype(np.int32))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """Run the quick suite once on a 32-d clustered dataset -> (results dict, folder)."""
     root = tmp_path_factory.mktemp("bench")
-    data = root / "tiny"
-    data.mkdir()
-    rng = np.random.default_rng(7)
-    centers = rng.standard_normal((20, 32))
-    splits = {"learn": _clustered(rng, 2000, centers), "base": _clustered(rng, 2000, centers),
-              "query": _clustered(rng, 100, centers)}
-    for split, x in splits.items():
-        vecio.write_vectors(data / f"{split}.fvecs", x)
-    _, gt = exact_knn(splits["base"], splits["query"], 100)
-    vecio.write_vectors(data / "groundtruth.ivecs", gt.astype(np.int32))
+    data = _write_tiny(root / "tiny", {"learn": 2000, "base": 2000, "query": 100})
     out = root / "results"
+    # The quality section has its own fast test below (LSQ at 128 bits alone takes a minute).
     subprocess.run([sys.executable, str(SUITE), str(data), "--quick", "--out", str(out),
-                    "--cache", str(root / "cache")], check=True, cwd=root)
+                    "--cache", str(root / "cache"), "--only", ",".join(SECTIONS)],
+                   check=True, cwd=root)
     folder = out / "tiny-quick"
     return json.loads((folder / "results.json").read_text()), folder
+
+
+def test_quality_section_quick(tmp_path):
+    """The quality section alone, two code sizes, a learn subset: one row per method with a
+    cell per size, recalls in [0, 1], spreadcode's row from Index.train, peers at the exact
+    size, and the markdown table that BENCHMARKS.md takes."""
+    from bench import _registry
+
+    data = _write_tiny(tmp_path / "tiny", {"learn": 600, "base": 500, "query": 40}, d=16)
+    # A subprocess, so that the suite sets OMP_WAIT_POLICY before faiss and torch load.
+    subprocess.run([sys.executable, str(SUITE), str(data), "--quick", "--only", "quality",
+                    "--bits", "16,32", "--learn-size", "400", "--out", str(tmp_path / "out"),
+                    "--cache", str(tmp_path / "cache")], check=True, cwd=tmp_path)
+    folder = tmp_path / "out" / "tiny-learn400-quick"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["dataset"]["n_learn"] == 400 and set(results) >= {"quality"}
+    section = results["quality"]
+    assert section["bits"] == [16, 32]
+    assert [row["method"] for row in section["rows"]] == list(_registry.QUALITY)
+    faiss_here = importlib.util.find_spec("faiss") is not None
+    for row in section["rows"]:
+        assert set(row["cells"]) == {"16", "32"}
+        for bits, cell in row["cells"].items():
+            if row["method"] != "spreadcode default" and not faiss_here:
+                assert cell["note"].startswith("n/a")
+                continue
+            assert set(cell["recall"]) == {"1", "10", "100"}
+            assert all(0.0 <= value <= 1.0 for value in cell["recall"].values())
+            if row["method"] == "spreadcode default":
+                assert 0 < cell["bits"] <= int(bits) and cell["code"]
+            else:
+                assert cell["bits"] == int(bits)
+    markdown = (folder / "results.md").read_text()
+    assert "## Quality at 16/32 bits" in markdown and "--only quality" in markdown
+    table_rows = [line for line in markdown.splitlines() if line.startswith(("| 16", "| 32"))]
+    assert len(table_rows) == 2 * len(_registry.QUALITY)
 
 
 def _all_recalls(results):
@@ -149,6 +194,26 @@ def test_range_agreement_on_a_line():
     assert (half["recall"], half["mean_results"]) == (0.5, 1.0)
     # ε = 1.0: query 1 now reaches its neighbour at 10.
     assert (full["recall"], full["mean_results"]) == (1.0, 1.5)
+
+
+def test_dataset_directory_of_float16_npy(tmp_path):
+    # The layout of pypi-minilm96: float16 .npy splits, ivecs ground truth.
+    rng = np.random.default_rng(3)
+    splits = {split: rng.standard_normal((n, 8)).astype(np.float16)
+              for split, n in (("learn", 30), ("base", 20), ("query", 5))}
+    for split, x in splits.items():
+        np.save(tmp_path / f"{split}.npy", x)
+    _, gt = exact_knn(splits["base"].astype(np.float32), splits["query"].astype(np.float32), 3)
+    vecio.write_vectors(tmp_path / "groundtruth.ivecs", gt.astype(np.int32))
+    ds = load_dataset(tmp_path)
+    for split, x in splits.items():
+        assert getattr(ds, split).dtype == np.float32
+        assert np.array_equal(getattr(ds, split), x.astype(np.float32))
+    assert np.array_equal(ds.groundtruth, gt)
+    small = subsample_learn(ds, 10)
+    assert np.array_equal(small.learn, ds.learn[:10]) and small.name == f"{ds.name}-learn10"
+    with pytest.raises(SpreadcodeError):
+        subsample_learn(ds, 31)
 
 
 def test_sift_dataset_split_is_distinct_seeded_and_sized():
