@@ -34,23 +34,16 @@ SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16:
                       torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-class Catalyzer(nn.Module):
-    """Preprocessing + 3-layer MLP + L2 normalisation: float32 (n, d_in) -> unit float32 (n, d_out).
+class Preprocessed(nn.Module):
+    """Base of spreadcode's encoders: buffers ``center`` float32 (d_in,) and ``scale`` float32
+    (1,) hold the preprocessing ``(x - center) * scale``, set from training vectors by
+    `fit_preprocessing`, so that encode and search apply exactly the training transform."""
 
-    Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
-    ``(x - center) * scale``; `fit_preprocessing` sets them from training vectors.
-    """
-
-    def __init__(self, d_in, d_out, hidden=1024):
+    def __init__(self, d_in):
         super().__init__()
-        self.d_in, self.d_out, self.hidden = int(d_in), int(d_out), int(hidden)
+        self.d_in = int(d_in)
         self.register_buffer("center", torch.zeros(self.d_in))
         self.register_buffer("scale", torch.ones(1))
-        self.mlp = nn.Sequential(
-            nn.Linear(self.d_in, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
-            nn.Linear(self.hidden, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
-            nn.Linear(self.hidden, self.d_out),
-        )
 
     @torch.no_grad()
     def fit_preprocessing(self, x):
@@ -67,9 +60,34 @@ class Catalyzer(nn.Module):
         self.center.copy_(center.float())
         self.scale.fill_(float(1.0 / rms))
 
+    def preprocess(self, x):
+        """(x - center) * scale for a tensor (n, d_in)."""
+        return (x - self.center) * self.scale
+
+    def unprocess(self, xs):
+        """The inverse of `preprocess`."""
+        return xs / self.scale + self.center
+
+
+class Catalyzer(Preprocessed):
+    """Preprocessing + 3-layer MLP + L2 normalisation: float32 (n, d_in) -> unit float32 (n, d_out)."""
+
+    def __init__(self, d_in, d_out, hidden=1024):
+        super().__init__(d_in)
+        self.d_out, self.hidden = int(d_out), int(hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.d_in, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+            nn.Linear(self.hidden, self.hidden), nn.BatchNorm1d(self.hidden), nn.ReLU(),
+            nn.Linear(self.hidden, self.d_out),
+        )
+
+    def arch(self):
+        """The model file's "arch" object."""
+        return {"d_in": self.d_in, "hidden": self.hidden, "d_out": self.d_out}
+
     def forward(self, x):
         """x: float32 tensor (n, d_in) -> float32 tensor (n, d_out) of unit rows."""
-        return nn.functional.normalize(self.mlp((x - self.center) * self.scale), dim=1)
+        return nn.functional.normalize(self.mlp(self.preprocess(x)), dim=1)
 
 
 def model_device(model):
@@ -90,6 +108,15 @@ def catalyze(model, vectors, batch=FORWARD_BATCH):
     float32 (n, d_out) unit rows, C-contiguous numpy. Raises SpreadcodeError for a wrong shape
     or dimension (naming both) and for NaN/Inf values.
     """
+    return forward_batches(model, vectors, lambda x: model(x).cpu().numpy(), model.d_out,
+                           np.float32, batch)
+
+
+def forward_batches(model, vectors, forward, width, dtype, batch=FORWARD_BATCH):
+    """``forward`` (float32 tensor (b, d_in) on the model's device -> numpy (b, width)) over
+    ``vectors`` (n, d_in), any real dtype, ``batch`` rows at a time, in eval mode without
+    gradients: numpy ``dtype`` (n, width). SpreadcodeError for a wrong shape or dimension
+    (naming both) and for NaN/Inf values (naming the first bad row)."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[1] != model.d_in:
         got = vectors.shape[1] if vectors.ndim == 2 else f"shape {vectors.shape}"
@@ -99,7 +126,7 @@ def catalyze(model, vectors, batch=FORWARD_BATCH):
     device = model_device(model)
     was_training = model.training
     model.eval()
-    out = np.empty((vectors.shape[0], model.d_out), dtype=np.float32)
+    out = np.empty((vectors.shape[0], width), dtype=dtype)
     try:
         with torch.no_grad():
             for start in range(0, vectors.shape[0], batch):
@@ -108,7 +135,7 @@ def catalyze(model, vectors, batch=FORWARD_BATCH):
                 if not finite.all():
                     raise SpreadcodeError(
                         f"vector {start + int(np.argmin(finite))} contains NaN or Inf values")
-                out[start:start + batch] = model(torch.from_numpy(chunk).to(device)).cpu().numpy()
+                out[start:start + batch] = forward(torch.from_numpy(chunk).to(device))
     finally:
         model.train(was_training)
     return out
@@ -124,7 +151,7 @@ def _metadata_json(model, meta):
     header = {
         "artifact": ARTIFACT_KIND,
         "format_version": model_store.FORMAT_VERSION,
-        "arch": {"d_in": model.d_in, "hidden": model.hidden, "d_out": model.d_out},
+        "arch": model.arch(),
         "quantizer": quantizer,
         "lambda": meta.get("lambda"),
         "training": meta.get("training", {}),
@@ -160,11 +187,17 @@ def check_width(value, where, field):
     return value
 
 
+# The kinds of network a catalyzer file may hold ("arch.type"; absent means "mlp").
+ARCH_TYPES = ("mlp", "residual")
+
+
 @dataclass(frozen=True)
 class CatalyzerMeta:
     """What a catalyzer file's metadata says: the network's widths ``d_in``, ``hidden``,
     ``d_out``, the ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam``
-    (None when unknown) and the ``training`` record (a JSON object, kept as it is)."""
+    (None when unknown) and the ``training`` record (a JSON object, kept as it is).
+    ``arch_type`` "residual" marks a `spreadcode.residual.ResidualCatalyzer` (product code,
+    one stage per block; ``hidden_decoder`` its decoders' width), "mlp" the paper's catalyzer."""
 
     d_in: int
     hidden: int
@@ -172,6 +205,8 @@ class CatalyzerMeta:
     quantizer: QuantizerSpec
     lam: float | None
     training: dict
+    arch_type: str = "mlp"
+    hidden_decoder: int | None = None
 
     @classmethod
     def from_json(cls, meta, path):
@@ -181,12 +216,22 @@ class CatalyzerMeta:
         arch = meta.get("arch")
         if not isinstance(arch, dict):
             raise metadata_error(where, "arch", "not an object")
+        arch_type = arch.get("type", "mlp")
+        if arch_type not in ARCH_TYPES:
+            raise metadata_error(where, "arch.type", f"{arch_type!r} is not one of "
+                                 f"{', '.join(ARCH_TYPES)}")
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
+        hidden_decoder = None
+        if arch_type == "residual":
+            hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
                                   f"{widths[2]})")
+        if arch_type == "residual" and quantizer.kind != "product":
+            raise metadata_error(where, "quantizer.kind", f"a residual network makes product "
+                                 f"codes, not {quantizer.kind}")
         lam = meta.get("lambda")
         if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool)
                                     and math.isfinite(lam) and lam >= 0):
@@ -194,7 +239,16 @@ class CatalyzerMeta:
         training = meta.get("training", {})
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
-        return cls(*widths, quantizer, lam, training)
+        return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder)
+
+    def build(self):
+        """The (untrained) network this metadata describes."""
+        if self.arch_type == "residual":
+            from spreadcode.residual import ResidualCatalyzer
+
+            return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
+                                     self.hidden_decoder)
+        return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 
 def load_module(path, build, what):
@@ -254,7 +308,6 @@ def load_catalyzer(ref, store=None):
         raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a catalyzer")
     spec = CatalyzerMeta.from_json(meta, path)
     model, meta["sha256"] = load_module(
-        path, lambda: Catalyzer(spec.d_in, spec.d_out, spec.hidden),
-        f"catalyzer (tensors do not match arch {meta['arch']})")
+        path, spec.build, f"catalyzer (tensors do not match arch {meta['arch']})")
     meta["path"] = str(path)
     return model, meta

@@ -95,9 +95,11 @@ def main(ctx, debug):
       spreadcode search db.spc queries.fvecs -k 100 --gt groundtruth.ivecs
       spreadcode info db.spc
 
-    The catalyzer (a small MLP, Sablayrolles et al., ICLR 2019) spreads vectors uniformly on
-    a sphere; a fixed quantizer (spherical lattice or sign bits) turns them into codes that
-    need no codebook: decoding only needs the .spc header.
+    The model codes vectors on fixed spherical lattices S(d, r²) (no codebook: the .spc
+    header alone turns a code into lattice points). By default it is a residual model: a few
+    lattice stages, each coding what the previous ones missed, with decoders learnt together
+    with the encoder (Sablayrolles et al., ICLR 2019; Amara et al., 2021); `--quantizer
+    lattice` trains the paper's catalyzer with one sphere instead.
     """
     ctx.ensure_object(dict)["debug"] = debug
 
@@ -105,18 +107,25 @@ def main(ctx, debug):
 @main.command()
 @click.argument("learn_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--bits", type=int, default=64, show_default=True,
-              help="Code size per vector; picks d_out and r² from the table in "
-                   "`spreadcode.training` (16, 32, 64, 128, 256).")
-@click.option("--quantizer", type=click.Choice(["lattice", "sign"]), default="lattice",
-              show_default=True, help="Spherical lattice codes or sign bits.")
+              help="Code size per vector. Residual: one 16-bit S(12, 6) stage per 16 bits "
+                   "(+ an 8-bit S(6, 4) stage), any multiple of 8; lattice: d_out and r² from "
+                   "the table in `spreadcode.training` (16, 32, 64, 128, 256).")
+@click.option("--quantizer", type=click.Choice(["residual", "lattice", "sign"]),
+              default="residual", show_default=True,
+              help="residual: lattice stages trained as an auto-encoder with their decoders "
+                   "(best recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
+                   "catalyzer + one sphere; sign: catalyzer + sign bits.")
 @click.option("--dout", type=int, default=None, help="Output dimension of the catalyzer "
               "(overrides the --bits table; with a lattice also give --r2). At 64 bits, "
               "--dout 32 --r2 36 beats the default 24 on sentence embeddings but not on SIFT "
               "(BENCHMARKS.md).")
 @click.option("--r2", type=int, default=None, help="Squared radius of the lattice sphere.")
 @click.option("--lambda", "lam", default=None, metavar="L|auto",
-              help="KoLeo weight; default depends on d_out; 'auto' cross-validates a grid.")
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: per device].")
+              help="KoLeo weight (lattice, sign); default depends on d_out; 'auto' "
+                   "cross-validates a grid.")
+@click.option("--epochs", type=int, default=None,
+              help="Training epochs [default: residual 25, lattice/sign 30 on CPU, 100 on GPU; "
+                   "fewer if they would not fit in 14 minutes].")
 @click.option("--time-budget", type=float, default=None, metavar="MIN",
               help="Stop after this many minutes (keeps the best checkpoint).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -128,11 +137,13 @@ def main(ctx, debug):
 @QUIET_OPTION
 def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, device, seed,
           output, store, quiet):
-    """Train a catalyzer on LEARN_FILE (the bundled sample if omitted).
+    """Train a model on LEARN_FILE (the bundled sample if omitted).
 
     LEARN_FILE is .fvecs, .bvecs, .npy or an ann-benchmarks .h5 (its `train` set). Part of it
-    is held out for validation; the best checkpoint by validation 1-recall@10 is kept and
-    saved into the model store under its SHA-256. Ctrl-C stops early and keeps the best model.
+    is held out for validation: the best checkpoint (residual: lowest held-out reconstruction
+    error; lattice/sign: best validation 1-recall@10) is kept and saved into the model store
+    under its SHA-256, and the report gives its validation recall. Ctrl-C stops early and
+    keeps the best model. Default training of ~50k vectors takes ~6-14 min on 2 CPU cores.
     """
     from .commands import train_command
 
@@ -187,12 +198,14 @@ def encode(input_file, output, model, batch, store, quiet):
               help="Catalyzer to use [default: the one named in the .spc header].")
 @click.option("--decoder", default=None,
               help="Learned decoder (hash, prefix, path, 'latest'): re-rank a shortlist by "
-                   "the exact distance between the raw query and the decoded vectors.")
-@click.option("--rerank", type=click.IntRange(min=1), default=None,
-              help="Shortlist size for --decoder [default: max(10·k, 100)].")
+                   "the exact distance between the raw query and the decoded vectors. "
+                   "Residual models have their own.")
+@click.option("--rerank", type=click.IntRange(min=0), default=None,
+              help="Shortlist size for re-ranking (with a decoder or a residual model) "
+                   "[default: max(10·k, 100)]; 0: no re-ranking.")
 @click.option("--decode-all", is_flag=True,
-              help="With --decoder: rank every code by its decoded vector (no compressed-"
-                   "domain scan; for sign codes, the alternative to Hamming).")
+              help="With a decoder or a residual model: rank every code by its decoded "
+                   "vector (for sign codes, the alternative to Hamming).")
 @click.option("--hamming", is_flag=True,
               help="Sign codes: rank by Hamming distance to the query's sign code.")
 @STORE_OPTION
@@ -201,8 +214,9 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
 
     Several .spc files are searched as one collection with global ids (file order).
     Distances are squared L2 between the catalyzed query and the decoded codes on the unit
-    sphere; with --decoder, squared L2 in input space between the raw query and the decoded
-    vectors. Results go to --output, or to stdout as TSV (query, rank, id, distance).
+    sphere; with --decoder, and always for a residual model's codes, squared L2 in input
+    space between the raw query and the decoded vectors. Results go to --output, or to
+    stdout as TSV (query, rank, id, distance).
     """
     from .commands import search_command
 
@@ -210,8 +224,6 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
         raise click.UsageError("give at least one .spc file and a queries file")
     if k is not None and radius is not None:
         raise click.UsageError("-k and --radius exclude each other")
-    if (rerank is not None or decode_all) and decoder is None:
-        raise click.UsageError("--rerank and --decode-all need --decoder")
     if decoder is not None and (radius is not None or hamming):
         raise click.UsageError("--decoder works with -k searches without --hamming")
     if gt is not None and radius is not None:

@@ -190,7 +190,7 @@ class TrainSummary:
     store_path: str
     output_path: str | None
     quantizer: dict
-    lam: float
+    lam: float | None
     val_recall: dict
     best_epoch: int
     epochs_run: int
@@ -198,22 +198,28 @@ class TrainSummary:
     n_train: int
     wall_time_s: float
     lambda_search: dict = field(default_factory=dict)
+    val_mse: float | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
         q = self.quantizer
         code = describe_quantizer(quantizer_from_spec(**q))
+        if self.lam is None:
+            code = f"residual stages: {code}  (decoders in the model)"
+        else:
+            code = f"{code}  lambda={self.lam:g}"
         recall = "  ".join(f"R@{k}={100 * self.val_recall[k]:.1f}"
                            for k in sorted(self.val_recall, key=int))
         lines = [
             f"model {self.sha256}",
             f"stored: {self.store_path}",
             *([f"written: {self.output_path}"] if self.output_path else []),
-            f"quantizer: {code}  lambda={self.lam:g}",
+            f"quantizer: {code}",
             *([f"lambda search (val R@10): " + ", ".join(
                 f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
               if self.lambda_search else []),
-            f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run})",
+            f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run}"
+            + (f", held-out MSE {self.val_mse:.4g})" if self.val_mse is not None else ")"),
             f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s"
             + ("  [interrupted: best model so far kept]" if self.interrupted else ""),
         ]
@@ -229,7 +235,7 @@ def _load_learn(learn_path):
     return vecio.read_vectors(learn_path)
 
 
-def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r2=None, lam=None,
+def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, r2=None, lam=None,
                   epochs=None, time_budget_min=None, device="auto", output=None, store=None,
                   seed=0, progress=True):
     """Everything ``spreadcode train`` does: read, train, save into the store (and to ``output``).
@@ -254,7 +260,7 @@ def train_command(learn_path=None, *, bits=64, quantizer="lattice", dout=None, r
         quantizer=result.meta["quantizer"], lam=result.meta["lambda"], val_recall=training["val_recall"],
         best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
-        lambda_search=training.get("lambda_search", {}))
+        lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"))
 
 
 @dataclass(frozen=True)

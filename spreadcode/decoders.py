@@ -295,6 +295,9 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     MLP_EPOCHS; not allowed for a linear decoder), ``hidden``: MLP width. Returns (DecoderNet, metadata for
     `save_decoder`).
     """
+    from .residual import refuse_residual
+
+    refuse_residual(catalyzer, "training a separate decoder")
     if kind not in DECODER_KINDS:
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
     if kind == "linear" and epochs is not None:

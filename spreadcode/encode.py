@@ -36,9 +36,14 @@ class EncodeSummary:
 
 def encode_codes(catalyzer, quantizer, vectors):
     """Codes as a .spc stores them, uint8 (n, code_bytes), of vectors (n, d_in) of any real
-    dtype: the catalyzer's output quantized. SpreadcodeError for a wrong dimension, NaN or Inf."""
+    dtype: the catalyzer's output quantized, or a residual model's stages
+    (`spreadcode.residual.ResidualCatalyzer.encode`). SpreadcodeError for a wrong dimension,
+    NaN or Inf."""
     from .catalyzer import catalyze
+    from .residual import ResidualCatalyzer
 
+    if isinstance(catalyzer, ResidualCatalyzer):
+        return catalyzer.encode(vectors)
     return quantizer.codes_to_bytes(quantizer.quantize(catalyze(catalyzer, vectors)))
 
 

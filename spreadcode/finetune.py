@@ -44,6 +44,9 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
     it (`train_decoder`); g itself is discarded. Returns (catalyzer in eval mode on the CPU,
     metadata for `save_catalyzer`, held-out squared error per epoch: list of epochs + 1 floats).
     """
+    from .residual import refuse_residual
+
+    refuse_residual(catalyzer, "fine-tuning")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
     quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])

@@ -59,13 +59,15 @@ class Index:
             search.check_decoder_fits(self.decoder, collection)
 
     @classmethod
-    def train(cls, learn, bits=64, *, quantizer="lattice", dout=None, r2=None, lam=None,
+    def train(cls, learn, bits=64, *, quantizer="residual", dout=None, r2=None, lam=None,
               epochs=None, time_budget_min=None, hidden=None, device="auto", seed=0,
               progress=False, store=None, save_model=False):
         """A new empty index with a catalyzer trained on ``learn`` (array (n, d), any real
-        dtype), in memory. The options are ``spreadcode train``'s
-        (`spreadcode.training.command_config`; ``hidden``: the MLP width). With
-        ``save_model`` the catalyzer is also saved into the model store ``store``."""
+        dtype), in memory: by default a residual lattice model (`spreadcode.residual`), which
+        decodes its own codes; ``quantizer="lattice"`` or ``"sign"``: the paper's catalyzer.
+        The options are ``spreadcode train``'s (`spreadcode.training.command_config`;
+        ``hidden``: the encoder's MLP width). With ``save_model`` the catalyzer is also saved
+        into the model store ``store``."""
         from .catalyzer import save_catalyzer
         from .training import command_config, train_catalyzer
 
@@ -113,6 +115,14 @@ class Index:
             self._catalyzer = search.collection_catalyzer(self._collection, self._model,
                                                           self._store)
         return self._catalyzer[0]
+
+    @property
+    def is_residual(self):
+        """Whether the codes come from a residual model (`spreadcode.residual`), which
+        searches and reconstructs with its own decoders."""
+        from .residual import ResidualCatalyzer
+
+        return isinstance(self.catalyzer, ResidualCatalyzer)
 
     @property
     def quantizer(self):
@@ -193,6 +203,9 @@ class Index:
                  decode_all=False, hamming=False):
         """`search` (or with ``radius``, `range_search`) prepared to run query batch by query
         batch (`spreadcode.search.PreparedSearch`), as ``spreadcode search`` runs it."""
+        if self.is_residual:
+            return self._prepare_residual_search(queries, k, radius, rerank, blend, decode_all,
+                                                 hamming)
         uses_decoder = self.decoder is not None and rerank != 0
         if (rerank or decode_all or blend is not None) and self.decoder is None:
             raise SpreadcodeError("rerank, blend and decode_all need an index with a decoder")
@@ -211,6 +224,18 @@ class Index:
         return search.prepare_scan(self._collection, self.catalyzer, queries, k=k,
                                    hamming=hamming)
 
+    def _prepare_residual_search(self, queries, k, radius, rerank, blend, decode_all, hamming):
+        """`prepare_search` for a residual model, which decodes its own codes."""
+        from .residual import refuse_residual
+
+        for what, asked in (("a Hamming search", hamming),
+                            ("blend", blend is not None),
+                            ("a separate decoder", self.decoder is not None)):
+            if asked:
+                refuse_residual(self.catalyzer, what)
+        return search.prepare_residual(self._collection, self.catalyzer, queries, k=k,
+                                       radius=radius, rerank=rerank, decode_all=decode_all)
+
     def search(self, queries, k=10, *, rerank=None, blend=None, decode_all=False,
                hamming=False):
         """The k nearest codes of each query (nq, d), any real dtype: (distances float32
@@ -222,14 +247,17 @@ class Index:
         shortlist of ``rerank`` candidates (default max(10 k, 100); 0: no re-ranking) is
         re-ranked by the squared L2 between the raw query and the decoded candidates, plus
         ``blend`` (default: the decoder's) × the compressed distance; ``decode_all`` ranks
-        every decoded code instead (no catalyzer needed).
+        every decoded code instead (no catalyzer needed). A residual model's index
+        (`is_residual`) shortlists by its linear decoder and re-ranks by its full decoder
+        (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
                                decode_all=decode_all, hamming=hamming).result()
         return result.distances, result.ids
 
     def range_search(self, queries, radius, *, hamming=False):
-        """Every code within ``radius`` (compressed-domain distance, see `search`) of each
+        """Every code within ``radius`` (compressed-domain distance, see `search`; for a
+        residual model, squared L2 in input space to the fully decoded vector) of each
         query (nq, d): (lims int64 (nq + 1,), distances float32, ids int64), query i's
         results at ``lims[i]:lims[i+1]`` sorted by (distance, id), faiss's convention."""
         result = self.prepare_search(queries, radius=radius, hamming=hamming).result()
@@ -238,7 +266,8 @@ class Index:
     def reconstruct(self, ids):
         """The vectors of codes ``ids`` int (m,) (SpreadcodeError for an id not in the index).
 
-        With a decoder: its estimate of the input vectors, float32 (m, d). Without one: the
+        With a decoder (a residual model has its own): its estimate of the input vectors,
+        float32 (m, d). Without one: the
         quantizer's unit reconstruction in the catalyzer's output space, float32 (m, d_out)
         (the catalyzer has no inverse)."""
         ids = np.atleast_1d(np.asarray(ids))
@@ -246,6 +275,8 @@ class Index:
             raise SpreadcodeError(f"ids must be a 1-D array of integers, got {ids.dtype} "
                                   f"{ids.shape}")
         codes = self._collection.codes_by_id(ids.astype(np.int64), check=True)
+        if self.is_residual:
+            return self.catalyzer.decode(codes)
         if self.decoder is not None:
             return self.decoder.decode(codes)
         return self.quantizer.reconstruct(codes)

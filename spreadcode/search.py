@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from . import vecio
-from .collection import check_k, check_same_codes, merge_topk
+from .collection import check_k, check_same_codes, merge_ranges, merge_topk
 from .errors import SpreadcodeError
 
 # (id, distance) pairs that one batch of queries holds: searches run query batch by query
@@ -246,11 +246,9 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     re-ranked by the squared L2 distance between the raw query and the decoded candidate in
     input space plus ``blend`` × their compressed-domain distance (`rerank_candidates`;
     default blend: the decoder's calibrated weight, see `spreadcode.decoders.calibrate_blend`;
-    0 ranks by the decoded distance alone). k and the shortlist are capped at the number of
-    codes. When there are at least as many candidates (queries × N) as codes, every code is
-    decoded once (if that takes at most DECODE_ALL_BYTES), otherwise each block of queries
-    decodes its own distinct candidates. ``decoder``: a `spreadcode.decoders.Decoder` of the
-    collection's catalyzer. Results hold the re-ranking scores as distances; extra:
+    0 ranks by the decoded distance alone; `rerank_shortlist`). k and the shortlist are capped
+    at the number of codes. ``decoder``: a `spreadcode.decoders.Decoder` of the collection's
+    catalyzer. Results hold the re-ranking scores as distances; extra:
     {"rerank": N, "blend": weight, "decoder": sha256}.
     """
     k = check_k(k)
@@ -262,6 +260,17 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
         raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
     check_decoder_fits(decoder, collection)
     shortlist = prepare_scan(collection, catalyzer, queries, k=rerank)
+    return rerank_shortlist(collection, shortlist, decoder, k, blend)
+
+
+def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSearch:
+    """The candidates of the search ``shortlist`` (a `PreparedSearch` of the collection)
+    re-ranked by ``decoder`` (`rerank_candidates`): k (capped at the number of codes) per query.
+
+    When there are at least as many candidates (queries × N) as codes, every code is decoded
+    once (if that takes at most DECODE_ALL_BYTES), otherwise each block of queries decodes its
+    own distinct candidates. extra: {"rerank": N, "blend": blend, "decoder": sha256}.
+    """
     query_vectors = shortlist.queries
     if query_vectors.shape[1] != decoder.d_in:
         raise SpreadcodeError(
@@ -277,7 +286,7 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     else:
         def decode(unique):
             return decoder.decode(collection.codes_by_id(unique))
-    extra = {"rerank": rerank, "blend": blend, "decoder": decoder.sha256}
+    extra = {"rerank": shortlist.k_requested, "blend": blend, "decoder": decoder.sha256}
 
     def run(start, stop):
         candidates = shortlist.run(start, stop)
@@ -286,6 +295,37 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
         return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count, shortlist.rows)
+
+
+def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=None,
+                     decode_all=False) -> PreparedSearch:
+    """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
+    decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
+    them itself: a shortlist of ``rerank`` candidates (default `default_rerank(k)`) by
+    squared L2 between the raw query and the codes decoded by the model's linear decoder,
+    re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
+    ``decode_all`` ranks every code decoded by the full decoder instead. Distances are
+    squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
+    re-ranked, else {"decoder": sha256}."""
+    from .residual import ModelDecoder
+
+    sha = collection.catalyzer_sha256
+    full, linear = ModelDecoder(model, sha, "residual"), ModelDecoder(model, sha, "linear")
+    if radius is not None:
+        if rerank or decode_all:
+            raise SpreadcodeError("a range search takes no rerank or decode_all")
+        return prepare_decoded_range(collection, full, queries, radius)
+    if decode_all:
+        return prepare_decoded(collection, full, queries, k=k)
+    k = check_k(k)
+    rerank = default_rerank(k) if rerank is None else rerank
+    if rerank == 0:
+        return prepare_decoded(collection, linear, queries, k=k)
+    rerank = check_k(rerank, "rerank")
+    if rerank < k:
+        raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
+    shortlist = prepare_decoded(collection, linear, queries, k=rerank)
+    return rerank_shortlist(collection, shortlist, full, k)
 
 
 def prepare_decoded(collection, decoder, queries, *, k,
@@ -319,6 +359,40 @@ def prepare_decoded(collection, decoder, queries, *, k,
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
                           batch_rows(k_capped))
+
+
+def prepare_decoded_range(collection, decoder, queries, radius,
+                          block=DECODED_SEARCH_BLOCK) -> PreparedSearch:
+    """Range search among the decoded codes: every code whose decoded vector lies within
+    squared L2 ``radius`` (>= 0) of the raw query, CSR sorted by (distance, id).
+
+    Codes are decoded ``block`` at a time (memory O(block · (d_in + queries))); distances are
+    computed in float64 as ‖q‖² − 2⟨q, x⟩ + ‖x‖² and clamped at 0. extra: {"decoder": sha256}.
+    """
+    check_decoder_fits(decoder, collection)
+    radius = check_radius(radius)
+    query_vectors = load_queries(queries, decoder.d_in)
+    extra = {"decoder": decoder.sha256}
+
+    def run(start, stop):
+        batch = query_vectors[start:stop].astype(np.float64)
+        query_norms = np.einsum("ij,ij->i", batch, batch)[:, None]
+        found = []
+        for index, part in enumerate(collection.parts):
+            codes = collection.codes(index)
+            for first in range(0, part.count, block):
+                decoded = decoder.decode(codes[first:first + block]).astype(np.float64)
+                dist = np.maximum(query_norms - 2 * batch @ decoded.T
+                                  + np.einsum("ij,ij->i", decoded, decoded)[None, :], 0.0)
+                rows, cols = np.nonzero(dist <= radius)
+                lims = np.zeros(len(batch) + 1, dtype=np.int64)
+                np.cumsum(np.bincount(rows, minlength=len(batch)), out=lims[1:])
+                found.append((lims, collection.global_ids(index, cols + first),
+                              dist[rows, cols].astype(np.float32)))
+        lims, ids, distances = merge_ranges(found, len(batch))
+        return SearchResult(distances=distances, ids=ids, lims=lims, extra=extra)
+
+    return PreparedSearch(query_vectors, run, None, None, collection.count, batch_rows(None))
 
 
 def first_hits(ids, groundtruth):

@@ -54,6 +54,10 @@ RECALL_KS = (1, 10, 100)
 DEFAULT_EPOCHS = {"cpu": 30, "cuda": 100}
 DEFAULT_TIME_BUDGET_S = 14 * 60
 QUANTIZER_KINDS = ("lattice", "sign")
+# What ``spreadcode train --quantizer`` offers: the residual lattice model (the default, see
+# spreadcode/residual.py) or the paper's catalyzer with one lattice sphere or sign bits.
+TRAIN_KINDS = ("residual",) + QUANTIZER_KINDS
+DEFAULT_TRAIN_KIND = "residual"
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ class TrainingData:
     data: dict
 
 
-def _check_learn(learn):
+def check_learn(learn):
     """Learn vectors -> float32 C-contiguous (n, d); SpreadcodeError for bad shapes or values."""
     learn = np.asarray(learn)
     if learn.ndim != 2 or learn.shape[1] < 1:
@@ -242,7 +246,7 @@ def prepare_training_data(learn, config, device):
 
     learn: array-like (n, d_in). Split by a permutation seeded with ``config.seed``.
     """
-    learn = _check_learn(learn)
+    learn = check_learn(learn)
     n_train, n_db, n_queries = split_sizes(learn.shape[0], config)
     order = np.random.default_rng(config.seed).permutation(learn.shape[0])
     val_queries = learn[order[:n_queries]]
@@ -251,9 +255,15 @@ def prepare_training_data(learn, config, device):
     centred = train - train.mean(dim=0)  # same neighbours, smaller norms: less float32 cancellation
     _, positives = exact_knn(centred, centred, config.k_pos, exclude_self=True)
     _, val_nearest = exact_knn(val_db.astype(np.float64), val_queries.astype(np.float64), 1)
-    data = {"n": int(learn.shape[0]), "d": int(learn.shape[1]),
+    return TrainingData(train, positives, val_db, val_queries, val_nearest[:, 0],
+                        data_record(learn))
+
+
+def data_record(learn):
+    """What a model's metadata says of its learn set float32 (n, d): n, d and the SHA-256 of
+    its float32 bytes."""
+    return {"n": int(learn.shape[0]), "d": int(learn.shape[1]),
             "sha256": hashlib.sha256(learn.tobytes()).hexdigest()}
-    return TrainingData(train, positives, val_db, val_queries, val_nearest[:, 0], data)
 
 
 def validation_recall(model, quantizer, prepared):
@@ -407,13 +417,19 @@ def _postfix(epoch, where, means, recall):
 
 def train_catalyzer(learn, config, progress=True, auto_lambda=False):
     """Train a catalyzer on ``learn`` (array-like (n, d_in); float32 after conversion); with
-    ``auto_lambda``, the best of several λ around config.lam (`search_lambda`).
+    ``auto_lambda``, the best of several λ around config.lam (`search_lambda`). A
+    `spreadcode.residual.ResidualConfig` trains a residual model instead
+    (`spreadcode.residual.train_residual`).
 
     Returns TrainResult (best-checkpoint model in eval mode on the CPU, metadata for
     `spreadcode.catalyzer.save_catalyzer`, per-epoch history). On CPU the same seed, data and
     config give identical weights. Ctrl-C stops training and keeps the best checkpoint so far
     (meta["training"]["interrupted"] = True). Raises SpreadcodeError for bad inputs.
     """
+    from spreadcode.residual import ResidualConfig, train_residual
+
+    if isinstance(config, ResidualConfig):
+        return train_residual(learn, config, progress=progress)
     if auto_lambda:
         return search_lambda(learn, config, progress=progress)
     started = time.monotonic()
@@ -449,25 +465,43 @@ def search_lambda(learn, config, factors=AUTO_LAMBDA_FACTORS, progress=True):
     return best
 
 
-def command_config(bits=64, quantizer="lattice", *, dout=None, r2=None, lam=None, epochs=None,
-                   time_budget_min=None, device="auto", seed=0, hidden=None):
-    """The TrainConfig of ``spreadcode train``'s options (and `spreadcode.index.Index.train`'s).
+def command_config(bits=64, quantizer=DEFAULT_TRAIN_KIND, *, dout=None, r2=None, lam=None,
+                   epochs=None, time_budget_min=None, device="auto", seed=0, hidden=None):
+    """The training config of ``spreadcode train``'s options (and `spreadcode.index.Index.train`'s).
 
-    bits / quantizer / dout / r2: see `default_config`. lam: None (default for d_out), a number,
-    or "auto" (the default λ, to search around: `train_catalyzer` with ``auto_lambda``).
-    epochs / time_budget_min: at most one; with neither, DEFAULT_EPOCHS for the device, fewer
-    if they would not fit in DEFAULT_TIME_BUDGET_S (planned after the first epoch). hidden:
-    the catalyzer's hidden width (None: TrainConfig's). SpreadcodeError for bad options.
+    quantizer "residual" (default): a `spreadcode.residual.ResidualConfig` whose stages come
+    from ``bits`` (`spreadcode.residual.stage_blocks`); "lattice" / "sign": a TrainConfig,
+    bits / dout / r2 as in `default_config`, lam None (default for d_out), a number, or "auto"
+    (the default λ, to search around: `train_catalyzer` with ``auto_lambda``).
+    epochs / time_budget_min: at most one; with neither, the default epochs for the device,
+    fewer if they would not fit in the default time budget (planned after the first epoch).
+    hidden: the encoder's hidden width (None: the config's). SpreadcodeError for bad options.
     """
+    from spreadcode.residual import ResidualConfig, check_residual_config, stage_blocks
+
     if epochs is not None and time_budget_min is not None:
         raise SpreadcodeError("give either --epochs or --time-budget, not both")
-    config = default_config(bits, quantizer, dout, r2)
+    if quantizer not in TRAIN_KINDS:
+        raise SpreadcodeError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(TRAIN_KINDS)}")
     overrides = {"seed": seed, "device": device, "epochs": epochs, "time_budget_s": None}
     if hidden is not None:
         overrides["hidden"] = hidden
     if time_budget_min is not None:
         overrides["time_budget_s"] = float(time_budget_min) * 60
-    elif epochs is None:
+    if quantizer == "residual":
+        for name, value in (("--dout", dout), ("--r2", r2), ("--lambda", lam)):
+            if value is not None:
+                raise SpreadcodeError(f"{name} applies to the lattice and sign quantizers, not "
+                                      "to residual codes")
+        pick_device(device)
+        config = ResidualConfig(blocks=stage_blocks(bits))
+        if time_budget_min is None and epochs is None:
+            overrides.update(epochs=config.epochs, time_budget_s=DEFAULT_TIME_BUDGET_S)
+        config = replace(config, **overrides)
+        check_residual_config(config)
+        return config
+    config = default_config(bits, quantizer, dout, r2)
+    if time_budget_min is None and epochs is None:
         overrides.update(epochs=DEFAULT_EPOCHS[resolve_device(device).type],
                          time_budget_s=DEFAULT_TIME_BUDGET_S)
     if lam is not None and lam != "auto":
@@ -477,5 +511,4 @@ def command_config(bits=64, quantizer="lattice", *, dout=None, r2=None, lam=None
     config = replace(config, **overrides)
     _check_config(config)
     return config
-
 

@@ -17,7 +17,8 @@ from spreadcode.sample import load_sample
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """A trained catalyzer (2 epochs on 3,000 sample vectors), a database and queries."""
+    """A trained lattice catalyzer (2 epochs on 3,000 sample vectors), a database and
+    queries (the default residual model: tests/test_residual.py)."""
     root = tmp_path_factory.mktemp("cli")
     sample = load_sample()
     paths = {name: root / f"{name}.fvecs" for name in ("learn", "base", "query")}
@@ -27,7 +28,7 @@ def work(tmp_path_factory):
     _, gt = exact_knn(sample.base[:2000], sample.query[:40], 100)
     vecio.write_vectors(root / "gt.ivecs", gt.astype(np.int32))
     store = root / "store"
-    trained = run("train", paths["learn"], "--epochs", 2, "--store", store, "-q",
+    trained = run("train", paths["learn"], "--quantizer", "lattice", "--epochs", 2, "--store", store, "-q",
                   "-o", root / "model.catalyzer")
     assert trained.exit_code == 0, trained.output
     sha = trained.stdout.split()[1]
@@ -136,7 +137,7 @@ def test_demo_runs_on_the_bundled_sample():
     recalls = dict(re.findall(r"1-recall@(\d+)=([\d.]+)%", result.stdout))
     assert set(recalls) == {"1", "10", "100"}
     assert 0 < float(recalls["1"]) <= float(recalls["10"]) <= float(recalls["100"]) <= 100
-    assert float(recalls["10"]) > 30  # far above chance (10 of 10,000) after one epoch
+    assert float(recalls["10"]) > 20  # far above chance (10 of 10,000) after one epoch
     ratio = float(re.search(r"([\d.]+)x smaller than float32", result.stdout).group(1))
     assert 40 < ratio <= 48  # 64-bit codes of 96 floats, plus the header
     assert "encoded 10000 vectors" in result.stdout and "searched 500 queries" in result.stdout
@@ -212,7 +213,7 @@ def test_missing_or_mismatched_model_is_refused(work, tmp_path):
     assert_clean_error(run("encode", work["base"], "-o", tmp_path / "x.spc", "--store",
                            empty_store), "no catalyzer")
     assert not (tmp_path / "x.spc").exists()
-    other = run("train", work["learn"], "--epochs", 1, "--seed", 1, "--store", tmp_path / "s2",
+    other = run("train", work["learn"], "--quantizer", "lattice", "--epochs", 1, "--seed", 1, "--store", tmp_path / "s2",
                 "-q")
     assert other.exit_code == 0, other.output
     other_sha = other.stdout.split()[1]
@@ -273,7 +274,7 @@ def test_fine_tune_then_encode_with_the_new_catalyzer(work, tmp_path):
 
 def test_decoder_of_another_catalyzer_is_refused(work, tmp_path):
     other_store = tmp_path / "s"
-    other = run("train", work["learn"], "--epochs", 1, "--seed", 3, "--store", other_store, "-q")
+    other = run("train", work["learn"], "--quantizer", "lattice", "--epochs", 1, "--seed", 3, "--store", other_store, "-q")
     other_sha = other.stdout.split()[1]
     dec = run("train-decoder", work["learn"], "--model", other_sha, "--kind", "linear",
               "--store", other_store, "-q")

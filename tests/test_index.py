@@ -233,5 +233,5 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["index"]) == 10_000 and namespace["D"].shape == (500, 10)
-    assert namespace["x"].shape == (500, 24)
+    assert namespace["x"].shape == (500, 96) and namespace["index"].is_residual
     assert (tmp_path / "db.spc").is_file()

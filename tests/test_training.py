@@ -309,8 +309,8 @@ def test_train_command_saves_to_store_and_exact_output(tmp_path):
     learn_path = tmp_path / "learn.fvecs"
     vecio.write_vectors(learn_path, load_sample().learn[:800])
     output = tmp_path / "my.model"
-    summary = train_command(learn_path, bits=32, epochs=1, output=output, store=tmp_path / "store",
-                            seed=3, progress=False)
+    summary = train_command(learn_path, bits=32, quantizer="lattice", epochs=1, output=output,
+                            store=tmp_path / "store", seed=3, progress=False)
     assert summary.sha256 == store.sha256_file(output) == store.sha256_file(summary.store_path)
     assert summary.store_path == str(tmp_path / "store" / f"{summary.sha256}.safetensors")
     assert summary.output_path == str(output) and summary.epochs_run == 1 and summary.n_train == 600
@@ -335,8 +335,8 @@ def test_train_command_lambda_auto_keeps_best_of_grid(tmp_path):
 
 
 def test_default_schedule_is_capped_by_time():
-    configs = [training.command_config(16, device="cpu"),
-               training.command_config(16, device="cpu", epochs=3),
+    configs = [training.command_config(16, "lattice", device="cpu"),
+               training.command_config(16, "lattice", device="cpu", epochs=3),
                training.command_config(16, device="cpu", time_budget_min=2)]
     assert [(c.epochs, c.time_budget_s) for c in configs] == [
         (training.DEFAULT_EPOCHS["cpu"], training.DEFAULT_TIME_BUDGET_S), (3, None), (None, 120.0)]
@@ -354,7 +354,8 @@ def test_epoch_planning_under_a_time_budget():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"epochs": 2, "time_budget_min": 1.0}, "either --epochs or --time-budget"),
-    ({"lam": "big"}, "--lambda must be a number or 'auto'"),
+    ({"lam": "big", "quantizer": "lattice"}, "--lambda must be a number or 'auto'"),
+    ({"lam": 0.1}, "--lambda applies to the lattice and sign quantizers"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
 ])
 def test_train_command_rejects_bad_arguments(tmp_path, kwargs, message):

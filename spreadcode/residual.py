@@ -1,0 +1,407 @@
+"""Residual lattice models: a catalyzer and a decoder trained together, stage by stage.
+
+A residual model codes a vector in M stages, each on its own spherical lattice S(d_m, r_m²)
+(the blocks of a product code, `spreadcode.quantizer.ProductQuantizer`). Stage m sees what
+the stages before it left unexplained::
+
+    x̂_0 = 0
+    y_m  = normalize(f_m([x − x̂_{m−1}, x̂_{m−1}]))     (f_0 sees x alone)
+    z_m  = nearest point of S(d_m, r_m²) to r_m·y_m, divided by r_m      → code of stage m
+    x̂_m = x̂_{m−1} + g_m([z_m, x̂_{m−1}])               (g_0 sees z_0 alone)
+
+f_m and g_m are small MLPs; x is first centred and scaled like the catalyzer's input
+(`spreadcode.catalyzer.Catalyzer.fit_preprocessing`). All stages train together as an
+auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², which keeps the first stage a useful
+coarse code), with straight-through gradients through the lattices (paper §4.2) — the decoder
+perspective of Amara et al. (2021) taken to training time: the code is learnt for the decoder
+that will read it. Encoding needs the decoders of stages 0..M−2 (x̂ feeds the next stage), so
+the model file holds both; a .spc file still needs only its header to turn a code into lattice
+points, and names the model by its hash.
+
+Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
+decoded by ``linear`` (an affine map of the M unit lattice points, fitted by least squares on
+the learn set: cheap, exhaustive), re-ranked by the full decoder x̂_M.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see spreadcode/training.py
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from spreadcode.catalyzer import Preprocessed, forward_batches  # noqa: E402
+from spreadcode.errors import SpreadcodeError  # noqa: E402
+from spreadcode.losses import straight_through  # noqa: E402
+from spreadcode.torchutil import BestEpoch, epoch_progress  # noqa: E402
+
+# bits -> stages: 16-bit S(12, 6) blocks (64,416 points, 15.98 bits; 1 + 12·?·... atoms, an
+# exact nearest point in microseconds), plus one 8-bit S(6, 4) block (252 points) for a
+# remainder of 8 bits. 4 × S(12, 6) beat 2 × S(24, 10) at 64 bits (MSE 0.310 vs 0.325 on
+# wordnet-minilm96: BENCHMARKS.md, "Issue #14 levers").
+STAGE_BLOCK = (12, 6)
+HALF_STAGE_BLOCK = (6, 4)
+ENCODER_HIDDEN = 256
+DECODER_HIDDEN = 1024
+DEFAULT_EPOCHS = 25
+# Held out of the learn set for the best-epoch choice and the validation recall: a tenth,
+# at most VAL_MAX vectors, of which VAL_QUERY_SHARE are the queries of the recall.
+VAL_FRACTION = 0.1
+VAL_MAX = 6000
+VAL_QUERY_SHARE = 6
+RECALL_KS = (1, 10, 100)
+
+
+def stage_blocks(bits):
+    """The (d, r²) of each stage for a code of ``bits`` bits (a multiple of 8, 8 to 1024)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) \
+            or bits < 8 or bits > 1024 or bits % 8:
+        raise SpreadcodeError(f"residual codes take a multiple of 8 bits from 8 to 1024, got {bits}")
+    blocks = [STAGE_BLOCK] * (int(bits) // 16)
+    if bits % 16:
+        blocks.append(HALF_STAGE_BLOCK)
+    return tuple(blocks)
+
+
+def _mlp(d_in, hidden, d_out):
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+        nn.Linear(hidden, d_out))
+
+
+class ResidualCatalyzer(Preprocessed):
+    """M encoder stages ``f``, M decoder stages ``g`` and the shortlist decoder ``linear``.
+
+    ``quantizer``: the ProductQuantizer of the stages (block m = S(d_m, r_m²)); ``hidden`` /
+    ``hidden_decoder``: the MLP widths of f and g. Buffers ``center`` float32 (d_in,) and
+    ``scale`` float32 (1,) hold the preprocessing ``(x − center) · scale``.
+    """
+
+    def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN):
+        super().__init__(d_in)
+        self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
+        self.quantizer = quantizer
+        self.d_out = quantizer.d
+        dims = [block.d for block in quantizer.blocks]
+        self.f = nn.ModuleList([_mlp(self.d_in if m == 0 else 2 * self.d_in, self.hidden, d)
+                                for m, d in enumerate(dims)])
+        self.g = nn.ModuleList([_mlp(d if m == 0 else d + self.d_in, self.hidden_decoder, self.d_in)
+                                for m, d in enumerate(dims)])
+        self.linear = nn.Linear(self.d_out, self.d_in)
+
+    def arch(self):
+        """The model file's "arch" object."""
+        return {"type": "residual", "d_in": self.d_in, "hidden": self.hidden,
+                "hidden_decoder": self.hidden_decoder, "d_out": self.d_out}
+
+    def _stage_input(self, m, xs, xh):
+        return xs if m == 0 else torch.cat([xs - xh, xh], 1)
+
+    def _decode_stage(self, m, z, xh):
+        return self.g[0](z) if m == 0 else xh + self.g[m](torch.cat([z, xh], 1))
+
+    def forward(self, x):
+        """Training pass: x float32 tensor (n, d_in) -> (x̂_M, x̂_1), both (n, d_in) in the
+        preprocessed space, with straight-through gradients through the lattices."""
+        xs = self.preprocess(x)
+        xh = first = None
+        for m, block in enumerate(self.quantizer.blocks):
+            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+            xh = self._decode_stage(m, straight_through(y, block), xh)
+            first = xh if m == 0 else first
+        return xh, first
+
+    def _encode_batch(self, x):
+        """Eval-mode encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes)."""
+        xs, xh, ranks = self.preprocess(x), None, []
+        for m, block in enumerate(self.quantizer.blocks):
+            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+            ranks.append(block.quantize(y.cpu().numpy()))
+            if m + 1 < len(self.quantizer.blocks):
+                z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
+                xh = self._decode_stage(m, z, xh)
+        return self.quantizer.join_block_codes(ranks)
+
+    def encode(self, vectors):
+        """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
+        store them. SpreadcodeError for a wrong dimension, NaN or Inf."""
+        return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
+                               np.uint8)
+
+    def unit_points(self, codes):
+        """The M unit lattice points of each code, concatenated: float32 (n, d_out)."""
+        blocks = self.quantizer.blocks
+        return np.hstack([block.reconstruct(ranks) for block, ranks in
+                          zip(blocks, self.quantizer.block_codes(codes))]).astype(np.float32)
+
+    def _decode_batch(self, codes):
+        points = torch.from_numpy(self.unit_points(codes))
+        xh, start = None, 0
+        for m, block in enumerate(self.quantizer.blocks):
+            xh = self._decode_stage(m, points[:, start:start + block.d], xh)
+            start += block.d
+        return self.unprocess(xh)
+
+    @torch.no_grad()
+    def decode(self, codes, batch=4096):
+        """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in)."""
+        self.eval()
+        out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
+        for start in range(0, codes.shape[0], batch):
+            out[start:start + batch] = self._decode_batch(codes[start:start + batch]).numpy()
+        return out
+
+    @torch.no_grad()
+    def decode_linear(self, codes, batch=65536):
+        """The shortlist decoder: ``linear`` of the unit lattice points, float32 (n, d_in)."""
+        out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
+        for start in range(0, codes.shape[0], batch):
+            points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
+            out[start:start + batch] = self.linear(points).numpy()
+        return out
+
+
+def refuse_residual(catalyzer, what):
+    """SpreadcodeError when ``catalyzer`` is a residual model, for ``what`` (e.g. "a separate
+    decoder") that only single-sphere catalyzers take: a residual model decodes its codes
+    with its own, jointly trained decoders."""
+    if isinstance(catalyzer, ResidualCatalyzer):
+        raise SpreadcodeError(f"{what} applies to lattice and sign catalyzers; this is a "
+                              "residual model, which decodes its codes with its own decoders")
+
+
+@dataclass(frozen=True)
+class ModelDecoder:
+    """One of a residual model's decoders, shaped like `spreadcode.decoders.Decoder` for the
+    searches of `spreadcode.search`: ``decode(codes) -> float32 (n, d_in)``."""
+
+    model: ResidualCatalyzer
+    sha256: str
+    kind: str  # "residual" (the full decoder) or "linear" (the shortlist decoder)
+    blend: float = 0.0
+
+    @property
+    def catalyzer_sha256(self):
+        return self.sha256
+
+    @property
+    def quantizer(self):
+        return self.model.quantizer
+
+    @property
+    def d_in(self):
+        return self.model.d_in
+
+    def decode(self, codes):
+        return self.model.decode(codes) if self.kind == "residual" else self.model.decode_linear(codes)
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """A residual model's training run (saved, minus ``device``, in the model metadata).
+
+    ``blocks``: the stages' (d, r²). Adam with a one-cycle learning rate (warm-up to ``lr``
+    over the first 5 % of the planned steps, cosine decay after); ``aux``: weight of the first
+    stage's reconstruction error. ``time_budget_s`` (wall clock) plans the epoch count after
+    the first epoch: as many as fit, at most ``epochs``. The epoch of lowest held-out error
+    (`held_out_rows`) is kept.
+    """
+
+    blocks: tuple = field(default_factory=lambda: stage_blocks(64))
+    hidden: int = ENCODER_HIDDEN
+    hidden_decoder: int = DECODER_HIDDEN
+    epochs: int | None = DEFAULT_EPOCHS
+    time_budget_s: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    aux: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def quantizer(self):
+        return "residual"
+
+    def quantizer_spec(self):
+        """The product code of the stages as model files store it."""
+        return {"kind": "product", "d": sum(d for d, _ in self.blocks),
+                "param": [list(block) for block in self.blocks]}
+
+
+def check_residual_config(config):
+    """Reject residual configurations that cannot train (SpreadcodeError names the field)."""
+    if config.epochs is None and config.time_budget_s is None:
+        raise SpreadcodeError("give a number of epochs, a time budget, or both")
+    if config.epochs is not None and config.epochs < 1:
+        raise SpreadcodeError(f"epochs must be >= 1, got {config.epochs}")
+    if config.time_budget_s is not None and not config.time_budget_s > 0:
+        raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
+    for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("batch_size", 2)):
+        if getattr(config, name) < minimum:
+            raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
+    if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
+            and config.aux >= 0):
+        raise SpreadcodeError(f"lr must be > 0 and aux >= 0, got {config.lr}, {config.aux}")
+
+
+def one_cycle_lr(peak, progress):
+    """Learning rate at ``progress`` (0..1) of the planned steps: linear warm-up from
+    peak/25 over the first 5 %, then cosine decay to ~0 (the one-cycle policy)."""
+    warm = 0.05
+    if progress < warm:
+        return peak * (0.04 + 0.96 * progress / warm)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warm) / (1 - warm))))
+
+
+def held_out_rows(n, seed):
+    """Seeded split of n learn rows -> (train rows, held-out rows), sorted int64 arrays: a
+    tenth of the rows (at most VAL_MAX) held out."""
+    n_val = min(max(1, n // 10), VAL_MAX)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def validation_recall(model, held_out):
+    """1-recall@1/10/100 of the default search (`spreadcode.search.prepare_model_search`'s
+    linear shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
+    the first n // VAL_QUERY_SHARE are queries, the rest the database -> {"1": r, ...}."""
+    from spreadcode.knn import exact_knn
+    from spreadcode.search import default_rerank, first_hits, rerank_candidates
+
+    n_queries = max(1, held_out.shape[0] // VAL_QUERY_SHARE)
+    queries, database = held_out[:n_queries], held_out[n_queries:]
+    _, nearest = exact_knn(database.astype(np.float64), queries.astype(np.float64), 1)
+    codes = model.encode(database)
+    k = min(max(RECALL_KS), database.shape[0])
+    _, shortlist = exact_knn(model.decode_linear(codes), queries,
+                             min(default_rerank(k), database.shape[0]))
+    decoded = model.decode(codes)
+    _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k)
+    hits = first_hits(ids, nearest)
+    return {str(r): float(np.mean(hits < r)) for r in RECALL_KS}
+
+
+def fit_shortlist_decoder(model, learn):
+    """Fit ``model.linear`` by least squares from the unit lattice points of the learn
+    vectors' codes to the vectors themselves (float32 (n, d_in))."""
+    from spreadcode.decoders import fit_linear
+
+    weight, bias = fit_linear(model.unit_points(model.encode(learn)), learn)
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.from_numpy(weight))
+        model.linear.bias.copy_(torch.from_numpy(bias))
+
+
+def _held_out_error(model, x, batch=8192):
+    """Mean squared reconstruction error (preprocessed space) of float32 tensor rows x."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start:start + batch]
+            xh, _ = model(chunk)
+            total += float((xh - model.preprocess(chunk)).pow(2).sum())
+    return total / x.shape[0]
+
+
+def train_residual(learn, config, progress=True):
+    """Train a residual model on ``learn`` (array (n, d_in), any real dtype) -> TrainResult
+    (model in eval mode on the CPU, metadata for the model file, per-epoch history of
+    {"epoch", "loss", "val_mse", "seconds"}). ``val_mse`` is in units of the input vectors.
+    Ctrl-C stops and keeps the best epoch so far. SpreadcodeError for bad inputs."""
+    from spreadcode.quantizer import quantizer_from_spec
+    from spreadcode.training import TrainResult, check_learn, data_record, resolve_device
+
+    started = time.monotonic()
+    check_residual_config(config)
+    learn = check_learn(learn)
+    quantizer = quantizer_from_spec(**config.quantizer_spec())
+    n = learn.shape[0]
+    train_rows, val_rows = held_out_rows(n, config.seed)
+    if len(val_rows) < 2 * VAL_QUERY_SHARE:
+        raise SpreadcodeError(f"{n} learn vectors are too few to train a residual model "
+                              f"(need at least {20 * VAL_QUERY_SHARE})")
+    batch_size = min(config.batch_size, len(train_rows))
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = ResidualCatalyzer(learn.shape[1], quantizer, config.hidden, config.hidden_decoder)
+    x = torch.from_numpy(learn[train_rows])
+    model.fit_preprocessing(x)
+    model.to(device)
+    x, x_val = x.to(device), torch.from_numpy(learn[val_rows]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    steps = x.shape[0] // batch_size
+    planned = config.epochs if config.time_budget_s is None else None
+    history, best, interrupted, step_count = [], BestEpoch(model), False, 0
+    unit = float(model.scale) ** -2  # preprocessed squared error -> input units
+    with epoch_progress(planned, "train residual", progress) as bar:
+        try:
+            epoch = 0
+            while planned is None or epoch < planned:
+                epoch_start = time.monotonic()
+                order = torch.from_numpy(rng.permutation(x.shape[0])).to(device)
+                model.train()
+                loss_sum = 0.0
+                for step in range(steps):
+                    lr = one_cycle_lr(config.lr, step_count / ((planned or config.epochs or 1) * steps))
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = x[order[step * batch_size:(step + 1) * batch_size]]
+                    target = model.preprocess(batch)
+                    xh, first = model(batch)
+                    loss = (xh - target).pow(2).sum(1).mean() \
+                        + config.aux * (first - target).pow(2).sum(1).mean()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += float(loss.detach())
+                    step_count += 1
+                epoch += 1
+                val_mse = _held_out_error(model, x_val) * unit
+                best.offer(epoch, -val_mse)
+                history.append({"epoch": epoch, "loss": loss_sum / steps * unit,
+                                "val_mse": val_mse, "seconds": time.monotonic() - epoch_start})
+                out_of_time = (config.time_budget_s is not None
+                               and time.monotonic() - started >= config.time_budget_s)
+                if planned is None:
+                    fits = 1 + int(max(config.time_budget_s - (time.monotonic() - started), 0.0)
+                                   // max(history[-1]["seconds"], 1e-9))
+                    planned = max(1, fits if config.epochs is None else min(config.epochs, fits))
+                    if bar is not None:
+                        bar.total = planned
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"held-out MSE {val_mse:.4f}", refresh=True)
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+    if best.epoch is None:
+        best.offer(len(history), -_held_out_error(model, x_val) * unit)
+    model.cpu()
+    best.restore()
+    model.eval()
+    fit_shortlist_decoder(model, learn[train_rows])
+    val_recall = validation_recall(model, learn[val_rows])
+    meta = {
+        "quantizer": config.quantizer_spec(),
+        "lambda": None,
+        "training": {
+            "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
+            "planned_epochs": planned, "time_budget_s": config.time_budget_s,
+            "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
+            "optimizer": "adam, one-cycle", "preprocessing": "center, divide by RMS coordinate",
+            "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "data": data_record(learn),
+            "device": device.type, "best_epoch": best.epoch, "val_mse": -best.score,
+            "val_recall": val_recall, "interrupted": interrupted,
+        },
+    }
+    return TrainResult(model, meta, history)

@@ -1,0 +1,209 @@
+"""Residual lattice models (spreadcode/residual.py): stages, training, the model file, and
+search through Index and the CLI, which must agree with each other and with a direct
+computation."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import spreadcode
+from helpers import assert_clean_error, run
+from spreadcode import residual, vecio
+from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
+from spreadcode.errors import SpreadcodeError
+from spreadcode.knn import exact_knn
+from spreadcode.sample import load_sample
+from spreadcode.search import rerank_candidates
+from spreadcode.training import command_config
+
+TINY = residual.ResidualConfig(blocks=residual.stage_blocks(24), hidden=32, hidden_decoder=64,
+                               epochs=4, batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny residual model (one S(12, 6) and one S(6, 4) stage) trained 4 epochs on 3,000
+    sample learn vectors."""
+    return residual.train_residual(load_sample().learn[:3000], TINY, progress=False)
+
+
+def test_stage_blocks():
+    assert residual.stage_blocks(64) == ((12, 6),) * 4
+    assert residual.stage_blocks(24) == ((12, 6), (6, 4))
+    assert residual.stage_blocks(8) == ((6, 4),)
+    for bad in (0, 12, 1032, 64.0, True):
+        with pytest.raises(SpreadcodeError, match="multiple of 8"):
+            residual.stage_blocks(bad)
+
+
+def test_one_cycle_lr():
+    assert residual.one_cycle_lr(1.0, 0.0) == pytest.approx(0.04)
+    assert residual.one_cycle_lr(1.0, 0.05) == pytest.approx(1.0)
+    assert residual.one_cycle_lr(1.0, 1.0) == pytest.approx(0.0, abs=1e-12)
+    values = [residual.one_cycle_lr(1.0, p / 100) for p in range(5, 101)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_training_is_deterministic_and_learns(trained):
+    again = residual.train_residual(load_sample().learn[:3000], TINY, progress=False)
+    assert catalyzer_bytes(trained.model, trained.meta) == catalyzer_bytes(again.model, again.meta)
+    training = trained.meta["training"]
+    assert training["epochs"] == 4 and 1 <= training["best_epoch"] <= 4
+    assert set(training["val_recall"]) == {"1", "10", "100"}
+    assert trained.meta["quantizer"] == {"kind": "product", "d": 18,
+                                         "param": [[12, 6], [6, 4]]}
+    # Reconstruction beats the mean vector (the best code-free guess) on held-out vectors.
+    base = load_sample().base[:500]
+    codes = trained.model.encode(base)
+    assert codes.dtype == np.uint8 and codes.shape == (500, trained.model.quantizer.code_bytes)
+    decoded = trained.model.decode(codes)
+    assert decoded.shape == (500, 96) and decoded.dtype == np.float32
+    mse = ((decoded - base) ** 2).sum(1).mean()
+    assert mse < ((base - base.mean(0)) ** 2).sum(1).mean()
+    assert training["val_mse"] == pytest.approx(min(h["val_mse"] for h in trained.history))
+
+
+def test_encoding_matches_the_training_pass(trained):
+    """encode + decode give the same reconstruction as the straight-through forward pass."""
+    model, base = trained.model, load_sample().base[:300]
+    with torch.no_grad():
+        xh, _ = model(torch.from_numpy(base))
+    np.testing.assert_allclose(model.decode(model.encode(base)), model.unprocess(xh).numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_linear_decoder_is_the_least_squares_fit(trained):
+    model = trained.model
+    learn = load_sample().learn[:3000]
+    train_rows, _ = residual.held_out_rows(3000, TINY.seed)
+    points = model.unit_points(model.encode(learn[train_rows]))
+    fitted = model.decode_linear(model.encode(learn[train_rows]))
+    # Normal equations: the residual is orthogonal to the points and to the constant.
+    design = np.hstack([points, np.ones((len(points), 1), np.float32)]).astype(np.float64)
+    np.testing.assert_allclose(design.T @ (learn[train_rows] - fitted), 0, atol=0.05)
+
+
+def test_model_file_round_trip(trained, tmp_path):
+    sha, _ = save_catalyzer(trained.model, trained.meta, store=tmp_path)
+    model, meta = load_catalyzer(sha, store=tmp_path)
+    assert isinstance(model, residual.ResidualCatalyzer)
+    assert meta["arch"] == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
+                            "d_out": 18}
+    base = load_sample().base[:200]
+    codes = trained.model.encode(base)
+    assert np.array_equal(model.encode(base), codes)
+    assert np.array_equal(model.decode(codes), trained.model.decode(codes))
+    assert np.array_equal(model.decode_linear(codes), trained.model.decode_linear(codes))
+    assert hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest() == sha
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["arch"].update(type="transformer"), "arch.type"),
+    (lambda m: m["arch"].update(hidden_decoder=0), "arch.hidden_decoder"),
+    (lambda m: m.update(quantizer={"kind": "lattice", "d": 18, "param": 10}), "quantizer.kind"),
+])
+def test_bad_residual_metadata_names_the_field(trained, tmp_path, edit, field):
+    import safetensors.torch
+
+    from spreadcode import store as model_store
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(catalyzer_bytes(trained.model, trained.meta))
+    meta = model_store.read_metadata(path)
+    edit(meta)
+    tensors = safetensors.torch.load(path.read_bytes())
+    path.write_bytes(safetensors.torch.save(
+        tensors, metadata={model_store.METADATA_KEY: json.dumps(meta)}))
+    with pytest.raises(SpreadcodeError, match=f"bad '{field}'"):
+        load_catalyzer(path)
+
+
+def test_index_search_is_linear_shortlist_then_full_decoder(trained):
+    sample = load_sample()
+    base, queries = sample.base[:1500], sample.query[:30]
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(base)
+    assert index.is_residual and index.bits == 24 and len(index) == 1500
+    distances, ids = index.search(queries, k=10, rerank=50)
+    codes = trained.model.encode(base)
+    _, shortlist = exact_knn(trained.model.decode_linear(codes), queries, 50)
+    decoded = trained.model.decode(codes)
+    want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
+    assert np.array_equal(ids, want_i)
+    np.testing.assert_allclose(distances, want_d, rtol=1e-5)
+    # rerank=0: the shortlist order; decode_all: exact search over the full decoder's vectors.
+    _, ids0 = index.search(queries, k=10, rerank=0)
+    assert np.array_equal(ids0, shortlist[:, :10])
+    _, ids_all = index.search(queries, k=10, decode_all=True)
+    assert np.array_equal(ids_all, exact_knn(decoded, queries, 10)[1])
+    np.testing.assert_allclose(index.reconstruct([0, 7]), decoded[[0, 7]], rtol=1e-5, atol=1e-6)
+
+
+def test_range_search_is_exact_among_decoded_vectors(trained):
+    sample = load_sample()
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(sample.base[:700], ids=np.arange(700) * 3 - 5)
+    decoded = trained.model.decode(trained.model.encode(sample.base[:700]))
+    queries = sample.query[:6]
+    dist = ((queries[:, None, :].astype(np.float64) - decoded[None]) ** 2).sum(-1)
+    radius = float(np.quantile(dist, 0.02))
+    lims, distances, ids = index.range_search(queries, radius)
+    for q in range(len(queries)):
+        rows = np.nonzero(dist[q] <= radius)[0]
+        rows = rows[np.lexsort((rows, dist[q, rows]))]
+        assert np.array_equal(ids[lims[q]:lims[q + 1]], rows * 3 - 5)
+        np.testing.assert_allclose(distances[lims[q]:lims[q + 1]], dist[q, rows], rtol=1e-4)
+    assert lims[-1] > 0
+
+
+def test_index_refuses_what_residual_codes_cannot_do(trained):
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(load_sample().base[:300])
+    queries = load_sample().query[:3]
+    for call, what in ((lambda: index.search(queries, 5, hamming=True), "a Hamming search"),
+                       (lambda: index.search(queries, 5, blend=1.0), "blend"),
+                       (lambda: index.search(queries, 5, rerank=3), "at least k=5")):
+        with pytest.raises(SpreadcodeError, match=what):
+            call()
+
+
+def test_cli_round_trip_matches_index(trained, tmp_path):
+    """train's model through the store: encode, info and search on the CLI give what the
+    Index gives, and Index.load of the file searches identically."""
+    sample = load_sample()
+    store = tmp_path / "store"
+    sha, _ = save_catalyzer(trained.model, trained.meta, store=store)
+    vecio.write_vectors(tmp_path / "base.fvecs", sample.base[:1000])
+    vecio.write_vectors(tmp_path / "q.fvecs", sample.query[:20])
+    assert run("encode", tmp_path / "base.fvecs", "-o", tmp_path / "db.spc", "--model", sha,
+               "--store", store, "-q").exit_code == 0
+    info = run("info", tmp_path / "db.spc")
+    assert info.exit_code == 0 and "S(12" in info.stdout
+    result = run("search", tmp_path / "db.spc", tmp_path / "q.fvecs", "-k", "5",
+                 "-o", tmp_path / "r.npy", "--store", store)
+    assert result.exit_code == 0, result.output
+    cli_ids = np.load(tmp_path / "r.npy")
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(sample.base[:1000])
+    _, ids = index.search(sample.query[:20], k=5)
+    assert np.array_equal(cli_ids, ids)
+    loaded = spreadcode.Index.load(tmp_path / "db.spc", store=store)
+    assert np.array_equal(loaded.search(sample.query[:20], k=5)[1], ids)
+    assert_clean_error(run("search", tmp_path / "db.spc", tmp_path / "q.fvecs", "--hamming",
+                           "--store", store), "Hamming search")
+    assert_clean_error(run("train-decoder", tmp_path / "base.fvecs", "--model", sha,
+                           "--store", store), "residual model")
+
+
+def test_command_config_for_residual_codes():
+    config = command_config(64, epochs=3)
+    assert isinstance(config, residual.ResidualConfig)
+    assert config.blocks == ((12, 6),) * 4 and config.epochs == 3
+    default = command_config(32, device="cpu")
+    assert default.epochs == residual.DEFAULT_EPOCHS and default.time_budget_s == 14 * 60
+    with pytest.raises(SpreadcodeError, match="--dout applies to the lattice"):
+        command_config(64, dout=32)
+    with pytest.raises(SpreadcodeError, match="unknown quantizer"):
+        command_config(64, "pq")
