@@ -1,4 +1,5 @@
 """Catalyzer module, catalyze(), and the model file round-trip through the store."""
+import hashlib
 import json
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from spreadcode import store
 from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, load_catalyzer, save_catalyzer
 from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import ProductQuantizer
+from spreadcode.residual import ResidualCatalyzer
 from spreadcode.sample import load_sample
 
 META = {"quantizer": {"kind": "lattice", "d": 8, "param": 10}, "lambda": 0.02,
@@ -211,3 +214,37 @@ def test_non_finite_weights_are_refused(tmp_path):
     path = lying_file(tmp_path, {"d_in": 96, "hidden": 32, "d_out": 8}, tensors)
     with pytest.raises(SpreadcodeError, match="weights hold NaN or Inf"):
         load_catalyzer(path)
+
+
+def fixed_weights(module):
+    """``module`` in eval mode with every tensor set to fixed, exactly representable values."""
+    with torch.no_grad():
+        for i, tensor in enumerate(module.state_dict().values()):
+            if tensor.is_floating_point():
+                tensor.copy_(((torch.arange(tensor.numel()) * (i + 3)) % 17 - 8)
+                             .reshape(tensor.shape) / 16)
+            else:
+                tensor.fill_(i)
+    return module.eval()
+
+
+GOLDEN_TRAINING = {"seed": 3, "epochs": 2, "val_recall": {"1": 0.25, "10": 0.5, "100": 0.875},
+                   "device": "cpu", "interrupted": False, "time_budget_s": None,
+                   "note": "λ ünïcode"}
+
+
+@pytest.mark.parametrize("model, quantizer, lam, sha", [
+    (lambda: Catalyzer(6, 8, 4), {"kind": "lattice", "d": 8, "param": 10}, 0.02,
+     "cab9fbfbb4711f6cdee2926f01c6f3f4ca59c78185deeab5f2887506371132e3"),
+    (lambda: ResidualCatalyzer(6, ProductQuantizer(((12, 6), (6, 4))), 4, 5),
+     {"kind": "product", "d": 18, "param": [[12, 6], [6, 4]]}, None,
+     "8553f5f75baeaa43261fae61cb1c4097ec6a6fcd495bbc7a5f4b9abfcb133e64"),
+])
+def test_model_file_bytes_are_fixed(tmp_path, model, quantizer, lam, sha):
+    """The file-format invariant: fixed weights and metadata give these bytes."""
+    model = fixed_weights(model())
+    meta = {"quantizer": quantizer, "lambda": lam, "training": GOLDEN_TRAINING}
+    assert hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest() == sha
+    assert save_catalyzer(model, meta, store=tmp_path)[0] == sha
+    loaded, loaded_meta = load_catalyzer(sha, store=tmp_path)
+    assert hashlib.sha256(catalyzer_bytes(loaded, loaded_meta)).hexdigest() == sha
