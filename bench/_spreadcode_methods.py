@@ -22,7 +22,7 @@ import numpy as np
 from bench import peers
 from bench._methods import NotApplicable, Outcome, Stopwatch, cached_training
 from spreadcode import lattice
-from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer
+from spreadcode.catalyzer import CatalyzerMeta, catalyze, load_catalyzer, save_catalyzer
 from spreadcode.errors import SpreadcodeError
 from spreadcode.index import Index
 from spreadcode.quantizer import describe_quantizer, quantizer_from_spec
@@ -38,17 +38,17 @@ OPQ_FACTORY = "OPQ8,PQ8np"
 
 @dataclass(frozen=True)
 class TrainedCatalyzer:
-    """A catalyzer ready to use: model (eval mode, CPU), its file metadata, the seconds its
+    """A catalyzer ready to use: model (eval mode, CPU), its CatalyzerMeta, the seconds its
     training took and whether it came from the cache."""
 
     model: object
-    meta: dict
+    meta: CatalyzerMeta
     train_s: float
     cached: bool
 
     def note(self):
-        training = self.meta["training"]
-        return (f"catalyzer d_out={self.model.d_out}, λ={self.meta['lambda']:g}, "
+        training = self.meta.training
+        return (f"catalyzer d_out={self.model.d_out}, λ={self.meta.lam:g}, "
                 f"epochs={training['epochs']}{' (cached)' if self.cached else ''}")
 
 
@@ -104,7 +104,7 @@ def _lattice_row(config):
     def method(learn, base, query, ctx):
         trained = trained_catalyzer(learn, config, ctx)
         return _search_codes(trained, base, query, ctx,
-                             note=f"r²={trained.meta['quantizer']['param']}")
+                             note=f"r²={trained.meta.quantizer.param}")
     return method
 
 
@@ -114,7 +114,7 @@ def pca_lattice(learn, base, query, ctx):
     config = default_config(TABLE1_BITS)
     if base.shape[1] < config.d_out:
         raise NotApplicable(f"PCA to {config.d_out} dims needs d >= {config.d_out}")
-    quantizer = quantizer_from_spec(**config.quantizer_spec())
+    quantizer = config.quantizer_spec().quantizer()
     train, encode, search = Stopwatch(), Stopwatch(), Stopwatch()
     with train.running():
         mean = learn.mean(axis=0, dtype=np.float64)

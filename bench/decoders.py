@@ -44,9 +44,9 @@ from bench._data import load_dataset, quick_slice  # noqa: E402
 from bench._methods import Context, cached_training  # noqa: E402
 from bench._spreadcode_methods import QUICK_EPOCHS, trained_catalyzer  # noqa: E402
 from spreadcode import decoders, finetune, store as model_store  # noqa: E402
-from spreadcode.catalyzer import catalyze, load_catalyzer, save_catalyzer  # noqa: E402
+from spreadcode.catalyzer import (CatalyzerMeta, catalyze, load_catalyzer,  # noqa: E402
+                                  save_catalyzer)
 from spreadcode.knn import exact_knn  # noqa: E402
-from spreadcode.quantizer import quantizer_from_spec  # noqa: E402
 from spreadcode.encode import encode_file  # noqa: E402
 from spreadcode.index import Index  # noqa: E402
 from spreadcode.search import default_rerank, recall_at, rerank_candidates  # noqa: E402
@@ -75,7 +75,7 @@ class Setup:
     """A catalyzer, the .spc file of the base it encoded, and the store holding both + decoders."""
 
     model: object
-    meta: dict
+    meta: CatalyzerMeta
     spc: Path
     store: Path
     train_s: float
@@ -90,7 +90,7 @@ def cached_decoder(learn, setup, kind, ctx):
     seconds)."""
     epochs = QUICK_EPOCHS if ctx.quick and kind == "mlp" else None
     blend_rule = f"blend {decoders.BLEND_WEIGHT} x unit ratio of top {decoders.BLEND_SCALE_TOP}"
-    key = hashlib.sha256(f"{setup.meta['sha256']}-{kind}-{epochs}-{blend_rule}".encode()
+    key = hashlib.sha256(f"{setup.meta.sha256}-{kind}-{epochs}-{blend_rule}".encode()
                          + learn.tobytes()).hexdigest()
 
     def train():
@@ -112,7 +112,7 @@ def cached_fine_tune(learn, setup, ctx):
     in quick mode) or fetch it from ctx.cache_dir. Returns (sha256 of the new catalyzer in
     ctx.cache_dir, training seconds)."""
     epochs = 1 if ctx.quick else finetune.FINE_TUNE_EPOCHS
-    key = hashlib.sha256(f"{setup.meta['sha256']}-fine-tune-{epochs}".encode() + learn.tobytes()).hexdigest()
+    key = hashlib.sha256(f"{setup.meta.sha256}-fine-tune-{epochs}".encode() + learn.tobytes()).hexdigest()
 
     def train():
         return finetune.fine_tune_catalyzer(learn, setup.model, setup.meta, epochs=epochs,
@@ -121,7 +121,7 @@ def cached_fine_tune(learn, setup, ctx):
     def save(tuned):
         model, meta, _ = tuned
         sha, _ = save_catalyzer(model, meta, store=ctx.cache_dir)
-        return sha, {"fine_tuned": meta["training"]["fine_tuned"]}
+        return sha, {"fine_tuned": meta.training["fine_tuned"]}
 
     entry, _ = cached_training(ctx.cache_dir, f"fine-tune-{key}", train, save)
     return entry["sha256"], entry["train_s"]
@@ -135,7 +135,7 @@ def prepare(ds, model_ref, store, config, ctx, work):
     work_store = work / "store"
     if model_ref is not None:
         model, meta = load_catalyzer(model_ref, store=store)
-        model_store.save_artifact(meta["path"], work_store)
+        model_store.save_artifact(meta.path, work_store)
         train_s = float("nan")
     else:
         trained = trained_catalyzer(ds.learn, config, ctx)
@@ -145,8 +145,8 @@ def prepare(ds, model_ref, store, config, ctx, work):
     base_file = work.parent / "base.npy"
     if not base_file.is_file():
         np.save(base_file, ds.base)
-    spc = work / f"base-{meta['sha256'][:12]}.spc"
-    encode_file(base_file, spc, model=meta["sha256"], store=work_store)
+    spc = work / f"base-{meta.sha256[:12]}.spc"
+    encode_file(base_file, spc, model=meta.sha256, store=work_store)
     return Setup(model, meta, spc, work_store, train_s)
 
 
@@ -176,7 +176,7 @@ def catalyzer_rows(ds, lattice, sign, decoder_shas):
     k = min(K, ds.base.shape[0])
     (_, ids), seconds = timed(search_spc, lattice, ds.query, k)
     rows.append(Row("catalyzer + lattice", recall(ids, ds), seconds,
-                    f"r²={lattice.meta['quantizer']['param']}"))
+                    f"r²={lattice.meta.quantizer.param}"))
     for kind, blend in (("linear", 0.0), ("linear", None), ("mlp", 0.0), ("mlp", None)):
         rows.append(rerank_row("catalyzer + lattice", lattice, decoder_shas[("lattice", kind)],
                                kind, blend, ds, k))
@@ -184,7 +184,7 @@ def catalyzer_rows(ds, lattice, sign, decoder_shas):
                               decoder=decoder_shas[("lattice", "mlp")], decode_all=True)
     rows.append(Row("catalyzer + lattice, mlp decoder, every code decoded", recall(ids, ds),
                     seconds))
-    quantizer = quantizer_from_spec(**sign.meta["quantizer"])
+    quantizer = sign.meta.quantizer.quantizer()
     codes = quantizer.quantize(catalyze(sign.model, ds.base))
     (_, ids), seconds = timed(lambda: quantizer.search(codes, catalyze(sign.model, ds.query), k,
                                                        hamming=True))

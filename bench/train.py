@@ -5,8 +5,9 @@ to PCA + lattice (the paper's ablation), with training wall time, and a λ sweep
     python bench/train.py --epochs 4 --lambdas 0.01,0.02 --sweep-epochs 2
     python bench/train.py --dout 32 --r2 36 --batch-size 512 --no-sweep
 
-Everything goes through the library (`default_config`, `train_catalyzer`, `catalyze`, the
-codec's quantizer), so the numbers are those of ``spreadcode train`` + ``encode`` + ``search``.
+Everything goes through the library (`command_config`, `train_catalyzer`, `catalyze`, the
+codec's quantizer), so the numbers are those of ``spreadcode train --quantizer lattice`` +
+``encode`` + ``search``.
 1-recall@k = share of queries whose exact nearest neighbour (ground truth column 0) is among
 the first k results, on base/query (validation recall is on the held-out part of learn).
 The default run (default training + a 3-point λ sweep at reduced epochs) takes about 20
@@ -23,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # training first: it sets the OpenMP wait policy before torch loads.
-from spreadcode.training import (DEFAULT_EPOCHS, DEFAULT_TIME_BUDGET_S, default_config,  # noqa: E402, I001
-                                 make_quantizer, resolve_device, train_catalyzer)
+from spreadcode.training import (DEFAULT_EPOCHS, DEFAULT_TIME_BUDGET_S, command_config,  # noqa: E402, I001
+                                 make_quantizer, train_catalyzer)
 from spreadcode import vecio  # noqa: E402
 from spreadcode.catalyzer import catalyze  # noqa: E402
 from spreadcode.search import recall_at  # noqa: E402
@@ -68,7 +69,7 @@ def catalyzer_lattice(learn, base, query, groundtruth, config):
     train_s = time.monotonic() - started
     quantizer = make_quantizer(config)
     test = search_recall(quantizer, catalyze(result.model, base), catalyze(result.model, query), groundtruth)
-    training = result.meta["training"]
+    training = result.meta.training
     val = [100.0 * training["val_recall"][str(k)] for k in KS]
     return test, val, training["epochs"], train_s
 
@@ -93,7 +94,8 @@ def main(argv=None):
                         help=f"default: like `spreadcode train`, {DEFAULT_EPOCHS} epochs by device, "
                              f"fewer if they would not fit {DEFAULT_TIME_BUDGET_S / 60:g} minutes")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
-                        help="train for this many minutes instead of a fixed epoch count")
+                        help="train for this many minutes instead of a fixed epoch count "
+                             "(not with --epochs)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
     parser.add_argument("--lambda", dest="lam", type=float, default=None, help="default: per d_out")
     parser.add_argument("--end-to-end", action="store_true",
@@ -109,18 +111,11 @@ def main(argv=None):
     base = vecio.read_vectors(args.data / "base.fvecs")
     query = vecio.read_vectors(args.data / "query.fvecs")
     groundtruth = vecio.read_groundtruth(args.data / "groundtruth.ivecs")
-    config = default_config(args.bits, "lattice", args.dout, args.r2)
-    overrides = {"seed": args.seed, "epochs": args.epochs, "time_budget_s": None,
-                 "end_to_end": args.end_to_end}
-    if args.time_budget is not None:
-        overrides["time_budget_s"] = args.time_budget * 60
-    elif args.epochs is None:
-        overrides.update(epochs=DEFAULT_EPOCHS[resolve_device("auto").type],
-                         time_budget_s=DEFAULT_TIME_BUDGET_S)
-    for name, value in (("batch_size", args.batch_size), ("lam", args.lam)):
-        if value is not None:
-            overrides[name] = value
-    config = replace(config, **overrides)
+    config = command_config(args.bits, "lattice", dout=args.dout, r2=args.r2, lam=args.lam,
+                            epochs=args.epochs, time_budget_min=args.time_budget, seed=args.seed)
+    config = replace(config, end_to_end=args.end_to_end)
+    if args.batch_size is not None:
+        config = replace(config, batch_size=args.batch_size)
     quantizer = make_quantizer(config)
     print(f"# {args.data.name}: learn {learn.shape}, base {base.shape}, query {query.shape}; "
           f"lattice S({config.d_out}, {config.r2}) = {quantizer.bits} bits\n")

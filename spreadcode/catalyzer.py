@@ -7,12 +7,13 @@ Linear(h, d_out) -> L2 normalisation.
 
 Model file: safetensors with the module's state dict and one JSON metadata string (keys sorted)
 ``{"artifact": "catalyzer", "format_version": 1, "arch": {"d_in", "hidden", "d_out"},
-"quantizer": {"kind", "d", "param"}, "lambda", "training": {...}}``. The same weights and
-metadata give the same bytes, hence the same SHA-256, which names the model in the store.
+"quantizer": {"kind", "d", "param"}, "lambda", "training": {...}}``, in memory a
+`CatalyzerMeta` (``.to_json()``). The same weights and metadata give the same bytes, hence the
+same SHA-256, which names the model in the store.
 """
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,31 +142,14 @@ def forward_batches(model, vectors, forward, width, dtype, batch=FORWARD_BATCH):
     return out
 
 
-def _metadata_json(model, meta):
-    """The sorted-key JSON header string for ``model`` plus caller meta (quantizer, lambda, training)."""
-    quantizer = meta.get("quantizer")
-    if not isinstance(quantizer, dict) or set(quantizer) != {"kind", "d", "param"}:
-        raise SpreadcodeError("catalyzer metadata needs quantizer = {'kind', 'd', 'param'}")
-    if quantizer["d"] != model.d_out:
-        raise SpreadcodeError(f"quantizer dimension {quantizer['d']} != catalyzer d_out {model.d_out}")
-    header = {
-        "artifact": ARTIFACT_KIND,
-        "format_version": model_store.FORMAT_VERSION,
-        "arch": model.arch(),
-        "quantizer": quantizer,
-        "lambda": meta.get("lambda"),
-        "training": meta.get("training", {}),
-    }
-    return canonical_json(header)
-
-
 def catalyzer_bytes(model, meta):
-    """The model file's bytes: safetensors of the state dict + the spreadcode JSON metadata.
-
-    meta: dict with "quantizer" ({"kind", "d", "param"}), "lambda" and "training" (JSON values).
-    Deterministic: identical weights and meta give identical bytes.
-    """
-    return state_dict_bytes(model, _metadata_json(model, meta))
+    """The model file's bytes: safetensors of the state dict + ``meta.to_json()`` (a
+    CatalyzerMeta describing ``model``). Deterministic: identical weights and meta give
+    identical bytes."""
+    if meta.arch() != model.arch():
+        raise SpreadcodeError(f"catalyzer metadata describes arch {meta.arch()}, but the "
+                              f"network is {model.arch()}")
+    return state_dict_bytes(model, canonical_json(meta.to_json()))
 
 
 def state_dict_bytes(module, metadata_json):
@@ -193,11 +177,14 @@ ARCH_TYPES = ("mlp", "residual")
 
 @dataclass(frozen=True)
 class CatalyzerMeta:
-    """What a catalyzer file's metadata says: the network's widths ``d_in``, ``hidden``,
-    ``d_out``, the ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam``
-    (None when unknown) and the ``training`` record (a JSON object, kept as it is).
-    ``arch_type`` "residual" marks a `spreadcode.residual.ResidualCatalyzer` (product code,
-    one stage per block; ``hidden_decoder`` its decoders' width), "mlp" the paper's catalyzer."""
+    """A catalyzer's metadata: the network's widths ``d_in``, ``hidden``, ``d_out``, the
+    ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam`` (None when unknown)
+    and the ``training`` record (a JSON object, kept as it is). ``arch_type`` "residual"
+    marks a `spreadcode.residual.ResidualCatalyzer` (product code, one stage per block;
+    ``hidden_decoder`` its decoders' width), "mlp" the paper's catalyzer. ``sha256`` and
+    ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
+    a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
+    dimension must be d_out (SpreadcodeError otherwise)."""
 
     d_in: int
     hidden: int
@@ -207,6 +194,22 @@ class CatalyzerMeta:
     training: dict
     arch_type: str = "mlp"
     hidden_decoder: int | None = None
+    sha256: str | None = None
+    path: str | None = None
+
+    def __post_init__(self):
+        """The quantizer codes the network's output: its dimension must be d_out."""
+        if self.quantizer.d != self.d_out:
+            raise SpreadcodeError(f"quantizer dimension {self.quantizer.d} != catalyzer d_out "
+                                  f"{self.d_out}")
+
+    @classmethod
+    def for_model(cls, model, quantizer, lam, training):
+        """The metadata of ``model`` (a Catalyzer or ResidualCatalyzer) whose codes are
+        ``quantizer`` (QuantizerSpec)."""
+        arch = model.arch()
+        return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
+                   arch.get("type", "mlp"), arch.get("hidden_decoder"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -240,6 +243,19 @@ class CatalyzerMeta:
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
         return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder)
+
+    def arch(self):
+        """The model file's "arch" object, as the network's ``arch()`` gives it."""
+        arch = {"d_in": self.d_in, "hidden": self.hidden, "d_out": self.d_out}
+        if self.arch_type == "residual":
+            arch = {"type": "residual", **arch, "hidden_decoder": self.hidden_decoder}
+        return arch
+
+    def to_json(self):
+        """The JSON object the model file holds (`catalyzer_bytes` writes it with sorted keys)."""
+        return {"artifact": ARTIFACT_KIND, "format_version": model_store.FORMAT_VERSION,
+                "arch": self.arch(), "quantizer": self.quantizer.to_json(),
+                "lambda": self.lam, "training": self.training}
 
     def build(self):
         """The (untrained) network this metadata describes."""
@@ -286,7 +302,7 @@ def load_module(path, build, what):
 def save_catalyzer(model, meta, path=None, store=None):
     """Save the model into the store (``<store>/<sha>.safetensors``) and, if given, to exactly ``path``.
 
-    meta: see `catalyzer_bytes`. Returns (sha256 hex, Path in the store).
+    meta: its CatalyzerMeta (see `catalyzer_bytes`). Returns (sha256 hex, Path in the store).
     """
     data = catalyzer_bytes(model, meta)
     sha, stored = model_store.save_artifact(data, store)
@@ -298,16 +314,14 @@ def save_catalyzer(model, meta, path=None, store=None):
 def load_catalyzer(ref, store=None):
     """Load a catalyzer by path, hash (or unique prefix ≥ 8 hex digits) or "latest".
 
-    Returns (model in eval mode on the CPU, meta) where meta is the file's spreadcode metadata
-    plus "sha256" (hash of the file bytes) and "path". Raises SpreadcodeError for foreign,
-    corrupt or non-catalyzer files.
+    Returns (model in eval mode on the CPU, CatalyzerMeta with ``sha256`` (hash of the file
+    bytes) and ``path``). Raises SpreadcodeError for foreign, corrupt or non-catalyzer files.
     """
     path = model_store.resolve(ref, store, kind=ARTIFACT_KIND)
-    meta = model_store.read_metadata(path)
-    if meta["artifact"] != ARTIFACT_KIND:
-        raise SpreadcodeError(f"{path}: a {meta['artifact']!r} artifact, not a catalyzer")
-    spec = CatalyzerMeta.from_json(meta, path)
-    model, meta["sha256"] = load_module(
-        path, spec.build, f"catalyzer (tensors do not match arch {meta['arch']})")
-    meta["path"] = str(path)
-    return model, meta
+    raw = model_store.read_metadata(path)
+    if raw["artifact"] != ARTIFACT_KIND:
+        raise SpreadcodeError(f"{path}: a {raw['artifact']!r} artifact, not a catalyzer")
+    meta = CatalyzerMeta.from_json(raw, path)
+    model, sha = load_module(path, meta.build,
+                             f"catalyzer (tensors do not match arch {raw['arch']})")
+    return model, replace(meta, sha256=sha, path=str(path))

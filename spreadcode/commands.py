@@ -19,7 +19,7 @@ from . import container, fileio, vecio
 from . import store as model_store
 from .errors import SpreadcodeError
 from .index import Index
-from .quantizer import describe_quantizer, quantizer_from_spec
+from .quantizer import QuantizerSpec, describe_quantizer, quantizer_from_spec
 from .search import first_hits, recalls_of
 
 # Epochs of the demo's catalyzer (a ~1 minute run on 2 cores).
@@ -189,7 +189,7 @@ class TrainSummary:
     sha256: str
     store_path: str
     output_path: str | None
-    quantizer: dict
+    quantizer: QuantizerSpec
     lam: float | None
     val_recall: dict
     best_epoch: int
@@ -202,8 +202,7 @@ class TrainSummary:
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
-        q = self.quantizer
-        code = describe_quantizer(quantizer_from_spec(**q))
+        code = describe_quantizer(self.quantizer.quantizer())
         if self.lam is None:
             code = f"residual stages: {code}  (decoders in the model)"
         else:
@@ -254,10 +253,10 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
     learn = _load_learn(learn_path)
     result = train_catalyzer(learn, config, progress=progress, auto_lambda=lam == "auto")
     sha, stored = save_catalyzer(result.model, result.meta, path=output, store=store)
-    training = result.meta["training"]
+    training = result.meta.training
     return TrainSummary(
         sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        quantizer=result.meta["quantizer"], lam=result.meta["lambda"], val_recall=training["val_recall"],
+        quantizer=result.meta.quantizer, lam=result.meta.lam, val_recall=training["val_recall"],
         best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
         lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"))
@@ -326,7 +325,7 @@ def _load_catalyzer_and_learn(model, learn_path, output, store):
     learn = vecio.read_vectors(learn_path)
     if learn.ndim != 2 or learn.shape[1] != catalyzer.d_in:
         raise SpreadcodeError(f"{learn_path}: vectors have dimension {learn.shape[-1]}, but catalyzer "
-                              f"{catalyzer_meta['sha256'][:12]} expects {catalyzer.d_in}")
+                              f"{catalyzer_meta.sha256[:12]} expects {catalyzer.d_in}")
     return catalyzer, catalyzer_meta, learn
 
 
@@ -402,8 +401,8 @@ def fine_tune_command(learn_path, *, model, epochs=None, output=None, store=None
     sha, stored = save_catalyzer(tuned, meta, path=output, store=store)
     return FineTuneSummary(
         sha256=sha, store_path=str(stored), output_path=None if output is None else str(output),
-        source_sha256=catalyzer_meta["sha256"], epochs=epochs,
-        best_epoch=meta["training"]["fine_tuned"]["best_epoch"], val_mse_curve=curve,
+        source_sha256=catalyzer_meta.sha256, epochs=epochs,
+        best_epoch=meta.training["fine_tuned"]["best_epoch"], val_mse_curve=curve,
         wall_time_s=time.monotonic() - started)
 
 

@@ -39,7 +39,7 @@ from spreadcode.catalyzer import catalyze, check_width, load_module, state_dict_
 from spreadcode.errors import SpreadcodeError
 from spreadcode.fileio import canonical_json
 from spreadcode.knn import exact_knn
-from spreadcode.quantizer import QuantizerSpec, metadata_error, quantizer_from_spec
+from spreadcode.quantizer import QuantizerSpec, metadata_error
 from spreadcode.search import recall_at, rerank_candidates
 from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
 
@@ -287,7 +287,8 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
                   seed=0, progress=False):
     """Encode ``learn`` with the catalyzer and its quantizer, learn a decoder of the codes.
 
-    learn: real array (n, d_in); catalyzer, catalyzer_meta: as returned by `load_catalyzer`.
+    learn: real array (n, d_in); catalyzer, catalyzer_meta (CatalyzerMeta): as returned by
+    `load_catalyzer` (the decoder names the catalyzer by ``catalyzer_meta.sha256``).
     HELD_OUT_FRACTION of the vectors (seeded split) are held out to measure the squared error
     per vector of the decoder and of the linear baseline, and to choose the decoder's blend
     weight for re-ranking (`calibrate_blend`: every CALIBRATION_QUERY_STRIDE-th held-out vector
@@ -302,7 +303,9 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
         raise SpreadcodeError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
     if kind == "linear" and epochs is not None:
         raise SpreadcodeError("epochs only apply to the mlp decoder; a linear decoder is solved in closed form")
-    quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])
+    if catalyzer_meta.sha256 is None:
+        raise SpreadcodeError("save the catalyzer first: a decoder names its catalyzer by hash")
+    quantizer = catalyzer_meta.quantizer.quantizer()
     catalyzed = catalyze(catalyzer, learn)
     targets = np.ascontiguousarray(learn, dtype=np.float32)
     n = targets.shape[0]
@@ -320,8 +323,8 @@ def train_decoder(learn, catalyzer, catalyzer_meta, *, kind="mlp", hidden=MLP_HI
     blend, blend_calibration = calibrate_blend(net, quantizer, codes[database], inputs[database],
                                                targets[database], catalyzed[queries], targets[queries])
     meta = {
-        "catalyzer": catalyzer_meta["sha256"],
-        "quantizer": catalyzer_meta["quantizer"],
+        "catalyzer": catalyzer_meta.sha256,
+        "quantizer": catalyzer_meta.quantizer.to_json(),
         "d_in": int(targets.shape[1]),
         "decoder": {"kind": kind, "hidden": net.hidden, "blend": blend},
         "training": {

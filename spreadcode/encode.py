@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import __version__, container, vecio
 from . import store as model_store
 from .errors import SpreadcodeError
-from .quantizer import describe_quantizer, quantizer_from_spec
+from .quantizer import describe_quantizer
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,11 @@ def encode_codes(catalyzer, quantizer, vectors):
 
 def _check_dim(d_in, meta, what):
     """SpreadcodeError naming ``what`` unless vectors of dimension ``d_in`` fit the catalyzer
-    of metadata ``meta``."""
-    expected = meta["arch"]["d_in"]
-    if d_in != expected:
+    of CatalyzerMeta ``meta``."""
+    if d_in != meta.d_in:
         raise SpreadcodeError(
             f"{what}: vectors have dimension {d_in}, but catalyzer "
-            f"{meta['sha256'][:12]} expects {expected}")
+            f"{meta.sha256[:12]} expects {meta.d_in}")
 
 
 def encode_file(input_path, output_path, *, model="latest", store=None, batch=65536,
@@ -72,7 +71,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     vectors = vecio.open_vectors(input_path, dataset=dataset)
     catalyzer, meta = load_catalyzer(model_file, store=store)
     _check_dim(vectors.d, meta, f"{input_path}")
-    quantizer = quantizer_from_spec(**meta["quantizer"])
+    quantizer = meta.quantizer.quantizer()
     chunks = vectors.chunks(batch)
     if progress:
         from tqdm import tqdm
@@ -81,7 +80,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     with container.SpcWriter(
         output_path, kind=quantizer.kind, d=quantizer.d, param=quantizer.param,
         bits=quantizer.bits, code_bytes=quantizer.code_bytes, input_dim=vectors.d,
-        input_dtype=str(vectors.dtype), catalyzer_sha256=meta["sha256"],
+        input_dtype=str(vectors.dtype), catalyzer_sha256=meta.sha256,
         metadata={"creator": f"spreadcode {__version__}",
                   "source": os.path.basename(str(input_path))},
     ) as writer:
@@ -91,4 +90,4 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
         output=str(output_path), count=vectors.n, input_dim=vectors.d,
         input_bytes=vectors.n * vectors.d * 4, output_bytes=os.path.getsize(output_path),
         quantizer=describe_quantizer(quantizer), bits=quantizer.bits,
-        catalyzer_sha256=meta["sha256"])
+        catalyzer_sha256=meta.sha256)

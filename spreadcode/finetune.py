@@ -3,6 +3,7 @@ MLP decoder trained together as an auto-encoder on the reconstruction error, so 
 keep what a decoder needs as well as neighbourhoods."""
 import copy
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -11,7 +12,6 @@ from spreadcode.catalyzer import catalyze
 from spreadcode.decoders import MLP_BATCH, MLP_HIDDEN, fit_decoder, split_learn, squared_error
 from spreadcode.errors import SpreadcodeError
 from spreadcode.losses import straight_through
-from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
 
 # fine_tune_catalyzer: joint passes, decoder warm-up epochs, Adam learning rates (the catalyzer
@@ -39,17 +39,18 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
     held-out error of g(q(f(x))) is measured, and the catalyzer of the best epoch is kept
     (epoch 0 = the catalyzer given), so the result is never worse on held-out data.
 
-    learn: real array (n, d_in); catalyzer, catalyzer_meta: as from `load_catalyzer`. The
-    codes change, so files must be re-encoded with the new catalyzer and a decoder trained for
-    it (`train_decoder`); g itself is discarded. Returns (catalyzer in eval mode on the CPU,
-    metadata for `save_catalyzer`, held-out squared error per epoch: list of epochs + 1 floats).
+    learn: real array (n, d_in); catalyzer, catalyzer_meta (CatalyzerMeta): as from
+    `load_catalyzer`. The codes change, so files must be re-encoded with the new catalyzer and
+    a decoder trained for it (`train_decoder`); g itself is discarded. Returns (catalyzer in
+    eval mode on the CPU, its CatalyzerMeta for `save_catalyzer` (training record plus
+    "fine_tuned"), held-out squared error per epoch: list of epochs + 1 floats).
     """
     from .residual import refuse_residual
 
     refuse_residual(catalyzer, "fine-tuning")
     if not (isinstance(epochs, int) and epochs >= 1):
         raise SpreadcodeError(f"epochs must be a positive integer, got {epochs}")
-    quantizer = quantizer_from_spec(**catalyzer_meta["quantizer"])
+    quantizer = catalyzer_meta.quantizer.quantizer()
     model = copy.deepcopy(catalyzer).cpu()
     targets = np.ascontiguousarray(learn, dtype=np.float32)
     train_rows, val_rows = split_learn(targets.shape[0], quantizer, seed)
@@ -93,12 +94,12 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
     best.restore()
     model.cpu().eval()
     fine_tuned = {
-        "from": catalyzer_meta["sha256"], "epochs": epochs, "best_epoch": int(np.argmin(curve)),
+        "from": catalyzer_meta.sha256, "epochs": epochs, "best_epoch": int(np.argmin(curve)),
         "decoder_epochs": decoder_epochs, "hidden": hidden, "batch_size": batch,
         "catalyzer_lr": FINE_TUNE_CATALYZER_LR, "decoder_lr": FINE_TUNE_DECODER_LR, "seed": seed,
         "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "val_mse_curve": curve,
         "data_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
     }
-    meta = {"quantizer": catalyzer_meta["quantizer"], "lambda": catalyzer_meta.get("lambda"),
-            "training": {**catalyzer_meta.get("training", {}), "fine_tuned": fine_tuned}}
+    meta = replace(catalyzer_meta, training={**catalyzer_meta.training, "fine_tuned": fine_tuned},
+                   sha256=None, path=None)
     return model, meta, curve

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from . import __version__, container, search
 from .collection import Collection, MemoryPart, open_collection
 from .encode import encode_codes
 from .errors import SpreadcodeError
-from .quantizer import describe_quantizer, quantizer_from_spec, quantizer_spec
+from .quantizer import QuantizerSpec, describe_quantizer
 
 
 class Index:
@@ -40,7 +41,7 @@ class Index:
         from .catalyzer import load_catalyzer
 
         catalyzer, meta = load_catalyzer(model, store=store)
-        self._setup(Collection((), quantizer_from_spec(**meta["quantizer"]), meta["sha256"]),
+        self._setup(Collection((), meta.quantizer.quantizer(), meta.sha256),
                     (catalyzer, meta), decoder, store, input_dtype="float32")
 
     def _setup(self, collection, catalyzer, decoder, store, input_dtype, model=None):
@@ -82,15 +83,15 @@ class Index:
     @classmethod
     def from_catalyzer(cls, catalyzer, meta, *, quantizer=None, decoder=None, store=None):
         """A new empty index with a catalyzer held in memory: ``catalyzer`` (torch module)
-        and its model-file ``meta`` (as from `spreadcode.training.train_catalyzer` or
+        and its CatalyzerMeta (as from `spreadcode.training.train_catalyzer` or
         `spreadcode.catalyzer.load_catalyzer`). ``quantizer`` replaces the one in ``meta`` (a
         quantizer of the catalyzer's output dimension; the model file the index saves then
         names it)."""
         if quantizer is not None:
-            meta = {**meta, "quantizer": quantizer_spec(quantizer.kind, quantizer.d,
-                                                        quantizer.param)}
+            meta = replace(meta, quantizer=QuantizerSpec(quantizer.kind, quantizer.d,
+                                                         quantizer.param), sha256=None, path=None)
         index = cls.__new__(cls)
-        index._setup(Collection((), quantizer_from_spec(**meta["quantizer"]),
+        index._setup(Collection((), meta.quantizer.quantizer(),
                                 _catalyzer_sha256(catalyzer, meta)),
                      (catalyzer, meta), decoder, store, input_dtype="float32")
         return index

@@ -35,9 +35,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from spreadcode.catalyzer import Preprocessed, forward_batches  # noqa: E402
+from spreadcode.catalyzer import CatalyzerMeta, Preprocessed, forward_batches  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
+from spreadcode.quantizer import QuantizerSpec  # noqa: E402
 from spreadcode.torchutil import BestEpoch, epoch_progress  # noqa: E402
 
 # bits -> stages: 16-bit S(12, 6) blocks (64,416 points, 15.98 bits; 1 + 12·?·... atoms, an
@@ -229,9 +230,9 @@ class ResidualConfig:
         return "residual"
 
     def quantizer_spec(self):
-        """The product code of the stages as model files store it."""
-        return {"kind": "product", "d": sum(d for d, _ in self.blocks),
-                "param": [list(block) for block in self.blocks]}
+        """The product code of the stages as model files name it (a QuantizerSpec)."""
+        return QuantizerSpec("product", sum(d for d, _ in self.blocks),
+                             tuple(tuple(block) for block in self.blocks))
 
 
 def check_residual_config(config):
@@ -312,16 +313,15 @@ def _held_out_error(model, x, batch=8192):
 
 def train_residual(learn, config, progress=True):
     """Train a residual model on ``learn`` (array (n, d_in), any real dtype) -> TrainResult
-    (model in eval mode on the CPU, metadata for the model file, per-epoch history of
+    (model in eval mode on the CPU, its CatalyzerMeta, per-epoch history of
     {"epoch", "loss", "val_mse", "seconds"}). ``val_mse`` is in units of the input vectors.
     Ctrl-C stops and keeps the best epoch so far. SpreadcodeError for bad inputs."""
-    from spreadcode.quantizer import quantizer_from_spec
     from spreadcode.training import TrainResult, check_learn, data_record, resolve_device
 
     started = time.monotonic()
     check_residual_config(config)
     learn = check_learn(learn)
-    quantizer = quantizer_from_spec(**config.quantizer_spec())
+    quantizer = config.quantizer_spec().quantizer()
     n = learn.shape[0]
     train_rows, val_rows = held_out_rows(n, config.seed)
     if len(val_rows) < 2 * VAL_QUERY_SHARE:
@@ -391,17 +391,13 @@ def train_residual(learn, config, progress=True):
     model.eval()
     fit_shortlist_decoder(model, learn[train_rows])
     val_recall = validation_recall(model, learn[val_rows])
-    meta = {
-        "quantizer": config.quantizer_spec(),
-        "lambda": None,
-        "training": {
-            "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
-            "planned_epochs": planned, "time_budget_s": config.time_budget_s,
-            "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
-            "optimizer": "adam, one-cycle", "preprocessing": "center, divide by RMS coordinate",
-            "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "data": data_record(learn),
-            "device": device.type, "best_epoch": best.epoch, "val_mse": -best.score,
-            "val_recall": val_recall, "interrupted": interrupted,
-        },
-    }
+    meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), None, {
+        "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
+        "planned_epochs": planned, "time_budget_s": config.time_budget_s,
+        "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
+        "optimizer": "adam, one-cycle", "preprocessing": "center, divide by RMS coordinate",
+        "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "data": data_record(learn),
+        "device": device.type, "best_epoch": best.epoch, "val_mse": -best.score,
+        "val_recall": val_recall, "interrupted": interrupted,
+    })
     return TrainResult(model, meta, history)

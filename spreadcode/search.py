@@ -133,20 +133,19 @@ def load_queries(queries, d_in, what="queries"):
 
 def collection_catalyzer(collection, model=None, store=None):
     """The catalyzer that made the collection's codes: ``model`` (hash, path or "latest"), or
-    the one named in the headers, from the store. Returns (model, meta). SpreadcodeError
+    the one named in the headers, from the store. Returns (model, CatalyzerMeta). SpreadcodeError
     (naming both) when its hash or its code format differs from the headers'."""
     from .catalyzer import load_catalyzer
-    from .quantizer import quantizer_from_spec
 
     where, sha = collection.where, collection.catalyzer_sha256
     if sha is None:
         raise SpreadcodeError(f"{where}: has no catalyzer hash; it cannot be searched "
                               "with a catalyzer")
     catalyzer, meta = load_catalyzer(model if model is not None else sha, store=store)
-    if meta["sha256"] != sha:
+    if meta.sha256 != sha:
         raise SpreadcodeError(
-            f"model {meta['sha256']} does not match the catalyzer {sha} that encoded {where}")
-    check_same_codes(collection.quantizer, quantizer_from_spec(**meta["quantizer"]),
+            f"model {meta.sha256} does not match the catalyzer {sha} that encoded {where}")
+    check_same_codes(collection.quantizer, meta.quantizer.quantizer(),
                      f"catalyzer {sha[:12]} makes", where)
     return catalyzer, meta
 

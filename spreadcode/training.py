@@ -31,10 +31,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from spreadcode.catalyzer import Catalyzer, catalyze  # noqa: E402
+from spreadcode.catalyzer import Catalyzer, CatalyzerMeta, catalyze  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
 from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss  # noqa: E402
+from spreadcode.quantizer import QuantizerSpec, quantizer_spec  # noqa: E402
 from spreadcode.search import first_hits  # noqa: E402
 from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device, use_all_cores  # noqa: E402
 
@@ -92,10 +93,8 @@ class TrainConfig:
     eval_every: int = 1
 
     def quantizer_spec(self):
-        """The quantizer as stored in model files: {"kind", "d", "param"}."""
-        from spreadcode.quantizer import quantizer_spec
-
-        return quantizer_spec(self.quantizer, self.d_out, self.r2)
+        """The quantizer as model files name it (a QuantizerSpec)."""
+        return QuantizerSpec(**quantizer_spec(self.quantizer, self.d_out, self.r2))
 
     def learning_rate(self, epoch, planned_epochs):
         """Learning rate of 0-based ``epoch`` out of ``planned_epochs``."""
@@ -105,11 +104,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """A trained catalyzer (best checkpoint, eval mode, CPU), its metadata for the model file,
-    and per-epoch history dicts (epoch, lr, triplet, koleo, offending, recall or None, seconds)."""
+    """A trained catalyzer (best checkpoint, eval mode, CPU), its CatalyzerMeta for the model
+    file, and per-epoch history dicts (epoch, lr, triplet, koleo, offending, recall or None,
+    seconds)."""
 
     model: Catalyzer
-    meta: dict
+    meta: CatalyzerMeta
     history: list
 
 
@@ -162,9 +162,7 @@ def default_config(bits=64, quantizer="lattice", dout=None, r2=None):
 
 def make_quantizer(config):
     """The codec's quantizer for a config (raises SpreadcodeError if the codec refuses it)."""
-    from spreadcode.quantizer import quantizer_from_spec
-
-    return quantizer_from_spec(**config.quantizer_spec())
+    return config.quantizer_spec().quantizer()
 
 
 def resolve_device(device):
@@ -382,21 +380,17 @@ def fit(prepared, config, progress=True, desc="train", started=None):
     model.cpu()
     best.restore()
     model.eval()
-    meta = {
-        "quantizer": config.quantizer_spec(),
-        "lambda": config.lam,
-        "training": {
-            "seed": config.seed, "epochs": len(history), "planned_epochs": planned,
-            "time_budget_s": config.time_budget_s, "batch_size": config.batch_size,
-            "lr_schedule": [list(pair) for pair in config.lr_schedule], "momentum": config.momentum,
-            "k_pos": config.k_pos, "k_neg": config.k_neg, "end_to_end": config.end_to_end,
-            "hidden": config.hidden, "preprocessing": "center, divide by RMS coordinate",
-            "n_train": int(prepared.train.shape[0]), "n_val_db": int(prepared.val_db.shape[0]),
-            "n_val_queries": int(prepared.val_queries.shape[0]), "data": prepared.data,
-            "device": device.type, "best_epoch": best.epoch, "val_recall": best_recall,
-            "interrupted": interrupted,
-        },
-    }
+    meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), config.lam, {
+        "seed": config.seed, "epochs": len(history), "planned_epochs": planned,
+        "time_budget_s": config.time_budget_s, "batch_size": config.batch_size,
+        "lr_schedule": [list(pair) for pair in config.lr_schedule], "momentum": config.momentum,
+        "k_pos": config.k_pos, "k_neg": config.k_neg, "end_to_end": config.end_to_end,
+        "hidden": config.hidden, "preprocessing": "center, divide by RMS coordinate",
+        "n_train": int(prepared.train.shape[0]), "n_val_db": int(prepared.val_db.shape[0]),
+        "n_val_queries": int(prepared.val_queries.shape[0]), "data": prepared.data,
+        "device": device.type, "best_epoch": best.epoch, "val_recall": best_recall,
+        "interrupted": interrupted,
+    })
     return TrainResult(model, meta, history)
 
 
@@ -424,7 +418,7 @@ def train_catalyzer(learn, config, progress=True, auto_lambda=False):
     Returns TrainResult (best-checkpoint model in eval mode on the CPU, metadata for
     `spreadcode.catalyzer.save_catalyzer`, per-epoch history). On CPU the same seed, data and
     config give identical weights. Ctrl-C stops training and keeps the best checkpoint so far
-    (meta["training"]["interrupted"] = True). Raises SpreadcodeError for bad inputs.
+    (meta.training["interrupted"] = True). Raises SpreadcodeError for bad inputs.
     """
     from spreadcode.residual import ResidualConfig, train_residual
 
@@ -443,7 +437,7 @@ def train_catalyzer(learn, config, progress=True, auto_lambda=False):
 def search_lambda(learn, config, factors=AUTO_LAMBDA_FACTORS, progress=True):
     """``--lambda auto``: train with λ = config.lam × each factor, keep the best by validation
     recall@10 (then @1). With a time budget, each run gets an equal share. Returns the best
-    TrainResult; its meta["training"]["lambda_search"] maps each λ to its validation recall@10.
+    TrainResult; its meta.training["lambda_search"] maps each λ to its validation recall@10.
     """
     _check_config(config)
     make_quantizer(config)
@@ -457,11 +451,11 @@ def search_lambda(learn, config, factors=AUTO_LAMBDA_FACTORS, progress=True):
             remaining = config.time_budget_s - (time.monotonic() - started)
             run_config = replace(run_config, time_budget_s=max(remaining / (len(factors) - i), 1e-3))
         results[run_config.lam] = fit(prepared, run_config, progress, desc=f"lambda {run_config.lam:.4g}")
-        if results[run_config.lam].meta["training"]["interrupted"]:
+        if results[run_config.lam].meta.training["interrupted"]:
             break
-    best = max(results.values(), key=lambda result: _rank(result.meta["training"]["val_recall"]))
-    best.meta["training"]["lambda_search"] = {
-        f"{lam:.6g}": result.meta["training"]["val_recall"]["10"] for lam, result in results.items()}
+    best = max(results.values(), key=lambda result: _rank(result.meta.training["val_recall"]))
+    best.meta = replace(best.meta, training={**best.meta.training, "lambda_search": {
+        f"{lam:.6g}": result.meta.training["val_recall"]["10"] for lam, result in results.items()}})
     return best
 
 

@@ -1,6 +1,6 @@
 """Helpers shared by the test modules: invoking the CLI and checking its one-line errors, a
-tiny catalyzer, and raw (possibly hostile) vector and .spc files that spreadcode's writers
-would refuse."""
+tiny catalyzer and its metadata, and raw (possibly hostile) vector and .spc files that
+spreadcode's writers would refuse."""
 import hashlib
 import struct
 
@@ -43,6 +43,15 @@ def tiny_catalyzer(d_out, seed=0, fit_rows=1000):
     with torch.no_grad():
         model(torch.from_numpy(learn[:300]))
     return model.eval()
+
+
+def tiny_meta(model, quantizer, lam=0.0):
+    """The CatalyzerMeta of ``model`` coding with ``quantizer`` (the JSON {"kind", "d",
+    "param"}), with no training record."""
+    from spreadcode.catalyzer import CatalyzerMeta
+    from spreadcode.quantizer import QuantizerSpec
+
+    return CatalyzerMeta.for_model(model, QuantizerSpec.from_json(quantizer, "test"), lam, {})
 
 
 def write_raw_fvecs(path, x):

@@ -1,5 +1,7 @@
 """Catalyzer module, catalyze(), and the model file round-trip through the store."""
+import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,12 +9,21 @@ import safetensors.torch
 import torch
 
 from spreadcode import store
-from spreadcode.catalyzer import Catalyzer, catalyze, catalyzer_bytes, load_catalyzer, save_catalyzer
+from spreadcode.catalyzer import (Catalyzer, CatalyzerMeta, catalyze, catalyzer_bytes,
+                                  load_catalyzer, save_catalyzer)
 from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import ProductQuantizer, QuantizerSpec
+from spreadcode.residual import ResidualCatalyzer
 from spreadcode.sample import load_sample
 
+# The metadata fields of the test models' files, and the same as a CatalyzerMeta (`meta_for`).
 META = {"quantizer": {"kind": "lattice", "d": 8, "param": 10}, "lambda": 0.02,
         "training": {"seed": 0, "epochs": 1}}
+
+
+def meta_for(model, quantizer=QuantizerSpec("lattice", 8, 10), lam=0.02):
+    """META for ``model`` as a CatalyzerMeta."""
+    return CatalyzerMeta.for_model(model, quantizer, lam, META["training"])
 
 
 def small_model(seed=0, d_in=96, d_out=8, hidden=32, fit_on=None):
@@ -84,24 +95,26 @@ def test_catalyze_rejects_nan_and_non_numbers():
 def test_save_load_round_trip_is_bit_identical(tmp_path):
     model = small_model(seed=1)
     out_path = tmp_path / "exact-name"
-    sha, stored = save_catalyzer(model, META, path=out_path, store=tmp_path / "store")
+    sha, stored = save_catalyzer(model, meta_for(model), path=out_path, store=tmp_path / "store")
     assert stored == tmp_path / "store" / f"{sha}.safetensors"
     assert out_path.read_bytes() == stored.read_bytes()
     assert store.sha256_file(out_path) == sha
     for ref in (sha, sha[:10], str(out_path), "latest"):
         loaded, meta = load_catalyzer(ref, store=tmp_path / "store")
         assert not loaded.training
-        assert meta["sha256"] == sha
-        assert meta["arch"] == {"d_in": 96, "hidden": 32, "d_out": 8}
-        assert meta["quantizer"] == META["quantizer"] and meta["training"] == META["training"]
+        assert meta.sha256 == sha and meta.path == str(out_path if ref == str(out_path) else stored)
+        assert meta.arch() == {"d_in": 96, "hidden": 32, "d_out": 8}
+        assert meta.quantizer.to_json() == META["quantizer"] and meta.training == META["training"]
+        assert meta.to_json() == {"artifact": "catalyzer", "format_version": 1,
+                                  "arch": meta.arch(), **META}
         x = load_sample().query
         assert np.array_equal(catalyze(loaded, x), catalyze(model, x))
-    resaved, _ = save_catalyzer(loaded, META, store=tmp_path / "store2")
+    resaved, _ = save_catalyzer(loaded, meta, store=tmp_path / "store2")
     assert resaved == sha
 
 
 def test_metadata_is_one_sorted_json_string(tmp_path):
-    data = catalyzer_bytes(small_model(), META)
+    data = catalyzer_bytes(small_model(), meta_for(small_model()))
     path = tmp_path / "m"
     path.write_bytes(data)
     header_len = int.from_bytes(data[:8], "little")
@@ -114,16 +127,18 @@ def test_metadata_is_one_sorted_json_string(tmp_path):
 
 
 def test_hash_changes_with_weights_or_metadata():
-    base = catalyzer_bytes(small_model(seed=0), META)
-    assert catalyzer_bytes(small_model(seed=0), META) == base
-    assert catalyzer_bytes(small_model(seed=1), META) != base
-    assert catalyzer_bytes(small_model(seed=0), {**META, "lambda": 0.01}) != base
+    meta = meta_for(small_model())
+    base = catalyzer_bytes(small_model(seed=0), meta)
+    assert catalyzer_bytes(small_model(seed=0), meta) == base
+    assert catalyzer_bytes(small_model(seed=1), meta) != base
+    assert catalyzer_bytes(small_model(seed=0), meta_for(small_model(), lam=0.01)) != base
 
 
-def test_save_rejects_inconsistent_quantizer(tmp_path):
+def test_metadata_must_describe_the_network(tmp_path):
     with pytest.raises(SpreadcodeError, match="quantizer dimension 24 != catalyzer d_out 8"):
-        save_catalyzer(small_model(), {**META, "quantizer": {"kind": "lattice", "d": 24, "param": 79}},
-                       store=tmp_path)
+        meta_for(small_model(), QuantizerSpec("lattice", 24, 79))
+    with pytest.raises(SpreadcodeError, match="describes arch .* but the network is"):
+        save_catalyzer(small_model(hidden=16), meta_for(small_model()), store=tmp_path)
 
 
 def test_load_rejects_foreign_safetensors(tmp_path):
@@ -156,7 +171,7 @@ def test_load_rejects_tensors_not_matching_arch(tmp_path):
     ("shape", [64], "corrupt model file"),
 ])
 def test_load_rejects_corrupt_tensor_data(tmp_path, field, value, message):
-    data = bytearray(catalyzer_bytes(small_model(), META))
+    data = bytearray(catalyzer_bytes(small_model(), meta_for(small_model())))
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + header_len])
     assert header["mlp.1.weight"]["shape"] == [32] and header["mlp.1.weight"]["dtype"] == "F32"
@@ -211,3 +226,39 @@ def test_non_finite_weights_are_refused(tmp_path):
     path = lying_file(tmp_path, {"d_in": 96, "hidden": 32, "d_out": 8}, tensors)
     with pytest.raises(SpreadcodeError, match="weights hold NaN or Inf"):
         load_catalyzer(path)
+
+
+def fixed_weights(module):
+    """``module`` in eval mode with every tensor set to fixed, exactly representable values."""
+    with torch.no_grad():
+        for i, tensor in enumerate(module.state_dict().values()):
+            if tensor.is_floating_point():
+                tensor.copy_(((torch.arange(tensor.numel()) * (i + 3)) % 17 - 8)
+                             .reshape(tensor.shape) / 16)
+            else:
+                tensor.fill_(i)
+    return module.eval()
+
+
+GOLDEN_TRAINING = {"seed": 3, "epochs": 2, "val_recall": {"1": 0.25, "10": 0.5, "100": 0.875},
+                   "device": "cpu", "interrupted": False, "time_budget_s": None,
+                   "note": "λ ünïcode"}
+
+
+@pytest.mark.parametrize("model, quantizer, lam, sha", [
+    (lambda: Catalyzer(6, 8, 4), QuantizerSpec("lattice", 8, 10), 0.02,
+     "cab9fbfbb4711f6cdee2926f01c6f3f4ca59c78185deeab5f2887506371132e3"),
+    (lambda: ResidualCatalyzer(6, ProductQuantizer(((12, 6), (6, 4))), 4, 5),
+     QuantizerSpec("product", 18, ((12, 6), (6, 4))), None,
+     "8553f5f75baeaa43261fae61cb1c4097ec6a6fcd495bbc7a5f4b9abfcb133e64"),
+])
+def test_model_file_bytes_are_fixed(tmp_path, model, quantizer, lam, sha):
+    """The file-format invariant: fixed weights and metadata give these bytes (the hashes
+    were computed with the metadata dict API of commit 2791244)."""
+    model = fixed_weights(model())
+    meta = CatalyzerMeta.for_model(model, quantizer, lam, GOLDEN_TRAINING)
+    assert hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest() == sha
+    assert save_catalyzer(model, meta, store=tmp_path)[0] == sha
+    loaded, loaded_meta = load_catalyzer(sha, store=tmp_path)
+    assert loaded_meta == replace(meta, sha256=sha, path=str(tmp_path / f"{sha}.safetensors"))
+    assert hashlib.sha256(catalyzer_bytes(loaded, loaded_meta)).hexdigest() == sha

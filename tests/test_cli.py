@@ -43,8 +43,8 @@ def test_train_prints_hash_and_writes_exact_output_path(work):
     assert (work["store"] / f"{work['sha']}.safetensors").read_bytes() == output
     model, meta = load_catalyzer(work["root"] / "model.catalyzer")
     assert (model.d_in, model.d_out) == (96, 24)
-    assert meta["quantizer"] == {"kind": "lattice", "d": 24, "param": 79}  # --bits 64 default
-    training = meta["training"]
+    assert meta.quantizer.to_json() == {"kind": "lattice", "d": 24, "param": 79}  # --bits 64
+    training = meta.training
     assert training["epochs"] == 2 and training["n_train"] + training["n_val_db"] \
         + training["n_val_queries"] == 3000
     assert 1 <= training["best_epoch"] <= 2 and 0 < training["val_recall"]["10"] <= 1
@@ -307,7 +307,7 @@ def test_product_codes_end_to_end(work, tmp_path):
     """A catalyzer of d_out = 48 saved with a 4 x S(12, 6) product quantizer: encode, info
     (the blocks), search (equal to ProductQuantizer.search on the file's codes), and the
     Python API on the same file."""
-    from helpers import tiny_catalyzer
+    from helpers import tiny_catalyzer, tiny_meta
     from spreadcode.catalyzer import catalyze, save_catalyzer
     from spreadcode.index import Index
     from spreadcode.quantizer import ProductQuantizer
@@ -315,10 +315,9 @@ def test_product_codes_end_to_end(work, tmp_path):
     store = tmp_path / "store"
     model = tiny_catalyzer(48, seed=3)
     spec = {"kind": "product", "d": 48, "param": [[12, 6]] * 4}
-    sha, _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.0, "training": {}},
-                            store=store)
+    sha, _ = save_catalyzer(model, tiny_meta(model, spec), store=store)
     loaded, meta = load_catalyzer(sha, store=store)
-    assert meta["quantizer"] == spec
+    assert meta.quantizer.to_json() == spec
     db = tmp_path / "product.spc"
     encoded = run("encode", work["base"], "-o", db, "--store", store, "--model", sha[:12])
     assert encoded.exit_code == 0, encoded.output

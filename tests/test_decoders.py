@@ -1,11 +1,12 @@
 """Learned decoders: least squares, the artifact round-trip, re-ranking and decoded search."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_catalyzer
+from helpers import tiny_catalyzer, tiny_meta
 from spreadcode import store
 from spreadcode.catalyzer import catalyze, catalyzer_bytes, save_catalyzer
 from spreadcode.container import SpcWriter
@@ -38,17 +39,16 @@ def world(tmp_path_factory):
     np.save(root / "base.npy", sample.base[:N_BASE])
     for name, spec, seed in (("lattice", LATTICE, 0), ("sign", SIGN, 1)):
         model = tiny_catalyzer(spec["d"], seed, fit_rows=N_LEARN)
-        sha, _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.02, "training": {}},
-                                store=models_dir)
+        meta = tiny_meta(model, spec, lam=0.02)
+        sha, _ = save_catalyzer(model, meta, store=models_dir)
         spc = root / f"{name}.spc"
         encode_file(root / "base.npy", spc, model=sha, store=models_dir)
-        out[name] = {"model": model, "sha": sha, "spc": spc}
+        out[name] = {"model": model, "sha": sha, "spc": spc, "meta": replace(meta, sha256=sha)}
     learn = sample.learn[:N_LEARN]
     for name in ("lattice", "sign"):
         entry = out[name]
-        meta = {"sha256": entry["sha"], "quantizer": LATTICE if name == "lattice" else SIGN}
         for kind in ("linear", "mlp"):
-            net, dmeta = train_decoder(learn, entry["model"], meta, kind=kind, hidden=32,
+            net, dmeta = train_decoder(learn, entry["model"], entry["meta"], kind=kind, hidden=32,
                                        epochs=None if kind == "linear" else 2)
             entry[kind], _ = save_decoder(net, dmeta, store=models_dir)
     out["query"] = sample.query[:N_QUERY]
@@ -163,7 +163,7 @@ def test_metadata_is_one_sorted_json_string(world):
 
 def test_mlp_training_is_deterministic(world):
     entry = world["sign"]
-    meta = {"sha256": entry["sha"], "quantizer": SIGN}
+    meta = entry["meta"]
     learn = load_sample().learn[:400]
     runs = [decoder_bytes(*train_decoder(learn, entry["model"], meta, hidden=16, epochs=1, seed=5))
             for _ in range(2)]
@@ -196,7 +196,7 @@ def test_decoder_metadata_records_the_kept_epoch(world):
 @pytest.mark.slow
 def test_fine_tune_keeps_its_best_epoch_and_leaves_the_original_alone(world):
     entry = world["lattice"]
-    meta = {"sha256": entry["sha"], "quantizer": LATTICE, "lambda": 0.02, "training": {"epochs": 2}}
+    meta = replace(entry["meta"], training={"epochs": 2})
     learn = load_sample().learn[:N_LEARN]
     before = catalyzer_bytes(entry["model"], meta)
     runs = [fine_tune_catalyzer(learn, entry["model"], meta, epochs=2, hidden=16, decoder_epochs=1,
@@ -204,10 +204,11 @@ def test_fine_tune_keeps_its_best_epoch_and_leaves_the_original_alone(world):
     assert catalyzer_bytes(entry["model"], meta) == before
     assert catalyzer_bytes(*runs[0][:2]) == catalyzer_bytes(*runs[1][:2])  # seeded
     for tuned, tuned_meta, curve in (runs[0], runs[2]):
-        record = tuned_meta["training"]["fine_tuned"]
+        record = tuned_meta.training["fine_tuned"]
         assert len(curve) == 3 and record["val_mse_curve"] == curve and record["from"] == entry["sha"]
         assert curve[record["best_epoch"]] == min(curve)
-        assert tuned_meta["quantizer"] == LATTICE and tuned_meta["training"]["epochs"] == 2
+        assert tuned_meta.quantizer.to_json() == LATTICE and tuned_meta.training["epochs"] == 2
+        assert tuned_meta.lam == 0.02 and tuned_meta.sha256 is None
         assert not tuned.training
         same = all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
                                                      entry["model"].state_dict().values()))
@@ -385,7 +386,7 @@ def test_decoder_of_another_catalyzer_is_refused(world):
 
 def test_bad_inputs_raise_clear_errors(world, tmp_path):
     entry = world["lattice"]
-    meta = {"sha256": entry["sha"], "quantizer": LATTICE}
+    meta = entry["meta"]
     learn = load_sample().learn[:200]
     with pytest.raises(SpreadcodeError, match="unknown decoder kind 'pca'"):
         train_decoder(learn, entry["model"], meta, kind="pca")

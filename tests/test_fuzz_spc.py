@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import reseal, run, tiny_catalyzer
+from helpers import reseal, run, tiny_catalyzer, tiny_meta
 from spreadcode import container
 from spreadcode.catalyzer import catalyze, save_catalyzer
 from spreadcode.errors import SpreadcodeError
@@ -60,8 +60,7 @@ def corpus(tmp_path_factory):
     files, catalyzed = [], {}
     for seed, (name, spec) in enumerate(CATALYZERS.items()):
         model = tiny_catalyzer(spec["d"], seed)
-        sha, _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.0, "training": {}},
-                                store=store)
+        sha, _ = save_catalyzer(model, tiny_meta(model, spec), store=store)
         catalyzed[sha] = (spec, catalyze(model, queries))
         plain = root / f"{name}.spc"
         encode_file(base, plain, model=sha, store=store)

@@ -1,9 +1,11 @@
 """`spreadcode.Index`: the Python API gives what the CLI gives, with the same checks."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import spreadcode
-from helpers import run, tiny_catalyzer
+from helpers import run, tiny_catalyzer, tiny_meta
 from spreadcode import store as model_store
 from spreadcode import vecio
 from spreadcode.catalyzer import save_catalyzer
@@ -26,11 +28,11 @@ def world(tmp_path_factory):
     shas = {}
     for name, spec in (("lattice", QUANTIZER), ("sign", SIGN)):
         model = tiny_catalyzer(spec["d"], seed=len(shas))
-        shas[name], _ = save_catalyzer(model, {"quantizer": spec, "lambda": 0.0, "training": {}},
-                                       store=store)
+        meta = tiny_meta(model, spec)
+        shas[name], _ = save_catalyzer(model, meta, store=store)
         if name == "lattice":
             net, meta = train_decoder(sample.learn[:1000], model,
-                                      {"sha256": shas[name], "quantizer": spec}, kind="linear")
+                                      replace(meta, sha256=shas[name]), kind="linear")
             decoder, _ = save_decoder(net, meta, store=store)
     base, query = sample.base[:N_BASE], sample.query[:N_QUERY]
     vecio.write_vectors(root / "base.fvecs", base)

@@ -3,6 +3,7 @@ search through Index and the CLI, which must agree with each other and with a di
 computation."""
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from helpers import assert_clean_error, run
 from spreadcode import residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
 from spreadcode.errors import SpreadcodeError
+from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
 from spreadcode.search import rerank_candidates
@@ -49,11 +51,11 @@ def test_one_cycle_lr():
 def test_training_is_deterministic_and_learns(trained):
     again = residual.train_residual(load_sample().learn[:3000], TINY, progress=False)
     assert catalyzer_bytes(trained.model, trained.meta) == catalyzer_bytes(again.model, again.meta)
-    training = trained.meta["training"]
+    training = trained.meta.training
     assert training["epochs"] == 4 and 1 <= training["best_epoch"] <= 4
     assert set(training["val_recall"]) == {"1", "10", "100"}
-    assert trained.meta["quantizer"] == {"kind": "product", "d": 18,
-                                         "param": [[12, 6], [6, 4]]}
+    assert trained.meta.quantizer == QuantizerSpec("product", 18, ((12, 6), (6, 4)))
+    assert trained.meta.lam is None and trained.meta.sha256 is None
     # Reconstruction beats the mean vector (the best code-free guess) on held-out vectors.
     base = load_sample().base[:500]
     codes = trained.model.encode(base)
@@ -89,8 +91,9 @@ def test_model_file_round_trip(trained, tmp_path):
     sha, _ = save_catalyzer(trained.model, trained.meta, store=tmp_path)
     model, meta = load_catalyzer(sha, store=tmp_path)
     assert isinstance(model, residual.ResidualCatalyzer)
-    assert meta["arch"] == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
-                            "d_out": 18}
+    assert meta.arch() == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
+                           "d_out": 18}
+    assert meta == replace(trained.meta, sha256=sha, path=meta.path)
     base = load_sample().base[:200]
     codes = trained.model.encode(base)
     assert np.array_equal(model.encode(base), codes)

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -22,7 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from helpers import assert_clean_error, forge_spc, run, tiny_catalyzer
+from helpers import assert_clean_error, forge_spc, run, tiny_catalyzer, tiny_meta
 from spreadcode import container, vecio
 from spreadcode import store as model_store
 from spreadcode.catalyzer import save_catalyzer
@@ -44,10 +45,9 @@ def world(tmp_path_factory):
     sample = load_sample()
     store = root / "store"
     model = tiny_catalyzer(QUANTIZER["d"])
-    sha, _ = save_catalyzer(model, {"quantizer": QUANTIZER, "lambda": 0.0, "training": {}},
-                            path=root / "model.safetensors", store=store)
-    net, meta = train_decoder(sample.learn[:1000], model, {"sha256": sha, "quantizer": QUANTIZER},
-                              kind="linear")
+    meta = tiny_meta(model, QUANTIZER)
+    sha, _ = save_catalyzer(model, meta, path=root / "model.safetensors", store=store)
+    net, meta = train_decoder(sample.learn[:1000], model, replace(meta, sha256=sha), kind="linear")
     decoder, _ = save_decoder(net, meta, store=store)
     vecio.write_vectors(root / "base.fvecs", sample.base[:N_BASE])
     vecio.write_vectors(root / "learn.fvecs", sample.learn[:1000])

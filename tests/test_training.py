@@ -13,6 +13,7 @@ from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
 from spreadcode.commands import train_command
 from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss
+from spreadcode.quantizer import QuantizerSpec
 from spreadcode.torchutil import epoch_progress
 from spreadcode.training import (TrainConfig, default_config, lambda_for_dout, make_quantizer,
                                  split_sizes, train_catalyzer)
@@ -134,11 +135,11 @@ def test_bits_table_and_codec_params():
     for bits, (d, r2) in {16: (24, 3), 32: (24, 10), 64: (24, 79)}.items():
         config = default_config(bits)
         assert (config.quantizer, config.d_out, config.r2, config.lam) == ("lattice", d, r2, pytest.approx(0.02))
-    assert default_config(128).quantizer_spec() == {"kind": "lattice", "d": 48, "param": 135}
-    assert default_config(64, dout=32).quantizer_spec() == {"kind": "lattice", "d": 32, "param": 36}
-    assert default_config(64, dout=40, r2=20).quantizer_spec() == {"kind": "lattice", "d": 40, "param": 20}
+    assert default_config(128).quantizer_spec() == QuantizerSpec("lattice", 48, 135)
+    assert default_config(64, dout=32).quantizer_spec() == QuantizerSpec("lattice", 32, 36)
+    assert default_config(64, dout=40, r2=20).quantizer_spec() == QuantizerSpec("lattice", 40, 20)
     sign = default_config(64, "sign")
-    assert sign.quantizer_spec() == {"kind": "sign", "d": 64, "param": 64}
+    assert sign.quantizer_spec() == QuantizerSpec("sign", 64, 64)
     assert sign.lam == pytest.approx(0.005)
 
 
@@ -204,7 +205,7 @@ def test_training_lowers_loss_and_beats_untrained_recall():
         return float((ids == truth).any(axis=1).mean())
 
     assert recall_at_10(result.model) > recall_at_10(untrained) + 0.05
-    training = result.meta["training"]
+    training = result.meta.training
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["lr"] for h in result.history] == [0.1, 0.1, 0.05, 0.01]
     best = max(result.history, key=lambda h: (h["recall"]["10"], h["recall"]["1"]))
@@ -224,15 +225,15 @@ def test_same_seed_same_bytes_different_seed_different():
 def test_sign_and_end_to_end_runs():
     learn = load_sample().learn[:600]
     sign = train_catalyzer(learn, replace(default_config(16, "sign"), hidden=64, epochs=1), progress=False)
-    assert sign.meta["quantizer"] == {"kind": "sign", "d": 16, "param": 16}
-    assert sign.model.d_out == 16 and set(sign.meta["training"]["val_recall"]) == {"1", "10", "100"}
+    assert sign.meta.quantizer == QuantizerSpec("sign", 16, 16)
+    assert sign.model.d_out == 16 and set(sign.meta.training["val_recall"]) == {"1", "10", "100"}
     out = catalyze(sign.model, learn[:50])
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, rtol=1e-5)
     # End-to-end training sees positives and negatives through the quantizer: with the same
     # seed, data and schedule it must end in other weights than plain training.
     plain = train_catalyzer(learn, small_config(epochs=1, hidden=32), progress=False)
     e2e = train_catalyzer(learn, small_config(epochs=1, hidden=32, end_to_end=True), progress=False)
-    assert e2e.meta["training"]["end_to_end"] is True
+    assert e2e.meta.training["end_to_end"] is True
     assert plain.history[0]["triplet"] != e2e.history[0]["triplet"]
     assert not all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
                                                      e2e.model.state_dict().values()))
@@ -252,7 +253,7 @@ def test_straight_through_forward_snaps_backward_is_identity():
 
 def test_time_budget_plans_from_first_epoch():
     result = train_catalyzer(load_sample().learn[:600], small_config(time_budget_s=1e-3), progress=False)
-    assert result.meta["training"]["epochs"] == result.meta["training"]["planned_epochs"] == 1
+    assert result.meta.training["epochs"] == result.meta.training["planned_epochs"] == 1
 
 
 def test_interrupt_keeps_best_checkpoint(monkeypatch):
@@ -267,8 +268,8 @@ def test_interrupt_keeps_best_checkpoint(monkeypatch):
 
     monkeypatch.setattr(training, "_run_epoch", interrupted_second_epoch)
     result = train_catalyzer(load_sample().learn[:600], small_config(epochs=5), progress=False)
-    assert result.meta["training"]["interrupted"] is True
-    assert result.meta["training"]["epochs"] == result.meta["training"]["best_epoch"] == 1
+    assert result.meta.training["interrupted"] is True
+    assert result.meta.training["epochs"] == result.meta.training["best_epoch"] == 1
 
 
 @pytest.mark.parametrize("learn, message", [
@@ -316,11 +317,11 @@ def test_train_command_saves_to_store_and_exact_output(tmp_path):
     assert summary.output_path == str(output) and summary.epochs_run == 1 and summary.n_train == 600
     assert summary.report().splitlines()[0] == f"model {summary.sha256}"
     model, meta = load_catalyzer("latest", store=tmp_path / "store")
-    assert meta["sha256"] == summary.sha256
-    assert meta["quantizer"] == {"kind": "lattice", "d": 24, "param": 10}
-    assert meta["lambda"] == pytest.approx(0.02) and meta["training"]["seed"] == 3
-    assert meta["training"]["val_recall"] == summary.val_recall
-    assert meta["training"]["data"]["n"] == 800
+    assert meta.sha256 == summary.sha256
+    assert meta.quantizer == QuantizerSpec("lattice", 24, 10) == summary.quantizer
+    assert meta.lam == pytest.approx(0.02) and meta.training["seed"] == 3
+    assert meta.training["val_recall"] == summary.val_recall
+    assert meta.training["data"]["n"] == 800
 
 
 def test_train_command_lambda_auto_keeps_best_of_grid(tmp_path):
