@@ -332,7 +332,8 @@ def prepare_decoded(collection, decoder, queries, *, k,
     """Exact k-NN of the raw queries among the decoded codes of the collection (no
     compressed-domain scan, hence no Hamming ranking for sign codes, and no catalyzer).
 
-    Codes are decoded ``block`` at a time (memory O(block · d_in)) and searched with
+    When every decoded code fits in DECODE_ALL_BYTES they are decoded once for all query
+    batches, else ``block`` at a time per batch (memory O(block · d_in)); searched with
     `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id; k is capped at the
     number of codes. extra: {"decoder": sha256}.
     """
@@ -342,6 +343,18 @@ def prepare_decoded(collection, decoder, queries, *, k,
     k_capped = collection.clamp_k(k)
     query_vectors = load_queries(queries, decoder.d_in)
     extra = {"decoder": decoder.sha256}
+    if collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+        # Small enough: decode every code once for all query batches, one k-NN per batch.
+        decoded, all_ids = collection.decode_all(decoder), collection.all_ids()
+
+        def run(start, stop):
+            dist, positions = exact_knn(decoded, query_vectors[start:stop], k_capped,
+                                        db_block=block)
+            distances, ids = merge_topk([dist], [all_ids[positions]], k_capped)
+            return SearchResult(distances=distances, ids=ids, extra=extra)
+
+        return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
+                              batch_rows(k_capped))
 
     def run(start, stop):
         batch = query_vectors[start:stop]

@@ -210,3 +210,18 @@ def test_command_config_for_residual_codes():
         command_config(64, dout=32)
     with pytest.raises(SpreadcodeError, match="unknown quantizer"):
         command_config(64, "pq")
+
+
+def test_decoded_search_is_the_same_decoded_once_or_block_by_block(trained, monkeypatch):
+    from spreadcode import search
+
+    sample = load_sample()
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(sample.base[:900], ids=900 - np.arange(900))
+    once = index.search(sample.query[:25], k=20, decode_all=True)
+    shortlisted = index.search(sample.query[:25], k=20)
+    monkeypatch.setattr(search, "DECODE_ALL_BYTES", 0)
+    for got, want in ((index.search(sample.query[:25], k=20, decode_all=True), once),
+                      (index.search(sample.query[:25], k=20), shortlisted)):
+        assert np.array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
