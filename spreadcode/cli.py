@@ -202,7 +202,7 @@ def encode(input_file, output, model, batch, store, quiet):
                    "Residual models have their own.")
 @click.option("--rerank", type=click.IntRange(min=0), default=None,
               help="Shortlist size for re-ranking (with a decoder or a residual model) "
-                   "[default: max(10·k, 100)]; 0: no re-ranking.")
+                   "[default: max(10·k, 100); residual models max(10·k, 1000)]; 0: no re-ranking.")
 @click.option("--decode-all", is_flag=True,
               help="With a decoder or a residual model: rank every code by its decoded "
                    "vector (for sign codes, the alternative to Hamming).")

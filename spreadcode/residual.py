@@ -273,7 +273,7 @@ def validation_recall(model, held_out):
     linear shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
     the first n // VAL_QUERY_SHARE are queries, the rest the database -> {"1": r, ...}."""
     from spreadcode.knn import exact_knn
-    from spreadcode.search import default_rerank, first_hits, rerank_candidates
+    from spreadcode.search import RESIDUAL_RERANK_MIN, default_rerank, first_hits, rerank_candidates
 
     n_queries = max(1, held_out.shape[0] // VAL_QUERY_SHARE)
     queries, database = held_out[:n_queries], held_out[n_queries:]
@@ -281,7 +281,7 @@ def validation_recall(model, held_out):
     codes = model.encode(database)
     k = min(max(RECALL_KS), database.shape[0])
     _, shortlist = exact_knn(model.decode_linear(codes), queries,
-                             min(default_rerank(k), database.shape[0]))
+                             min(max(default_rerank(k), RESIDUAL_RERANK_MIN), database.shape[0]))
     decoded = model.decode(codes)
     _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k)
     hits = first_hits(ids, nearest)

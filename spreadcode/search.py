@@ -34,6 +34,10 @@ RERANK_FACTOR = 10
 RERANK_MIN = 100
 # Candidate rows decoded per block of queries when re-ranking.
 RERANK_BLOCK_ROWS = 65536
+# A residual model's default shortlist holds at least this many candidates: its linear
+# shortlist decoder ranks poorly on its own (BENCHMARKS.md, "Issue #14 levers", row 4: a
+# shortlist of 100 loses 1.4 points of R@10, one of 1,000 nothing).
+RESIDUAL_RERANK_MIN = 1000
 # Re-ranking decodes the whole collection once when that is cheaper and fits in this much.
 DECODE_ALL_BYTES = 512 << 20
 # Codes decoded at a time by decoded search.
@@ -300,7 +304,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
                      decode_all=False) -> PreparedSearch:
     """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
-    them itself: a shortlist of ``rerank`` candidates (default `default_rerank(k)`) by
+    them itself: a shortlist of ``rerank`` candidates (default: `default_rerank(k)`, at least
+    RESIDUAL_RERANK_MIN) by
     squared L2 between the raw query and the codes decoded by the model's linear decoder,
     re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. Distances are
@@ -317,7 +322,7 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     if decode_all:
         return prepare_decoded(collection, full, queries, k=k)
     k = check_k(k)
-    rerank = default_rerank(k) if rerank is None else rerank
+    rerank = max(default_rerank(k), RESIDUAL_RERANK_MIN) if rerank is None else rerank
     if rerank == 0:
         return prepare_decoded(collection, linear, queries, k=k)
     rerank = check_k(rerank, "rerank")
