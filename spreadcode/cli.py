@@ -311,7 +311,7 @@ def info(spc_file, store):
 
 @main.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs for the demo catalyzer [default: a ~1 minute run].")
+              help="Training epochs for the demo model [default: about a minute].")
 @QUIET_OPTION
 def demo(epochs, quiet):
     """Train, encode and search the bundled sample; print recall and compression."""

@@ -22,7 +22,7 @@ from .index import Index
 from .quantizer import QuantizerSpec, describe_quantizer, quantizer_from_spec
 from .search import first_hits, recalls_of
 
-# Epochs of the demo's catalyzer (a ~1 minute run on 2 cores).
+# Epochs of the demo's model (10,000 learn vectors: about a minute on 2 cores).
 DEMO_EPOCHS = 10
 
 TSV_HEADER = "query\trank\tid\tdistance\n"
@@ -476,7 +476,7 @@ class DemoReport:
 
 
 def demo_command(epochs=None, progress=True) -> DemoReport:
-    """Everything ``spreadcode demo`` does: train a 64-bit lattice catalyzer on the bundled
+    """Everything ``spreadcode demo`` does: train the default 64-bit model on the bundled
     sample's 10,000 learn vectors (``epochs``, default DEMO_EPOCHS), encode its 10,000 base
     vectors into a .spc file, search its 500 queries; everything in a temporary directory
     (model store included), so the user's own store is left untouched."""
