@@ -1,4 +1,5 @@
-"""Collections: codes of several parts (opened .spc files, or codes held in memory by an
+"""Collections: codes of several parts (opened .spc files, the shards of collection
+directories (`spreadcode.collection_dir`), or codes held in memory by an
 `spreadcode.index.Index`) searched as one.
 
 Every part holds codes of the same quantizer made by the same catalyzer. Part i's code j has
@@ -11,10 +12,11 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
-from . import container
+from . import collection_dir, container
 from .errors import SpreadcodeError
 from .quantizer import describe_quantizer, quantizer_from_spec
 
@@ -51,11 +53,13 @@ class MemoryPart:
 class Collection:
     """Parts searched as one collection: ``parts`` (`container.SpcFile` or `MemoryPart`:
     ``.path``, ``.count``, ``.codes_bytes``, ``.ids``), their shared ``quantizer`` and
-    ``catalyzer_sha256`` (hex str or None)."""
+    ``catalyzer_sha256`` (hex str or None); ``name`` for messages (default: the parts'
+    paths)."""
 
     parts: tuple
     quantizer: object
     catalyzer_sha256: str | None
+    name: str | None = None
     _lookup: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
@@ -70,8 +74,9 @@ class Collection:
 
     @property
     def where(self):
-        """The parts' names, for messages."""
-        return ", ".join(str(part.path) for part in self.parts) or "empty collection"
+        """The collection's name (else its parts' names), for messages."""
+        return self.name or ", ".join(str(part.path) for part in self.parts) \
+            or "empty collection"
 
     def codes(self, index):
         """The codes of part ``index`` in the quantizer's layout, validated (an invalid code is
@@ -182,24 +187,35 @@ class Collection:
 
 
 def open_collection(db_paths, verify=True):
-    """Open .spc files that form one collection and check they are compatible.
+    """Open .spc files and collection directories (`spreadcode.collection_dir`: their
+    shards, in manifest order) that form one collection, and check they are compatible.
 
     All files must share the code kind, d, parameter and catalyzer; ``verify`` recomputes
     their checksums. Returns a `Collection`.
     """
     if not db_paths:
         raise SpreadcodeError("no .spc file given")
-    files = [container.open_spc(p, verify=verify) for p in db_paths]
-    first = files[0].header
-    for spc in files[1:]:
-        h = spc.header
-        if (h.kind, h.d, h.param, h.catalyzer_sha256) != (
-                first.kind, first.d, first.param, first.catalyzer_sha256):
+    sources = []  # (name, files, (kind, d, param, catalyzer)) per path
+    for path in db_paths:
+        if Path(path).is_dir():
+            manifest, files = collection_dir.open_directory(path, verify=verify)
+            code = manifest.code
+            sources.append((path, files, (code.kind, code.d, code.param,
+                                          manifest.catalyzer_sha256)))
+        else:
+            spc = container.open_spc(path, verify=verify)
+            h = spc.header
+            sources.append((path, [spc], (h.kind, h.d, h.param, h.catalyzer_sha256)))
+    first_name, _, first = sources[0]
+    for name, _, signature in sources[1:]:
+        if signature != first:
             raise SpreadcodeError(
-                f"{spc.path}: not compatible with {files[0].path} (code kind, dimension, "
+                f"{name}: not compatible with {first_name} (code kind, dimension, "
                 f"parameter or catalyzer differ); search files of one collection only")
-    quantizer = quantizer_from_spec(first.kind, first.d, first.param)
-    return Collection(tuple(files), quantizer, first.catalyzer_sha256)
+    kind, d, param, catalyzer_sha256 = first
+    return Collection(tuple(spc for _, files, _ in sources for spc in files),
+                      quantizer_from_spec(kind, d, param), catalyzer_sha256,
+                      name=", ".join(str(name) for name, _, _ in sources))
 
 
 def check_same_codes(quantizer, other, what, where):

@@ -32,7 +32,7 @@ class Index:
 
     ``Index(model="latest", decoder=None, store=None)`` starts empty with a catalyzer from the
     model store (hash, unique prefix, path or "latest"); `Index.train` trains one in memory;
-    `Index.load` opens .spc files. ``decoder`` (a reference or a loaded
+    `Index.load` opens .spc files and collection directories. ``decoder`` (a reference or a loaded
     `spreadcode.decoders.Decoder`) enables re-ranking and decoded search. ``len(index)``: the
     number of codes; ``index.d``: the input dimension; ``index.bits``: bits per code.
     """
@@ -98,15 +98,15 @@ class Index:
 
     @classmethod
     def load(cls, paths, *, model=None, decoder=None, store=None, verify=True):
-        """An index over the .spc file(s) ``paths`` (one path or a list: one collection, global
-        ids in file order), memory-mapped. The catalyzer is the one named in the headers, from
+        """An index over the .spc file(s) and collection directories ``paths`` (one path or a
+        list: one collection, global ids in file order), memory-mapped. The catalyzer is the one named in the headers, from
         ``store``, or ``model`` (it must have the headers' hash); it is loaded when first
         needed. ``verify`` recomputes the files' checksums."""
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         collection = open_collection(paths, verify=verify)
         index = cls.__new__(cls)
-        index._setup(collection, None, decoder, store, collection.parts[0].header.input_dtype,
-                     model=model)
+        input_dtype = collection.parts[0].header.input_dtype if collection.parts else "float32"
+        index._setup(collection, None, decoder, store, input_dtype, model=model)
         return index
 
     @property

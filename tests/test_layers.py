@@ -11,7 +11,7 @@ from spreadcode import container
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spreadcode"
 LIGHT_MODULES = ("errors", "_codec", "lattice", "signs", "quantizer", "fileio", "vecio",
-                 "container", "store", "collection")
+                 "container", "store", "collection", "collection_dir")
 
 
 def test_light_modules_and_info_import_neither_torch_nor_click(tmp_path):
