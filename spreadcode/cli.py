@@ -92,6 +92,8 @@ def main(ctx, debug):
     Typical session:
       spreadcode train learn.fvecs --bits 64        # learn a catalyzer (prints its hash)
       spreadcode encode base.fvecs -o db.spc        # compress the database
+      spreadcode encode a.fvecs b.fvecs -o db/ --shard-size 1000000   # or a collection
+      spreadcode add db/ c.fvecs                    # append to a collection
       spreadcode search db.spc queries.fvecs -k 100 --gt groundtruth.ivecs
       spreadcode info db.spc
 
@@ -160,20 +162,40 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
 
 
 @main.command()
-@click.argument("input_file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="The .spc file to write (written whole or not at all).")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False),
+                metavar="INPUT...")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The .spc file to write (written whole or not at all), or with "
+                   "--shard-size a new collection directory.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Write a collection directory of .spc shards of at most N vectors "
+                   "(a shard never spans two inputs) and its manifest.")
+@click.option("--ids", type=click.Path(dir_okay=False), default=None,
+              help="With --shard-size: one unique int64 id per vector of all INPUTs, in "
+                   "order (.ivecs/.npy/.h5) [default: 0, 1, ...].")
 @click.option("--model", default="latest", show_default=True,
               help="Catalyzer: hash (or unique prefix), path, or 'latest'.")
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
 @STORE_OPTION
 @QUIET_OPTION
-def encode(input_file, output, model, batch, store, quiet):
-    """Compress INPUT_FILE (.fvecs/.bvecs/.npy/.h5) into a .spc file."""
-    from .encode import encode_file
+def encode(inputs, output, shard_size, ids, model, batch, store, quiet):
+    """Compress INPUT (.fvecs/.bvecs/.npy/.h5) into a .spc file, or INPUT... into a
+    collection directory (-o DIR --shard-size N)."""
+    from .encode import encode_collection, encode_file
 
-    summary = encode_file(input_file, output, model=model, store=store, batch=batch,
+    if shard_size is not None and not output.lower().endswith(".spc"):
+        summary = encode_collection(inputs, output, model=model, shard_size=shard_size,
+                                    ids=ids, store=store, batch=batch,
+                                    progress=_progress(quiet))
+        click.echo(_collection_line(summary))
+        return
+    if shard_size is not None:
+        raise click.UsageError("--shard-size writes a collection directory, not a .spc file")
+    if len(inputs) > 1 or ids is not None:
+        raise click.UsageError("several inputs or --ids need a collection directory: "
+                               "-o DIR --shard-size N")
+    summary = encode_file(inputs[0], output, model=model, store=store, batch=batch,
                           progress=_progress(quiet))
     click.echo(f"wrote {summary.output}: {summary.count} codes, {summary.quantizer}, "
                f"{summary.bits} bits/vector, {summary.output_bytes} bytes "
@@ -181,9 +203,47 @@ def encode(input_file, output, model, batch, store, quiet):
                f"catalyzer {summary.catalyzer_sha256[:12]}")
 
 
+def _collection_line(summary):
+    """The line `encode` and `add` print for a `spreadcode.encode.CollectionSummary`."""
+    return (f"wrote {summary.added} codes in {summary.shards_added} shards to "
+            f"{summary.output} ({summary.count} codes in {summary.shards} shards), "
+            f"{summary.quantizer}, {summary.bits} bits/vector, {summary.output_bytes} bytes "
+            f"(compression {summary.compression_ratio:.1f}x vs float32), "
+            f"catalyzer {summary.catalyzer_sha256[:12]}")
+
+
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False),
-                metavar="DB.spc... QUERIES")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False),
+                metavar="INPUT...")
+@click.option("--ids", type=click.Path(dir_okay=False), default=None,
+              help="One int64 id per vector of all INPUTs, in order, none already in the "
+                   "collection [default: consecutive after its largest id].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Vectors per new shard [default: the collection's].")
+@click.option("--model", default=None,
+              help="The collection's catalyzer (path or hash) [default: from the store].")
+@click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Vectors per batch; bounds peak memory.")
+@STORE_OPTION
+@QUIET_OPTION
+def add(directory, inputs, ids, shard_size, model, batch, store, quiet):
+    """Append INPUT... to the collection DIRECTORY as new shards.
+
+    The manifest is replaced only once every new shard is written, so an error, Ctrl-C or
+    SIGTERM leaves the collection as it was.
+    """
+    from .encode import add_to_collection
+
+    summary = add_to_collection(directory, inputs, ids=ids, shard_size=shard_size,
+                                model=model, store=store, batch=batch,
+                                progress=_progress(quiet))
+    click.echo(_collection_line(summary))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(),
+                metavar="DB.spc|DIR... QUERIES")
 @click.option("-k", type=click.IntRange(min=1), default=None,
               help="Number of neighbours per query [default: 10]; at most the number of codes "
                    "(a larger k is capped, with a note on stderr).")
@@ -212,7 +272,8 @@ def encode(input_file, output, model, batch, store, quiet):
 def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming, store):
     """Search DB.spc [DB2.spc ...] for the vectors of QUERIES (the last path).
 
-    Several .spc files are searched as one collection with global ids (file order).
+    Several .spc files and collection directories are searched as one collection with
+    global ids (file order; a collection's shards store their ids).
     Distances are squared L2 between the catalyzed query and the decoded codes on the unit
     sphere; with --decoder, and always for a residual model's codes, squared L2 in input
     space between the raw query and the decoded vectors. Results go to --output, or to
@@ -297,10 +358,11 @@ def fine_tune(learn_file, model, epochs, seed, output, store, quiet):
 
 
 @main.command()
-@click.argument("spc_file", type=click.Path(dir_okay=False))
+@click.argument("spc_file", type=click.Path(), metavar="DB.spc|DIR")
 @STORE_OPTION
 def info(spc_file, store):
-    """Show the header of a .spc file, its checksum status and the matching models."""
+    """Show the header of a .spc file, or the summary of a collection directory, the
+    checksum status and the matching models."""
     from .commands import info_command
 
     report = info_command(spc_file, store_path=store)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import container, fileio, vecio
+from . import collection_dir, container, fileio, vecio
 from . import store as model_store
 from .errors import SpreadcodeError
 from .index import Index
@@ -147,7 +147,7 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
     compressed-domain, or with a decoder (re-ranking, or with ``decode_all`` decoded search),
     through `spreadcode.index.Index` (``model`` and ``decoder`` are references: hash, prefix,
     path or "latest"). An output that is one of the files read
-    (.spc, queries, ground truth, models) is refused first. Results go to ``output``
+    (.spc, collection shards and manifests, queries, ground truth, models) is refused first. Results go to ``output``
     (`results_writer`, all-or-nothing), else as TSV to the text ``stream`` unless ``gt`` is
     given. ``gt``: ground-truth ids (read before searching), scored as 1-recall@1/10/100.
     """
@@ -160,10 +160,11 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
     if decoder is not None:
         decoder = model_store.resolve(decoder, store, kind="decoder")
     if not decode_all:
-        sha = container.read_header(db_paths[0]).catalyzer_sha256
+        sha = collection_dir.catalyzer_of(db_paths[0])
         if model is not None or sha is not None:
             model = model_store.resolve(model if model is not None else sha, store)
-    vecio.check_outputs(written, [*db_paths, queries, gt, model, decoder])
+    vecio.check_outputs(written, [*collection_dir.files_read(db_paths), queries, gt, model,
+                                  decoder])
     index = Index.load(db_paths, model=model, decoder=decoder, store=store)
     prepared = index.prepare_search(queries, k=k, radius=radius, rerank=rerank,
                                     decode_all=decode_all, hamming=hamming)
@@ -421,16 +422,23 @@ class FileReport:
 
 
 def info_command(path, store_path=None) -> FileReport:
-    """Everything ``spreadcode info`` does: describe the .spc file at ``path``.
+    """Everything ``spreadcode info`` does: describe the .spc file or collection directory
+    at ``path`` (`collection_report`).
 
     Adds to the container's own summary whether the catalyzer named in the header is in the
     model store, and which learned decoders exist there for it. A corrupt header raises
     SpreadcodeError; a corrupt payload is reported in the rows and by ``ok=False``, so the
     user sees the header before the error.
     """
-    spc = container.open_spc(path, verify=False)
-    rows = list(container.describe(spc).items())
-    sha = spc.header.catalyzer_sha256
+    if Path(path).is_dir():
+        report = collection_report(path)
+        sha = collection_dir.catalyzer_of(path)
+    else:
+        spc = container.open_spc(path, verify=False)
+        report = FileReport(path=str(path), rows=list(container.describe(spc).items()),
+                            ok=spc.checksum_ok)
+        sha = spc.header.catalyzer_sha256
+    rows = report.rows
     if sha is not None:
         catalyzers = [a for a in model_store.list_artifacts("catalyzer", store_path) if a.sha256 == sha]
         rows.append(("catalyzer in store", str(catalyzers[0].path) if catalyzers
@@ -439,7 +447,40 @@ def info_command(path, store_path=None) -> FileReport:
                     if a.meta.get("catalyzer") == sha]
         rows.append(("decoders", ", ".join(
             f"{a.sha256[:12]} ({_decoder_kind(a.meta)})" for a in decoders) or "none"))
-    return FileReport(path=str(path), rows=rows, ok=spc.checksum_ok)
+    return FileReport(path=report.path, rows=rows, ok=report.ok)
+
+
+def collection_report(directory) -> FileReport:
+    """The summary rows of the collection ``directory``: manifest and shard headers checked
+    (`collection_dir.open_directory`), every shard's payload checksum computed; the
+    report's ``path`` is the first corrupt shard, if any."""
+    from .quantizer import describe_code
+
+    manifest, files = collection_dir.open_directory(directory, verify=False)
+    code = manifest.code
+    quantizer = code.quantizer()
+    bad = [spc for spc in files if not spc.checksum_ok]
+    ranges = [(s.first_id, s.last_id) for s in manifest.shards if s.last_id is not None]
+    explicit = sum(shard.explicit_ids for shard in manifest.shards)
+    rows = [
+        ("collection", str(directory)),
+        ("format", f"{collection_dir.FORMAT} {collection_dir.VERSION}"),
+        ("code", describe_code(code.kind, code.d, code.param)),
+        ("bits per code", quantizer.bits),
+        ("bytes per code", quantizer.code_bytes),
+        ("shards", len(files)),
+        ("vectors", manifest.count),
+        ("ids", (f"{min(r[0] for r in ranges)} to {max(r[1] for r in ranges)}"
+                 if ranges else "none") + (f" ({explicit} shards with explicit ids)"
+                                           if explicit else "")),
+        ("input dimension", manifest.input_dim),
+        ("shard size", manifest.shard_size),
+        ("catalyzer sha256", manifest.catalyzer_sha256),
+        ("size", sum(spc.header.file_size for spc in files)),
+        ("checksums", f"ok ({len(files)} shards)" if not bad else "MISMATCH in "
+         + ", ".join(spc.path.name for spc in bad) + " (corrupted)"),
+    ]
+    return FileReport(path=str(bad[0].path if bad else directory), rows=rows, ok=not bad)
 
 
 def _decoder_kind(meta):

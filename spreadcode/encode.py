@@ -2,14 +2,20 @@
 
 `encode_codes` does it for an array (the one implementation, used by `spreadcode.index.Index`
 and by `encode_file`); `encode_file` streams a vector file into a .spc file
-(``spreadcode encode``).
+(``spreadcode encode``); `encode_collection` and `add_to_collection` stream vector files into
+the shards of a collection directory (`spreadcode.collection_dir`; ``spreadcode encode -o DIR
+--shard-size N``, ``spreadcode add``), one independent `ShardTask` per shard
+(`write_shard`), the manifest written last.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import __version__, container, vecio
+import numpy as np
+
+from . import __version__, collection_dir, container, vecio
 from . import store as model_store
 from .errors import SpreadcodeError
 from .quantizer import describe_quantizer
@@ -89,5 +95,209 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     return EncodeSummary(
         output=str(output_path), count=vectors.n, input_dim=vectors.d,
         input_bytes=vectors.n * vectors.d * 4, output_bytes=os.path.getsize(output_path),
+        quantizer=describe_quantizer(quantizer), bits=quantizer.bits,
+        catalyzer_sha256=meta.sha256)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write, independent of every other: rows ``start:stop`` of the vector
+    file ``input`` (HDF5: its ``dataset``) into the .spc file ``path``, with the ids ``ids``
+    int64 (stop - start,) or, when None, ``first_id``, ``first_id + 1``, ..."""
+
+    input: str
+    dataset: str | None
+    start: int
+    stop: int
+    path: Path
+    first_id: int
+    ids: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """What `encode_collection` / `add_to_collection` wrote: ``added`` codes in
+    ``shards_added`` new shards (``output_bytes``), and the collection now: ``count`` codes
+    in ``shards`` shards."""
+
+    output: str
+    added: int
+    shards_added: int
+    count: int
+    shards: int
+    input_bytes: int
+    output_bytes: int
+    quantizer: str
+    bits: int
+    catalyzer_sha256: str
+
+    @property
+    def compression_ratio(self) -> float:
+        """Bytes of the float32 input vectors over bytes of the new shards."""
+        return self.input_bytes / max(self.output_bytes, 1)
+
+
+def plan_shards(directory, manifest, inputs, shard_size, ids=None):
+    """The `ShardTask` list that adds the vector files ``inputs`` (opened `vecio.VectorFile`)
+    to the collection of ``manifest`` in ``directory``: each input cut into shards of at most
+    ``shard_size`` rows (a shard never spans two inputs), new file names, ids ``ids`` int64
+    (total rows,) in input order or else consecutive from ``manifest.next_id``."""
+    total = sum(vectors.n for vectors in inputs)
+    if manifest.next_id > np.iinfo(np.int64).max - total:
+        raise SpreadcodeError(f"{directory}: no room for {total} more consecutive int64 ids")
+    cuts = [(vectors, start, min(start + shard_size, vectors.n))
+            for vectors in inputs for start in range(0, vectors.n, shard_size)]
+    names = manifest.new_names(len(cuts))
+    tasks, done = [], 0
+    for (vectors, start, stop), name in zip(cuts, names):
+        rows = slice(done, done + stop - start)
+        tasks.append(ShardTask(
+            str(vectors.path), vectors.dataset, start, stop, Path(directory) / name, manifest.next_id + done,
+            None if ids is None else ids[rows]))
+        done = rows.stop
+    return tasks
+
+
+def write_shard(task, catalyzer, meta, batch=65536):
+    """Encode the rows of `ShardTask` ``task`` with the catalyzer (torch module) of
+    CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
+    time. Returns its `collection_dir.ShardEntry`."""
+    vectors = vecio.open_vectors(task.input, dataset=task.dataset)
+    quantizer = meta.quantizer.quantizer()
+    count = task.stop - task.start
+    ids = task.ids if task.ids is not None else \
+        np.arange(task.first_id, task.first_id + count, dtype=np.int64)
+    with container.SpcWriter(
+        task.path, kind=quantizer.kind, d=quantizer.d, param=quantizer.param,
+        bits=quantizer.bits, code_bytes=quantizer.code_bytes, input_dim=vectors.d,
+        input_dtype=str(vectors.dtype), catalyzer_sha256=meta.sha256,
+        metadata={"creator": f"spreadcode {__version__}", "rows": [task.start, task.stop],
+                  "source": os.path.basename(str(task.input))},
+        with_ids=True,
+    ) as writer:
+        for start in range(0, count, batch):
+            stop = min(start + batch, count)
+            writer.append(encode_codes(catalyzer, quantizer,
+                                       vectors.read(task.start + start, task.start + stop)),
+                          ids[start:stop])
+    return collection_dir.ShardEntry(
+        task.path.name, count, int(ids.min()) if count else None,
+        int(ids.max()) if count else None, task.ids is not None,
+        container.read_header(task.path).payload_sha256)
+
+
+def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, store=None,
+                      batch=65536, progress=False) -> CollectionSummary:
+    """Catalyze and quantize the vector files ``inputs`` into a new collection directory
+    ``out_dir`` (absent or empty): shards of at most ``shard_size`` vectors, then the
+    manifest. ``ids``: an ids file or int array, one unique id per vector of all inputs in
+    order (default 0, 1, ...). Memory and all-or-nothing behaviour: `add_to_collection`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpreadcodeError(f"{out_dir}: exists and is not a directory")
+    if collection_dir.manifest_path(out_dir).exists():
+        raise SpreadcodeError(f"{out_dir}: already a collection; add to it with "
+                              "`spreadcode add`, or remove it first")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise SpreadcodeError(f"{out_dir}: directory is not empty; a new collection needs "
+                              "an empty or new directory")
+    model_file = model_store.resolve(model, store)
+    catalyzer, meta = _collection_model(model_file, out_dir, inputs, ids, store)
+    manifest = collection_dir.Manifest(meta.sha256, meta.quantizer, meta.d_in,
+                                       _check_shard_size(shard_size))
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _add(out_dir, manifest, inputs, ids, shard_size, catalyzer, meta, batch,
+                    progress)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def add_to_collection(directory, inputs, *, ids=None, shard_size=None, model=None,
+                      store=None, batch=65536, progress=False) -> CollectionSummary:
+    """Append the vector files ``inputs`` to the collection ``directory`` as new shards of
+    at most ``shard_size`` vectors (default: the manifest's), encoded by the collection's
+    catalyzer (from ``store``, or ``model``, which must be it). ``ids``: an ids file or int
+    array, one id per new vector, none already in the collection (default: consecutive after
+    the largest id).
+
+    Streams ``batch`` vectors at a time. Each shard is written whole (temp file + rename) and
+    the manifest is replaced last, so an error or Ctrl-C at any point leaves the previous
+    collection as it was (the new shards are deleted; after SIGKILL they stay, unlisted, and
+    the next add overwrites them)."""
+    directory = Path(directory)
+    manifest, _ = collection_dir.open_directory(directory, verify=False)
+    model_file = model_store.resolve(manifest.catalyzer_sha256 if model is None else model,
+                                     store)
+    catalyzer, meta = _collection_model(model_file, directory, inputs, ids, store)
+    if meta.sha256 != manifest.catalyzer_sha256:
+        raise SpreadcodeError(f"model {meta.sha256} is not the catalyzer "
+                              f"{manifest.catalyzer_sha256} of the collection {directory}")
+    size = manifest.shard_size if shard_size is None else _check_shard_size(shard_size)
+    return _add(directory, manifest, inputs, ids, size, catalyzer, meta, batch, progress)
+
+
+def _check_shard_size(shard_size):
+    """``shard_size`` as a positive int (SpreadcodeError otherwise)."""
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) \
+            or not 1 <= shard_size < 2**63:
+        raise SpreadcodeError(f"shard size must be a positive integer, got {shard_size!r}")
+    return int(shard_size)
+
+
+def _collection_model(model_file, directory, inputs, ids, store):
+    """(catalyzer, CatalyzerMeta) of ``model_file`` for writing into ``directory``, after
+    refusing inputs that are the directory or its manifest (`vecio.check_outputs`)."""
+    from .catalyzer import load_catalyzer
+
+    if not inputs:
+        raise SpreadcodeError(f"{directory}: no input vector file given")
+    ids_file = ids if isinstance(ids, (str, os.PathLike)) else None
+    vecio.check_outputs([directory, collection_dir.manifest_path(directory)],
+                        [*inputs, model_file, ids_file])
+    return load_catalyzer(model_file, store=store)
+
+
+def _add(directory, manifest, inputs, ids, shard_size, catalyzer, meta, batch, progress):
+    """Write the shards of ``inputs`` into ``directory``, then the manifest (see
+    `add_to_collection`). Returns a `CollectionSummary`."""
+    files = [vecio.open_vectors(path) for path in inputs]
+    for path, vectors in zip(inputs, files):
+        _check_dim(vectors.d, meta, f"{path}")
+    total = sum(vectors.n for vectors in files)
+    where = "ids"
+    if ids is not None:
+        if isinstance(ids, (str, os.PathLike)):
+            where, ids = str(ids), vecio.read_ids(ids)
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.shape != (total,):
+            raise SpreadcodeError(f"{where}: expected {total} integer ids (one per input "
+                                  f"vector), got {ids.dtype} {ids.shape}")
+        ids = ids.astype(np.int64)
+        collection_dir.check_new_ids(directory, manifest, ids, where)
+    tasks = plan_shards(directory, manifest, files, shard_size, ids)
+    vecio.check_outputs([task.path for task in tasks], inputs)
+    if progress:
+        from tqdm import tqdm
+        tasks = tqdm(tasks, unit="shard", desc=f"encode into {Path(directory).name}")
+    written = []
+    try:
+        for task in tasks:
+            written.append(task.path)
+            entry = write_shard(task, catalyzer, meta, batch)
+            manifest = collection_dir.with_shards(manifest, [entry])
+        collection_dir.write_manifest(directory, manifest)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    quantizer = meta.quantizer.quantizer()
+    return CollectionSummary(
+        output=str(directory), added=total, shards_added=len(written), count=manifest.count,
+        shards=len(manifest.shards), input_bytes=total * meta.d_in * 4,
+        output_bytes=sum(path.stat().st_size for path in written),
         quantizer=describe_quantizer(quantizer), bits=quantizer.bits,
         catalyzer_sha256=meta.sha256)
