@@ -144,7 +144,7 @@ class Manifest:
             raise SpreadcodeError(f"{where}: not a collection manifest (not a JSON object)")
         if value.get("format") != FORMAT:
             raise metadata_error(where, "format", f"{value.get('format')!r}, expected {FORMAT!r}")
-        if value.get("version") != VERSION:
+        if value.get("version") != VERSION or isinstance(value.get("version"), bool):
             raise SpreadcodeError(f"{where}: collection manifest version "
                                   f"{value.get('version')!r}; this spreadcode reads version "
                                   f"{VERSION}")
@@ -167,8 +167,8 @@ class Manifest:
             if code.get(key) != expected or not _is_int(code.get(key)):
                 raise metadata_error(where, f"code.{key}", f"{code.get(key)!r}, but the code "
                                      f"has {expected}")
-        for key in ("input_dim", "shard_size"):
-            if not _is_int(value[key]) or not 1 <= value[key] < 2**32:
+        for key, limit in (("input_dim", 2**32), ("shard_size", 2**63)):
+            if not _is_int(value[key]) or not 1 <= value[key] < limit:
                 raise metadata_error(where, key, f"{value[key]!r} is not a positive integer")
         if not isinstance(value["shards"], list):
             raise metadata_error(where, "shards", "not a list")

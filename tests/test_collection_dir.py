@@ -180,6 +180,8 @@ def test_malformed_manifest(world, tmp_path, text, fragments):
     (lambda m: m["code"].update(bits=63), ["code.bits"]),
     (lambda m: m["code"].update(param=0), ["'code'"]),
     (lambda m: m.pop("input_dim"), ["'manifest'", "input_dim"]),
+    (lambda m: m.update(version=True), ["version True"]),
+    (lambda m: m.update(shard_size=0), ["'shard_size'"]),
     (lambda m: m["shards"].append(m["shards"][0]), ["listed twice"]),
     (lambda m: m["shards"][2].update(count=49, last_id=248), ["shard-00002.spc", "count 50"]),
 ])
