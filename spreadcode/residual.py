@@ -118,6 +118,13 @@ class ResidualCatalyzer(Preprocessed):
             first = xh if m == 0 else first
         return xh, first
 
+    def training_loss(self, x, aux):
+        """Training objective on a float32 tensor batch (n, d_in): ‖x̂_M − x‖² + aux·‖x̂_1 − x‖²,
+        means over the batch, in the preprocessed space (a scalar tensor)."""
+        target = self.preprocess(x)
+        xh, first = self(x)
+        return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
+
     def _encode_batch(self, x):
         """Eval-mode encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes)."""
         xs, xh, ranks = self.preprocess(x), None, []
@@ -354,11 +361,8 @@ def train_residual(learn, config, progress=True):
                     lr = one_cycle_lr(config.lr, step_count / ((planned or config.epochs or 1) * steps))
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    batch = x[order[step * batch_size:(step + 1) * batch_size]]
-                    target = model.preprocess(batch)
-                    xh, first = model(batch)
-                    loss = (xh - target).pow(2).sum(1).mean() \
-                        + config.aux * (first - target).pow(2).sum(1).mean()
+                    loss = model.training_loss(x[order[step * batch_size:(step + 1) * batch_size]],
+                                               config.aux)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
