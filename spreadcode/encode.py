@@ -158,11 +158,13 @@ def plan_shards(directory, manifest, inputs, shard_size, ids=None):
     return tasks
 
 
-def write_shard(task, catalyzer, meta, batch=65536):
+def write_shard(task, catalyzer, meta, batch=65536, vectors=None):
     """Encode the rows of `ShardTask` ``task`` with the catalyzer (torch module) of
     CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
-    time. Returns its `collection_dir.ShardEntry`."""
-    vectors = vecio.open_vectors(task.input, dataset=task.dataset)
+    time, read from ``vectors`` (a `vecio.VectorFile`; default: ``task.input`` opened; a
+    generated source in bench/scale.py). Returns its `collection_dir.ShardEntry`."""
+    if vectors is None:
+        vectors = vecio.open_vectors(task.input, dataset=task.dataset)
     quantizer = meta.quantizer.quantizer()
     count = task.stop - task.start
     ids = task.ids if task.ids is not None else \
