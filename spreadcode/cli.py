@@ -25,6 +25,42 @@ QUIET_OPTION = click.option("-q", "--quiet", is_flag=True,
                             help="No progress bars (they are only drawn on a terminal anyway).")
 
 
+def _dask_options(command):
+    """--workers and --scheduler (or $SPREADCODE_SCHEDULER): where per-shard tasks run."""
+    command = click.option(
+        "--scheduler", metavar="ADDRESS", envvar="SPREADCODE_SCHEDULER", show_envvar=True,
+        default=None, help="Run the per-shard tasks on the Dask cluster of this scheduler "
+        "(e.g. tcp://host:8786); its workers must see the same paths.")(command)
+    return click.option(
+        "--workers", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Run the per-shard tasks on a local Dask cluster of N worker processes (one "
+             "thread each; overrides $SPREADCODE_SCHEDULER). Without --workers or "
+             "--scheduler everything runs in this process, with no Dask start-up cost. "
+             "Needs spreadcode[dist].")(command)
+
+
+def _scheduler(workers, scheduler):
+    """The scheduler address to use: none when --workers is given (it overrides
+    $SPREADCODE_SCHEDULER); both given on the command line is a usage error."""
+    if workers is None or scheduler is None:
+        return scheduler
+    source = click.get_current_context().get_parameter_source("scheduler")
+    if source is not click.core.ParameterSource.ENVIRONMENT:
+        raise click.UsageError("--workers starts a local cluster, --scheduler uses an "
+                               "existing one: give one of them")
+    return None
+
+
+COLUMN_OPTION = click.option(
+    "--column", default=None, metavar="NAME",
+    help="Parquet inputs: the vector column, a list or fixed_size_list of numbers [default: "
+         "the only list column]; .h5 inputs: the dataset.")
+ID_COLUMN_OPTION = click.option(
+    "--id-column", default=None, metavar="NAME",
+    help="Parquet inputs: the integer column holding each vector's int64 id (instead of "
+         "--ids).")
+
+
 def _progress(quiet):
     """Draw progress bars only for a person watching a terminal."""
     return not quiet and sys.stderr.isatty()
@@ -173,30 +209,39 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
 @click.option("--ids", type=click.Path(dir_okay=False), default=None,
               help="With --shard-size: one unique int64 id per vector of all INPUTs, in "
                    "order (.ivecs/.npy/.h5) [default: 0, 1, ...].")
+@ID_COLUMN_OPTION
+@COLUMN_OPTION
 @click.option("--model", default="latest", show_default=True,
               help="Catalyzer: hash (or unique prefix), path, or 'latest'.")
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
+@_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def encode(inputs, output, shard_size, ids, model, batch, store, quiet):
-    """Compress INPUT (.fvecs/.bvecs/.npy/.h5) into a .spc file, or INPUT... into a
-    collection directory (-o DIR --shard-size N)."""
-    from .encode import encode_collection, encode_file
+def encode(inputs, output, shard_size, ids, id_column, column, model, batch, workers,
+           scheduler, store, quiet):
+    """Compress INPUT (.fvecs/.bvecs/.npy/.h5/.parquet) into a .spc file, or INPUT... into a
+    collection directory (-o DIR --shard-size N), one shard per task: in this process, or
+    on Dask workers with --workers / --scheduler (each writes its shards; the manifest is
+    written last)."""
+    from .commands import encode_command
 
-    if shard_size is not None and not output.lower().endswith(".spc"):
-        summary = encode_collection(inputs, output, model=model, shard_size=shard_size,
-                                    ids=ids, store=store, batch=batch,
-                                    progress=_progress(quiet))
+    scheduler = _scheduler(workers, scheduler)
+    if shard_size is not None and output.lower().endswith(".spc"):
+        raise click.UsageError("--shard-size writes a collection directory, not a .spc file")
+    if shard_size is None and (len(inputs) > 1 or ids is not None or id_column is not None
+                               or workers is not None or scheduler is not None):
+        raise click.UsageError("several inputs, --ids, --id-column, --workers or --scheduler "
+                               "need a collection directory: -o DIR --shard-size N")
+    if ids is not None and id_column is not None:
+        raise click.UsageError("--ids and --id-column exclude each other")
+    summary = encode_command(inputs, output, shard_size=shard_size, ids=ids,
+                             id_column=id_column, column=column, model=model, store=store,
+                             batch=batch, progress=_progress(quiet), workers=workers,
+                             scheduler=scheduler)
+    if shard_size is not None:
         click.echo(_collection_line(summary))
         return
-    if shard_size is not None:
-        raise click.UsageError("--shard-size writes a collection directory, not a .spc file")
-    if len(inputs) > 1 or ids is not None:
-        raise click.UsageError("several inputs or --ids need a collection directory: "
-                               "-o DIR --shard-size N")
-    summary = encode_file(inputs[0], output, model=model, store=store, batch=batch,
-                          progress=_progress(quiet))
     click.echo(f"wrote {summary.output}: {summary.count} codes, {summary.quantizer}, "
                f"{summary.bits} bits/vector, {summary.output_bytes} bytes "
                f"(compression {summary.compression_ratio:.1f}x vs float32), "
@@ -221,23 +266,31 @@ def _collection_line(summary):
                    "collection [default: consecutive after its largest id].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=None,
               help="Vectors per new shard [default: the collection's].")
+@ID_COLUMN_OPTION
+@COLUMN_OPTION
 @click.option("--model", default=None,
               help="The collection's catalyzer (path or hash) [default: from the store].")
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
+@_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def add(directory, inputs, ids, shard_size, model, batch, store, quiet):
+def add(directory, inputs, ids, shard_size, id_column, column, model, batch, workers,
+        scheduler, store, quiet):
     """Append INPUT... to the collection DIRECTORY as new shards.
 
     The manifest is replaced only once every new shard is written, so an error, Ctrl-C or
-    SIGTERM leaves the collection as it was.
+    SIGTERM leaves the collection as it was (with --workers / --scheduler too: the running
+    tasks are awaited and their shards deleted).
     """
-    from .encode import add_to_collection
+    from .commands import add_command
 
-    summary = add_to_collection(directory, inputs, ids=ids, shard_size=shard_size,
-                                model=model, store=store, batch=batch,
-                                progress=_progress(quiet))
+    scheduler = _scheduler(workers, scheduler)
+    if ids is not None and id_column is not None:
+        raise click.UsageError("--ids and --id-column exclude each other")
+    summary = add_command(directory, inputs, ids=ids, id_column=id_column, column=column,
+                          shard_size=shard_size, model=model, store=store, batch=batch,
+                          progress=_progress(quiet), workers=workers, scheduler=scheduler)
     click.echo(_collection_line(summary))
 
 
@@ -268,8 +321,11 @@ def add(directory, inputs, ids, shard_size, model, batch, store, quiet):
                    "vector (for sign codes, the alternative to Hamming).")
 @click.option("--hamming", is_flag=True,
               help="Sign codes: rank by Hamming distance to the query's sign code.")
+@_dask_options
 @STORE_OPTION
-def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming, store):
+@QUIET_OPTION
+def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming, workers,
+           scheduler, store, quiet):
     """Search DB.spc [DB2.spc ...] for the vectors of QUERIES (the last path).
 
     Several .spc files and collection directories are searched as one collection with
@@ -277,7 +333,8 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     Distances are squared L2 between the catalyzed query and the decoded codes on the unit
     sphere; with --decoder, and always for a residual model's codes, squared L2 in input
     space between the raw query and the decoded vectors. Results go to --output, or to
-    stdout as TSV (query, rank, id, distance).
+    stdout as TSV (query, rank, id, distance). With --workers / --scheduler, each
+    (file or shard, query batch) is one Dask task; the results are identical.
     """
     from .commands import search_command
 
@@ -292,7 +349,9 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     *db_paths, queries = paths
     report = search_command(db_paths, queries, k=k, radius=radius, output=output, gt=gt,
                             model=model, decoder=decoder, rerank=rerank, decode_all=decode_all,
-                            hamming=hamming, store=store, stream=sys.stdout)
+                            hamming=hamming, store=store, stream=sys.stdout,
+                            workers=workers, scheduler=_scheduler(workers, scheduler),
+                            progress=_progress(quiet))
     note = report.note()
     if note:
         click.echo(f"spreadcode: note: {note}", err=True)

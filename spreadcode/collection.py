@@ -4,8 +4,10 @@ directories (`spreadcode.collection_dir`), or codes held in memory by an
 
 Every part holds codes of the same quantizer made by the same catalyzer. Part i's code j has
 the global id ``part.ids[j]`` when the part stores ids, else ``offset_i + j`` (offset = codes in
-earlier parts). Searches scan every part and merge the per-part top-k exactly, ties to the
-lower id. No torch here: the catalyzer is applied by the caller (`spreadcode.search`).
+earlier parts). Searches scan every part on its own (`part_knn`, `part_range`: independent
+tasks, run in this process or on Dask workers by `spreadcode.search`) and merge the per-part
+results exactly, ties to the lower id. No torch here: the catalyzer is applied by the caller
+(`spreadcode.search`).
 """
 from __future__ import annotations
 
@@ -79,20 +81,12 @@ class Collection:
             or "empty collection"
 
     def codes(self, index):
-        """The codes of part ``index`` in the quantizer's layout, validated (an invalid code is
-        an error naming the part)."""
-        part = self.parts[index]
-        try:
-            return self.quantizer.codes_from_bytes(part.codes_bytes)
-        except SpreadcodeError as err:
-            raise SpreadcodeError(f"{part.path}: {err}") from None
+        """The codes of part ``index`` in the quantizer's layout, validated (`part_codes`)."""
+        return part_codes(self.quantizer, self.parts[index])
 
     def global_ids(self, index, positions):
         """Positions int64 (...) of codes in part ``index`` -> their ids int64 (...)."""
-        part = self.parts[index]
-        if part.ids is not None:
-            return np.asarray(part.ids)[positions]
-        return positions + self.offsets[index]
+        return part_ids(self.parts[index], self.offsets[index], positions)
 
     def all_ids(self):
         """int64 (count,): the id of every code, in position order."""
@@ -108,28 +102,6 @@ class Collection:
             raise SpreadcodeError(f"{self.where}: the collection holds no codes, so a k-NN "
                                   "search has nothing to return")
         return min(k, self.count)
-
-    def knn(self, catalyzed, k, **scan_options):
-        """The k (<= count) codes nearest to each catalyzed query float32 (nq, d):
-        (distances float32 (nq, k) ascending, ids int64 (nq, k)), ties to the lower id."""
-        distances, ids = [], []
-        for index, part in enumerate(self.parts):
-            if part.count:
-                dist, local = self.quantizer.search(self.codes(index), catalyzed,
-                                                    min(k, part.count), **scan_options)
-                distances.append(dist)
-                ids.append(self.global_ids(index, local))
-        return merge_topk(distances, ids, k)
-
-    def range(self, catalyzed, radius, **scan_options):
-        """Every code within ``radius`` of each catalyzed query float32 (nq, d), CSR:
-        (lims int64 (nq + 1,), ids int64, distances float32), see `merge_ranges`."""
-        parts = []
-        for index in range(len(self.parts)):
-            lims, local, dist = self.quantizer.range_search(self.codes(index), catalyzed,
-                                                            radius, **scan_options)
-            parts.append((lims, self.global_ids(index, local), dist))
-        return merge_ranges(parts, len(catalyzed))
 
     def _id_order(self):
         """(order, sorted ids) of every code's id, or None when ids are positions; ids must
@@ -184,6 +156,58 @@ class Collection:
         for index, offset in enumerate(self.offsets[:-1]):
             decoded[offset:offset + self.parts[index].count] = decoder.decode(self.codes(index))
         return decoded
+
+
+def part_codes(quantizer, part):
+    """The codes of ``part`` (`MemoryPart`, `container.SpcFile`) in ``quantizer``'s layout,
+    validated (an invalid code is an error naming the part)."""
+    try:
+        return quantizer.codes_from_bytes(part.codes_bytes)
+    except SpreadcodeError as err:
+        raise SpreadcodeError(f"{part.path}: {err}") from None
+
+
+def part_ids(part, offset, positions):
+    """Positions int64 (...) of codes in ``part`` -> their ids int64 (...): the part's stored
+    ids, else ``offset`` (codes in earlier parts) + position."""
+    if part.ids is not None:
+        return np.asarray(part.ids)[positions]
+    return positions + np.int64(offset)
+
+
+def part_knn(quantizer, part, offset, catalyzed, k, scan_options):
+    """The min(k, count) codes of ``part`` (a non-empty part at ``offset``, see `part_ids`)
+    nearest to each catalyzed query float32 (nq, d), by ``quantizer.search`` with
+    ``scan_options`` ({} or {"hamming": True}): (distances float32 (nq, k'), ids int64
+    (nq, k')) sorted by (distance, id).
+
+    The scan breaks ties by position, which is the id order unless the part stores ids in
+    another order (explicit ids); then it takes k + 1 codes, and a query whose k-th and
+    (k + 1)-th distances tie gets every code up to the k-th distance (`part_range`), so ties
+    go to the lower id there too."""
+    k = min(k, part.count)
+    codes = part_codes(quantizer, part)
+    ids_ordered = part.ids is None or bool(np.all(np.diff(part.ids) > 0))
+    wide = k if ids_ordered else min(k + 1, part.count)
+    dist, local = quantizer.search(codes, catalyzed, wide, **scan_options)
+    dist, ids = merge_topk([dist], [part_ids(part, offset, local)], wide)
+    if wide == k:
+        return dist, ids
+    for row in np.flatnonzero(dist[:, k - 1] == dist[:, k]):
+        _, found, near = part_range(quantizer, part, offset, catalyzed[row:row + 1],
+                                    float(dist[row, k - 1]), scan_options)
+        dist[row, :k], ids[row, :k] = (best[0, :k] for best in
+                                       merge_topk([near[None]], [found[None]], k))
+    return dist[:, :k], ids[:, :k]
+
+
+def part_range(quantizer, part, offset, catalyzed, radius, scan_options):
+    """Every code of ``part`` (at ``offset``) within ``radius`` of each catalyzed query
+    float32 (nq, d), CSR (lims int64 (nq + 1,), ids int64, distances float32), each query's
+    sorted by (distance, id) (`merge_ranges`)."""
+    lims, local, dist = quantizer.range_search(part_codes(quantizer, part), catalyzed, radius,
+                                               **scan_options)
+    return merge_ranges([(lims, part_ids(part, offset, local), dist)], len(catalyzed))
 
 
 def open_collection(db_paths, verify=True):

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import collection_dir, container, fileio, vecio
 from . import store as model_store
+from .distributed import open_client
 from .errors import SpreadcodeError
 from .index import Index
 from .quantizer import QuantizerSpec, describe_quantizer, quantizer_from_spec
@@ -117,6 +118,44 @@ def _tsv_writer(stream):
     return write
 
 
+def encode_command(inputs, output, *, shard_size=None, ids=None, id_column=None, column=None,
+                   model="latest", store=None, batch=65536, progress=False, workers=None,
+                   scheduler=None):
+    """Everything ``spreadcode encode`` does: with ``shard_size``, the vector files
+    ``inputs`` into the new collection directory ``output`` (`encode.encode_collection`,
+    on Dask when ``workers`` or ``scheduler`` is given: `spreadcode.distributed.open_client`)
+    -> `encode.CollectionSummary`; else the one input into the .spc file ``output``
+    (`encode.encode_file`) -> `encode.EncodeSummary`. ``column``: the HDF5 dataset or Parquet
+    column of the vectors; ``ids`` / ``id_column``: see `encode.encode_collection`."""
+    from .encode import encode_collection, encode_file
+
+    if shard_size is not None:
+        with open_client(workers, scheduler) as client:
+            return encode_collection(inputs, output, model=model, shard_size=shard_size,
+                                     ids=ids, id_column=id_column, dataset=column, store=store,
+                                     batch=batch, progress=progress, client=client)
+    if len(inputs) != 1 or ids is not None or id_column is not None \
+            or workers is not None or scheduler is not None:
+        raise SpreadcodeError("several inputs, ids and Dask workers need a collection "
+                              "directory (a shard size)")
+    return encode_file(inputs[0], output, model=model, store=store, batch=batch,
+                       dataset=column, progress=progress)
+
+
+def add_command(directory, inputs, *, ids=None, id_column=None, column=None, shard_size=None,
+                model=None, store=None, batch=65536, progress=False, workers=None,
+                scheduler=None):
+    """Everything ``spreadcode add`` does: `encode.add_to_collection`, on Dask when
+    ``workers`` or ``scheduler`` is given (`spreadcode.distributed.open_client`).
+    ``column``: the HDF5 dataset or Parquet column of the vectors."""
+    from .encode import add_to_collection
+
+    with open_client(workers, scheduler) as client:
+        return add_to_collection(directory, inputs, ids=ids, id_column=id_column,
+                                 dataset=column, shard_size=shard_size, model=model,
+                                 store=store, batch=batch, progress=progress, client=client)
+
+
 @dataclass(frozen=True)
 class SearchReport:
     """What `search_command` did: the files ``written``, the 1-recall@k (``recalls``, None
@@ -139,7 +178,8 @@ class SearchReport:
 
 def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=None,
                    model=None, decoder=None, rerank=None, decode_all=False, hamming=False,
-                   store=None, stream=None) -> SearchReport:
+                   store=None, stream=None, workers=None, scheduler=None,
+                   progress=False) -> SearchReport:
     """Everything ``spreadcode search`` does, query batch by query batch so that memory stays
     bounded whatever the number of queries and k.
 
@@ -150,6 +190,8 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
     (.spc, collection shards and manifests, queries, ground truth, models) is refused first. Results go to ``output``
     (`results_writer`, all-or-nothing), else as TSV to the text ``stream`` unless ``gt`` is
     given. ``gt``: ground-truth ids (read before searching), scored as 1-recall@1/10/100.
+    ``workers`` / ``scheduler``: search on Dask (`spreadcode.distributed.open_client`; one
+    task per (file, query batch), ``progress`` a bar over them), with identical results.
     """
     if radius is not None and (k is not None or decoder is not None or gt is not None):
         raise SpreadcodeError("a range search (radius) takes no k, decoder or ground truth")
@@ -165,19 +207,22 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
             model = model_store.resolve(model if model is not None else sha, store)
     vecio.check_outputs(written, [*collection_dir.files_read(db_paths), queries, gt, model,
                                   decoder])
-    index = Index.load(db_paths, model=model, decoder=decoder, store=store)
-    prepared = index.prepare_search(queries, k=k, radius=radius, rerank=rerank,
-                                    decode_all=decode_all, hamming=hamming)
-    nq = len(prepared.queries)
-    truth = None if gt is None else vecio.read_groundtruth(gt)
-    if truth is not None and truth.shape[0] != nq:
-        raise SpreadcodeError(f"{gt}: ground truth has {truth.shape[0]} rows for {nq} queries")
-    hits = []
-    with results_writer(output, nq, prepared.k, stream if gt is None else None) as write:
-        for start, result in prepared.batches():
-            write(result)
-            if truth is not None:
-                hits.append(first_hits(result.ids, truth[start:start + len(result.ids)]))
+    with open_client(workers, scheduler) as client:
+        index = Index.load(db_paths, model=model, decoder=decoder, store=store, client=client)
+        prepared = index.prepare_search(queries, k=k, radius=radius, rerank=rerank,
+                                        decode_all=decode_all, hamming=hamming,
+                                        progress=progress)
+        nq = len(prepared.queries)
+        truth = None if gt is None else vecio.read_groundtruth(gt)
+        if truth is not None and truth.shape[0] != nq:
+            raise SpreadcodeError(f"{gt}: ground truth has {truth.shape[0]} rows for {nq} "
+                                  "queries")
+        hits = []
+        with results_writer(output, nq, prepared.k, stream if gt is None else None) as write:
+            for start, result in prepared.batches():
+                write(result)
+                if truth is not None:
+                    hits.append(first_hits(result.ids, truth[start:start + len(result.ids)]))
     recalls = None if truth is None else recalls_of(np.concatenate(hits), prepared.k)
     return SearchReport(written=written, recalls=recalls, k=prepared.k,
                         k_requested=prepared.k_requested, count=prepared.count)

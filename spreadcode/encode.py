@@ -158,11 +158,13 @@ def plan_shards(directory, manifest, inputs, shard_size, ids=None):
     return tasks
 
 
-def write_shard(task, catalyzer, meta, batch=65536):
+def write_shard(task, catalyzer, meta, batch=65536, vectors=None):
     """Encode the rows of `ShardTask` ``task`` with the catalyzer (torch module) of
     CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
-    time. Returns its `collection_dir.ShardEntry`."""
-    vectors = vecio.open_vectors(task.input, dataset=task.dataset)
+    time, read from ``vectors`` (a `vecio.VectorFile`; default: ``task.input`` opened; a
+    generated source in bench/scale.py). Returns its `collection_dir.ShardEntry`."""
+    if vectors is None:
+        vectors = vecio.open_vectors(task.input, dataset=task.dataset)
     quantizer = meta.quantizer.quantizer()
     count = task.stop - task.start
     ids = task.ids if task.ids is not None else \
@@ -186,12 +188,15 @@ def write_shard(task, catalyzer, meta, batch=65536):
         container.read_header(task.path).payload_sha256)
 
 
-def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, store=None,
-                      batch=65536, progress=False) -> CollectionSummary:
+def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, id_column=None,
+                      dataset=None, store=None, batch=65536, progress=False,
+                      client=None) -> CollectionSummary:
     """Catalyze and quantize the vector files ``inputs`` into a new collection directory
     ``out_dir`` (absent or empty): shards of at most ``shard_size`` vectors, then the
     manifest. ``ids``: an ids file or int array, one unique id per vector of all inputs in
-    order (default 0, 1, ...). Memory and all-or-nothing behaviour: `add_to_collection`."""
+    order (default 0, 1, ...); or ``id_column``, the integer column of each (Parquet) input
+    that holds them. ``dataset``: the HDF5 dataset or Parquet column of the vectors in every
+    input. Memory, all-or-nothing behaviour and ``client``: `add_to_collection`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpreadcodeError(f"{out_dir}: exists and is not a directory")
@@ -208,26 +213,30 @@ def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _add(out_dir, manifest, inputs, ids, shard_size, catalyzer, meta, batch,
-                    progress)
+        return _add(out_dir, manifest, inputs, shard_size, catalyzer, meta, ids=ids,
+                    id_column=id_column, dataset=dataset, batch=batch, progress=progress,
+                    client=client)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
 
 
-def add_to_collection(directory, inputs, *, ids=None, shard_size=None, model=None,
-                      store=None, batch=65536, progress=False) -> CollectionSummary:
+def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=None,
+                      shard_size=None, model=None, store=None, batch=65536, progress=False,
+                      client=None) -> CollectionSummary:
     """Append the vector files ``inputs`` to the collection ``directory`` as new shards of
     at most ``shard_size`` vectors (default: the manifest's), encoded by the collection's
     catalyzer (from ``store``, or ``model``, which must be it). ``ids``: an ids file or int
     array, one id per new vector, none already in the collection (default: consecutive after
-    the largest id).
+    the largest id); or ``id_column``, the integer column of each (Parquet) input that holds
+    them. ``dataset``: the HDF5 dataset or Parquet column of the vectors in every input.
 
     Streams ``batch`` vectors at a time. Each shard is written whole (temp file + rename) and
     the manifest is replaced last, so an error or Ctrl-C at any point leaves the previous
     collection as it was (the new shards are deleted; after SIGKILL they stay, unlisted, and
-    the next add overwrites them)."""
+    the next add overwrites them). With a dask.distributed ``client``, the shards are
+    written by its workers, one task per shard (`spreadcode.distributed.write_shards`)."""
     directory = Path(directory)
     manifest, _ = collection_dir.open_directory(directory, verify=False)
     model_file = model_store.resolve(manifest.catalyzer_sha256 if model is None else model,
@@ -237,7 +246,9 @@ def add_to_collection(directory, inputs, *, ids=None, shard_size=None, model=Non
         raise SpreadcodeError(f"model {meta.sha256} is not the catalyzer "
                               f"{manifest.catalyzer_sha256} of the collection {directory}")
     size = manifest.shard_size if shard_size is None else _check_shard_size(shard_size)
-    return _add(directory, manifest, inputs, ids, size, catalyzer, meta, batch, progress)
+    return _add(directory, manifest, inputs, size, catalyzer, meta, ids=ids,
+                id_column=id_column, dataset=dataset, batch=batch, progress=progress,
+                client=client)
 
 
 def _check_shard_size(shard_size):
@@ -261,14 +272,20 @@ def _collection_model(model_file, directory, inputs, ids, store):
     return load_catalyzer(model_file, store=store)
 
 
-def _add(directory, manifest, inputs, ids, shard_size, catalyzer, meta, batch, progress):
+def _add(directory, manifest, inputs, shard_size, catalyzer, meta, *, ids, id_column, dataset,
+         batch, progress, client):
     """Write the shards of ``inputs`` into ``directory``, then the manifest (see
     `add_to_collection`). Returns a `CollectionSummary`."""
-    files = [vecio.open_vectors(path) for path in inputs]
+    files = [vecio.open_vectors(path, dataset) for path in inputs]
     for path, vectors in zip(inputs, files):
         _check_dim(vectors.d, meta, f"{path}")
     total = sum(vectors.n for vectors in files)
     where = "ids"
+    if id_column is not None:
+        if ids is not None:
+            raise SpreadcodeError("give ids or an id column, not both")
+        where = f"id column {id_column!r}"
+        ids = np.concatenate([vecio.read_ids(vectors.path, id_column) for vectors in files])
     if ids is not None:
         if isinstance(ids, (str, os.PathLike)):
             where, ids = str(ids), vecio.read_ids(ids)
@@ -280,24 +297,31 @@ def _add(directory, manifest, inputs, ids, shard_size, catalyzer, meta, batch, p
         collection_dir.check_new_ids(directory, manifest, ids, where)
     tasks = plan_shards(directory, manifest, files, shard_size, ids)
     vecio.check_outputs([task.path for task in tasks], inputs)
-    if progress:
-        from tqdm import tqdm
-        tasks = tqdm(tasks, unit="shard", desc=f"encode into {Path(directory).name}")
-    written = []
     try:
-        for task in tasks:
-            written.append(task.path)
-            entry = write_shard(task, catalyzer, meta, batch)
-            manifest = collection_dir.with_shards(manifest, [entry])
+        if client is None:
+            entries = _write_shards(tasks, catalyzer, meta, batch, progress, directory)
+        else:
+            from .distributed import write_shards
+
+            entries = write_shards(client, tasks, write_shard, meta, batch, progress)
+        manifest = collection_dir.with_shards(manifest, entries)
         collection_dir.write_manifest(directory, manifest)
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        for task in tasks:  # new names, listed nowhere: written by this call, or stale
+            task.path.unlink(missing_ok=True)
         raise
     quantizer = meta.quantizer.quantizer()
     return CollectionSummary(
-        output=str(directory), added=total, shards_added=len(written), count=manifest.count,
+        output=str(directory), added=total, shards_added=len(tasks), count=manifest.count,
         shards=len(manifest.shards), input_bytes=total * meta.d_in * 4,
-        output_bytes=sum(path.stat().st_size for path in written),
+        output_bytes=sum(task.path.stat().st_size for task in tasks),
         quantizer=describe_quantizer(quantizer), bits=quantizer.bits,
         catalyzer_sha256=meta.sha256)
+
+
+def _write_shards(tasks, catalyzer, meta, batch, progress, directory):
+    """`write_shard` of every `ShardTask` in this process, in order: their `ShardEntry`s."""
+    if progress:
+        from tqdm import tqdm
+        tasks = tqdm(tasks, unit="shard", desc=f"encode into {Path(directory).name}")
+    return [write_shard(task, catalyzer, meta, batch) for task in tasks]

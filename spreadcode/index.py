@@ -44,9 +44,12 @@ class Index:
         self._setup(Collection((), meta.quantizer.quantizer(), meta.sha256),
                     (catalyzer, meta), decoder, store, input_dtype="float32")
 
-    def _setup(self, collection, catalyzer, decoder, store, input_dtype, model=None):
+    def _setup(self, collection, catalyzer, decoder, store, input_dtype, model=None,
+               client=None):
         """Fill the fields: ``catalyzer`` (model, meta) or None (loaded on first use from
-        ``model`` or the collection's hash), ``decoder`` reference, Decoder or None."""
+        ``model`` or the collection's hash), ``decoder`` reference, Decoder or None, the
+        dask.distributed ``client`` of searches or None."""
+        self._client = client
         self._collection = collection
         self._catalyzer = catalyzer
         self._model = model
@@ -97,16 +100,25 @@ class Index:
         return index
 
     @classmethod
-    def load(cls, paths, *, model=None, decoder=None, store=None, verify=True):
+    def load(cls, paths, *, model=None, decoder=None, store=None, verify=True, client=None):
         """An index over the .spc file(s) and collection directories ``paths`` (one path or a
-        list: one collection, global ids in file order), memory-mapped. The catalyzer is the one named in the headers, from
-        ``store``, or ``model`` (it must have the headers' hash); it is loaded when first
-        needed. ``verify`` recomputes the files' checksums."""
+        list: one collection, global ids in file order), memory-mapped. The catalyzer is the
+        one named in the headers, from ``store``, or ``model`` (it must have the headers'
+        hash); it is loaded when first needed. ``verify`` recomputes the files' checksums.
+
+        ``client``: a dask.distributed Client (`spreadcode.distributed.open_client`): its
+        workers then verify the checksums (one task per file) and run every search, one task
+        per (file, query batch), reading the files by path (a filesystem they share); the
+        results are identical to a search in this process."""
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        collection = open_collection(paths, verify=verify)
+        collection = open_collection(paths, verify=verify and client is None)
+        if verify and client is not None:
+            from .distributed import verify_parts
+
+            verify_parts(client, collection)
         index = cls.__new__(cls)
         input_dtype = collection.parts[0].header.input_dtype if collection.parts else "float32"
-        index._setup(collection, None, decoder, store, input_dtype, model=model)
+        index._setup(collection, None, decoder, store, input_dtype, model=model, client=client)
         return index
 
     @property
@@ -201,12 +213,14 @@ class Index:
         self._replace_parts(())
 
     def prepare_search(self, queries, *, k=10, radius=None, rerank=None, blend=None,
-                 decode_all=False, hamming=False):
+                       decode_all=False, hamming=False, progress=False):
         """`search` (or with ``radius``, `range_search`) prepared to run query batch by query
-        batch (`spreadcode.search.PreparedSearch`), as ``spreadcode search`` runs it."""
+        batch (`spreadcode.search.PreparedSearch`), as ``spreadcode search`` runs it;
+        ``progress``: a bar over the tasks of each batch when searching on Dask workers."""
+        parallel = {"client": self._client, "progress": progress}
         if self.is_residual:
             return self._prepare_residual_search(queries, k, radius, rerank, blend, decode_all,
-                                                 hamming)
+                                                 hamming, parallel)
         uses_decoder = self.decoder is not None and rerank != 0
         if (rerank or decode_all or blend is not None) and self.decoder is None:
             raise SpreadcodeError("rerank, blend and decode_all need an index with a decoder")
@@ -214,18 +228,20 @@ class Index:
             if rerank or decode_all:
                 raise SpreadcodeError("a range search does not use the decoder")
             return search.prepare_scan(self._collection, self.catalyzer, queries,
-                                       radius=radius, hamming=hamming)
+                                       radius=radius, hamming=hamming, **parallel)
         if uses_decoder and hamming:
             raise SpreadcodeError("a Hamming search does not use the decoder (rerank=0)")
         if decode_all:
-            return search.prepare_decoded(self._collection, self.decoder, queries, k=k)
+            return search.prepare_decoded(self._collection, self.decoder, queries, k=k,
+                                          **parallel)
         if uses_decoder:
             return search.prepare_rerank(self._collection, self.catalyzer, self.decoder,
-                                         queries, k=k, rerank=rerank, blend=blend)
+                                         queries, k=k, rerank=rerank, blend=blend, **parallel)
         return search.prepare_scan(self._collection, self.catalyzer, queries, k=k,
-                                   hamming=hamming)
+                                   hamming=hamming, **parallel)
 
-    def _prepare_residual_search(self, queries, k, radius, rerank, blend, decode_all, hamming):
+    def _prepare_residual_search(self, queries, k, radius, rerank, blend, decode_all, hamming,
+                                 parallel):
         """`prepare_search` for a residual model, which decodes its own codes."""
         from .residual import refuse_residual
 
@@ -235,7 +251,8 @@ class Index:
             if asked:
                 refuse_residual(self.catalyzer, what)
         return search.prepare_residual(self._collection, self.catalyzer, queries, k=k,
-                                       radius=radius, rerank=rerank, decode_all=decode_all)
+                                       radius=radius, rerank=rerank, decode_all=decode_all,
+                                       **parallel)
 
     def search(self, queries, k=10, *, rerank=None, blend=None, decode_all=False,
                hamming=False):

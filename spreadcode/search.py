@@ -10,6 +10,13 @@ compressed distance); decoded search ranks every decoded code that way.
 Each ``prepare_*`` function checks its arguments and returns a `PreparedSearch` that runs query
 batch by query batch (so memory stays bounded whatever queries x k); ``.result()`` runs them all.
 k is 1 to `MAX_K` and capped at the collection size, so results never hold padding.
+
+Each batch searches every part of the collection on its own (`each_part`: `part_knn`,
+`part_range`, `part_decoded_knn`, `part_decoded_range`) and merges the per-part results
+exactly, by (distance, id). With a dask.distributed ``client`` (`spreadcode.distributed`)
+the per-part searches are tasks on its workers, which read the .spc files by path; the
+queries are prepared (catalyzed) and the results merged (and re-ranked) here, by the same
+code, so the results are identical to the single-process ones.
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ from typing import Callable
 import numpy as np
 
 from . import vecio
-from .collection import check_k, check_same_codes, merge_ranges, merge_topk
+from .collection import (check_k, check_same_codes, merge_ranges, merge_topk, part_codes,
+                         part_ids, part_knn, part_range)
 from .errors import SpreadcodeError
 
 # (id, distance) pairs that one batch of queries holds: searches run query batch by query
@@ -102,6 +110,30 @@ class PreparedSearch:
         return concat_results([result for _, result in self.batches()])
 
 
+def each_part(collection, function, *args, client=None, progress=False):
+    """``function(collection.quantizer, part, offset, *args)`` for every part of the
+    collection that holds codes (offset: codes in earlier parts): in this process, in part
+    order, or with a dask.distributed ``client`` as one task per part on its workers, in
+    completion order (`spreadcode.distributed.map_parts`; ``progress``: a bar over them)."""
+    if client is not None:
+        from .distributed import map_parts
+
+        return map_parts(client, collection, function, *args, progress=progress)
+    return (function(collection.quantizer, part, int(offset), *args)
+            for part, offset in zip(collection.parts, collection.offsets) if part.count)
+
+
+def merge_knn(results, k):
+    """The k best of top-k results (distances float32 (nq, k_i), ids int64 (nq, k_i)) with
+    sum(k_i) >= k, merged one at a time as they come (`merge_topk`: by (distance, id), so the
+    order they come in does not matter)."""
+    best = None
+    for dist, ids in results:
+        best = merge_topk([dist] if best is None else [best[0], dist],
+                          [ids] if best is None else [best[1], ids], k)
+    return best
+
+
 def batch_rows(width):
     """Queries per batch when each holds ``width`` result columns (None: range search)."""
     return RANGE_BATCH_QUERIES if width is None else max(1, RESULT_BATCH_ENTRIES // width)
@@ -176,15 +208,15 @@ def check_hamming(collection, hamming):
     return {"hamming": True} if hamming else {}
 
 
-def prepare_scan(collection, catalyzer, queries, *, k=10, radius=None,
-                 hamming=False) -> PreparedSearch:
+def prepare_scan(collection, catalyzer, queries, *, k=10, radius=None, hamming=False,
+                 client=None, progress=False) -> PreparedSearch:
     """A compressed-domain search of ``collection``: the k (1 to MAX_K, capped at the number
     of codes; an empty collection is an error) codes nearest to each query, or with ``radius``
     (>= 0) every code within that distance (range search, paper Appendix C).
 
     ``catalyzer``: the model that made the codes; ``queries``: a path or an array (nq, d_in).
     ``hamming`` (sign codes only) ranks by the Hamming distance between the query's own sign
-    code and the codes, instead of the asymmetric score.
+    code and the codes, instead of the asymmetric score. ``client``, ``progress``: `each_part`.
     """
     from .catalyzer import catalyze
 
@@ -202,9 +234,12 @@ def prepare_scan(collection, catalyzer, queries, *, k=10, radius=None,
     def run(start, stop):
         catalyzed = all_catalyzed[start:stop]
         if radius is not None:
-            lims, ids, dist = collection.range(catalyzed, radius, **scan_options)
+            lims, ids, dist = merge_ranges(list(each_part(
+                collection, part_range, catalyzed, radius, scan_options, client=client,
+                progress=progress)), stop - start)
             return SearchResult(distances=dist, ids=ids, lims=lims)
-        dist, ids = collection.knn(catalyzed, k, **scan_options)
+        dist, ids = merge_knn(each_part(collection, part_knn, catalyzed, k, scan_options,
+                                        client=client, progress=progress), k)
         return SearchResult(distances=dist, ids=ids)
 
     return PreparedSearch(query_vectors, run, k if radius is None else None, k_requested,
@@ -242,7 +277,7 @@ def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, 
 
 
 def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
-                   blend=None) -> PreparedSearch:
+                   blend=None, client=None, progress=False) -> PreparedSearch:
     """k-NN search with a compressed-domain shortlist re-ranked by a decoder.
 
     `prepare_scan` gives the ``rerank`` best candidates (default `default_rerank(k)`); they are
@@ -252,7 +287,8 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     0 ranks by the decoded distance alone; `rerank_shortlist`). k and the shortlist are capped
     at the number of codes. ``decoder``: a `spreadcode.decoders.Decoder` of the collection's
     catalyzer. Results hold the re-ranking scores as distances; extra:
-    {"rerank": N, "blend": weight, "decoder": sha256}.
+    {"rerank": N, "blend": weight, "decoder": sha256}. ``client``, ``progress``: the
+    shortlist's (`each_part`); the re-ranking runs here.
     """
     k = check_k(k)
     rerank = default_rerank(k) if rerank is None else check_k(rerank, "rerank")
@@ -262,7 +298,8 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     if not (math.isfinite(blend) and blend >= 0):
         raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
     check_decoder_fits(decoder, collection)
-    shortlist = prepare_scan(collection, catalyzer, queries, k=rerank)
+    shortlist = prepare_scan(collection, catalyzer, queries, k=rerank, client=client,
+                             progress=progress)
     return rerank_shortlist(collection, shortlist, decoder, k, blend)
 
 
@@ -301,7 +338,7 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
 
 
 def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=None,
-                     decode_all=False) -> PreparedSearch:
+                     decode_all=False, client=None, progress=False) -> PreparedSearch:
     """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
     them itself: a shortlist of ``rerank`` candidates (default: `default_rerank(k)`, at least
@@ -310,106 +347,129 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. Distances are
     squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
-    re-ranked, else {"decoder": sha256}."""
+    re-ranked, else {"decoder": sha256}. ``client``, ``progress``: the per-part searches'
+    (`each_part`); the re-ranking runs here."""
     from .residual import ModelDecoder
 
     sha = collection.catalyzer_sha256
     full, linear = ModelDecoder(model, sha, "residual"), ModelDecoder(model, sha, "linear")
+    parallel = {"client": client, "progress": progress}
     if radius is not None:
         if rerank or decode_all:
             raise SpreadcodeError("a range search takes no rerank or decode_all")
-        return prepare_decoded_range(collection, full, queries, radius)
+        return prepare_decoded_range(collection, full, queries, radius, **parallel)
     if decode_all:
-        return prepare_decoded(collection, full, queries, k=k)
+        return prepare_decoded(collection, full, queries, k=k, **parallel)
     k = check_k(k)
     rerank = max(default_rerank(k), RESIDUAL_RERANK_MIN) if rerank is None else rerank
     if rerank == 0:
-        return prepare_decoded(collection, linear, queries, k=k)
+        return prepare_decoded(collection, linear, queries, k=k, **parallel)
     rerank = check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    shortlist = prepare_decoded(collection, linear, queries, k=rerank)
+    shortlist = prepare_decoded(collection, linear, queries, k=rerank, **parallel)
     return rerank_shortlist(collection, shortlist, full, k)
 
 
-def prepare_decoded(collection, decoder, queries, *, k,
-                    block=DECODED_SEARCH_BLOCK) -> PreparedSearch:
+def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,
+                    client=None, progress=False) -> PreparedSearch:
     """Exact k-NN of the raw queries among the decoded codes of the collection (no
-    compressed-domain scan, hence no Hamming ranking for sign codes, and no catalyzer).
+    compressed-domain scan, hence no Hamming ranking for sign codes, and no catalyzer):
+    `part_decoded_knn` of every part, merged; squared L2 distances, ties to the lower id; k
+    is capped at the number of codes.
 
-    When every decoded code fits in DECODE_ALL_BYTES they are decoded once for all query
-    batches, else ``block`` at a time per batch (memory O(block · d_in)); searched with
-    `spreadcode.knn.exact_knn`; squared L2 distances, ties to the lower id; k is capped at the
-    number of codes. extra: {"decoder": sha256}.
+    In this process, when every decoded code fits in DECODE_ALL_BYTES they are decoded once
+    for all query batches, else ``block`` at a time per batch (memory O(block · d_in)), in
+    the same blocks either way; on the workers of a dask.distributed ``client``
+    (`each_part`), per batch. extra: {"decoder": sha256}.
     """
-    from .knn import exact_knn
-
     check_decoder_fits(decoder, collection)
     k_capped = collection.clamp_k(k)
     query_vectors = load_queries(queries, decoder.d_in)
     extra = {"decoder": decoder.sha256}
-    if collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
-        # Small enough: decode every code once for all query batches, one k-NN per batch.
-        decoded, all_ids = collection.decode_all(decoder), collection.all_ids()
-
-        def run(start, stop):
-            dist, positions = exact_knn(decoded, query_vectors[start:stop], k_capped,
-                                        db_block=block)
-            distances, ids = merge_topk([dist], [all_ids[positions]], k_capped)
-            return SearchResult(distances=distances, ids=ids, extra=extra)
-
-        return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
-                              batch_rows(k_capped))
+    cache = None
+    if client is None and collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+        cache = {int(offset): list(decoded_blocks(collection.quantizer, part, decoder, block))
+                 for part, offset in zip(collection.parts, collection.offsets) if part.count}
 
     def run(start, stop):
-        batch = query_vectors[start:stop]
-        best = (np.empty((len(batch), 0), dtype=np.float32), np.empty((len(batch), 0), dtype=np.int64))
-        for index, part in enumerate(collection.parts):
-            codes = collection.codes(index)
-            for first in range(0, part.count, block):
-                decoded = decoder.decode(codes[first:first + block])
-                dist, local = exact_knn(decoded, batch, min(k_capped, decoded.shape[0]),
-                                        db_block=block)
-                best = merge_topk([best[0], dist],
-                                  [best[1], collection.global_ids(index, local + first)], k_capped)
-        return SearchResult(distances=best[0], ids=best[1], extra=extra)
+        distances, ids = merge_knn(each_part(
+            collection, part_decoded_knn, decoder, query_vectors[start:stop], k_capped, block,
+            cache, client=client, progress=progress), k_capped)
+        return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
                           batch_rows(k_capped))
 
 
-def prepare_decoded_range(collection, decoder, queries, radius,
-                          block=DECODED_SEARCH_BLOCK) -> PreparedSearch:
-    """Range search among the decoded codes: every code whose decoded vector lies within
-    squared L2 ``radius`` (>= 0) of the raw query, CSR sorted by (distance, id).
+def decoded_blocks(quantizer, part, decoder, block):
+    """The codes of ``part`` decoded by ``decoder``, ``block`` at a time: float32 (<= block,
+    d_in) arrays, generated one by one."""
+    codes = part_codes(quantizer, part)
+    return (decoder.decode(codes[first:first + block]) for first in range(0, part.count, block))
 
-    Codes are decoded ``block`` at a time (memory O(block · (d_in + queries))); distances are
-    computed in float64 as ‖q‖² − 2⟨q, x⟩ + ‖x‖² and clamped at 0. extra: {"decoder": sha256}.
-    """
+
+def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, cache=None):
+    """The min(k, count) codes of ``part`` (at ``offset``, `spreadcode.collection.part_ids`)
+    whose decoded vectors are nearest to the raw queries float32 (nq, d_in): (squared L2
+    distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). `decoded_blocks` (or
+    ``cache[offset]``, the same blocks decoded earlier), each searched by
+    `spreadcode.knn.exact_knn` with its rows in id order (it breaks ties by row)."""
+    from .knn import exact_knn
+
+    def searched():
+        blocks = cache[offset] if cache is not None else decoded_blocks(quantizer, part,
+                                                                          decoder, block)
+        for first, decoded in zip(range(0, part.count, block), blocks):
+            ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
+            if np.any(ids[1:] < ids[:-1]):
+                order = np.argsort(ids, kind="stable")
+                decoded, ids = decoded[order], ids[order]
+            dist, rows = exact_knn(decoded, queries, min(k, len(decoded)), db_block=block)
+            yield dist, ids[rows]
+
+    return merge_knn(searched(), k)
+
+
+def prepare_decoded_range(collection, decoder, queries, radius, block=DECODED_SEARCH_BLOCK,
+                          client=None, progress=False) -> PreparedSearch:
+    """Range search among the decoded codes: every code whose decoded vector lies within
+    squared L2 ``radius`` (>= 0) of the raw query, CSR sorted by (distance, id)
+    (`part_decoded_range` of every part, merged). ``client``, ``progress``: `each_part`.
+    extra: {"decoder": sha256}."""
     check_decoder_fits(decoder, collection)
     radius = check_radius(radius)
     query_vectors = load_queries(queries, decoder.d_in)
     extra = {"decoder": decoder.sha256}
 
     def run(start, stop):
-        batch = query_vectors[start:stop].astype(np.float64)
-        query_norms = np.einsum("ij,ij->i", batch, batch)[:, None]
-        found = []
-        for index, part in enumerate(collection.parts):
-            codes = collection.codes(index)
-            for first in range(0, part.count, block):
-                decoded = decoder.decode(codes[first:first + block]).astype(np.float64)
-                dist = np.maximum(query_norms - 2 * batch @ decoded.T
-                                  + np.einsum("ij,ij->i", decoded, decoded)[None, :], 0.0)
-                rows, cols = np.nonzero(dist <= radius)
-                lims = np.zeros(len(batch) + 1, dtype=np.int64)
-                np.cumsum(np.bincount(rows, minlength=len(batch)), out=lims[1:])
-                found.append((lims, collection.global_ids(index, cols + first),
-                              dist[rows, cols].astype(np.float32)))
-        lims, ids, distances = merge_ranges(found, len(batch))
+        lims, ids, distances = merge_ranges(list(each_part(
+            collection, part_decoded_range, decoder, query_vectors[start:stop], radius, block,
+            client=client, progress=progress)), stop - start)
         return SearchResult(distances=distances, ids=ids, lims=lims, extra=extra)
 
     return PreparedSearch(query_vectors, run, None, None, collection.count, batch_rows(None))
+
+
+def part_decoded_range(quantizer, part, offset, decoder, queries, radius, block):
+    """Every code of ``part`` (at ``offset``) whose decoded vector lies within squared L2
+    ``radius`` of each raw query float32 (nq, d_in), CSR (lims, ids, distances) by
+    (distance, id). Codes are decoded ``block`` at a time (memory O(block · (d_in + nq)));
+    distances are computed in float64 as ‖q‖² − 2⟨q, x⟩ + ‖x‖² and clamped at 0."""
+    batch = queries.astype(np.float64)
+    query_norms = np.einsum("ij,ij->i", batch, batch)[:, None]
+    found = []
+    for first, decoded in zip(range(0, part.count, block),
+                              decoded_blocks(quantizer, part, decoder, block)):
+        decoded = decoded.astype(np.float64)
+        dist = np.maximum(query_norms - 2 * batch @ decoded.T
+                          + np.einsum("ij,ij->i", decoded, decoded)[None, :], 0.0)
+        rows, cols = np.nonzero(dist <= radius)
+        lims = np.zeros(len(batch) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(batch)), out=lims[1:])
+        found.append((lims, part_ids(part, offset, cols + first),
+                      dist[rows, cols].astype(np.float32)))
+    return merge_ranges(found, len(batch))
 
 
 def first_hits(ids, groundtruth):

@@ -15,6 +15,8 @@ Formats, chosen by extension:
 * ``.h5`` / ``.hdf5`` (ann-benchmarks layout: ``train``, ``test``, ``neighbors``,
   ``distances``): the dataset is picked by ``dataset=`` or a ``file.h5:name`` suffix;
   vectors default to ``train``, ground truth to ``neighbors``.
+* ``.parquet``: a list column (`spreadcode.parquet`, pyarrow), picked by ``dataset=`` or a
+  ``file.parquet:column`` suffix, else the only list column; ids an integer column.
 
 Floating-point data is converted to float32 chunk by chunk and checked for NaN/Inf (an error
 names the file and the first bad vector). Writers go through `spreadcode.fileio.atomic_output`:
@@ -35,18 +37,19 @@ TEXMEX_VALUE_DTYPES = {
     ".ivecs": np.dtype("<i4"),
 }
 HDF5_SUFFIXES = (".h5", ".hdf5")
+PARQUET_SUFFIX = ".parquet"
 MAX_TEXMEX_DIM = 1 << 20
 VECTOR_DTYPES = tuple(np.dtype(t) for t in ("float16", "float32", "float64", "uint8", "int8",
                                             "int32"))
 DEFAULT_BATCH = 65536
-_KNOWN_SUFFIXES = ".fvecs, .bvecs, .ivecs, .npy, .h5, .hdf5"
+_KNOWN_SUFFIXES = ".fvecs, .bvecs, .ivecs, .npy, .h5, .hdf5, .parquet"
 
 
 class VectorFile:
     """An opened vector file: ``n`` vectors of dimension ``d`` stored as ``dtype``.
 
-    ``path`` is the file (without any ``:dataset`` suffix); ``dataset`` the HDF5 dataset name
-    or None. Nothing is loaded until `read` or `chunks` asks for rows.
+    ``path`` is the file (without any ``:dataset`` suffix); ``dataset`` the HDF5 dataset or
+    Parquet column name, or None. Nothing is loaded until `read` or `chunks` asks for rows.
     """
 
     def __init__(self, path, n, d, dtype, dataset=None):
@@ -130,7 +133,7 @@ class _NpyFile(VectorFile):
         self._array = array.reshape(n, d)
         # One file record per row when C-ordered; Fortran-ordered rows are not contiguous.
         self._row = np.dtype((array.dtype, (d,))) if self._array.flags.c_contiguous else None
-        super().__init__(path, n, d, _accepted_dtype(array.dtype, dtypes, path))
+        super().__init__(path, n, d, accepted_dtype(array.dtype, dtypes, path))
 
     def _rows(self, start, stop):
         if self._row is None:
@@ -154,7 +157,7 @@ class _Hdf5File(VectorFile):
                 shape, dtype = h5[dataset].shape, h5[dataset].dtype
         except OSError as err:
             raise SpreadcodeError(f"{path}: not a readable HDF5 file ({err})") from None
-        dtype = _accepted_dtype(dtype, dtypes, f"{path}:{dataset}")
+        dtype = accepted_dtype(dtype, dtypes, f"{path}:{dataset}")
         n, d = _checked_shape(shape, f"{path}:{dataset}", allow_1d)
         super().__init__(path, n, d, dtype, dataset=dataset)
 
@@ -187,7 +190,7 @@ def _checked_shape(shape, name, allow_1d):
     return int(shape[0]), int(shape[1])
 
 
-def _accepted_dtype(dtype, dtypes, name):
+def accepted_dtype(dtype, dtypes, name):
     """``dtype`` in native byte order if it is one of ``dtypes`` (or of the kinds in a str)."""
     dtype = np.dtype(dtype)
     ok = dtype.kind in dtypes if isinstance(dtypes, str) else dtype.newbyteorder("=") in dtypes
@@ -199,10 +202,12 @@ def _accepted_dtype(dtype, dtypes, name):
 
 
 def _split_dataset(path, dataset):
-    """Split ``file.h5:name`` into (Path, name); an explicit ``dataset`` must agree."""
+    """Split ``file.h5:name`` / ``file.parquet:column`` into (Path, name); an explicit
+    ``dataset`` must agree."""
     text = os.fspath(path)
     head, sep, tail = text.rpartition(":")
-    if sep and head.lower().endswith(HDF5_SUFFIXES) and not os.path.exists(text):
+    if sep and head.lower().endswith((*HDF5_SUFFIXES, PARQUET_SUFFIX)) \
+            and not os.path.exists(text):
         if dataset is not None and dataset != tail:
             raise SpreadcodeError(
                 f"{text}: dataset {tail!r} in the path conflicts with dataset={dataset!r}")
@@ -213,13 +218,15 @@ def _split_dataset(path, dataset):
 def _open(path, dataset, default_dataset, dtypes, allow_1d=False):
     """Open any supported format; ``dtypes`` are the accepted element types."""
     path, dataset = _split_dataset(path, dataset)
-    if not path.exists():
-        raise SpreadcodeError(f"{path}: no such file")
-    if not path.is_file():
-        raise SpreadcodeError(f"{path}: not a regular file")
+    _check_file(path)
     suffix = path.suffix.lower()
+    if suffix == PARQUET_SUFFIX:
+        from spreadcode.parquet import ParquetVectors
+
+        return ParquetVectors(path, dataset, dtypes)
     if dataset is not None and suffix not in HDF5_SUFFIXES:
-        raise SpreadcodeError(f"{path}: a dataset name only applies to .h5/.hdf5 files")
+        raise SpreadcodeError(f"{path}: a dataset or column name only applies to .h5/.hdf5 "
+                              "(dataset) and .parquet (column) files")
     if suffix in TEXMEX_VALUE_DTYPES:
         return _TexmexFile(path, TEXMEX_VALUE_DTYPES[suffix])
     if suffix == ".npy":
@@ -229,10 +236,19 @@ def _open(path, dataset, default_dataset, dtypes, allow_1d=False):
     raise SpreadcodeError(f"{path}: unknown vector file type (expected {_KNOWN_SUFFIXES})")
 
 
+def _check_file(path):
+    """SpreadcodeError unless ``path`` (a Path) is a regular file."""
+    if not path.exists():
+        raise SpreadcodeError(f"{path}: no such file")
+    if not path.is_file():
+        raise SpreadcodeError(f"{path}: not a regular file")
+
+
 def open_vectors(path, dataset=None):
     """Open a vector file for streaming; see the module docstring for formats and checks.
 
-    ``path``: str or Path, optionally ``file.h5:dataset``; HDF5 defaults to ``train``.
+    ``path``: str or Path, optionally ``file.h5:dataset`` / ``file.parquet:column``; HDF5
+    defaults to ``train``, Parquet to its only list column.
     Returns a `VectorFile` whose ``read``/``chunks`` give float32 (b, d) arrays.
     """
     return _open(path, dataset, "train", VECTOR_DTYPES)
@@ -250,7 +266,14 @@ def read_groundtruth(path, dataset=None):
 
 def read_ids(path, dataset=None):
     """One int64 id per vector, (n,): ``.ivecs`` with d = 1, or integer ``.npy`` / HDF5 of
-    shape (n,) or (n, 1) (HDF5 dataset default ``ids``)."""
+    shape (n,) or (n, 1) (HDF5 dataset default ``ids``), or the integer column ``dataset`` of
+    a ``.parquet`` file."""
+    split, column = _split_dataset(path, dataset)
+    if split.suffix.lower() == PARQUET_SUFFIX:
+        from spreadcode.parquet import read_ids as read_parquet_ids
+
+        _check_file(split)
+        return read_parquet_ids(split, column)
     ids_file = _open(path, dataset, "ids", "iu", allow_1d=True)
     if ids_file.d != 1:
         raise SpreadcodeError(

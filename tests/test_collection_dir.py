@@ -307,3 +307,31 @@ def test_encode_refuses_an_existing_collection_or_a_full_directory(world, tmp_pa
         usage = run("encode", a, *args)
         assert usage.exit_code == 2 and "collection directory" in usage.stderr, usage.output
     assert not (tmp_path / "x.spc").exists()
+
+
+def test_ties_go_to_the_lower_id_when_shards_store_ids_in_another_order(world, tmp_path):
+    """Hamming distances of 16-bit sign codes tie all the time; with explicit ids that
+    decrease inside each shard, each shard's top-k must still keep the lower ids: results
+    equal a brute-force ranking of every code by (distance, id)."""
+    from spreadcode.catalyzer import catalyze
+
+    model = tiny_catalyzer(16, seed=2)
+    sha, _ = save_catalyzer(model, tiny_meta(model, {"kind": "sign", "d": 16, "param": 16}),
+                            store=world["store"])
+    ids_file = tmp_path / "ids.npy"
+    all_ids = 10_000 - 3 * np.arange(600)
+    np.save(ids_file, all_ids)
+    encoded = run("encode", world["root"] / "all.fvecs", "-o", tmp_path / "signs",
+                  "--shard-size", 250, "--ids", ids_file, "--model", sha, "--store",
+                  world["store"], "-q")
+    assert encoded.exit_code == 0, encoded.output
+    index = Index.load(tmp_path / "signs", store=world["store"])
+    codes = np.vstack([index._collection.codes(i) for i in range(3)])
+    every, positions = index.quantizer.search(codes, catalyze(index.catalyzer, world["query"]),
+                                              600, hamming=True)
+    order = np.lexsort((all_ids[positions], every), axis=1)
+    for k in (1, 5, 40, 300):
+        distances, ids = index.search(world["query"], k, hamming=True)
+        np.testing.assert_array_equal(ids, np.take_along_axis(all_ids[positions], order,
+                                                              axis=1)[:, :k])
+        np.testing.assert_array_equal(distances, np.take_along_axis(every, order, axis=1)[:, :k])

@@ -1,5 +1,7 @@
 """Layers point one way: the codec, container, vector I/O, model store, collections and
-``spreadcode info`` (of a .spc file or a collection directory) import neither torch nor click, and nothing in the library imports the CLI."""
+``spreadcode info`` (of a .spc file or a collection directory) import neither torch nor click
+(nor dask or pyarrow, which only Dask runs and Parquet inputs import), and nothing in the
+library imports the CLI."""
 import ast
 import subprocess
 import sys
@@ -12,10 +14,11 @@ from spreadcode.quantizer import QuantizerSpec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spreadcode"
 LIGHT_MODULES = ("errors", "_codec", "lattice", "signs", "quantizer", "fileio", "vecio",
-                 "container", "store", "collection", "collection_dir")
+                 "parquet", "container", "store", "collection", "collection_dir", "distributed")
+HEAVY = ("torch", "click", "dask", "distributed", "pyarrow")
 
 
-def test_light_modules_and_info_import_neither_torch_nor_click(tmp_path):
+def test_light_modules_and_info_import_neither_torch_nor_click_nor_dask(tmp_path):
     spc = tmp_path / "db.spc"
     with container.SpcWriter(spc, kind="sign", d=16, param=16, bits=16, code_bytes=2,
                              input_dim=16, input_dtype="float32") as writer:
@@ -36,7 +39,7 @@ def test_light_modules_and_info_import_neither_torch_nor_click(tmp_path):
         "from spreadcode.commands import info_command",
         *(f"assert info_command({str(path)!r}, store_path={str(tmp_path / 'store')!r}).ok"
           for path in (spc, collection)),
-        "print(sorted(m for m in ('torch', 'click') if m in sys.modules))",
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))",
     ])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=PACKAGE.parent)

@@ -1,0 +1,246 @@
+"""Dask execution (dask.distributed, ``pip install spreadcode[dist]``): the shards of a
+collection encoded, and collections searched, by the worker processes of a cluster.
+
+Nothing here runs, and Dask is not even imported, unless a client is given: `open_client`
+starts a LocalCluster of N worker processes (one thread each) or connects to a running
+scheduler, and the functions that take ``client=`` (`spreadcode.encode.encode_collection`,
+`add_to_collection`, `spreadcode.index.Index.load`, the ``prepare_*`` of `spreadcode.search`)
+hand their independent per-shard tasks to it:
+
+* encoding (`write_shards`): one task per `spreadcode.encode.ShardTask`. The worker reads
+  its rows by path, loads the catalyzer once per process (`_worker_model`), writes the shard
+  (temp file + rename) and returns its small `ShardEntry`; the client writes the manifest
+  last. When a task fails, the tasks not started yet are skipped (a Dask Event each checks
+  first), the running ones are awaited, and the caller deletes every new shard: the
+  collection stays as it was.
+* search (`map_parts`): one task per (part, query batch). The worker opens the .spc file by
+  path (memory-mapped, once per process) and returns the part's top-k (or range results) of
+  the batch: the per-part function the single-process search calls, with the same
+  arguments, so once the client merges them exactly (by (distance, id)), the results are
+  identical. Codes never travel; the queries of a batch are sent once per batch.
+
+Workers must import the same spreadcode and see the same paths (one machine, or a shared
+filesystem); paths are made absolute on the client.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import container
+from .errors import SpreadcodeError
+from .quantizer import QuantizerSpec
+
+# Seconds `open_client` waits for a scheduler.
+CONNECT_TIMEOUT = 10
+# Opened .spc files a worker keeps (each holds a memory map and a file descriptor).
+WORKER_OPEN_FILES = 256
+
+_WORKER_MODELS = {}          # (path, sha256) -> (catalyzer, CatalyzerMeta), in each worker
+_WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, SpcFile), LRU
+
+
+def _distributed(what):
+    """The dask.distributed module; SpreadcodeError when it is not installed."""
+    try:
+        import distributed
+    except ImportError:
+        raise SpreadcodeError(f"install spreadcode[dist] for {what} (dask.distributed is "
+                              "missing)") from None
+    return distributed
+
+
+@contextmanager
+def open_client(workers=None, scheduler=None, timeout=None):
+    """A dask.distributed Client for the block, or None when neither ``workers`` nor
+    ``scheduler`` is given (the single-process path: Dask is not imported).
+
+    ``workers``: start a LocalCluster of that many worker processes, one thread each,
+    closed after the block. ``scheduler``: connect to the scheduler at this address (e.g.
+    ``tcp://host:8786``); SpreadcodeError "cannot reach the Dask scheduler at ..." after
+    ``timeout`` seconds (default `CONNECT_TIMEOUT`)."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    if workers is not None and scheduler is not None:
+        raise SpreadcodeError("give a number of local workers or a scheduler address, not both")
+    distributed = _distributed("--workers/--scheduler")
+    with ExitStack() as stack:
+        if scheduler is not None:
+            try:
+                client = distributed.Client(
+                    scheduler, set_as_default=False,
+                    timeout=CONNECT_TIMEOUT if timeout is None else timeout)
+            except (OSError, TimeoutError, ValueError, TypeError) as err:
+                raise SpreadcodeError(f"cannot reach the Dask scheduler at {scheduler}: "
+                                      f"{err}") from None
+        else:
+            if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
+                    or workers < 1:
+                raise SpreadcodeError(f"workers must be a positive integer, got {workers!r}")
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=int(workers), threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.ERROR))
+            client = distributed.Client(cluster, set_as_default=False)
+        stack.enter_context(client)
+        yield client
+
+
+def write_shards(client, tasks, write, meta, batch=65536, progress=False):
+    """``write(task, catalyzer, meta, batch)`` (`spreadcode.encode.write_shard`) of every
+    `spreadcode.encode.ShardTask`, each as one task on the workers of ``client``, with the
+    catalyzer of CatalyzerMeta ``meta`` that each worker loads from ``meta.path`` (once per
+    process). Returns their `ShardEntry` list in task order; ``progress``: a bar over the
+    tasks as they finish.
+
+    When a task fails (or on Ctrl-C), the tasks not started yet are skipped, the running ones
+    are awaited, and SpreadcodeError names the shard (the caller deletes every task's
+    shard)."""
+    distributed = _distributed("Dask encoding")
+    model = os.path.abspath(meta.path)
+    stop = distributed.Event(f"spreadcode-stop-{uuid.uuid4().hex}", client=client)
+    tasks = [replace(task, input=os.path.abspath(task.input), path=Path(task.path).absolute())
+             for task in tasks]
+    futures = [client.submit(_encode_task, write, task, model, meta.sha256, batch, stop.name,
+                             pure=False) for task in tasks]
+    slot = {future.key: index for index, future in enumerate(futures)}
+    entries = [None] * len(tasks)
+    try:
+        for future in _as_completed(distributed, client, futures, progress,
+                                    f"encode into {Path(tasks[0].path).parent.name}"
+                                    if tasks else "encode"):
+            task = tasks[slot[future.key]]
+            entries[slot[future.key]] = _result(
+                distributed, future, f"{task.path.name} (rows {task.start}:{task.stop} of "
+                                     f"{os.path.basename(task.input)})", prefix_all=True)
+    except BaseException:
+        stop.set()
+        client.gather(futures, errors="skip")  # awaits the running tasks
+        raise
+    return entries
+
+
+def _encode_task(write, task, model, sha256, batch, stop):
+    """On a worker: `write_shards`' task, skipped (None) once the Event ``stop`` is set."""
+    from distributed import Event
+
+    if Event(stop).is_set():
+        return None
+    catalyzer, meta = _worker_model(model, sha256)
+    return write(task, catalyzer, meta, batch)
+
+
+def _worker_model(path, sha256):
+    """(catalyzer, CatalyzerMeta) of the model file ``path``, loaded once per process;
+    SpreadcodeError unless its hash is ``sha256`` (the client's)."""
+    key = (path, sha256)
+    if key not in _WORKER_MODELS:
+        from .catalyzer import load_catalyzer
+
+        catalyzer, meta = load_catalyzer(path)
+        if meta.sha256 != sha256:
+            raise SpreadcodeError(f"{path}: the model file on the worker has hash "
+                                  f"{meta.sha256}, the client's {sha256}")
+        _WORKER_MODELS[key] = (catalyzer, meta)
+    return _WORKER_MODELS[key]
+
+
+def map_parts(client, collection, function, *args, progress=False):
+    """``function(quantizer, part, offset, *args)`` for every part of ``collection`` holding
+    codes (a `container.SpcFile`; offset: codes in earlier parts), each as one task on the
+    workers of ``client``, which open the file by path (`_worker_part`). Yields the results in
+    completion order (``progress``: a bar over the tasks). Array and object arguments are
+    sent to the workers once, not once per task. SpreadcodeError naming the part when a task
+    fails."""
+    distributed = _distributed("Dask search")
+    quantizer = collection.quantizer
+    spec = QuantizerSpec(quantizer.kind, quantizer.d, quantizer.param)
+    shipped = [arg if arg is None or isinstance(arg, (bool, int, float, str, dict))
+               else client.scatter(arg, hash=False) for arg in args]
+    futures, names = [], {}
+    for part, offset in zip(collection.parts, collection.offsets):
+        if not part.count:
+            continue
+        if not isinstance(part, container.SpcFile):
+            raise SpreadcodeError("codes held in memory cannot be searched by Dask workers, "
+                                  "which read .spc files by path: save them and load the file")
+        path = os.path.abspath(part.path)
+        future = client.submit(_part_task, function, path, part.header.payload_sha256, spec,
+                               int(offset), *shipped, pure=False)
+        futures.append(future)
+        names[future.key] = path
+    for future in _as_completed(distributed, client, futures, progress, "search"):
+        yield _result(distributed, future, names[future.key])
+
+
+def _part_task(function, path, payload_sha256, spec, offset, *args):
+    """On a worker: `map_parts`' task."""
+    quantizer, part = _worker_part(path, payload_sha256, spec)
+    return function(quantizer, part, offset, *args)
+
+
+def _worker_part(path, payload_sha256, spec):
+    """(quantizer of ``spec``, the .spc file ``path`` opened memory-mapped without
+    re-hashing), the `WORKER_OPEN_FILES` most recent kept open per process;
+    SpreadcodeError when the file's payload hash is no longer ``payload_sha256``."""
+    key = (path, payload_sha256, spec)
+    if key in _WORKER_PARTS:
+        _WORKER_PARTS.move_to_end(key)
+        return _WORKER_PARTS[key]
+    spc = container.open_spc(path, verify=False)
+    if spc.header.payload_sha256 != payload_sha256:
+        raise SpreadcodeError(f"{path}: changed since it was opened (payload checksum "
+                              f"{spc.header.payload_sha256}, expected {payload_sha256})")
+    _WORKER_PARTS[key] = (spec.quantizer(), spc)
+    while len(_WORKER_PARTS) > WORKER_OPEN_FILES:
+        _WORKER_PARTS.popitem(last=False)
+    return _WORKER_PARTS[key]
+
+
+def verify_parts(client, collection):
+    """Recompute the payload checksum of every .spc file of ``collection``, one task per file
+    on the workers of ``client``; SpreadcodeError (naming the file) at the first mismatch."""
+    distributed = _distributed("Dask verification")
+    futures = {client.submit(_verify_task, os.path.abspath(part.path), pure=False): part.path
+               for part in collection.parts}
+    for future in _as_completed(distributed, client, list(futures)):
+        _result(distributed, future, futures[future])
+
+
+def _verify_task(path):
+    """On a worker: `verify_parts`' task."""
+    container.open_spc(path, verify=True)
+
+
+def _as_completed(distributed, client, futures, progress=False, desc=None):
+    """``futures`` of ``client`` as they finish, with a tqdm bar over them when
+    ``progress``."""
+    done = distributed.as_completed(futures, loop=client.loop)
+    if progress:
+        from tqdm import tqdm
+
+        done = tqdm(done, total=len(futures), unit="task", desc=desc, leave=False)
+    return done
+
+
+def _result(distributed, future, where, prefix_all=False):
+    """The result of a finished ``future``; its error as one SpreadcodeError line naming
+    ``where`` (a SpreadcodeError already names its file, so it is prefixed only with
+    ``prefix_all``)."""
+    try:
+        return future.result()
+    except SpreadcodeError as err:
+        if not prefix_all:
+            raise
+        raise SpreadcodeError(f"{where}: {err}") from err
+    except distributed.KilledWorker as err:
+        raise SpreadcodeError(f"{where}: the Dask workers running it died ({err})") from err
+    except Exception as err:  # noqa: BLE001 -- any worker failure becomes one line
+        raise SpreadcodeError(f"{where}: {type(err).__name__}: {err}") from err

@@ -1,0 +1,261 @@
+"""Dask execution (spreadcode/distributed.py): a LocalCluster of 2 worker processes writes
+the same collection, byte for byte, as the single-process path, and searches it with
+identical results (ties included), for every search mode; a failed task leaves the
+collection as it was; an unreachable scheduler and a missing dask are one clear line.
+Small data: 600 sample vectors (100 of them duplicates, so that distances tie), the tiny
+catalyzers of tests/helpers.py and a residual model trained one epoch."""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_clean_error, run, tiny_catalyzer, tiny_meta
+from spreadcode import Index, collection_dir, container, distributed, encode, residual, vecio
+from spreadcode.catalyzer import load_catalyzer, save_catalyzer
+from spreadcode.encode import add_to_collection, encode_collection
+from spreadcode.errors import SpreadcodeError
+from spreadcode.sample import load_sample
+
+pytest.importorskip("distributed")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+LATTICE = {"kind": "lattice", "d": 24, "param": 79}
+SIGN = {"kind": "sign", "d": 16, "param": 16}
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A dask.distributed client of a LocalCluster of 2 worker processes."""
+    with distributed.open_client(workers=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store with a lattice, a sign and a residual model; base vectors a.fvecs (350) and
+    b.npy (250), whose last 100 rows repeat rows 0-99 (equal codes: ties); the same as
+    Parquet files (a fixed_size_list column, row groups of 30; a list column, row groups of
+    17) with an id column; explicit ids (decreasing) in ids.npy; 20 queries."""
+    root = tmp_path_factory.mktemp("dist")
+    sample = load_sample()
+    base = np.vstack([sample.base[:500], sample.base[:100]])
+    store = root / "store"
+    shas = {}
+    for name, spec, d_out in (("lattice", LATTICE, 24), ("sign", SIGN, 16)):
+        model = tiny_catalyzer(d_out, seed=len(shas))
+        shas[name] = save_catalyzer(model, tiny_meta(model, spec), store=store)[0]
+    trained = residual.train_residual(
+        sample.learn[:2000], residual.ResidualConfig(
+            blocks=residual.stage_blocks(24), hidden=32, hidden_decoder=64, epochs=1,
+            batch_size=64, device="cpu"), progress=False)
+    shas["residual"] = save_catalyzer(trained.model, trained.meta, store=store)[0]
+    vecio.write_vectors(root / "a.fvecs", base[:350])
+    np.save(root / "b.npy", base[350:])
+    ids = (5_000 - 7 * np.arange(600)).astype(np.int64)
+    np.save(root / "ids.npy", ids)
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(base[:350].ravel()), 96)
+    pq.write_table(pa.table({"vec": fixed, "key": ids[:350]}), root / "a.parquet",
+                   row_group_size=30)
+    pq.write_table(pa.table({"vec": pa.array(list(base[350:]), type=pa.list_(pa.float32())),
+                             "key": ids[350:]}), root / "b.parquet", row_group_size=17)
+    vecio.write_vectors(root / "q.fvecs", sample.query[:20])
+    return {"root": root, "store": store, "sha": shas, "query": sample.query[:20],
+            "inputs": [root / "a.fvecs", root / "b.npy"]}
+
+
+def snapshot(directory):
+    """{name: bytes} of every file in ``directory`` (temporaries included)."""
+    return {path.name: path.read_bytes() for path in Path(directory).iterdir()}
+
+
+def build(world, model, client, ids=False, name=None, **options):
+    """The collection of the base inputs encoded by ``model`` into shards of 100 (explicit
+    ids with ``ids``), in this process or on ``client``; made once per ``name``."""
+    name = name or f"{model}{'-ids' if ids else ''}"
+    ids = world["root"] / "ids.npy" if ids else None
+    out = world["root"] / f"{name}-{'dask' if client else 'serial'}"
+    if not out.exists():
+        encode_collection(options.pop("inputs", world["inputs"]), out,
+                          model=world["sha"][model], shard_size=100, ids=ids,
+                          store=world["store"], client=client, **options)
+    return out
+
+
+@pytest.mark.parametrize("model, ids", [("lattice", False), ("sign", True),
+                                        ("residual", False)])
+def test_dask_encoding_writes_the_same_bytes(world, client, model, ids):
+    serial, dask = (build(world, model, where, ids) for where in (None, client))
+    assert snapshot(serial) == snapshot(dask)
+    assert len(collection_dir.read_manifest(dask).shards) == 7  # 350 = 100+100+100+50, ...
+
+
+def test_dask_add_appends_the_same_shards(world, client, tmp_path):
+    colls = [shutil.copytree(build(world, "lattice", None), tmp_path / name)
+             for name in ("serial", "dask")]
+    for coll, where in zip(colls, (None, client)):
+        summary = add_to_collection(coll, [world["root"] / "b.npy"], shard_size=60,
+                                    store=world["store"], client=where, progress=True)
+        assert (summary.added, summary.shards_added, summary.count) == (250, 5, 850)
+    assert snapshot(colls[0]) == snapshot(colls[1])
+
+
+def test_parquet_on_workers_equals_npy_in_this_process(world, client):
+    """Parquet inputs read by the workers by row range (row groups of 30 and 17 rows,
+    shards of 100), ids from a column: the codes and ids of the .npy inputs with an ids
+    file."""
+    serial = build(world, "sign", None, ids=True)
+    dask = build(world, "sign", client, name="parquet", id_column="key", dataset="vec",
+                 inputs=[world["root"] / "a.parquet", world["root"] / "b.parquet"])
+    assert (serial / "manifest.json").read_bytes() == (dask / "manifest.json").read_bytes()
+
+
+def assert_same_search(world, serial_dir, dask_dir, client, **options):
+    """Index.load of both collections (the second on ``client``) gives identical k-NN
+    results for several k (one and several shards, capped at the count), identical range
+    results, and equal distances come in increasing id order."""
+    serial = Index.load(serial_dir, store=world["store"])
+    dask = Index.load(dask_dir, store=world["store"], client=client)
+    for k in (1, 7, 150, 1000):
+        want = serial.search(world["query"], k, **options)
+        got = dask.search(world["query"], k, **options)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        ties = got[0][:, 1:] == got[0][:, :-1]
+        assert np.all(got[1][:, 1:][ties] > got[1][:, :-1][ties])
+        assert ties.any() or k < 150
+    return serial, dask
+
+
+def test_dask_compressed_domain_search_is_identical(world, client):
+    serial, dask = assert_same_search(world, build(world, "lattice", None),
+                                      build(world, "lattice", client), client)
+    for got, want in zip(dask.range_search(world["query"], 0.9),
+                         serial.range_search(world["query"], 0.9)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_dask_hamming_search_with_explicit_ids_is_identical(world, client):
+    assert_same_search(world, build(world, "sign", None, ids=True),
+                       build(world, "sign", client, ids=True), client, hamming=True)
+
+
+@pytest.mark.parametrize("options", [{}, {"rerank": 0}, {"decode_all": True}])
+def test_dask_residual_search_is_identical(world, client, options):
+    """A residual model's shortlist (decoded codes, on the workers) and its re-ranking
+    (here)."""
+    serial, dask = assert_same_search(world, build(world, "residual", None),
+                                      build(world, "residual", client), client, **options)
+    if not options:
+        for got, want in zip(dask.range_search(world["query"], 0.5),
+                             serial.range_search(world["query"], 0.5)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_dask_verification_finds_a_corrupt_shard(world, client, tmp_path):
+    coll = shutil.copytree(build(world, "lattice", None), tmp_path / "coll")
+    shard = coll / "shard-00004.spc"
+    data = bytearray(shard.read_bytes())
+    data[container.read_header(shard).payload_offset] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SpreadcodeError, match="shard-00004.spc.*checksum mismatch"):
+        Index.load(coll, store=world["store"], client=client)
+    index = Index.load(build(world, "lattice", None), store=world["store"], client=client)
+    index.add(world["query"], ids=np.arange(20) + 10**6)
+    with pytest.raises(SpreadcodeError, match="codes held in memory"):
+        index.search(world["query"], 3)
+
+
+def test_a_failed_task_leaves_the_collection_as_it_was(world, client, tmp_path):
+    coll = shutil.copytree(build(world, "lattice", None), tmp_path / "coll")
+    before = snapshot(coll)
+    bad = np.load(world["root"] / "b.npy")
+    bad[170, 5] = np.nan  # in the third of the five new shards
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(SpreadcodeError) as err:
+        add_to_collection(coll, [world["root"] / "a.fvecs", tmp_path / "bad.npy"],
+                          shard_size=50, store=world["store"], client=client)
+    assert str(err.value).startswith("shard-00017.spc (rows 150:200 of bad.npy): ")
+    assert "vector 170 contains NaN" in str(err.value)
+    assert snapshot(coll) == before  # no new shard, no temporary, the same manifest
+
+
+def _die_on_third(task, catalyzer, meta, batch):
+    """A `write_shard` whose worker process dies on the third shard."""
+    if task.path.name == "shard-00002.spc":
+        os._exit(1)
+    return encode.write_shard(task, catalyzer, meta, batch)
+
+
+@pytest.mark.slow  # the scheduler retries the task on restarted workers: ~15 s
+def test_a_dying_worker_is_one_line_naming_the_shard(world, client, tmp_path):
+    directory = tmp_path / "coll"
+    directory.mkdir()
+    _, meta = load_catalyzer(world["sha"]["lattice"], store=world["store"])
+    files = [vecio.open_vectors(path) for path in world["inputs"]]
+    manifest = collection_dir.Manifest(meta.sha256, meta.quantizer, 96, 100)
+    tasks = encode.plan_shards(directory, manifest, files, 100)
+    with pytest.raises(SpreadcodeError, match=r"^shard-00002.spc \(rows 200:300 of a.fvecs\): "
+                                              "the Dask workers running it died"):
+        distributed.write_shards(client, tasks, _die_on_third, meta)
+    client.wait_for_workers(2)
+
+
+def test_unreachable_scheduler_and_missing_dask_are_one_line(world, monkeypatch):
+    with pytest.raises(SpreadcodeError, match="cannot reach the Dask scheduler at "
+                                              "tcp://127.0.0.1:1: "):
+        with distributed.open_client(scheduler="tcp://127.0.0.1:1", timeout=1):
+            pass
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT", 1)
+    result = run("search", build(world, "lattice", None), world["root"] / "q.fvecs",
+                 "--scheduler", "tcp://127.0.0.1:1", "--store", world["store"])
+    assert_clean_error(result, "cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+    monkeypatch.setenv("SPREADCODE_SCHEDULER", "tcp://127.0.0.1:1")
+    result = run("add", build(world, "lattice", None), world["root"] / "b.npy",
+                 "--store", world["store"])
+    assert_clean_error(result, "cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+    monkeypatch.delenv("SPREADCODE_SCHEDULER")
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    result = run("encode", world["inputs"][0], "-o", world["root"] / "never", "--shard-size",
+                 10, "--workers", 2, "--model", world["sha"]["lattice"], "--store",
+                 world["store"])
+    assert_clean_error(result, "install spreadcode[dist] for --workers/--scheduler")
+    assert not (world["root"] / "never").exists()
+
+
+def test_cli_runs_on_the_scheduler_given(world, client, tmp_path, monkeypatch):
+    """encode --scheduler ADDRESS, then search with $SPREADCODE_SCHEDULER: the files and
+    results of the single-process commands."""
+    address = client.scheduler.address
+    common = ("--model", world["sha"]["lattice"], "--store", world["store"], "-q")
+    encoded = run("encode", *world["inputs"], "-o", tmp_path / "coll", "--shard-size", 100,
+                  "--scheduler", address, *common)
+    assert encoded.exit_code == 0, encoded.output
+    assert "600 codes in 7 shards" in encoded.stdout
+    assert snapshot(tmp_path / "coll") == snapshot(build(world, "lattice", None))
+    monkeypatch.setenv("SPREADCODE_SCHEDULER", address)
+    searched = run("search", tmp_path / "coll", world["root"] / "q.fvecs", "-k", 9, "-o",
+                   tmp_path / "dask.npy", "--store", world["store"])
+    assert searched.exit_code == 0, searched.output
+    monkeypatch.delenv("SPREADCODE_SCHEDULER")
+    searched = run("search", tmp_path / "coll", world["root"] / "q.fvecs", "-k", 9, "-o",
+                   tmp_path / "serial.npy", "--store", world["store"])
+    assert searched.exit_code == 0, searched.output
+    for name in ("", ".distances"):
+        assert (tmp_path / f"dask{name}.npy").read_bytes() == \
+            (tmp_path / f"serial{name}.npy").read_bytes()
+    both = run("search", tmp_path / "coll", world["root"] / "q.fvecs", "--workers", 2,
+               "--scheduler", address)
+    assert both.exit_code == 2 and "give one of them" in both.stderr
+
+
+@pytest.mark.slow  # starts its own cluster of 2 workers
+def test_cli_workers_start_a_local_cluster(world, tmp_path):
+    encoded = run("encode", *world["inputs"], "-o", tmp_path / "coll", "--shard-size", 100,
+                  "--workers", 2, "--model", world["sha"]["lattice"], "--store",
+                  world["store"], "-q")
+    assert encoded.exit_code == 0, encoded.output
+    assert snapshot(tmp_path / "coll") == snapshot(build(world, "lattice", None))
