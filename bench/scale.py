@@ -219,15 +219,21 @@ def main():
     parser.add_argument("--store", default=None, help="model store of --model")
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="directory of base.npy and learn.npy")
-    parser.add_argument("--shard-size", type=int, default=1_000_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--queries", type=int, nargs="+", default=[1000, 10_000])
-    parser.add_argument("--k", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--shard-size", type=int, default=100_000,
+                        help="vectors per shard; one Dask task per shard (default 100,000: a "
+                        "shard as big as the collection leaves all but one worker idle)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Dask LocalCluster worker processes, one thread each (default 2)")
+    parser.add_argument("--queries", type=int, nargs="+", default=[1000, 10_000],
+                        help="query counts to time (default 1000 10000)")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 100],
+                        help="result counts to time (default 10 100)")
     parser.add_argument("--noise", type=float, default=0.05,
                         help="relative norm of the perturbation of repeated rows")
     parser.add_argument("--lattice-pairs", type=int, default=200_000_000,
                         help="faiss IndexLattice search: at most this many (query, code) pairs")
-    parser.add_argument("--no-faiss", action="store_true")
+    parser.add_argument("--no-faiss", action="store_true",
+                        help="skip the faiss IndexPQ and IndexLattice rows")
     parser.add_argument("--tmp", default=None, help="directory for the temporary collections")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
