@@ -10,16 +10,15 @@ Loss: ‖x̂_M − x‖² + aux·‖x̂_1 − x‖² + cond·mean_m ‖x̃_m −
 Between lin-cond (h linear: fast, −3.2 R@1) and the library default (h = g: 2× LSQ speed).
 Run: python bench/experiments/residual_small_cond.py DATA [EPOCHS [H [COND]]]; one JSON row.
 """
-import json, os, sys, time
-import numpy as np, torch
+import os, sys, time
+import torch
 from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset
 from spreadcode import residual
-from spreadcode.knn import exact_knn
 from spreadcode.losses import straight_through
-from spreadcode.search import rerank_candidates
+from residual_linear_encoder import evaluate
 
 H = int(sys.argv[3]) if len(sys.argv) > 3 else 128
 COND = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
@@ -76,25 +75,10 @@ def main():
     t0 = time.time()
     result = residual.train_residual(ds.learn, residual.ResidualConfig(epochs=epochs),
                                      progress=False)
-    row = {"tag": f"small-cond-h{H}-c{COND}", "data": os.path.basename(data.rstrip("/")),
-           "epochs": epochs, "train_s": round(time.time() - t0)}
-    model = result.model
-    times = []
-    for _ in range(3):
-        t1 = time.perf_counter(); codes = model.encode(ds.base); times.append(time.perf_counter() - t1)
-    row["encode_s"] = round(min(times), 2)
-    xb, xl = model.decode(codes), model.decode_linear(codes)
-    row["mse"] = round(float(((xb - ds.base) ** 2).sum(1).mean()), 4)
-    row["lin_mse"] = round(float(((xl - ds.base) ** 2).sum(1).mean()), 4)
-    rec = lambda I: [round(100 * float(np.mean((I[:, :k] == ds.groundtruth[:, :1]).any(1))), 1) for k in (1, 10, 100)]
-    _, il = exact_knn(xl, ds.query, 1000)
-    row["lin"] = rec(il)
-    for s in (100, 1000):
-        _, I = rerank_candidates(ds.query, np.ascontiguousarray(il[:, :s]), lambda u: xb[u], 100)
-        row[f"rr{s}"] = rec(I)
-    row["decall"] = rec(exact_knn(xb, ds.query, 100)[1])
-    row["val_mse_curve"] = [round(h["val_mse"], 4) for h in result.history][::5]
-    print(json.dumps(row), flush=True)
+    evaluate(result, ds, {"tag": f"small-cond-h{H}-c{COND}",
+                          "data": os.path.basename(data.rstrip("/")),
+                          "epochs": epochs, "train_s": round(time.time() - t0)})
 
 
-main()
+if __name__ == "__main__":
+    main()
