@@ -59,6 +59,13 @@ ID_COLUMN_OPTION = click.option(
     "--id-column", default=None, metavar="NAME",
     help="Parquet inputs: the integer column holding each vector's int64 id (instead of "
          "--ids).")
+BEAM_OPTION = click.option(
+    "--beam", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+    help="Residual models: keep this many partial codes per vector while encoding, each "
+         "extended by the stage's 2 nearest lattice points and kept by reconstruction error. "
+         "Smaller error and better recall for ~2·beam times the encoding work (on wordnet "
+         "text, beam 8: R@1/R@10 +2.7/+3.5 points, 11x slower; BENCHMARKS.md). 1: the nearest "
+         "point per stage.")
 
 
 def _progress(quiet):
@@ -215,10 +222,11 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
               help="Catalyzer: hash (or unique prefix), path, or 'latest'.")
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
+@BEAM_OPTION
 @_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def encode(inputs, output, shard_size, ids, id_column, column, model, batch, workers,
+def encode(inputs, output, shard_size, ids, id_column, column, model, batch, beam, workers,
            scheduler, store, quiet):
     """Compress INPUT (.fvecs/.bvecs/.npy/.h5/.parquet) into a .spc file, or INPUT... into a
     collection directory (-o DIR --shard-size N), one shard per task: in this process, or
@@ -238,7 +246,7 @@ def encode(inputs, output, shard_size, ids, id_column, column, model, batch, wor
     summary = encode_command(inputs, output, shard_size=shard_size, ids=ids,
                              id_column=id_column, column=column, model=model, store=store,
                              batch=batch, progress=_progress(quiet), workers=workers,
-                             scheduler=scheduler)
+                             scheduler=scheduler, beam=beam)
     if shard_size is not None:
         click.echo(_collection_line(summary))
         return
@@ -272,10 +280,11 @@ def _collection_line(summary):
               help="The collection's catalyzer (path or hash) [default: from the store].")
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
+@BEAM_OPTION
 @_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def add(directory, inputs, ids, shard_size, id_column, column, model, batch, workers,
+def add(directory, inputs, ids, shard_size, id_column, column, model, batch, beam, workers,
         scheduler, store, quiet):
     """Append INPUT... to the collection DIRECTORY as new shards.
 
@@ -290,7 +299,8 @@ def add(directory, inputs, ids, shard_size, id_column, column, model, batch, wor
         raise click.UsageError("--ids and --id-column exclude each other")
     summary = add_command(directory, inputs, ids=ids, id_column=id_column, column=column,
                           shard_size=shard_size, model=model, store=store, batch=batch,
-                          progress=_progress(quiet), workers=workers, scheduler=scheduler)
+                          progress=_progress(quiet), workers=workers, scheduler=scheduler,
+                          beam=beam)
     click.echo(_collection_line(summary))
 
 

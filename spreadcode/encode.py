@@ -9,6 +9,7 @@ the shards of a collection directory (`spreadcode.collection_dir`; ``spreadcode 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,30 @@ class EncodeSummary:
         return self.input_bytes / max(self.output_bytes, 1)
 
 
-def encode_codes(catalyzer, quantizer, vectors):
+def encode_codes(catalyzer, quantizer, vectors, beam=1):
     """Codes as a .spc stores them, uint8 (n, code_bytes), of vectors (n, d_in) of any real
     dtype: the catalyzer's output quantized, or a residual model's stages
-    (`spreadcode.residual.ResidualCatalyzer.encode`). SpreadcodeError for a wrong dimension,
-    NaN or Inf."""
+    (`spreadcode.residual.ResidualCatalyzer.encode`, searched with a ``beam`` of partial
+    codes when beam > 1). SpreadcodeError for a wrong dimension, NaN or Inf, or a beam for
+    a model that has no stages to search."""
     from .catalyzer import catalyze
     from .residual import ResidualCatalyzer
 
-    if isinstance(catalyzer, ResidualCatalyzer):
-        return catalyzer.encode(vectors)
+    if check_encode_beam(catalyzer, beam) > 1 or isinstance(catalyzer, ResidualCatalyzer):
+        return catalyzer.encode(vectors, beam)
     return quantizer.codes_to_bytes(quantizer.quantize(catalyze(catalyzer, vectors)))
+
+
+def check_encode_beam(catalyzer, beam):
+    """``beam`` as an int (`spreadcode.residual.check_beam`), or SpreadcodeError when it is
+    above 1 for a catalyzer without stages to search (lattice and sign models)."""
+    from .residual import ResidualCatalyzer, check_beam
+
+    beam = check_beam(beam)
+    if beam > 1 and not isinstance(catalyzer, ResidualCatalyzer):
+        raise SpreadcodeError("a beam search needs a residual model; this catalyzer's codes "
+                              "are the nearest lattice points or signs of its output")
+    return beam
 
 
 def _check_dim(d_in, meta, what):
@@ -63,8 +77,9 @@ def _check_dim(d_in, meta, what):
 
 
 def encode_file(input_path, output_path, *, model="latest", store=None, batch=65536,
-                dataset=None, progress=False) -> EncodeSummary:
-    """Catalyze and quantize every vector of ``input_path`` into the .spc file ``output_path``.
+                dataset=None, progress=False, beam=1) -> EncodeSummary:
+    """Catalyze and quantize every vector of ``input_path`` into the .spc file ``output_path``
+    (residual models: with a ``beam`` of partial codes, `encode_codes`).
 
     Streams ``batch`` vectors at a time (peak memory ~ batch × d_in floats plus the
     catalyzer's forward chunk, not the input size); the output appears only when complete
@@ -78,6 +93,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     catalyzer, meta = load_catalyzer(model_file, store=store)
     _check_dim(vectors.d, meta, f"{input_path}")
     quantizer = meta.quantizer.quantizer()
+    check_encode_beam(catalyzer, beam)
     chunks = vectors.chunks(batch)
     if progress:
         from tqdm import tqdm
@@ -91,7 +107,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
                   "source": os.path.basename(str(input_path))},
     ) as writer:
         for chunk in chunks:
-            writer.append(encode_codes(catalyzer, quantizer, chunk))
+            writer.append(encode_codes(catalyzer, quantizer, chunk, beam))
     return EncodeSummary(
         output=str(output_path), count=vectors.n, input_dim=vectors.d,
         input_bytes=vectors.n * vectors.d * 4, output_bytes=os.path.getsize(output_path),
@@ -158,11 +174,12 @@ def plan_shards(directory, manifest, inputs, shard_size, ids=None):
     return tasks
 
 
-def write_shard(task, catalyzer, meta, batch=65536, vectors=None):
+def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1):
     """Encode the rows of `ShardTask` ``task`` with the catalyzer (torch module) of
     CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
     time, read from ``vectors`` (a `vecio.VectorFile`; default: ``task.input`` opened; a
-    generated source in bench/scale.py). Returns its `collection_dir.ShardEntry`."""
+    generated source in bench/scale.py), with `encode_codes`'s ``beam``. Returns its
+    `collection_dir.ShardEntry`."""
     if vectors is None:
         vectors = vecio.open_vectors(task.input, dataset=task.dataset)
     quantizer = meta.quantizer.quantizer()
@@ -180,7 +197,7 @@ def write_shard(task, catalyzer, meta, batch=65536, vectors=None):
         for start in range(0, count, batch):
             stop = min(start + batch, count)
             writer.append(encode_codes(catalyzer, quantizer,
-                                       vectors.read(task.start + start, task.start + stop)),
+                                       vectors.read(task.start + start, task.start + stop), beam),
                           ids[start:stop])
     return collection_dir.ShardEntry(
         task.path.name, count, int(ids.min()) if count else None,
@@ -190,13 +207,13 @@ def write_shard(task, catalyzer, meta, batch=65536, vectors=None):
 
 def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, id_column=None,
                       dataset=None, store=None, batch=65536, progress=False,
-                      client=None) -> CollectionSummary:
+                      client=None, beam=1) -> CollectionSummary:
     """Catalyze and quantize the vector files ``inputs`` into a new collection directory
     ``out_dir`` (absent or empty): shards of at most ``shard_size`` vectors, then the
     manifest. ``ids``: an ids file or int array, one unique id per vector of all inputs in
     order (default 0, 1, ...); or ``id_column``, the integer column of each (Parquet) input
     that holds them. ``dataset``: the HDF5 dataset or Parquet column of the vectors in every
-    input. Memory, all-or-nothing behaviour and ``client``: `add_to_collection`."""
+    input. Memory, all-or-nothing behaviour, ``client`` and ``beam``: `add_to_collection`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpreadcodeError(f"{out_dir}: exists and is not a directory")
@@ -215,7 +232,7 @@ def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, 
     try:
         return _add(out_dir, manifest, inputs, shard_size, catalyzer, meta, ids=ids,
                     id_column=id_column, dataset=dataset, batch=batch, progress=progress,
-                    client=client)
+                    client=client, beam=beam)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
@@ -224,7 +241,7 @@ def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, 
 
 def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=None,
                       shard_size=None, model=None, store=None, batch=65536, progress=False,
-                      client=None) -> CollectionSummary:
+                      client=None, beam=1) -> CollectionSummary:
     """Append the vector files ``inputs`` to the collection ``directory`` as new shards of
     at most ``shard_size`` vectors (default: the manifest's), encoded by the collection's
     catalyzer (from ``store``, or ``model``, which must be it). ``ids``: an ids file or int
@@ -236,7 +253,8 @@ def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=No
     the manifest is replaced last, so an error or Ctrl-C at any point leaves the previous
     collection as it was (the new shards are deleted; after SIGKILL they stay, unlisted, and
     the next add overwrites them). With a dask.distributed ``client``, the shards are
-    written by its workers, one task per shard (`spreadcode.distributed.write_shards`)."""
+    written by its workers, one task per shard (`spreadcode.distributed.write_shards`).
+    ``beam``: residual models' beam search (`encode_codes`)."""
     directory = Path(directory)
     manifest, _ = collection_dir.open_directory(directory, verify=False)
     model_file = model_store.resolve(manifest.catalyzer_sha256 if model is None else model,
@@ -248,7 +266,7 @@ def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=No
     size = manifest.shard_size if shard_size is None else _check_shard_size(shard_size)
     return _add(directory, manifest, inputs, size, catalyzer, meta, ids=ids,
                 id_column=id_column, dataset=dataset, batch=batch, progress=progress,
-                client=client)
+                client=client, beam=beam)
 
 
 def _check_shard_size(shard_size):
@@ -273,9 +291,11 @@ def _collection_model(model_file, directory, inputs, ids, store):
 
 
 def _add(directory, manifest, inputs, shard_size, catalyzer, meta, *, ids, id_column, dataset,
-         batch, progress, client):
+         batch, progress, client, beam):
     """Write the shards of ``inputs`` into ``directory``, then the manifest (see
     `add_to_collection`). Returns a `CollectionSummary`."""
+    check_encode_beam(catalyzer, beam)
+    write = functools.partial(write_shard, beam=beam)
     files = [vecio.open_vectors(path, dataset) for path in inputs]
     for path, vectors in zip(inputs, files):
         _check_dim(vectors.d, meta, f"{path}")
@@ -299,11 +319,11 @@ def _add(directory, manifest, inputs, shard_size, catalyzer, meta, *, ids, id_co
     vecio.check_outputs([task.path for task in tasks], inputs)
     try:
         if client is None:
-            entries = _write_shards(tasks, catalyzer, meta, batch, progress, directory)
+            entries = _write_shards(tasks, write, catalyzer, meta, batch, progress, directory)
         else:
             from .distributed import write_shards
 
-            entries = write_shards(client, tasks, write_shard, meta, batch, progress)
+            entries = write_shards(client, tasks, write, meta, batch, progress)
         manifest = collection_dir.with_shards(manifest, entries)
         collection_dir.write_manifest(directory, manifest)
     except BaseException:
@@ -319,9 +339,10 @@ def _add(directory, manifest, inputs, shard_size, catalyzer, meta, *, ids, id_co
         catalyzer_sha256=meta.sha256)
 
 
-def _write_shards(tasks, catalyzer, meta, batch, progress, directory):
-    """`write_shard` of every `ShardTask` in this process, in order: their `ShardEntry`s."""
+def _write_shards(tasks, write, catalyzer, meta, batch, progress, directory):
+    """``write`` (`write_shard`) of every `ShardTask` in this process, in order: their
+    `ShardEntry`s."""
     if progress:
         from tqdm import tqdm
         tasks = tqdm(tasks, unit="shard", desc=f"encode into {Path(directory).name}")
-    return [write_shard(task, catalyzer, meta, batch) for task in tasks]
+    return [write(task, catalyzer, meta, batch) for task in tasks]

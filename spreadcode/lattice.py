@@ -282,6 +282,48 @@ def nearest(y, r2, threads=None):
     return z
 
 
+@functools.lru_cache(maxsize=None)
+def _candidate_templates(d, r2):
+    """The points of S(T, r2), T = min(d, r2 + 2), with no negative entry, in code order:
+    float32 (t, T), read-only (`nearest_candidates` places them on a row's T largest
+    |coordinates| with the row's signs)."""
+    size = min(d, r2 + 2)
+    points = decode(np.arange(count(size, r2), dtype=np.uint64), size, r2)
+    table = points[(points >= 0).all(axis=1)].astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def nearest_candidates(y, r2, count):
+    """The two (or ``count``) points of S(d, r2) nearest each row of y, nearest first:
+    int8 (n, c, d) with c = min(count, templates).
+
+    Candidates are the points whose non-zero entries lie on the row's T = min(d, r2 + 2)
+    largest |coordinates|, with the row's signs. Any other point is no nearer than one made
+    from it by flipping a sign back or moving an entry to one of the (at least two) of
+    those coordinates it leaves unused, so the first two candidates are the sphere's two
+    nearest points (the first is `nearest`'s, up to ties); later ones are the nearest
+    candidates, not always the sphere's. Ties keep code order. y: float32 (n, d), finite.
+    For the beam search of `spreadcode.residual`: numpy over the whole batch,
+    O(n · (d log d + t · T)) for t templates (196 for S(12, 6)), meant for small spheres."""
+    y = _codec.check_vectors(y, "y")
+    d, r2, _ = check_setting(y.shape[1], r2)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise SpreadcodeError(f"count must be a positive integer, got {count!r}")
+    table = _candidate_templates(d, r2)
+    size = table.shape[1]
+    order = np.argsort(-np.abs(y), axis=1, kind="stable")[:, :size]
+    top = np.take_along_axis(y, order, axis=1)
+    scores = np.abs(top) @ table.T
+    count = min(int(count), table.shape[0])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+    values = table[best] * np.where(top < 0, -1, 1).astype(np.float32)[:, None, :]
+    z = np.zeros((y.shape[0], count, d), dtype=np.int8)
+    np.put_along_axis(z, np.broadcast_to(order[:, None, :], values.shape),
+                      values.astype(np.int8), axis=2)
+    return z
+
+
 def quantize(y, r2, threads=None):
     """encode(nearest(y, r2), r2) in one pass: codes of the nearest points of y's rows.
 

@@ -18,6 +18,11 @@ that will read it. Encoding needs the decoders of stages 0..M−2 (x̂ feeds the
 the model file holds both; a .spc file still needs only its header to turn a code into lattice
 points, and names the model by its hash.
 
+Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each stage keeps
+the ``beam`` partial codes of least error ‖x − x̂_m‖², each extended by the stage's two
+nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
+same way; only the choice of codes improves (the encoder f is an amortised guess).
+
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
 decoded by ``linear`` (an affine map of the M unit lattice points, fitted by least squares on
 the learn set: cheap, exhaustive), re-ranked by the full decoder x̂_M.
@@ -35,6 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from spreadcode import lattice  # noqa: E402
 from spreadcode.catalyzer import CatalyzerMeta, Preprocessed, forward_batches  # noqa: E402
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
@@ -56,6 +62,22 @@ VAL_FRACTION = 0.1
 VAL_MAX = 6000
 VAL_QUERY_SHARE = 6
 RECALL_KS = (1, 10, 100)
+# Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
+# extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
+# on wordnet, 2 candidates × beam 4 beat 4 × 2 at half the work (BENCHMARKS.md, lever 8).
+BEAM_CANDIDATES = 2
+# Vectors per beam-search batch times the beam: keeps the decoders' activations in cache.
+BEAM_BATCH_ROWS = 2048
+MAX_BEAM = 256
+
+
+def check_beam(beam):
+    """``beam`` as an int, or SpreadcodeError unless it is an integer from 1 to MAX_BEAM."""
+    if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) \
+            or not 1 <= beam <= MAX_BEAM:
+        raise SpreadcodeError(f"the encoding beam must be an integer from 1 to {MAX_BEAM}, "
+                              f"got {beam!r}")
+    return int(beam)
 
 
 def stage_blocks(bits):
@@ -126,7 +148,7 @@ class ResidualCatalyzer(Preprocessed):
         return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
     def _encode_batch(self, x):
-        """Eval-mode encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes)."""
+        """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes)."""
         xs, xh, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
             y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
@@ -136,11 +158,53 @@ class ResidualCatalyzer(Preprocessed):
                 xh = self._decode_stage(m, z, xh)
         return self.quantizer.join_block_codes(ranks)
 
-    def encode(self, vectors):
+    def _encode_beam_batch(self, x, beam):
+        """Eval-mode beam-search encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
+
+        Stage m extends each of the (at most) ``beam`` partial codes kept for a vector by
+        the BEAM_CANDIDATES lattice points nearest its encoder's output
+        (`spreadcode.lattice.nearest_candidates`), decodes every extension with g_m and
+        keeps the ``beam`` of lowest error ‖x − x̂_m‖² (ties: the earlier extension).
+        `encode` calls it for beam ≥ 2 (beam 1 is `_encode_batch`'s greedy nearest point).
+        """
+        xs, n = self.preprocess(x), x.shape[0]
+        xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
+        for m, block in enumerate(self.quantizer.blocks):
+            width = 1 if xh is None else xh.shape[1]
+            flat = None if xh is None else xh.reshape(n * width, self.d_in)
+            y = nn.functional.normalize(
+                self.f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)), dim=1)
+            z = lattice.nearest_candidates(y.cpu().numpy(), block.param, BEAM_CANDIDATES)
+            tried = z.shape[1]
+            unit = torch.from_numpy(z.reshape(-1, block.d).astype(np.float32)
+                                    * np.float32(block.param ** -0.5)).to(x.device)
+            decoded = self._decode_stage(m, unit, None if flat is None
+                                         else flat.repeat_interleave(tried, 0))
+            decoded = decoded.reshape(n, width * tried, self.d_in)
+            error = (decoded - xs[:, None]).pow(2).sum(2)
+            keep = torch.sort(error, dim=1, stable=True).indices[:, :beam]
+            xh = decoded[torch.from_numpy(rows).to(x.device), keep]
+            keep = keep.cpu().numpy()
+            points = np.concatenate([points[rows, keep // tried],
+                                     z.reshape(n, width * tried, block.d)[rows, keep]], axis=2)
+        starts = np.cumsum([0] + [block.d for block in self.quantizer.blocks])
+        return self.quantizer.join_block_codes([
+            lattice.encode(np.ascontiguousarray(points[:, 0, starts[m]:starts[m + 1]]), block.param)
+            for m, block in enumerate(self.quantizer.blocks)])
+
+    def encode(self, vectors, beam=1):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
-        store them. SpreadcodeError for a wrong dimension, NaN or Inf."""
-        return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
-                               np.uint8)
+        store them. ``beam`` > 1 searches that many partial codes per vector
+        (`_encode_beam_batch`): lower reconstruction error, about 2·beam times the work
+        (BENCHMARKS.md, "Issue #14 levers", row 8). SpreadcodeError for a wrong dimension,
+        NaN or Inf, or a beam that is not a positive integer."""
+        beam = check_beam(beam)
+        if beam == 1:
+            return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
+                                   np.uint8)
+        return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
+                               self.quantizer.code_bytes, np.uint8,
+                               batch=max(1, BEAM_BATCH_ROWS // beam))
 
     def unit_points(self, codes):
         """The M unit lattice points of each code, concatenated: float32 (n, d_out)."""

@@ -226,6 +226,38 @@ def test_nearest_of_zero_rows_is_a_lattice_point():
     assert ((z.astype(int) ** 2).sum(axis=1) == 79).all()
 
 
+@pytest.mark.parametrize("d, r2", [(12, 6), (6, 4), (8, 4), (5, 3), (12, 8), (3, 1)])
+def test_nearest_candidates_are_the_two_nearest_points(d, r2):
+    """The first two candidates have the sphere's two largest inner products (brute force
+    over every point); the first is `nearest`'s point; every candidate is on the sphere,
+    distinct, and no nearer than the one before."""
+    rng = np.random.default_rng(d * 10 + r2)
+    y = rng.standard_normal((500, d)).astype(np.float32)
+    y[:40] *= 0.01                                      # rows need not be normalised
+    points = lattice.decode(np.arange(lattice.count(d, r2), dtype=np.uint64), d, r2)
+    best = -np.sort(-(y.astype(np.float64) @ points.T.astype(np.float64)), axis=1)
+    z = lattice.nearest_candidates(y, r2, 4)
+    count = min(4, len(lattice._candidate_templates(d, r2)))
+    assert z.dtype == np.int8 and z.shape == (500, count, d)
+    assert ((z.astype(np.int64) ** 2).sum(axis=2) == r2).all()
+    scores = np.einsum("nd,ncd->nc", y.astype(np.float64), z.astype(np.float64))
+    top = min(2, count)
+    np.testing.assert_allclose(scores[:, :top], best[:, :top], rtol=0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-9).all()
+    codes = lattice.encode(np.ascontiguousarray(z.reshape(-1, d)), r2).reshape(500, count)
+    assert all(len(set(row)) == count for row in codes.tolist())
+    clear = best[:, 0] - best[:, 1] > 1e-3
+    assert np.array_equal(z[clear, 0], lattice.nearest(y, r2)[clear])
+
+
+def test_nearest_candidates_refuse_bad_counts():
+    y = np.ones((2, 12), dtype=np.float32)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(SpreadcodeError, match="count must be a positive integer"):
+            lattice.nearest_candidates(y, 6, bad)
+    assert lattice.nearest_candidates(np.empty((0, 12), dtype=np.float32), 6, 2).shape == (0, 2, 12)
+
+
 def test_quantize_is_encode_of_nearest():
     rng = np.random.default_rng(3)
     for d, r2 in [(24, 79), (48, 135), (8, 8)]:

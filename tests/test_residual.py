@@ -13,6 +13,7 @@ import spreadcode
 from helpers import assert_clean_error, run
 from spreadcode import residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
+from spreadcode.collection import open_collection
 from spreadcode.errors import SpreadcodeError
 from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
@@ -74,6 +75,46 @@ def test_encoding_matches_the_training_pass(trained):
         xh, _ = model(torch.from_numpy(base))
     np.testing.assert_allclose(model.decode(model.encode(base)), model.unprocess(xh).numpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_beam_search_is_the_best_of_the_candidate_tree(trained):
+    """With two stages and beam 2, the beam keeps every path of the tree (2 candidates per
+    stage): its codes are the path of least reconstruction error, computed here path by path
+    from the model's parts."""
+    model, base = trained.model, load_sample().base[:200]
+    first, second = model.quantizer.blocks
+    with torch.no_grad():
+        xs = model.preprocess(torch.from_numpy(base))
+        y0 = torch.nn.functional.normalize(model.f[0](xs), dim=1).numpy()
+        errors, codes = [], []
+        for i in range(2):
+            z0 = np.ascontiguousarray(residual.lattice.nearest_candidates(y0, first.param, 2)[:, i])
+            xh0 = model._decode_stage(0, torch.from_numpy(z0 / np.float32(first.param ** 0.5)), None)
+            y1 = torch.nn.functional.normalize(model.f[1](torch.cat([xs - xh0, xh0], 1)), dim=1)
+            for j in range(2):
+                z1 = np.ascontiguousarray(
+                    residual.lattice.nearest_candidates(y1.numpy(), second.param, 2)[:, j])
+                xh = model._decode_stage(1, torch.from_numpy(z1 / np.float32(second.param ** 0.5)), xh0)
+                errors.append((xh - xs).pow(2).sum(1).numpy())
+                codes.append(model.quantizer.join_block_codes(
+                    [residual.lattice.encode(z0, first.param), residual.lattice.encode(z1, second.param)]))
+    best = np.argmin(np.stack(errors, 1), axis=1)
+    expected = np.stack(codes, 1)[np.arange(len(base)), best]
+    assert np.array_equal(model.encode(base, beam=2), expected)
+    assert np.array_equal(model.encode(base, beam=5), expected)  # a wider beam finds no more
+
+
+def test_beam_search_lowers_the_reconstruction_error(trained):
+    model, base = trained.model, load_sample().base[:400]
+    error = lambda codes: float(((model.decode(codes) - base) ** 2).sum(1).mean())  # noqa: E731
+    greedy, beam = model.encode(base), model.encode(base, beam=2)
+    assert beam.dtype == np.uint8 and beam.shape == greedy.shape
+    assert error(beam) < error(greedy)
+    assert np.array_equal(model.encode(base, beam=1), greedy)
+    assert np.array_equal(model.encode(base[::-1], beam=2), beam[::-1])  # rows are independent
+    for bad in (0, -2, 2.0, True, residual.MAX_BEAM + 1):
+        with pytest.raises(SpreadcodeError, match="encoding beam must be an integer"):
+            model.encode(base, beam=bad)
 
 
 def test_linear_decoder_is_the_least_squares_fit(trained):
@@ -198,6 +239,44 @@ def test_cli_round_trip_matches_index(trained, tmp_path):
                            "--store", store), "Hamming search")
     assert_clean_error(run("train-decoder", tmp_path / "base.fvecs", "--model", sha,
                            "--store", store), "residual model")
+
+
+def test_beam_encoding_is_the_same_on_every_path(trained, tmp_path):
+    """encode --beam into a .spc, into a collection and with add, and Index.add(beam=) all
+    store the codes of ResidualCatalyzer.encode(beam=); a beam for a lattice model, or a
+    beam of 0, is one clear error."""
+    base = load_sample().base[:300]
+    store = tmp_path / "store"
+    sha, _ = save_catalyzer(trained.model, trained.meta, store=store)
+    vecio.write_vectors(tmp_path / "base.fvecs", base)
+    expected = trained.model.encode(base, beam=3)
+    assert not np.array_equal(expected, trained.model.encode(base))
+    common = ("--model", sha, "--store", store, "-q", "--beam", "3")
+    assert run("encode", tmp_path / "base.fvecs", "-o", tmp_path / "db.spc", *common).exit_code == 0
+    assert np.array_equal(open_collection([tmp_path / "db.spc"]).parts[0].codes_bytes, expected)
+    assert run("encode", tmp_path / "base.fvecs", "-o", tmp_path / "dir", "--shard-size", "200",
+               *common).exit_code == 0
+    assert run("add", tmp_path / "dir", tmp_path / "base.fvecs", *common).exit_code == 0
+    parts = open_collection([tmp_path / "dir"]).parts
+    assert np.array_equal(np.concatenate([part.codes_bytes for part in parts]),
+                          np.concatenate([expected, expected]))
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(base, beam=3)
+    assert np.array_equal(index._collection.parts[0].codes_bytes, expected)
+    refused = run("encode", tmp_path / "base.fvecs", "-o", tmp_path / "x.spc", "--model", sha,
+                  "--store", store, "--beam", "0")
+    assert refused.exit_code == 2 and "'--beam'" in refused.stderr
+    assert "Traceback" not in refused.output and not (tmp_path / "x.spc").exists()
+
+
+def test_beam_search_needs_a_residual_model():
+    from spreadcode.encode import encode_codes
+    index = spreadcode.Index.train(load_sample().learn[:2000], bits=16, quantizer="sign",
+                                   epochs=1)
+    with pytest.raises(SpreadcodeError, match="a beam search needs a residual model"):
+        index.add(load_sample().base[:10], beam=2)
+    assert np.array_equal(encode_codes(index.catalyzer, index.quantizer, load_sample().base[:10], 1),
+                          encode_codes(index.catalyzer, index.quantizer, load_sample().base[:10]))
 
 
 def test_command_config_for_residual_codes():
