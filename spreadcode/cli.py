@@ -63,8 +63,8 @@ BEAM_OPTION = click.option(
     "--beam", type=click.IntRange(min=1, max=256), default=1, show_default=True,
     help="Residual models: keep this many partial codes per vector while encoding, each "
          "extended by the stage's 2 nearest lattice points and kept by reconstruction error. "
-         "Smaller error and better recall for ~2·beam times the encoding work (on wordnet "
-         "text, beam 8: R@1/R@10 +2.7/+3.5 points, 11x slower; BENCHMARKS.md). 1: the nearest "
+         "Better codes for more time (wordnet text, BENCHMARKS.md: beam 8 gives +2.8 R@1 and "
+         "+3.6 R@10 for 19x the encoding time; beam 2, +0.7 / +1.1 for 7.5x). 1: the nearest "
          "point per stage.")
 
 

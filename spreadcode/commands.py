@@ -264,7 +264,7 @@ class TrainSummary:
             f"stored: {self.store_path}",
             *([f"written: {self.output_path}"] if self.output_path else []),
             f"quantizer: {code}",
-            *([f"lambda search (val R@10): " + ", ".join(
+            *(["lambda search (val R@10): " + ", ".join(
                 f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
               if self.lambda_search else []),
             f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run}"

@@ -178,8 +178,8 @@ class Index:
         """Catalyze, quantize and add vectors ``x`` (n, d), any real dtype; ``ids`` int (n,)
         names them (default: their position in the index). An index uses explicit ids for
         all its vectors or for none. ``beam`` > 1: a residual model's beam search over
-        partial codes (`spreadcode.residual.ResidualCatalyzer.encode`: better codes, ~2·beam
-        times the encoding work). SpreadcodeError for a wrong shape, NaN or Inf."""
+        partial codes (`spreadcode.residual.ResidualCatalyzer.encode`: better codes, several
+        times the encoding time). SpreadcodeError for a wrong shape, NaN or Inf."""
         x = np.asarray(x)
         if x.ndim != 2:
             raise SpreadcodeError(f"vectors must be a 2-D array (n, d), got shape {x.shape}")

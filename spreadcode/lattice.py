@@ -303,7 +303,8 @@ def nearest_candidates(y, r2, count):
     from it by flipping a sign back or moving an entry to one of the (at least two) of
     those coordinates it leaves unused, so the first two candidates are the sphere's two
     nearest points (the first is `nearest`'s, up to ties); later ones are the nearest
-    candidates, not always the sphere's. Ties keep code order. y: float32 (n, d), finite.
+    candidates, not always the sphere's. Ties break deterministically. y: float32 (n, d),
+    finite.
     For the beam search of `spreadcode.residual`: numpy over the whole batch,
     O(n · (d log d + t · T)) for t templates (196 for S(12, 6)), meant for small spheres."""
     y = _codec.check_vectors(y, "y")
@@ -316,7 +317,13 @@ def nearest_candidates(y, r2, count):
     top = np.take_along_axis(y, order, axis=1)
     scores = np.abs(top) @ table.T
     count = min(int(count), table.shape[0])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+    if count < table.shape[0]:  # the count best, then in order
+        part = np.argpartition(-scores, count - 1, axis=1)[:, :count]
+        part.sort(axis=1)
+        best = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, axis=1),
+                                                   axis=1, kind="stable"), axis=1)
+    else:
+        best = np.argsort(-scores, axis=1, kind="stable")
     values = table[best] * np.where(top < 0, -1, 1).astype(np.float32)[:, None, :]
     z = np.zeros((y.shape[0], count, d), dtype=np.int8)
     np.put_along_axis(z, np.broadcast_to(order[:, None, :], values.shape),
