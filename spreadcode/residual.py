@@ -196,8 +196,9 @@ class ResidualCatalyzer(Preprocessed):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
         store them. ``beam`` > 1 searches that many partial codes per vector
         (`_encode_beam_batch`): lower reconstruction error for 7.5× (beam 2) to 19× (beam 8)
-        the greedy encoding time on wordnet (BENCHMARKS.md, "Issue #14 levers", row 8). SpreadcodeError for a wrong dimension,
-        NaN or Inf, or a beam that is not a positive integer."""
+        the greedy encoding time on wordnet (BENCHMARKS.md, "Issue #14 levers", row 8).
+        SpreadcodeError for a wrong dimension, NaN or Inf, or a beam that is not an integer
+        from 1 to MAX_BEAM."""
         beam = check_beam(beam)
         if beam == 1:
             return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
