@@ -64,7 +64,7 @@ BEAM_OPTION = click.option(
     help="Residual models: keep this many partial codes per vector while encoding, each "
          "extended by the stage's 2 nearest lattice points and kept by reconstruction error. "
          "Better codes for more time (wordnet text, BENCHMARKS.md: beam 8 gives +2.8 R@1 and "
-         "+3.6 R@10 for 19x the encoding time; beam 2, +0.7 / +1.1 for 7.5x). 1: the nearest "
+         "+3.6 R@10 for 8.5x the encoding time; beam 2, +0.7 / +1.1 for 4x). 1: the nearest "
          "point per stage.")
 
 

@@ -315,7 +315,9 @@ def nearest_candidates(y, r2, count):
     size = table.shape[1]
     order = np.argsort(-np.abs(y), axis=1, kind="stable")[:, :size]
     top = np.take_along_axis(y, order, axis=1)
-    scores = np.abs(top) @ table.T
+    # Not `@`: a BLAS call here leaves OpenBLAS threads spinning, which halves the speed of
+    # the torch decoders that run between calls in the beam search.
+    scores = np.einsum("nj,tj->nt", np.abs(top), table)
     count = min(int(count), table.shape[0])
     if count < table.shape[0]:  # the count best, then in order
         part = np.argpartition(-scores, count - 1, axis=1)[:, :count]

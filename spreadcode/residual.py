@@ -195,7 +195,7 @@ class ResidualCatalyzer(Preprocessed):
     def encode(self, vectors, beam=1):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
         store them. ``beam`` > 1 searches that many partial codes per vector
-        (`_encode_beam_batch`): lower reconstruction error for 7.5× (beam 2) to 19× (beam 8)
+        (`_encode_beam_batch`): lower reconstruction error for 4× (beam 2) to 8.5× (beam 8)
         the greedy encoding time on wordnet (BENCHMARKS.md, "Issue #14 levers", row 8).
         SpreadcodeError for a wrong dimension, NaN or Inf, or a beam that is not an integer
         from 1 to MAX_BEAM."""
