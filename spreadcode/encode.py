@@ -50,7 +50,8 @@ def encode_codes(catalyzer, quantizer, vectors, beam=1):
     from .catalyzer import catalyze
     from .residual import ResidualCatalyzer
 
-    if check_encode_beam(catalyzer, beam) > 1 or isinstance(catalyzer, ResidualCatalyzer):
+    check_encode_beam(catalyzer, beam)
+    if isinstance(catalyzer, ResidualCatalyzer):
         return catalyzer.encode(vectors, beam)
     return quantizer.codes_to_bytes(quantizer.quantize(catalyze(catalyzer, vectors)))
 

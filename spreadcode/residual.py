@@ -187,10 +187,8 @@ class ResidualCatalyzer(Preprocessed):
             keep = keep.cpu().numpy()
             points = np.concatenate([points[rows, keep // tried],
                                      z.reshape(n, width * tried, block.d)[rows, keep]], axis=2)
-        starts = np.cumsum([0] + [block.d for block in self.quantizer.blocks])
-        return self.quantizer.join_block_codes([
-            lattice.encode(np.ascontiguousarray(points[:, 0, starts[m]:starts[m + 1]]), block.param)
-            for m, block in enumerate(self.quantizer.blocks)])
+        # A lattice point is its own nearest point, so quantizing the winners ranks them.
+        return self.quantizer.quantize(points[:, 0].astype(np.float32))
 
     def encode(self, vectors, beam=1):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files

@@ -8,10 +8,10 @@ own decoder g (exact, but 1.3 M multiply-adds per candidate) or a small chain h 
 trained jointly as in `residual_small_cond.py`, but over all M stages, so the last stage can
 be scored too), which makes B·A candidates cost about what one g evaluation does.
 
-The A nearest points of S(d, r²) to y come from templates: every non-negative integer vector
-of T = min(d, 8) coordinates with squared norm r², placed on y's T largest |coordinates| with
-y's signs (a point with a sign against y's, or outside those coordinates, is never among the
-few nearest in practice). Their ranks come from the lattice quantizer itself.
+The A nearest points of S(d, r²) to y come from `spreadcode.lattice.nearest_candidates`
+(the sphere's own two nearest for A ≤ 2; for A > 2 the nearest of its templates, the same
+196 for S(12, 6) as this script's own copy that ran the rows of BENCHMARKS lever 8). The
+beam carries integer points; only the winners are ranked, by the quantizer itself.
 
 Run:
     python bench/experiments/residual_beam.py train DATA OUT.pt [EPOCHS [H [COND]]]
@@ -34,87 +34,18 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
-from spreadcode import residual  # noqa: E402
+from residual_small_cond import SmallConditioned  # noqa: E402
+from spreadcode import lattice, residual  # noqa: E402
 from spreadcode.catalyzer import load_catalyzer  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
-from spreadcode.losses import straight_through  # noqa: E402
 
 
-class ScoredResidual(residual.ResidualCatalyzer):
+class ScoredResidual(SmallConditioned):
     """The library's residual model plus a small decoder chain h over all M stages, which the
     encoders read (x̃) and the beam search scores with; g decodes for search."""
 
-    hidden_chain, cond = 128, 1.0  # set by `train` before the library builds the model
-
-    def __init__(self, d_in, quantizer, hidden, hidden_decoder):
-        super().__init__(d_in, quantizer, hidden, hidden_decoder)
-        hidden_chain = self.hidden_chain
-        self.h = nn.ModuleList([residual._mlp(b.d if m == 0 else b.d + self.d_in, hidden_chain,
-                                              self.d_in)
-                                for m, b in enumerate(quantizer.blocks)])
-
-    def chain_stage(self, m, z, xc):
-        return self.h[0](z) if m == 0 else xc + self.h[m](torch.cat([z, xc], 1))
-
-    def _passes(self, x):
-        xs = self.preprocess(x)
-        xh = xc = first = None
-        chain = []
-        for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xc)), dim=1)
-            z = straight_through(y, block)
-            xh = self._decode_stage(m, z, xh)
-            first = xh if m == 0 else first
-            xc = self.chain_stage(m, z, xc)
-            chain.append(xc)
-        return xs, xh, first, chain
-
-    def forward(self, x):
-        _, xh, first, _ = self._passes(x)
-        return xh, first
-
-    def training_loss(self, x, aux):
-        xs, xh, first, chain = self._passes(x)
-        err = lambda v: (v - xs).pow(2).sum(1).mean()  # noqa: E731
-        return err(xh) + aux * err(first) + self.cond * sum(err(c) for c in chain) / len(chain)
-
-    def _encode_batch(self, x):
-        return encode_beam(self, x.numpy(), 1, 1)
-
-
-def templates(d, r2, width=8):
-    """Every non-negative integer vector of T = min(d, width) coordinates with squared norm
-    r2: float32 (t, T)."""
-    size = min(d, width)
-    out = []
-
-    def rec(prefix, left):
-        if len(prefix) == size:
-            if left == 0:
-                out.append(list(prefix))
-            return
-        v = 0
-        while v * v <= left:
-            rec(prefix + [v], left - v * v)
-            v += 1
-    rec([], r2)
-    return torch.tensor(out, dtype=torch.float32)
-
-
-def nearest_points(y, block, table, A):
-    """The A points of ``block`` nearest the rows of y (float32 tensor (n, d)), from the
-    templates ``table`` (t, T): integer lattice points as float32 (n, A, d)."""
-    n, d = y.shape
-    size = table.shape[1]
-    mag, order = y.abs().sort(dim=1, descending=True)
-    top = order[:, :size]
-    best = (mag[:, :size] @ table.T).topk(min(A, table.shape[0]), dim=1).indices  # (n, A)
-    A = best.shape[1]
-    signs = torch.where(torch.gather(y, 1, top) < 0, -1.0, 1.0)  # (n, T)
-    values = table[best] * signs[:, None, :]  # (n, A, T)
-    z = torch.zeros(n, A, d)
-    z.scatter_(2, top[:, None, :].expand(n, A, size), values)
-    return z
+    chain_last = True
+    chain_stage = SmallConditioned._chain
 
 
 def encode_beam(model, x, A, B, batch=1024):
@@ -123,8 +54,7 @@ def encode_beam(model, x, A, B, batch=1024):
     The beam carries integer lattice points; only the winners are ranked."""
     chain = model.chain_stage if hasattr(model, "chain_stage") else model._decode_stage
     blocks = model.quantizer.blocks
-    tables = [templates(b.d, b.param) for b in blocks]
-    ranks_out = [np.empty(x.shape[0], np.uint64) for _ in blocks]
+    codes = np.empty((x.shape[0], model.quantizer.code_bytes), np.uint8)
     with torch.no_grad():
         for s in range(0, x.shape[0], batch):
             xs = model.preprocess(torch.from_numpy(np.ascontiguousarray(x[s:s + batch])))
@@ -136,7 +66,8 @@ def encode_beam(model, x, A, B, batch=1024):
                 xs_b = xs[:, None].expand(n, b, xs.shape[1]).reshape(n * b, -1)
                 xc_f = None if xc is None else xc.reshape(n * b, -1)
                 y = nn.functional.normalize(model.f[m](model._stage_input(m, xs_b, xc_f)), dim=1)
-                z = nearest_points(y, block, tables[m], A)  # (n*b, a, d)
+                z = torch.from_numpy(  # (n*b, a, d)
+                    lattice.nearest_candidates(y.numpy(), block.param, A).astype(np.float32))
                 a = z.shape[1]
                 xc_rep = None if xc_f is None else \
                     xc_f[:, None].expand(n * b, a, xc_f.shape[1]).reshape(n * b * a, -1)
@@ -149,12 +80,9 @@ def encode_beam(model, x, A, B, batch=1024):
                 new = torch.gather(z.reshape(n, b * a, -1), 1,
                                    keep[..., None].expand(-1, -1, block.d))
                 picked = torch.cat([parents, new], 2)
-            start = 0
-            for m, block in enumerate(blocks):
-                ranks_out[m][s:s + n] = block.quantize(
-                    np.ascontiguousarray(picked[:, 0, start:start + block.d].numpy()))
-                start += block.d
-    return model.quantizer.join_block_codes(ranks_out)
+            # A lattice point is its own nearest point: quantizing the winners ranks them.
+            codes[s:s + n] = model.quantizer.quantize(np.ascontiguousarray(picked[:, 0].numpy()))
+    return codes
 
 
 def decall(decoded, ds):
