@@ -85,9 +85,15 @@ def open_client(workers=None, scheduler=None, timeout=None):
             if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
                     or workers < 1:
                 raise SpreadcodeError(f"workers must be a positive integer, got {workers!r}")
-            cluster = stack.enter_context(distributed.LocalCluster(
-                n_workers=int(workers), threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=logging.ERROR))
+            import dask
+
+            # One task per worker at a time (Dask's default queues a second one): when a
+            # worker dies, Dask counts the death against every task assigned to it, so only
+            # the task that ran is blamed, and a task that kills its worker is the one named.
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=int(workers), threads_per_worker=1, processes=True,
+                    dashboard_address=":0", silence_logs=logging.ERROR))
             client = distributed.Client(cluster, set_as_default=False)
         stack.enter_context(client)
         yield client
@@ -101,8 +107,8 @@ def write_shards(client, tasks, write, meta, batch=65536, progress=False):
     tasks as they finish.
 
     When a task fails (or on Ctrl-C), the tasks not started yet are skipped, the running ones
-    are awaited, and SpreadcodeError names the shard (the caller deletes every task's
-    shard)."""
+    are awaited, and SpreadcodeError names the failed shard: the first in task order whose own
+    code raised, else the first whose workers died (the caller deletes every task's shard)."""
     distributed = _distributed("Dask encoding")
     model = os.path.abspath(meta.path)
     stop = distributed.Event(f"spreadcode-stop-{uuid.uuid4().hex}", client=client)
@@ -111,20 +117,29 @@ def write_shards(client, tasks, write, meta, batch=65536, progress=False):
     futures = [client.submit(_encode_task, write, task, model, meta.sha256, batch, stop.name,
                              pure=False) for task in tasks]
     slot = {future.key: index for index, future in enumerate(futures)}
-    entries = [None] * len(tasks)
     try:
         for future in _as_completed(distributed, client, futures, progress,
                                     f"encode into {Path(tasks[0].path).parent.name}"
                                     if tasks else "encode"):
-            task = tasks[slot[future.key]]
-            entries[slot[future.key]] = _result(
-                distributed, future, f"{task.path.name} (rows {task.start}:{task.stop} of "
-                                     f"{os.path.basename(task.input)})", prefix_all=True)
-    except BaseException:
+            if future.status == "error":
+                break
+    except BaseException:  # Ctrl-C
         stop.set()
         client.gather(futures, errors="skip")  # awaits the running tasks
         raise
-    return entries
+    failed = [index for index, future in enumerate(futures) if future.status == "error"]
+    if failed:
+        stop.set()
+        client.gather(futures, errors="skip")
+        failed = [index for index, future in enumerate(futures) if future.status == "error"]
+        # A task's own error before a worker death (which may blame tasks that only shared
+        # the dying worker), then the first shard: the same shard is named on every run.
+        index = min(failed, key=lambda index: (
+            isinstance(futures[index].exception(), distributed.KilledWorker), index))
+        task = tasks[index]
+        _result(distributed, futures[index], f"{task.path.name} (rows {task.start}:"
+                f"{task.stop} of {os.path.basename(task.input)})", prefix_all=True)
+    return [future.result() for future in futures]
 
 
 def _encode_task(write, task, model, sha256, batch, stop):
