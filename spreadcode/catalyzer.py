@@ -181,7 +181,8 @@ class CatalyzerMeta:
     ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam`` (None when unknown)
     and the ``training`` record (a JSON object, kept as it is). ``arch_type`` "residual"
     marks a `spreadcode.residual.ResidualCatalyzer` (product code, one stage per block;
-    ``hidden_decoder`` its decoders' width), "mlp" the paper's catalyzer. ``sha256`` and
+    ``hidden_decoder`` its decoders' width, ``hidden_shortlist`` its shortlist decoder's, None
+    in models written before that decoder was an MLP), "mlp" the paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
     a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
     dimension must be d_out (SpreadcodeError otherwise)."""
@@ -194,6 +195,7 @@ class CatalyzerMeta:
     training: dict
     arch_type: str = "mlp"
     hidden_decoder: int | None = None
+    hidden_shortlist: int | None = None
     sha256: str | None = None
     path: str | None = None
 
@@ -209,7 +211,8 @@ class CatalyzerMeta:
         ``quantizer`` (QuantizerSpec)."""
         arch = model.arch()
         return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
-                   arch.get("type", "mlp"), arch.get("hidden_decoder"))
+                   arch.get("type", "mlp"), arch.get("hidden_decoder"),
+                   arch.get("hidden_shortlist"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -225,9 +228,12 @@ class CatalyzerMeta:
                                  f"{', '.join(ARCH_TYPES)}")
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
-        hidden_decoder = None
+        hidden_decoder = hidden_shortlist = None
         if arch_type == "residual":
             hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
+            if "hidden_shortlist" in arch:
+                hidden_shortlist = check_width(arch["hidden_shortlist"], where,
+                                               "arch.hidden_shortlist")
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
@@ -242,13 +248,15 @@ class CatalyzerMeta:
         training = meta.get("training", {})
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
-        return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder)
+        return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist)
 
     def arch(self):
         """The model file's "arch" object, as the network's ``arch()`` gives it."""
         arch = {"d_in": self.d_in, "hidden": self.hidden, "d_out": self.d_out}
         if self.arch_type == "residual":
             arch = {"type": "residual", **arch, "hidden_decoder": self.hidden_decoder}
+            if self.hidden_shortlist is not None:
+                arch["hidden_shortlist"] = self.hidden_shortlist
         return arch
 
     def to_json(self):
@@ -263,7 +271,7 @@ class CatalyzerMeta:
             from spreadcode.residual import ResidualCatalyzer
 
             return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
-                                     self.hidden_decoder)
+                                     self.hidden_decoder, self.hidden_shortlist)
         return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 

@@ -157,8 +157,9 @@ def main(ctx, debug):
                    "the table in `spreadcode.training` (16, 32, 64, 128, 256).")
 @click.option("--quantizer", type=click.Choice(["residual", "lattice", "sign"]),
               default="residual", show_default=True,
-              help="residual: lattice stages trained as an auto-encoder with their decoders "
-                   "(best recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
+              help="residual: lattice stages trained as an auto-encoder with their decoders, "
+                   "then a small shortlist decoder distilled from them for fast search (best "
+                   "recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
                    "catalyzer + one sphere; sign: catalyzer + sign bits.")
 @click.option("--dout", type=int, default=None, help="Output dimension of the catalyzer "
               "(overrides the --bits table; with a lattice also give --r2). At 64 bits, "
@@ -325,7 +326,8 @@ def add(directory, inputs, ids, shard_size, id_column, column, model, batch, bea
                    "Residual models have their own.")
 @click.option("--rerank", type=click.IntRange(min=0), default=None,
               help="Shortlist size for re-ranking (with a decoder or a residual model) "
-                   "[default: max(10·k, 100); residual models max(10·k, 1000)]; 0: no re-ranking.")
+                   "[default: max(10·k, 100); residual models max(2·k, 200), or max(10·k, 1000) for "
+                   "models older than their MLP shortlist decoder]; 0: no re-ranking.")
 @click.option("--decode-all", is_flag=True,
               help="With a decoder or a residual model: rank every code by its decoded "
                    "vector (for sign codes, the alternative to Hamming).")

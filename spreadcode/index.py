@@ -268,8 +268,9 @@ class Index:
         re-ranked by the squared L2 between the raw query and the decoded candidates, plus
         ``blend`` (default: the decoder's) × the compressed distance; ``decode_all`` ranks
         every decoded code instead (no catalyzer needed). A residual model's index
-        (`is_residual`) shortlists by its linear decoder (default max(10 k, 1000)
-        candidates) and re-ranks by its full decoder
+        (`is_residual`) shortlists by its shortlist decoder (default
+        `spreadcode.search.residual_rerank`: max(2 k, 200) candidates) and re-ranks by its full
+        decoder
         (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,

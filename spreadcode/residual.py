@@ -24,8 +24,11 @@ nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any cod
 same way; only the choice of codes improves (the encoder f is an amortised guess).
 
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
-decoded by ``linear`` (an affine map of the M unit lattice points, fitted by least squares on
-the learn set: cheap, exhaustive), re-ranked by the full decoder x̂_M.
+decoded by the *shortlist decoder* ``shortlist`` (a small MLP of the M unit lattice points,
+distilled after training to reproduce the full decoder: ~1/30 of its cost, so every code can
+be decoded), re-ranked by the full decoder x̂_M. Models written before it have ``linear``
+instead (an affine map of the unit points fitted by least squares), which ranks worse and
+needs a shortlist of 1,000 (`spreadcode.search.residual_rerank`).
 """
 from __future__ import annotations
 
@@ -55,6 +58,12 @@ STAGE_BLOCK = (12, 6)
 HALF_STAGE_BLOCK = (6, 4)
 ENCODER_HIDDEN = 256
 DECODER_HIDDEN = 1024
+# The shortlist decoder: hidden width and distillation epochs. Hidden 256 decodes 60k codes in
+# 0.15 s (the full decoder: 4.4 s), and its top 200 re-ranked by the full decoder give the
+# recall of the linear decoder's top 1,000 (BENCHMARKS.md, "Issue #14 levers", row 12).
+SHORTLIST_HIDDEN = 256
+SHORTLIST_EPOCHS = 20
+SHORTLIST_MIN_STEPS = 3000  # more epochs for small learn sets
 DEFAULT_EPOCHS = 25
 # Held out of the learn set for the best-epoch choice and the validation recall: a tenth,
 # at most VAL_MAX vectors, of which VAL_QUERY_SHARE are the queries of the recall.
@@ -99,16 +108,20 @@ def _mlp(d_in, hidden, d_out):
 
 
 class ResidualCatalyzer(Preprocessed):
-    """M encoder stages ``f``, M decoder stages ``g`` and the shortlist decoder ``linear``.
+    """M encoder stages ``f``, M decoder stages ``g`` and a shortlist decoder.
 
     ``quantizer``: the ProductQuantizer of the stages (block m = S(d_m, r_m²)); ``hidden`` /
-    ``hidden_decoder``: the MLP widths of f and g. Buffers ``center`` float32 (d_in,) and
-    ``scale`` float32 (1,) hold the preprocessing ``(x − center) · scale``.
+    ``hidden_decoder``: the MLP widths of f and g; ``hidden_shortlist``: the width of the MLP
+    shortlist decoder ``shortlist``, or None for the affine ``linear`` of older models.
+    Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
+    ``(x − center) · scale``.
     """
 
-    def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN):
+    def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN,
+                 hidden_shortlist=None):
         super().__init__(d_in)
         self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
+        self.hidden_shortlist = None if hidden_shortlist is None else int(hidden_shortlist)
         self.quantizer = quantizer
         self.d_out = quantizer.d
         dims = [block.d for block in quantizer.blocks]
@@ -116,12 +129,18 @@ class ResidualCatalyzer(Preprocessed):
                                 for m, d in enumerate(dims)])
         self.g = nn.ModuleList([_mlp(d if m == 0 else d + self.d_in, self.hidden_decoder, self.d_in)
                                 for m, d in enumerate(dims)])
-        self.linear = nn.Linear(self.d_out, self.d_in)
+        if self.hidden_shortlist is None:
+            self.linear = nn.Linear(self.d_out, self.d_in)
+        else:
+            self.shortlist = _mlp(self.d_out, self.hidden_shortlist, self.d_in)
 
     def arch(self):
         """The model file's "arch" object."""
-        return {"type": "residual", "d_in": self.d_in, "hidden": self.hidden,
+        arch = {"type": "residual", "d_in": self.d_in, "hidden": self.hidden,
                 "hidden_decoder": self.hidden_decoder, "d_out": self.d_out}
+        if self.hidden_shortlist is not None:
+            arch["hidden_shortlist"] = self.hidden_shortlist
+        return arch
 
     def _stage_input(self, m, xs, xh):
         return xs if m == 0 else torch.cat([xs - xh, xh], 1)
@@ -229,12 +248,16 @@ class ResidualCatalyzer(Preprocessed):
         return out
 
     @torch.no_grad()
-    def decode_linear(self, codes, batch=65536):
-        """The shortlist decoder: ``linear`` of the unit lattice points, float32 (n, d_in)."""
+    def decode_shortlist(self, codes, batch=65536):
+        """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
+        unit lattice points by ``shortlist`` (then undoing the preprocessing) or by
+        ``linear`` (older models)."""
+        self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         for start in range(0, codes.shape[0], batch):
             points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
-            out[start:start + batch] = self.linear(points).numpy()
+            out[start:start + batch] = (self.linear(points) if self.hidden_shortlist is None
+                                        else self.unprocess(self.shortlist(points))).numpy()
         return out
 
 
@@ -254,7 +277,7 @@ class ModelDecoder:
 
     model: ResidualCatalyzer
     sha256: str
-    kind: str  # "residual" (the full decoder) or "linear" (the shortlist decoder)
+    kind: str  # "residual" (the full decoder) or "shortlist" (the shortlist decoder)
     blend: float = 0.0
 
     @property
@@ -270,14 +293,15 @@ class ModelDecoder:
         return self.model.d_in
 
     def decode(self, codes):
-        return self.model.decode(codes) if self.kind == "residual" else self.model.decode_linear(codes)
+        return self.model.decode(codes) if self.kind == "residual" else self.model.decode_shortlist(codes)
 
 
 @dataclass(frozen=True)
 class ResidualConfig:
     """A residual model's training run (saved, minus ``device``, in the model metadata).
 
-    ``blocks``: the stages' (d, r²). Adam with a one-cycle learning rate (warm-up to ``lr``
+    ``blocks``: the stages' (d, r²); ``hidden_shortlist``: the shortlist decoder's width (None:
+    the affine shortlist decoder of older models). Adam with a one-cycle learning rate (warm-up to ``lr``
     over the first 5 % of the planned steps, cosine decay after); ``aux``: weight of the first
     stage's reconstruction error. ``time_budget_s`` (wall clock) plans the epoch count after
     the first epoch: as many as fit, at most ``epochs``. The epoch of lowest held-out error
@@ -287,6 +311,7 @@ class ResidualConfig:
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
     hidden: int = ENCODER_HIDDEN
     hidden_decoder: int = DECODER_HIDDEN
+    hidden_shortlist: int | None = SHORTLIST_HIDDEN
     epochs: int | None = DEFAULT_EPOCHS
     time_budget_s: float | None = None
     batch_size: int = 256
@@ -313,8 +338,9 @@ def check_residual_config(config):
         raise SpreadcodeError(f"epochs must be >= 1, got {config.epochs}")
     if config.time_budget_s is not None and not config.time_budget_s > 0:
         raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
-    for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("batch_size", 2)):
-        if getattr(config, name) < minimum:
+    for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_shortlist", 1),
+                          ("batch_size", 2)):
+        if getattr(config, name) is not None and getattr(config, name) < minimum:
             raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
             and config.aux >= 0):
@@ -339,34 +365,68 @@ def held_out_rows(n, seed):
 
 
 def validation_recall(model, held_out):
-    """1-recall@1/10/100 of the default search (`spreadcode.search.prepare_model_search`'s
-    linear shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
+    """1-recall@1/10/100 of the default search (`spreadcode.search.prepare_residual`'s
+    shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
     the first n // VAL_QUERY_SHARE are queries, the rest the database -> {"1": r, ...}."""
     from spreadcode.knn import exact_knn
-    from spreadcode.search import RESIDUAL_RERANK_MIN, default_rerank, first_hits, rerank_candidates
+    from spreadcode.search import first_hits, rerank_candidates, residual_rerank
 
     n_queries = max(1, held_out.shape[0] // VAL_QUERY_SHARE)
     queries, database = held_out[:n_queries], held_out[n_queries:]
     _, nearest = exact_knn(database.astype(np.float64), queries.astype(np.float64), 1)
     codes = model.encode(database)
     k = min(max(RECALL_KS), database.shape[0])
-    _, shortlist = exact_knn(model.decode_linear(codes), queries,
-                             min(max(default_rerank(k), RESIDUAL_RERANK_MIN), database.shape[0]))
+    _, shortlist = exact_knn(model.decode_shortlist(codes), queries,
+                             min(residual_rerank(model, k), database.shape[0]))
     decoded = model.decode(codes)
     _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k)
     hits = first_hits(ids, nearest)
     return {str(r): float(np.mean(hits < r)) for r in RECALL_KS}
 
 
-def fit_shortlist_decoder(model, learn):
-    """Fit ``model.linear`` by least squares from the unit lattice points of the learn
-    vectors' codes to the vectors themselves (float32 (n, d_in))."""
-    from spreadcode.decoders import fit_linear
+def fit_shortlist_decoder(model, learn, seed=0, progress=False):
+    """Fit the model's shortlist decoder on the codes of the learn vectors float32 (n, d_in).
 
-    weight, bias = fit_linear(model.unit_points(model.encode(learn)), learn)
+    ``shortlist`` is distilled to the full decoder's output on those codes (squared error in
+    the preprocessed space; Adam, one-cycle, SHORTLIST_EPOCHS epochs and at least
+    SHORTLIST_MIN_STEPS batches, seeded), so that it
+    ranks like the decoder that re-ranks its shortlist; ``linear`` (older models) is fitted by
+    least squares to the vectors themselves. ``progress``: an epoch bar."""
+    codes = model.encode(learn)
+    points = model.unit_points(codes)
+    if model.hidden_shortlist is None:
+        from spreadcode.decoders import fit_linear
+
+        weight, bias = fit_linear(points, learn)
+        with torch.no_grad():
+            model.linear.weight.copy_(torch.from_numpy(weight))
+            model.linear.bias.copy_(torch.from_numpy(bias))
+        return
+    inputs = torch.from_numpy(points)
     with torch.no_grad():
-        model.linear.weight.copy_(torch.from_numpy(weight))
-        model.linear.bias.copy_(torch.from_numpy(bias))
+        target = model.preprocess(torch.from_numpy(model.decode(codes)))
+    net, batch = model.shortlist, min(256, inputs.shape[0])
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    steps = inputs.shape[0] // batch
+    epochs = max(SHORTLIST_EPOCHS, -(-SHORTLIST_MIN_STEPS // steps))
+    with torch.random.fork_rng(devices=[]), \
+            epoch_progress(epochs, "fit shortlist decoder", progress) as bar:
+        torch.manual_seed(seed)
+        net.train()
+        for epoch in range(epochs):
+            order = torch.from_numpy(rng.permutation(inputs.shape[0]))
+            for step in range(steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = one_cycle_lr(1e-3, (epoch * steps + step) / (epochs * steps))
+                rows = order[step * batch:(step + 1) * batch]
+                loss = (net(inputs[rows]) - target[rows]).pow(2).sum(1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if bar is not None:
+                bar.update(1)
+    model.eval()
 
 
 def _held_out_error(model, x, batch=8192):
@@ -401,7 +461,8 @@ def train_residual(learn, config, progress=True):
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = ResidualCatalyzer(learn.shape[1], quantizer, config.hidden, config.hidden_decoder)
+        model = ResidualCatalyzer(learn.shape[1], quantizer, config.hidden, config.hidden_decoder,
+                                  config.hidden_shortlist)
     x = torch.from_numpy(learn[train_rows])
     model.fit_preprocessing(x)
     model.to(device)
@@ -456,7 +517,7 @@ def train_residual(learn, config, progress=True):
     model.cpu()
     best.restore()
     model.eval()
-    fit_shortlist_decoder(model, learn[train_rows])
+    fit_shortlist_decoder(model, learn[train_rows], config.seed, progress)
     val_recall = validation_recall(model, learn[val_rows])
     meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), None, {
         "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),

@@ -42,10 +42,14 @@ RERANK_FACTOR = 10
 RERANK_MIN = 100
 # Candidate rows decoded per block of queries when re-ranking.
 RERANK_BLOCK_ROWS = 65536
-# A residual model's default shortlist holds at least this many candidates: its linear
-# shortlist decoder ranks poorly on its own (BENCHMARKS.md, "Issue #14 levers", row 4: a
-# shortlist of 100 loses 1.4 points of R@10, one of 1,000 nothing).
-RESIDUAL_RERANK_MIN = 1000
+# A residual model's default shortlist (`residual_rerank`). With its MLP shortlist decoder:
+# max(RESIDUAL_RERANK_FACTOR · k, RESIDUAL_RERANK_MIN) candidates (BENCHMARKS.md, "Issue #14
+# levers", row 12: its top 200 lose nothing against the linear decoder's top 1,000). Older
+# models' linear shortlist decoder ranks poorly on its own (row 4: a shortlist of 100 loses
+# 1.4 points of R@10, one of 1,000 nothing): at least LINEAR_RESIDUAL_RERANK_MIN.
+RESIDUAL_RERANK_FACTOR = 2
+RESIDUAL_RERANK_MIN = 200
+LINEAR_RESIDUAL_RERANK_MIN = 1000
 # Re-ranking decodes the whole collection once when that is cheaper and fits in this much.
 DECODE_ALL_BYTES = 512 << 20
 # Codes decoded at a time by decoded search.
@@ -251,6 +255,14 @@ def default_rerank(k):
     return max(RERANK_FACTOR * k, RERANK_MIN)
 
 
+def residual_rerank(model, k):
+    """Default shortlist of a residual model's search for k results (see
+    RESIDUAL_RERANK_MIN)."""
+    if model.hidden_shortlist is None:
+        return max(default_rerank(k), LINEAR_RESIDUAL_RERANK_MIN)
+    return max(RESIDUAL_RERANK_FACTOR * k, RESIDUAL_RERANK_MIN)
+
+
 def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, blend=0.0,
                       block_rows=RERANK_BLOCK_ROWS):
     """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
@@ -341,9 +353,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
                      decode_all=False, client=None, progress=False) -> PreparedSearch:
     """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
-    them itself: a shortlist of ``rerank`` candidates (default: `default_rerank(k)`, at least
-    RESIDUAL_RERANK_MIN) by
-    squared L2 between the raw query and the codes decoded by the model's linear decoder,
+    them itself: a shortlist of ``rerank`` candidates (default: `residual_rerank`) by
+    squared L2 between the raw query and the codes decoded by the model's shortlist decoder,
     re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. Distances are
     squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
@@ -352,7 +363,7 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     from .residual import ModelDecoder
 
     sha = collection.catalyzer_sha256
-    full, linear = ModelDecoder(model, sha, "residual"), ModelDecoder(model, sha, "linear")
+    full, shortlist = ModelDecoder(model, sha, "residual"), ModelDecoder(model, sha, "shortlist")
     parallel = {"client": client, "progress": progress}
     if radius is not None:
         if rerank or decode_all:
@@ -361,14 +372,14 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     if decode_all:
         return prepare_decoded(collection, full, queries, k=k, **parallel)
     k = check_k(k)
-    rerank = max(default_rerank(k), RESIDUAL_RERANK_MIN) if rerank is None else rerank
+    rerank = residual_rerank(model, k) if rerank is None else rerank
     if rerank == 0:
-        return prepare_decoded(collection, linear, queries, k=k, **parallel)
+        return prepare_decoded(collection, shortlist, queries, k=k, **parallel)
     rerank = check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    shortlist = prepare_decoded(collection, linear, queries, k=rerank, **parallel)
-    return rerank_shortlist(collection, shortlist, full, k)
+    return rerank_shortlist(collection, prepare_decoded(collection, shortlist, queries, k=rerank,
+                                                        **parallel), full, k)
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,

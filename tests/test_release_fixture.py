@@ -54,3 +54,27 @@ def test_release_files_through_the_cli(tmp_path):
     assert np.array_equal(np.load(tmp_path / "r.npy"), np.load(FIXTURE / "expected.npz")["ids"])
     info = run("info", FIXTURE / "db.spc")
     assert info.exit_code == 0 and "checksum:             ok" in info.stdout and CATALYZER[:12] in info.stdout
+
+
+RESIDUAL_FIXTURE = Path(__file__).parent / "data" / "residual-linear"
+RESIDUAL = "a126902fe4d85047abf0e1024d994c763a1e9ad886f608be01ccb23f2788e137"
+
+
+def test_residual_model_with_a_linear_shortlist_decoder_searches_identically(tmp_path):
+    """A residual model written before the MLP shortlist decoder keeps its affine one, its
+    shortlist of max(10·k, 1000) and its results."""
+    data = (RESIDUAL_FIXTURE / "model.safetensors").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == RESIDUAL
+    model, meta = load_catalyzer(RESIDUAL_FIXTURE / "model.safetensors")
+    assert model.hidden_shortlist is None and meta.hidden_shortlist is None
+    assert catalyzer_bytes(model, meta) == data
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(RESIDUAL_FIXTURE / "model.safetensors", store / f"{RESIDUAL}.safetensors")
+    expected = np.load(RESIDUAL_FIXTURE / "expected.npz")
+    queries = vecio.read_vectors(RESIDUAL_FIXTURE / "queries.fvecs")
+    index = spreadcode.Index.load(RESIDUAL_FIXTURE / "db.spc", store=store)
+    for name, rerank in (("default", None), ("rerank50", 50), ("shortlist", 0)):
+        distances, ids = index.search(queries, k=10, rerank=rerank)
+        assert np.array_equal(ids, expected[f"{name}_ids"]), name
+        np.testing.assert_allclose(distances, expected[f"{name}_distances"], rtol=1e-6)

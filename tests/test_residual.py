@@ -18,11 +18,11 @@ from spreadcode.errors import SpreadcodeError
 from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
-from spreadcode.search import rerank_candidates
+from spreadcode.search import rerank_candidates, residual_rerank
 from spreadcode.training import command_config
 
 TINY = residual.ResidualConfig(blocks=residual.stage_blocks(24), hidden=32, hidden_decoder=64,
-                               epochs=4, batch_size=64, device="cpu")
+                               hidden_shortlist=32, epochs=4, batch_size=64, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +117,34 @@ def test_beam_search_lowers_the_reconstruction_error(trained):
             model.encode(base, beam=bad)
 
 
-def test_linear_decoder_is_the_least_squares_fit(trained):
-    model = trained.model
+def test_shortlist_decoder_is_distilled_from_the_full_decoder(trained):
+    """On held-out codes, the MLP shortlist decoder reproduces the full decoder better than
+    the best affine map of the same points fitted to it (the older models' kind)."""
+    from spreadcode.decoders import fit_linear
+
+    model, sample = trained.model, load_sample()
+    train_rows, _ = residual.held_out_rows(3000, TINY.seed)
+    learn_codes = model.encode(sample.learn[train_rows])
+    weight, bias = fit_linear(model.unit_points(learn_codes), model.decode(learn_codes))
+    codes = model.encode(sample.base[:2000])
+    full = model.decode(codes)
+    affine = model.unit_points(codes) @ weight.T + bias
+    shortlist_error = ((model.decode_shortlist(codes) - full) ** 2).sum(1).mean()
+    assert shortlist_error < 0.8 * ((affine - full) ** 2).sum(1).mean()
+
+
+def test_linear_shortlist_decoder_of_older_models_is_the_least_squares_fit(trained):
+    model = residual.ResidualCatalyzer(96, trained.model.quantizer, TINY.hidden,
+                                       TINY.hidden_decoder)  # no hidden_shortlist: affine
+    state = {name: value for name, value in trained.model.state_dict().items()
+             if not name.startswith("shortlist.")}
+    assert set(model.load_state_dict(state, strict=False).missing_keys) == {"linear.weight",
+                                                                            "linear.bias"}
     learn = load_sample().learn[:3000]
     train_rows, _ = residual.held_out_rows(3000, TINY.seed)
+    residual.fit_shortlist_decoder(model, learn[train_rows])
     points = model.unit_points(model.encode(learn[train_rows]))
-    fitted = model.decode_linear(model.encode(learn[train_rows]))
+    fitted = model.decode_shortlist(model.encode(learn[train_rows]))
     # Normal equations: the residual is orthogonal to the points and to the constant.
     design = np.hstack([points, np.ones((len(points), 1), np.float32)]).astype(np.float64)
     np.testing.assert_allclose(design.T @ (learn[train_rows] - fitted), 0, atol=0.05)
@@ -133,19 +155,20 @@ def test_model_file_round_trip(trained, tmp_path):
     model, meta = load_catalyzer(sha, store=tmp_path)
     assert isinstance(model, residual.ResidualCatalyzer)
     assert meta.arch() == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
-                           "d_out": 18}
+                           "hidden_shortlist": 32, "d_out": 18}
     assert meta == replace(trained.meta, sha256=sha, path=meta.path)
     base = load_sample().base[:200]
     codes = trained.model.encode(base)
     assert np.array_equal(model.encode(base), codes)
     assert np.array_equal(model.decode(codes), trained.model.decode(codes))
-    assert np.array_equal(model.decode_linear(codes), trained.model.decode_linear(codes))
+    assert np.array_equal(model.decode_shortlist(codes), trained.model.decode_shortlist(codes))
     assert hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest() == sha
 
 
 @pytest.mark.parametrize("edit, field", [
     (lambda m: m["arch"].update(type="transformer"), "arch.type"),
     (lambda m: m["arch"].update(hidden_decoder=0), "arch.hidden_decoder"),
+    (lambda m: m["arch"].update(hidden_shortlist=0), "arch.hidden_shortlist"),
     (lambda m: m.update(quantizer={"kind": "lattice", "d": 18, "param": 10}), "quantizer.kind"),
 ])
 def test_bad_residual_metadata_names_the_field(trained, tmp_path, edit, field):
@@ -164,7 +187,7 @@ def test_bad_residual_metadata_names_the_field(trained, tmp_path, edit, field):
         load_catalyzer(path)
 
 
-def test_index_search_is_linear_shortlist_then_full_decoder(trained):
+def test_index_search_is_shortlist_then_full_decoder(trained):
     sample = load_sample()
     base, queries = sample.base[:1500], sample.query[:30]
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
@@ -172,11 +195,14 @@ def test_index_search_is_linear_shortlist_then_full_decoder(trained):
     assert index.is_residual and index.bits == 24 and len(index) == 1500
     distances, ids = index.search(queries, k=10, rerank=50)
     codes = trained.model.encode(base)
-    _, shortlist = exact_knn(trained.model.decode_linear(codes), queries, 50)
+    _, shortlist = exact_knn(trained.model.decode_shortlist(codes), queries, 50)
     decoded = trained.model.decode(codes)
     want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
     assert np.array_equal(ids, want_i)
     np.testing.assert_allclose(distances, want_d, rtol=1e-5)
+    # The default shortlist: max(2 k, 200).
+    assert residual_rerank(trained.model, 10) == 200 and residual_rerank(trained.model, 150) == 300
+    assert np.array_equal(index.search(queries, k=10)[1], index.search(queries, k=10, rerank=200)[1])
     # rerank=0: the shortlist order; decode_all: exact search over the full decoder's vectors.
     _, ids0 = index.search(queries, k=10, rerank=0)
     assert np.array_equal(ids0, shortlist[:, :10])
