@@ -133,6 +133,23 @@ def test_shortlist_decoder_is_distilled_from_the_full_decoder(trained):
     assert shortlist_error < 0.8 * ((affine - full) ** 2).sum(1).mean()
 
 
+@pytest.mark.parametrize("bounds, steps", [((1, 3), 3), ((250, 400), 250)])
+def test_shortlist_decoder_fit_is_bounded_in_batches(trained, monkeypatch, bounds, steps):
+    """20 epochs of 10 batches (2,700 rows, batches of 256), raised or capped to the bounds."""
+    import copy
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    model, counted = copy.deepcopy(trained.model), []
+    monkeypatch.setattr(residual, "SHORTLIST_STEPS", bounds)
+    handle = register_optimizer_step_post_hook(lambda *_: counted.append(1))
+    try:
+        residual.fit_shortlist_decoder(model, load_sample().learn[:2700])
+    finally:
+        handle.remove()
+    assert len(counted) == steps
+
+
 def test_linear_shortlist_decoder_of_older_models_is_the_least_squares_fit(trained):
     model = residual.ResidualCatalyzer(96, trained.model.quantizer, TINY.hidden,
                                        TINY.hidden_decoder)  # no hidden_shortlist: affine
