@@ -116,7 +116,6 @@ def write_shards(client, tasks, write, meta, batch=65536, progress=False):
              for task in tasks]
     futures = [client.submit(_encode_task, write, task, model, meta.sha256, batch, stop.name,
                              pure=False) for task in tasks]
-    slot = {future.key: index for index, future in enumerate(futures)}
     try:
         for future in _as_completed(distributed, client, futures, progress,
                                     f"encode into {Path(tasks[0].path).parent.name}"
@@ -127,10 +126,9 @@ def write_shards(client, tasks, write, meta, batch=65536, progress=False):
         stop.set()
         client.gather(futures, errors="skip")  # awaits the running tasks
         raise
-    failed = [index for index, future in enumerate(futures) if future.status == "error"]
-    if failed:
+    if any(future.status == "error" for future in futures):
         stop.set()
-        client.gather(futures, errors="skip")
+        client.gather(futures, errors="skip")  # awaits the running tasks
         failed = [index for index, future in enumerate(futures) if future.status == "error"]
         # A task's own error before a worker death (which may blame tasks that only shared
         # the dying worker), then the first shard: the same shard is named on every run.
