@@ -24,9 +24,9 @@ nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any cod
 same way; only the choice of codes improves (the encoder f is an amortised guess).
 
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
-decoded by the *shortlist decoder* ``shortlist`` (a small MLP of the M unit lattice points,
-distilled after training to reproduce the full decoder: ~1/30 of its cost, so every code can
-be decoded), re-ranked by the full decoder x̂_M. Models written before it have ``linear``
+decoded by the *shortlist decoder* ``shortlist`` (a `spreadcode.decoders.DecoderNet` of the
+M unit lattice points: affine map plus a small MLP, distilled after training to reproduce the
+full decoder: ~1/30 of its cost, so every code can be decoded), re-ranked by the full decoder x̂_M. Models written before it have ``linear``
 instead (an affine map of the unit points fitted by least squares), which ranks worse and
 needs a shortlist of 1,000 (`spreadcode.search.residual_rerank`).
 """
@@ -63,8 +63,8 @@ DECODER_HIDDEN = 1024
 # recall of the linear decoder's top 1,000 (BENCHMARKS.md, "Issue #14 levers", row 12).
 SHORTLIST_HIDDEN = 256
 SHORTLIST_EPOCHS = 20
-# ...but at least and at most this many batches: more epochs for small learn sets, fewer for
-# large ones (120k vectors: 9,360 batches, 46 s on 2 cores).
+# ...but whole epochs of at least and at most this many batches in all: more epochs for small
+# learn sets, fewer for large ones (120k vectors: 9,360 batches, 46 s on 2 cores).
 SHORTLIST_STEPS = (3000, 10000)
 DEFAULT_EPOCHS = 25
 # Held out of the learn set for the best-epoch choice and the validation recall: a tenth,
@@ -134,7 +134,9 @@ class ResidualCatalyzer(Preprocessed):
         if self.hidden_shortlist is None:
             self.linear = nn.Linear(self.d_out, self.d_in)
         else:
-            self.shortlist = _mlp(self.d_out, self.hidden_shortlist, self.d_in)
+            from spreadcode.decoders import DecoderNet
+
+            self.shortlist = DecoderNet(self.d_out, self.d_in, self.hidden_shortlist)
 
     def arch(self):
         """The model file's "arch" object."""
@@ -252,14 +254,13 @@ class ResidualCatalyzer(Preprocessed):
     @torch.no_grad()
     def decode_shortlist(self, codes, batch=65536):
         """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
-        unit lattice points by ``shortlist`` (then undoing the preprocessing) or by
-        ``linear`` (older models)."""
+        unit lattice points by ``shortlist`` or by ``linear`` (older models)."""
         self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         for start in range(0, codes.shape[0], batch):
             points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
-            out[start:start + batch] = (self.linear(points) if self.hidden_shortlist is None
-                                        else self.unprocess(self.shortlist(points))).numpy()
+            out[start:start + batch] = (self.linear if self.hidden_shortlist is None
+                                        else self.shortlist)(points).numpy()
         return out
 
 
@@ -389,47 +390,28 @@ def validation_recall(model, held_out):
 def fit_shortlist_decoder(model, learn, seed=0, progress=False):
     """Fit the model's shortlist decoder on the codes of the learn vectors float32 (n, d_in).
 
-    ``shortlist`` is distilled to the full decoder's output on those codes (squared error in
-    the preprocessed space; Adam, one-cycle, SHORTLIST_EPOCHS epochs bounded to the batches of
-    SHORTLIST_STEPS, seeded), so that it
-    ranks like the decoder that re-ranks its shortlist; ``linear`` (older models) is fitted by
-    least squares to the vectors themselves. ``progress``: an epoch bar."""
+    ``shortlist`` is distilled to the full decoder's output on those codes
+    (`spreadcode.decoders.fit_decoder`: least squares, then the MLP correction for
+    SHORTLIST_EPOCHS epochs, as many whole epochs as keep it within SHORTLIST_STEPS batches,
+    seeded), so that it ranks like the decoder that re-ranks its shortlist; ``linear`` (older
+    models) is fitted by least squares to the vectors themselves. ``progress``: an epoch
+    bar."""
+    from spreadcode.decoders import MLP_BATCH, fit_decoder, fit_linear
+
     codes = model.encode(learn)
     points = model.unit_points(codes)
     if model.hidden_shortlist is None:
-        from spreadcode.decoders import fit_linear
-
         weight, bias = fit_linear(points, learn)
         with torch.no_grad():
             model.linear.weight.copy_(torch.from_numpy(weight))
             model.linear.bias.copy_(torch.from_numpy(bias))
         return
-    inputs = torch.from_numpy(points)
-    with torch.no_grad():
-        target = model.preprocess(torch.from_numpy(model.decode(codes)))
-    net, batch = model.shortlist, min(256, inputs.shape[0])
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    rng = np.random.default_rng(seed)
-    steps = inputs.shape[0] // batch
-    total = min(max(SHORTLIST_EPOCHS * steps, SHORTLIST_STEPS[0]), SHORTLIST_STEPS[1])
-    epochs = -(-total // steps)
-    with torch.random.fork_rng(devices=[]), \
-            epoch_progress(epochs, "fit shortlist decoder", progress) as bar:
-        torch.manual_seed(seed)
-        net.train()
-        for epoch in range(epochs):
-            order = torch.from_numpy(rng.permutation(inputs.shape[0]))
-            for step in range(min(steps, total - epoch * steps)):
-                for group in optimizer.param_groups:
-                    group["lr"] = one_cycle_lr(1e-3, (epoch * steps + step) / total)
-                rows = order[step * batch:(step + 1) * batch]
-                loss = (net(inputs[rows]) - target[rows]).pow(2).sum(1).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if bar is not None:
-                bar.update(1)
-    model.eval()
+    steps = max(1, points.shape[0] // MLP_BATCH)
+    epochs = min(max(SHORTLIST_EPOCHS, -(-SHORTLIST_STEPS[0] // steps)),
+                 max(1, SHORTLIST_STEPS[1] // steps))
+    net, _ = fit_decoder(points, model.decode(codes), hidden=model.hidden_shortlist,
+                         epochs=epochs, seed=seed, progress=progress)
+    model.shortlist.load_state_dict(net.state_dict())
 
 
 def _held_out_error(model, x, batch=8192):
