@@ -24,6 +24,7 @@ filesystem); paths are made absolute on the client.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import uuid
@@ -42,9 +43,19 @@ from .quantizer import QuantizerSpec
 CONNECT_TIMEOUT = 10
 # Opened .spc files a worker keeps (each holds a memory map and a file descriptor).
 WORKER_OPEN_FILES = 256
+# glibc malloc thresholds (bytes) a worker sets before its first task. Dask starts workers
+# with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB:
+# every torch buffer above it is a fresh mmap, page-faulted anew for each batch, and a
+# worker encoded 37 % slower than a plain process (5.6k vs 8.5k vec/s). With these the
+# batches' buffers are reused from the heap (8.4-9.2k vec/s in the worker) and at most
+# 64 MiB of free heap stays mapped (BENCHMARKS.md, "Collections at 1M vectors").
+WORKER_MMAP_THRESHOLD = 32 << 20
+WORKER_TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc malloc.h)
 
 _WORKER_MODELS = {}          # (path, sha256) -> (catalyzer, CatalyzerMeta), in each worker
 _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, SpcFile), LRU
+_WORKER_MALLOC = []          # in each worker: [whether `_tune_worker_malloc` set them]
 
 
 def _distributed(what):
@@ -146,8 +157,24 @@ def _encode_task(write, task, model, sha256, batch, stop):
 
     if Event(stop).is_set():
         return None
+    _tune_worker_malloc()
     catalyzer, meta = _worker_model(model, sha256)
     return write(task, catalyzer, meta, batch)
+
+
+def _tune_worker_malloc():
+    """Once per worker process: glibc's mmap and trim thresholds set to
+    `WORKER_MMAP_THRESHOLD` and `WORKER_TRIM_THRESHOLD` (no-op without glibc's mallopt).
+    Returns whether they are set."""
+    if not _WORKER_MALLOC:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt
+        except (AttributeError, OSError, TypeError):
+            _WORKER_MALLOC.append(False)
+        else:
+            _WORKER_MALLOC.append(bool(mallopt(_M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD))
+                                  and bool(mallopt(_M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD)))
+    return _WORKER_MALLOC[0]
 
 
 def _worker_model(path, sha256):
@@ -195,6 +222,7 @@ def map_parts(client, collection, function, *args, progress=False):
 
 def _part_task(function, path, payload_sha256, spec, offset, *args):
     """On a worker: `map_parts`' task."""
+    _tune_worker_malloc()
     quantizer, part = _worker_part(path, payload_sha256, spec)
     return function(quantizer, part, offset, *args)
 

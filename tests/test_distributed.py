@@ -5,6 +5,7 @@ collection as it was; an unreachable scheduler and a missing dask are one clear 
 Small data: 600 sample vectors (100 of them duplicates, so that distances tie), the tiny
 catalyzers of tests/helpers.py and a residual model trained one epoch."""
 import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -91,6 +92,17 @@ def test_dask_encoding_writes_the_same_bytes(world, client, model, ids):
     serial, dask = (build(world, model, where, ids) for where in (None, client))
     assert snapshot(serial) == snapshot(dask)
     assert len(collection_dir.read_manifest(dask).shards) == 7  # 350 = 100+100+100+50, ...
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_workers_set_their_malloc_thresholds_before_a_task(world, client):
+    """Dask's MALLOC_TRIM_THRESHOLD_ freezes glibc's mmap threshold in the workers; each
+    sets its own once it has run a task (the encode of the first test here, or this one's)."""
+    build(world, "lattice", client)
+    tuned = client.run(lambda: distributed._WORKER_MALLOC)
+    assert len(tuned) == 2
+    assert any(value == [True] for value in tuned.values())
+    assert all(value in ([], [True]) for value in tuned.values())
 
 
 def test_dask_add_appends_the_same_shards(world, client, tmp_path):
