@@ -326,7 +326,7 @@ def add(directory, inputs, ids, shard_size, id_column, column, model, batch, bea
                    "Residual models have their own.")
 @click.option("--rerank", type=click.IntRange(min=0), default=None,
               help="Shortlist size for re-ranking (with a decoder or a residual model) "
-                   "[default: max(10·k, 100); residual models max(2·k, 200), or max(10·k, 1000) for "
+                   "[default: max(10·k, 100); residual models max(2·k, 50), or max(10·k, 1000) for "
                    "models older than their MLP shortlist decoder]; 0: no re-ranking.")
 @click.option("--decode-all", is_flag=True,
               help="With a decoder or a residual model: rank every code by its decoded "

@@ -269,7 +269,7 @@ class Index:
         ``blend`` (default: the decoder's) × the compressed distance; ``decode_all`` ranks
         every decoded code instead (no catalyzer needed). A residual model's index
         (`is_residual`) shortlists by its shortlist decoder (default
-        `spreadcode.search.residual_rerank`: max(2 k, 200) candidates) and re-ranks by its full
+        `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
         decoder
         (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         """

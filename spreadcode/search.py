@@ -44,11 +44,13 @@ RERANK_MIN = 100
 RERANK_BLOCK_ROWS = 65536
 # A residual model's default shortlist (`residual_rerank`). With its MLP shortlist decoder:
 # max(RESIDUAL_RERANK_FACTOR · k, RESIDUAL_RERANK_MIN) candidates (BENCHMARKS.md, "Issue #14
-# levers", row 12: its top 200 lose nothing against the linear decoder's top 1,000). Older
+# levers", row 12: its top 200 lose nothing against the linear decoder's top 1,000; row 13:
+# at k = 10 its top 50 give the R@1 and R@10 of its top 200 on wordnet and pypi, its top 30
+# lose up to 0.4 R@10, and at k = 100 its top 150 lose 0.2-0.5 R@100). Older
 # models' linear shortlist decoder ranks poorly on its own (row 4: a shortlist of 100 loses
 # 1.4 points of R@10, one of 1,000 nothing): at least LINEAR_RESIDUAL_RERANK_MIN.
 RESIDUAL_RERANK_FACTOR = 2
-RESIDUAL_RERANK_MIN = 200
+RESIDUAL_RERANK_MIN = 50
 LINEAR_RESIDUAL_RERANK_MIN = 1000
 # Re-ranking decodes the whole collection once when that is cheaper and fits in this much.
 DECODE_ALL_BYTES = 512 << 20

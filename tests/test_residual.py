@@ -211,16 +211,16 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
     index.add(base)
     assert index.is_residual and index.bits == 24 and len(index) == 1500
-    distances, ids = index.search(queries, k=10, rerank=50)
+    distances, ids = index.search(queries, k=10, rerank=60)
     codes = trained.model.encode(base)
-    _, shortlist = exact_knn(trained.model.decode_shortlist(codes), queries, 50)
+    _, shortlist = exact_knn(trained.model.decode_shortlist(codes), queries, 60)
     decoded = trained.model.decode(codes)
     want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
     assert np.array_equal(ids, want_i)
     np.testing.assert_allclose(distances, want_d, rtol=1e-5)
-    # The default shortlist: max(2 k, 200).
-    assert residual_rerank(trained.model, 10) == 200 and residual_rerank(trained.model, 150) == 300
-    assert np.array_equal(index.search(queries, k=10)[1], index.search(queries, k=10, rerank=200)[1])
+    # The default shortlist: max(2 k, 50).
+    assert [residual_rerank(trained.model, k) for k in (1, 10, 25, 26, 150)] == [50, 50, 50, 52, 300]
+    assert np.array_equal(index.search(queries, k=10)[1], index.search(queries, k=10, rerank=50)[1])
     # rerank=0: the shortlist order; decode_all: exact search over the full decoder's vectors.
     _, ids0 = index.search(queries, k=10, rerank=0)
     assert np.array_equal(ids0, shortlist[:, :10])

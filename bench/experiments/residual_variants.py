@@ -1,0 +1,62 @@
+"""Issue #14 scratch experiment: the residual default with some of its ResidualConfig fields
+changed (encoder or decoder width, batch size, ...), measured as a user would see it.
+
+The config is `spreadcode train`'s default (`spreadcode.training.command_config(64)`,
+epochs and time budget included) with FIELD=VALUE overrides; the model trains on the learn
+set, encodes the base greedily and is searched by the default search (k = 100). The model is
+saved to OUT (a .safetensors path; a copy goes to the model store "store" beside it)
+for later runs.
+
+Run:  python bench/experiments/residual_variants.py DATA OUT [FIELD=VALUE ...]
+One JSON row (appended to results-issue14.jsonl): overrides, epochs run, held-out MSE,
+train / encode / search seconds, R@1/10/100.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+from autoencoder_levers import load_dataset  # noqa: E402
+from spreadcode import Index  # noqa: E402
+from spreadcode.catalyzer import save_catalyzer  # noqa: E402
+from spreadcode.residual import train_residual  # noqa: E402
+from spreadcode.search import recall_at  # noqa: E402
+from spreadcode.training import command_config  # noqa: E402
+
+
+def main():
+    data, out = load_dataset(sys.argv[1]), sys.argv[2]
+    overrides = {}
+    for item in sys.argv[3:]:
+        field, value = item.split("=", 1)
+        overrides[field] = json.loads(value)
+    config = replace(command_config(64), **overrides)
+    start = time.time()
+    trained = train_residual(data.learn, config, progress=False)
+    train_s = time.time() - start
+    save_catalyzer(trained.model, trained.meta, out,
+                   store=os.path.join(os.path.dirname(os.path.abspath(out)), "store"))
+    index = Index.from_catalyzer(trained.model, trained.meta)
+    start = time.time()
+    index.add(data.base)
+    encode_s = time.time() - start
+    start = time.time()
+    _, ids = index.search(data.query, k=100)
+    search_s = time.time() - start
+    best = min(trained.history, key=lambda row: row["val_mse"])
+    row = {"experiment": "residual_variants", "data": data.name, "overrides": overrides,
+           "epochs": len(trained.history), "best_epoch": best["epoch"],
+           "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
+           "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
+           **{f"R@{k}": round(100 * v, 1) for k, v in recall_at(ids, data.groundtruth).items()}}
+    print(json.dumps(row), flush=True)
+    with open(os.path.join(HERE, "results-issue14.jsonl"), "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
