@@ -149,6 +149,17 @@ class Collection:
         """Global ids int64 (m,) -> codes (m, ...) in the quantizer's layout (see `positions`)."""
         return self.codes_at(self.positions(ids, check))
 
+    def kept(self, key, compute):
+        """``compute()``, computed once and kept with this collection (whose codes never
+        change: `spreadcode.index.Index.add` makes a new one) while ``key`` is the last key
+        asked for, so that repeated searches reuse what they derive from every code (e.g.
+        the decoded codes) and at most one such result is held."""
+        if self._lookup.get("kept_key") != key:
+            self._lookup.pop("kept", None)
+            self._lookup["kept"] = compute()
+            self._lookup["kept_key"] = key
+        return self._lookup["kept"]
+
     def decode_all(self, decoder):
         """Every code decoded by ``decoder`` (`.decode(codes)`, `.d_in`), in position order:
         float32 (count, d_in)."""

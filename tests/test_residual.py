@@ -229,6 +229,29 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     np.testing.assert_allclose(index.reconstruct([0, 7]), decoded[[0, 7]], rtol=1e-5, atol=1e-6)
 
 
+def test_repeated_searches_decode_the_codes_once(trained, monkeypatch):
+    """The shortlist scan's decoded codes are kept with the index's collection: a second
+    search decodes nothing, an ``add`` (a new collection) decodes again, results unchanged."""
+    sample = load_sample()
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(sample.base[:400])
+    decoded_rows = []
+    original = trained.model.decode_shortlist
+    monkeypatch.setattr(trained.model, "decode_shortlist",
+                        lambda codes, **kw: decoded_rows.append(len(codes)) or original(codes, **kw))
+    first = index.search(sample.query[:5], k=10, rerank=0)
+    assert sum(decoded_rows) == 400
+    second = index.search(sample.query[:5], k=10, rerank=0)
+    assert sum(decoded_rows) == 400
+    assert np.array_equal(first[1], second[1]) and np.array_equal(first[0], second[0])
+    index.add(sample.base[400:500])
+    third = index.search(sample.query[:5], k=10, rerank=0)
+    assert sum(decoded_rows) == 900
+    index_all = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index_all.add(sample.base[:500])
+    assert np.array_equal(third[1], index_all.search(sample.query[:5], k=10, rerank=0)[1])
+
+
 def test_range_search_is_exact_among_decoded_vectors(trained):
     sample = load_sample()
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)

@@ -230,7 +230,7 @@ def evaluate(path, data, pairs):
 
 def library(path, data, beams):
     """The library's own beam search (`spreadcode.Index.add(beam=...)`, 2 candidates per
-    partial code) and default search (linear shortlist of 1,000, full decoder re-ranks)."""
+    partial code) and default search (`spreadcode.search.prepare_residual`)."""
     import spreadcode
     model, meta = load_catalyzer(path)
     ds = load_dataset(data)

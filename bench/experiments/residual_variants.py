@@ -1,8 +1,8 @@
 """Issue #14 scratch experiment: the residual default with some of its ResidualConfig fields
 changed (encoder or decoder width, batch size, ...), measured as a user would see it.
 
-The config is `spreadcode train`'s default (`spreadcode.training.command_config(64)`,
-epochs and time budget included) with FIELD=VALUE overrides; the model trains on the learn
+The config is `spreadcode train`'s default (`spreadcode.training.command_config(bits)`,
+epochs and time budget included; bits=N, default 64) with FIELD=VALUE overrides; the model trains on the learn
 set, encodes the base greedily and is searched by the default search (k = 100). The model is
 saved to OUT (a .safetensors path; a copy goes to the model store "store" beside it)
 for later runs.
@@ -34,7 +34,8 @@ def main():
     for item in sys.argv[3:]:
         field, value = item.split("=", 1)
         overrides[field] = json.loads(value)
-    config = replace(command_config(64), **overrides)
+    config = command_config(overrides.get("bits", 64))
+    config = replace(config, **{k: v for k, v in overrides.items() if k != "bits"})
     start = time.time()
     trained = train_residual(data.learn, config, progress=False)
     train_s = time.time() - start
