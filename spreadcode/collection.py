@@ -12,6 +12,7 @@ results exactly, ties to the lower id. No torch here: the catalyzer is applied b
 from __future__ import annotations
 
 import numbers
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,9 @@ from .quantizer import describe_quantizer, quantizer_from_spec
 # k above this is refused (it is also the largest .ivecs row); below, k is capped at the
 # collection size, so results never hold padding.
 MAX_K = 2**31 - 1
+# Serialises `Collection.cached` computations (decoding every code: one at a time is as fast
+# on a machine's cores, and holds one result instead of two).
+_CACHE_LOCK = threading.Lock()
 
 
 def check_k(value, name="k"):
@@ -149,16 +153,19 @@ class Collection:
         """Global ids int64 (m,) -> codes (m, ...) in the quantizer's layout (see `positions`)."""
         return self.codes_at(self.positions(ids, check))
 
-    def kept(self, key, compute):
-        """``compute()``, computed once and kept with this collection (whose codes never
+    def cached(self, key, compute):
+        """``compute()``, computed once and held by this collection (whose codes never
         change: `spreadcode.index.Index.add` makes a new one) while ``key`` is the last key
-        asked for, so that repeated searches reuse what they derive from every code (e.g.
-        the decoded codes) and at most one such result is held."""
-        if self._lookup.get("kept_key") != key:
-            self._lookup.pop("kept", None)
-            self._lookup["kept"] = compute()
-            self._lookup["kept_key"] = key
-        return self._lookup["kept"]
+        asked for: repeated searches reuse what they derive from every code (the decoded
+        codes), and at most one such result is held. Thread-safe; a ``compute`` that raises
+        leaves nothing held."""
+        with _CACHE_LOCK:
+            held = self._lookup.get("cached")
+            if held is None or held[0] != key:
+                self._lookup.pop("cached", None)
+                held = (key, compute())
+                self._lookup["cached"] = held
+            return held[1]
 
     def decode_all(self, decoder):
         """Every code decoded by ``decoder`` (`.decode(codes)`, `.d_in`), in position order:

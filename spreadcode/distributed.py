@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 import uuid
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
@@ -46,16 +47,19 @@ WORKER_OPEN_FILES = 256
 # glibc malloc thresholds (bytes) a worker sets before its first task. Dask starts workers
 # with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB:
 # every torch buffer above it is a fresh mmap, page-faulted anew for each batch, and a
-# worker encoded 37 % slower than a plain process (5.6k vs 8.5k vec/s). With these the
-# batches' buffers are reused from the heap (8.4-9.2k vec/s in the worker) and at most
-# 64 MiB of free heap stays mapped (BENCHMARKS.md, "Collections at 1M vectors").
+# worker encoded 34 % slower than a plain process (5.6k vs 8.5k vec/s). With these the
+# batches' buffers are reused from the heap: a plain process under Dask's setting encodes at
+# 9.1k vec/s with them, and 2 workers at 1M vectors as fast as one 2-thread process; up to
+# 64 MiB of free memory stays at the top of each malloc arena (BENCHMARKS.md, "Collections
+# at 1M vectors", runs E-G).
 WORKER_MMAP_THRESHOLD = 32 << 20
 WORKER_TRIM_THRESHOLD = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc malloc.h)
 
 _WORKER_MODELS = {}          # (path, sha256) -> (catalyzer, CatalyzerMeta), in each worker
 _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, SpcFile), LRU
-_WORKER_MALLOC = []          # in each worker: [whether `_tune_worker_malloc` set them]
+_WORKER_MALLOC_LOCK = threading.Lock()
+_worker_malloc_set = None    # in each worker: whether `_tune_worker_malloc` set them
 
 
 def _distributed(what):
@@ -74,7 +78,9 @@ def open_client(workers=None, scheduler=None, timeout=None):
     ``scheduler`` is given (the single-process path: Dask is not imported).
 
     ``workers``: start a LocalCluster of that many worker processes, one thread each,
-    closed after the block. ``scheduler``: connect to the scheduler at this address (e.g.
+    closed after the block. Every worker that runs a spreadcode task, on either kind of
+    cluster, raises its glibc malloc thresholds for the rest of its life
+    (`WORKER_MMAP_THRESHOLD`, `WORKER_TRIM_THRESHOLD`). ``scheduler``: connect to the scheduler at this address (e.g.
     ``tcp://host:8786``); SpreadcodeError "cannot reach the Dask scheduler at ..." after
     ``timeout`` seconds (default `CONNECT_TIMEOUT`)."""
     if workers is None and scheduler is None:
@@ -166,15 +172,18 @@ def _tune_worker_malloc():
     """Once per worker process: glibc's mmap and trim thresholds set to
     `WORKER_MMAP_THRESHOLD` and `WORKER_TRIM_THRESHOLD` (no-op without glibc's mallopt).
     Returns whether they are set."""
-    if not _WORKER_MALLOC:
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (AttributeError, OSError, TypeError):
-            _WORKER_MALLOC.append(False)
-        else:
-            _WORKER_MALLOC.append(bool(mallopt(_M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD))
-                                  and bool(mallopt(_M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD)))
-    return _WORKER_MALLOC[0]
+    global _worker_malloc_set
+    with _WORKER_MALLOC_LOCK:
+        if _worker_malloc_set is None:
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (AttributeError, OSError, TypeError):
+                _worker_malloc_set = False
+            else:
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                _worker_malloc_set = all([mallopt(_M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD),
+                                          mallopt(_M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD)])
+        return _worker_malloc_set
 
 
 def _worker_model(path, sha256):

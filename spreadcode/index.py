@@ -270,8 +270,10 @@ class Index:
         every decoded code instead (no catalyzer needed). A residual model's index
         (`is_residual`) shortlists by its shortlist decoder (default
         `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
-        decoder
-        (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
+        decoder (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
+        The first search decodes every code for its scan and the index keeps them, up to
+        `spreadcode.search.DECODE_ALL_BYTES` (1M codes of 96 dimensions: 384 MiB), until
+        ``add`` or ``reset``: later searches skip that work.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
                                decode_all=decode_all, hamming=hamming).result()

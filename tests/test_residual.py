@@ -230,26 +230,43 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
 
 
 def test_repeated_searches_decode_the_codes_once(trained, monkeypatch):
-    """The shortlist scan's decoded codes are kept with the index's collection: a second
-    search decodes nothing, an ``add`` (a new collection) decodes again, results unchanged."""
+    """The decoded codes of a scan are held by the index's collection: a second search by the
+    same decoder decodes nothing, another decoder replaces them, an ``add`` (a new
+    collection) decodes again, a decoding that fails leaves nothing held; results are always
+    those of the decoded vectors."""
     sample = load_sample()
+    queries = sample.query[:5]
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
     index.add(sample.base[:400])
     decoded_rows = []
     original = trained.model.decode_shortlist
     monkeypatch.setattr(trained.model, "decode_shortlist",
                         lambda codes, **kw: decoded_rows.append(len(codes)) or original(codes, **kw))
-    first = index.search(sample.query[:5], k=10, rerank=0)
-    assert sum(decoded_rows) == 400
-    second = index.search(sample.query[:5], k=10, rerank=0)
+
+    def expected(full=False):
+        codes = np.concatenate([part.codes_bytes for part in index._collection.parts])
+        return exact_knn((trained.model.decode if full else original)(codes), queries, 10)[1]
+
+    first = index.search(queries, k=10, rerank=0)
+    assert sum(decoded_rows) == 400 and np.array_equal(first[1], expected())
+    second = index.search(queries, k=10, rerank=0)
     assert sum(decoded_rows) == 400
     assert np.array_equal(first[1], second[1]) and np.array_equal(first[0], second[0])
+    assert np.array_equal(index.search(queries, k=10, decode_all=True)[1], expected(True))
+    assert np.array_equal(index.search(queries, k=10, rerank=0)[1], first[1])
+    assert sum(decoded_rows) == 800
     index.add(sample.base[400:500])
-    third = index.search(sample.query[:5], k=10, rerank=0)
-    assert sum(decoded_rows) == 900
-    index_all = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
-    index_all.add(sample.base[:500])
-    assert np.array_equal(third[1], index_all.search(sample.query[:5], k=10, rerank=0)[1])
+    assert np.array_equal(index.search(queries, k=10, rerank=0)[1], expected())
+    assert sum(decoded_rows) == 1300
+
+    # The shortlist's decoded codes are held; the full decoder fails while replacing them.
+    def failing(codes, **kw):
+        raise MemoryError
+    monkeypatch.setattr(trained.model, "decode", failing)
+    with pytest.raises(MemoryError):
+        index.search(queries, k=10, decode_all=True)
+    monkeypatch.undo()
+    assert np.array_equal(index.search(queries, k=10, rerank=0)[1], expected())
 
 
 def test_range_search_is_exact_among_decoded_vectors(trained):

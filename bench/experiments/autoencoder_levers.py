@@ -27,6 +27,23 @@ from bench._data import load_dataset as _load_dataset, Dataset
 from pathlib import Path
 
 
+RESULTS = Path(__file__).resolve().parent / "results-issue14.jsonl"
+
+
+def recall_columns(ids, groundtruth, ks=(1, 10, 100)):
+    """{"R@k": 1-recall@k in %, one decimal} of result ids int64 (nq, K)."""
+    from spreadcode.search import recall_at
+
+    return {f"R@{k}": round(100 * v, 1) for k, v in recall_at(ids, groundtruth, ks).items()}
+
+
+def append_row(row):
+    """Print the experiment's result row (a dict) as JSON and append it to RESULTS."""
+    print(json.dumps(row), flush=True)
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def load_dataset(path):
     p = Path(path)
     if (p / "learn.npy").exists():

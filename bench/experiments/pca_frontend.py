@@ -3,16 +3,15 @@
 On raw 384-d MiniLM vectors (`make_raw384.py`) the residual default trails LSQ by 5.9 R@1
 while on the same texts after PCA 96 it is level with it. Here the learn set's centred PCA
 (fitted on learn only) projects learn, base and queries to D dimensions, without
-re-normalising, so that squared L2 in the projection plus the per-query constant of the
-discarded components is the 384-d distance up to what the projection loses; the library's
-default `Index.train(learn, 64)` then trains on the projection, and recall is measured
-against the data set's own (384-d) ground truth. D = 0 runs the default on the raw vectors.
+re-normalising: squared L2 in the projection is the 384-d distance minus the part of the
+discarded components. The library's default `Index.train(learn, 64)` then trains on the
+projection, and recall is measured against the data set's own (384-d) ground truth. D = 0
+runs the default on the raw vectors.
 
 Run:  python bench/experiments/pca_frontend.py DATA D [D ...]
 One JSON row per D (appended to results-issue14.jsonl): variance kept, train/encode/search
 seconds, R@1/10/100 of the default search (k = 100).
 """
-import json
 import os
 import sys
 import time
@@ -22,9 +21,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import load_dataset  # noqa: E402
+from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
 from spreadcode import Index  # noqa: E402
-from spreadcode.search import recall_at  # noqa: E402
 
 
 def pca(learn, dims):
@@ -56,10 +54,8 @@ def main():
         row = {"experiment": "pca_frontend", "data": data.name, "pca": dims,
                "variance_kept": round(kept, 4), "train_s": round(train_s, 1),
                "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
-               **{f"R@{k}": round(100 * v, 1) for k, v in recall_at(ids, data.groundtruth).items()}}
-        print(json.dumps(row), flush=True)
-        with open(os.path.join(HERE, "results-issue14.jsonl"), "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+               **recall_columns(ids, data.groundtruth)}
+        append_row(row)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 changed (encoder or decoder width, batch size, ...), measured as a user would see it.
 
 The config is `spreadcode train`'s default (`spreadcode.training.command_config(bits)`,
-epochs and time budget included; bits=N, default 64) with FIELD=VALUE overrides; the model trains on the learn
-set, encodes the base greedily and is searched by the default search (k = 100). The model is
+epochs and time budget included; bits=N, default 64) with FIELD=VALUE overrides; the model
+trains on the learn set, encodes the base greedily and is searched by the default search
+(k = 100). The model is
 saved to OUT (a .safetensors path; a copy goes to the model store "store" beside it)
 for later runs.
 
@@ -20,11 +21,10 @@ from dataclasses import replace
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import load_dataset  # noqa: E402
+from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
 from spreadcode import Index  # noqa: E402
 from spreadcode.catalyzer import save_catalyzer  # noqa: E402
 from spreadcode.residual import train_residual  # noqa: E402
-from spreadcode.search import recall_at  # noqa: E402
 from spreadcode.training import command_config  # noqa: E402
 
 
@@ -53,10 +53,8 @@ def main():
            "epochs": len(trained.history), "best_epoch": best["epoch"],
            "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
            "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
-           **{f"R@{k}": round(100 * v, 1) for k, v in recall_at(ids, data.groundtruth).items()}}
-    print(json.dumps(row), flush=True)
-    with open(os.path.join(HERE, "results-issue14.jsonl"), "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+           **recall_columns(ids, data.groundtruth)}
+    append_row(row)
 
 
 if __name__ == "__main__":
