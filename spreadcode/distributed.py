@@ -80,9 +80,9 @@ def open_client(workers=None, scheduler=None, timeout=None):
     ``workers``: start a LocalCluster of that many worker processes, one thread each,
     closed after the block. Every worker that runs a spreadcode task, on either kind of
     cluster, raises its glibc malloc thresholds for the rest of its life
-    (`WORKER_MMAP_THRESHOLD`, `WORKER_TRIM_THRESHOLD`). ``scheduler``: connect to the scheduler at this address (e.g.
-    ``tcp://host:8786``); SpreadcodeError "cannot reach the Dask scheduler at ..." after
-    ``timeout`` seconds (default `CONNECT_TIMEOUT`)."""
+    (`WORKER_MMAP_THRESHOLD`, `WORKER_TRIM_THRESHOLD`). ``scheduler``: connect to the
+    scheduler at this address (e.g. ``tcp://host:8786``); SpreadcodeError "cannot reach the
+    Dask scheduler at ..." after ``timeout`` seconds (default `CONNECT_TIMEOUT`)."""
     if workers is None and scheduler is None:
         yield None
         return

@@ -26,9 +26,10 @@ same way; only the choice of codes improves (the encoder f is an amortised guess
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
 decoded by the *shortlist decoder* ``shortlist`` (a `spreadcode.decoders.DecoderNet` of the
 M unit lattice points: affine map plus a small MLP, distilled after training to reproduce the
-full decoder: ~1/30 of its cost, so every code can be decoded), re-ranked by the full decoder x̂_M. Models written before it have ``linear``
-instead (an affine map of the unit points fitted by least squares), which ranks worse and
-needs a shortlist of 1,000 (`spreadcode.search.residual_rerank`).
+full decoder: ~1/30 of its cost, so every code can be decoded), re-ranked by the full
+decoder x̂_M. Models written before it have ``linear`` instead (an affine map of the unit
+points fitted by least squares), which ranks worse and needs a shortlist of 1,000
+(`spreadcode.search.residual_rerank`).
 """
 from __future__ import annotations
 
@@ -296,19 +297,21 @@ class ModelDecoder:
         return self.model.d_in
 
     def decode(self, codes):
-        return self.model.decode(codes) if self.kind == "residual" else self.model.decode_shortlist(codes)
+        if self.kind == "residual":
+            return self.model.decode(codes)
+        return self.model.decode_shortlist(codes)
 
 
 @dataclass(frozen=True)
 class ResidualConfig:
     """A residual model's training run (saved, minus ``device``, in the model metadata).
 
-    ``blocks``: the stages' (d, r²); ``hidden_shortlist``: the shortlist decoder's width (None:
-    the affine shortlist decoder of older models). Adam with a one-cycle learning rate (warm-up to ``lr``
-    over the first 5 % of the planned steps, cosine decay after); ``aux``: weight of the first
-    stage's reconstruction error. ``time_budget_s`` (wall clock) plans the epoch count after
-    the first epoch: as many as fit, at most ``epochs``. The epoch of lowest held-out error
-    (`held_out_rows`) is kept.
+    ``blocks``: the stages' (d, r²); ``hidden_shortlist``: the shortlist decoder's width
+    (None: the affine shortlist decoder of older models). Adam with a one-cycle learning rate
+    (warm-up to ``lr`` over the first 5 % of the planned steps, cosine decay after); ``aux``:
+    weight of the first stage's reconstruction error. ``time_budget_s`` (wall clock) plans
+    the epoch count after the first epoch: as many as fit, at most ``epochs``. The epoch of
+    lowest held-out error (`held_out_rows`) is kept.
     """
 
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
