@@ -41,7 +41,7 @@ from spreadcode.fileio import canonical_json
 from spreadcode.knn import exact_knn
 from spreadcode.quantizer import QuantizerSpec, metadata_error
 from spreadcode.search import recall_at, rerank_candidates
-from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
+from spreadcode.torchutil import BestEpoch, adam, epoch_progress, pick_device
 
 ARTIFACT_KIND = "decoder"
 DECODER_KINDS = ("linear", "mlp")
@@ -195,7 +195,7 @@ def _train_correction(net, inputs, targets, epochs, seed, held_out, progress):
     n = x.shape[0]
     batch = min(MLP_BATCH, n)
     steps = n // batch
-    optimizer = torch.optim.Adam(net.mlp.parameters(), lr=MLP_LR)
+    optimizer = adam(net.mlp.parameters(), MLP_LR)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps)
     rng = np.random.default_rng(seed)
     curve, best = [], BestEpoch(net)

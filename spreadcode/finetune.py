@@ -12,7 +12,7 @@ from spreadcode.catalyzer import catalyze
 from spreadcode.decoders import MLP_BATCH, MLP_HIDDEN, fit_decoder, split_learn, squared_error
 from spreadcode.errors import SpreadcodeError
 from spreadcode.losses import straight_through
-from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device
+from spreadcode.torchutil import BestEpoch, adam, epoch_progress, pick_device
 
 # fine_tune_catalyzer: joint passes, decoder warm-up epochs, Adam learning rates (the catalyzer
 # moves ten times slower than the decoder it is paired with). On wordnet-minilm96 (64-bit
@@ -70,8 +70,8 @@ def fine_tune_catalyzer(learn, catalyzer, catalyzer_meta, *, epochs=FINE_TUNE_EP
     net.to(device)
     x = torch.from_numpy(targets[train_rows]).to(device)
     batch = min(MLP_BATCH, x.shape[0])
-    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": FINE_TUNE_CATALYZER_LR},
-                                 {"params": net.parameters(), "lr": FINE_TUNE_DECODER_LR}])
+    optimizer = adam([{"params": model.parameters(), "lr": FINE_TUNE_CATALYZER_LR},
+                      {"params": net.parameters()}], FINE_TUNE_DECODER_LR)
     rng = np.random.default_rng(seed)
     with epoch_progress(epochs, "fine-tune", progress) as bar:
         for _ in range(epochs):

@@ -40,5 +40,5 @@ def triplet_rank_loss(anchor, positive, negative, reduction="mean"):
 def straight_through(y, quantizer):
     """Forward: the quantizer's reconstruction (nearest lattice point / r, or signs / √d);
     backward: identity (paper §4.2). y: float tensor (n, d_out) -> same shape."""
-    snapped = quantizer.reconstruct(quantizer.quantize(y.detach().cpu().numpy()))
+    snapped = quantizer.reconstruct(quantizer.quantize(y.detach().float().cpu().numpy()))
     return y + (torch.from_numpy(np.ascontiguousarray(snapped, dtype=np.float32)).to(y.device) - y).detach()

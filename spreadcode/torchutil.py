@@ -1,7 +1,8 @@
 """What every torch training loop of spreadcode shares (catalyzer training, decoder fitting,
-fine-tuning): the device chooser, the best-epoch keeper and the epoch progress bar."""
+fine-tuning): the device chooser, the optimizer and precision of a step, the best-epoch keeper
+and the epoch progress bar."""
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -24,6 +25,35 @@ def use_all_cores():
     """Let torch use every core this process may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, cores or 1))
+
+
+def adam(params, lr):
+    """Adam over ``params`` (an iterable of tensors or of param-group dicts), fused into one
+    kernel for all of them where this torch has it: the per-tensor loop of the plain Adam took
+    a quarter of a residual training step on 2 CPU cores (BENCHMARKS.md, lever 17)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def bfloat16_native(device):
+    """Whether ``device`` (a torch.device) multiplies bfloat16 matrices natively: a CUDA GPU
+    that supports it, or a CPU with AVX512-BF16 (AMX CPUs have it too). Elsewhere bfloat16
+    runs emulated, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()
+
+
+def mixed_precision(device, enabled):
+    """Context of a training step's forward pass: bfloat16 autocast (matrix products in
+    bfloat16, accumulation, weights and optimizer in float32) when ``enabled`` and the device
+    has native bfloat16 (`bfloat16_native`), else float32 throughout."""
+    if enabled and bfloat16_native(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def state_snapshot(module):

@@ -19,6 +19,7 @@ from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
 from spreadcode.search import rerank_candidates, residual_rerank
+from spreadcode.torchutil import bfloat16_native
 from spreadcode.training import command_config
 
 TINY = residual.ResidualConfig(blocks=residual.stage_blocks(24), hidden=32, hidden_decoder=64,
@@ -66,6 +67,21 @@ def test_training_is_deterministic_and_learns(trained):
     mse = ((decoded - base) ** 2).sum(1).mean()
     assert mse < ((base - base.mean(0)) ** 2).sum(1).mean()
     assert training["val_mse"] == pytest.approx(min(h["val_mse"] for h in trained.history))
+
+
+def test_mixed_precision_is_recorded_and_only_changes_native_bfloat16_machines(trained):
+    """Steps run under bfloat16 autocast where the CPU multiplies bfloat16 natively (the
+    training record says which); elsewhere the flag changes nothing, bit for bit. Either way
+    the model reconstructs about as well."""
+    native = bfloat16_native(torch.device("cpu"))
+    assert trained.meta.training["precision"] == ("bfloat16 autocast" if native else "float32")
+    fp32 = residual.train_residual(load_sample().learn[:3000],
+                                   replace(TINY, mixed_precision=False), progress=False)
+    assert fp32.meta.training["precision"] == "float32"
+    if not native:
+        assert (catalyzer_bytes(trained.model, trained.meta)
+                == catalyzer_bytes(fp32.model, fp32.meta))
+    assert trained.meta.training["val_mse"] == pytest.approx(fp32.meta.training["val_mse"], rel=0.05)
 
 
 def test_encoding_matches_the_training_pass(trained):

@@ -1,0 +1,44 @@
+"""The shared pieces of spreadcode's training loops (spreadcode/torchutil.py): the optimizer
+and the precision of a training step."""
+import pytest
+import torch
+
+from spreadcode.torchutil import adam, bfloat16_native, mixed_precision
+
+CPU = torch.device("cpu")
+
+
+def test_adam_steps_like_plain_adam():
+    """Fused or not, `adam` takes the steps of torch's reference Adam, param groups too."""
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    ours = [p.clone().requires_grad_() for p in start]
+    reference = [p.clone().requires_grad_() for p in start]
+    optimizer = adam([{"params": ours[:1], "lr": 0.01}, {"params": ours[1:]}], 0.1)
+    expected = torch.optim.Adam([{"params": reference[:1], "lr": 0.01},
+                                 {"params": reference[1:]}], lr=0.1)
+    for step in range(5):
+        for params, opt in ((ours, optimizer), (reference, expected)):
+            opt.zero_grad()
+            loss = (params[0] @ params[1]).square().sum() + step * params[1].sum()
+            loss.backward()
+            opt.step()
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.1]
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_mixed_precision_multiplies_in_bfloat16_only_where_native(enabled):
+    a, b = torch.randn(4, 3), torch.randn(3, 2)
+    with mixed_precision(CPU, enabled):
+        product = a @ b
+    bfloat16 = enabled and bfloat16_native(CPU)
+    assert product.dtype == (torch.bfloat16 if bfloat16 else torch.float32)
+    assert not torch.is_autocast_enabled("cpu")
+    torch.testing.assert_close(product.float(), a @ b, rtol=2e-2, atol=2e-2)
+
+
+def test_bfloat16_native_is_a_bool_for_every_device_kind():
+    assert isinstance(bfloat16_native(CPU), bool)
+    assert bfloat16_native(torch.device("meta")) is False
