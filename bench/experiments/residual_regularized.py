@@ -6,7 +6,10 @@ Options (any combination), applied by patching the library's training for this p
                 the encoder's input, the target staying clean (a denoising auto-encoder)
     dropout=P   dropout P after each hidden ReLU of the decoders g
     wd=W        AdamW with decoupled weight decay W instead of Adam
-Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [epochs=E]
+    mixup=P     a share P of each batch is replaced by points between a vector and one of its
+                10 nearest training vectors (uniform, at most half way), input and target
+                alike: new points along the data's own neighbourhoods, fresh every step
+Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [epochs=E]
 Then: python bench/experiments/residual_beam.py library OUT.safetensors DATA 1 8
 """
 import json
@@ -25,13 +28,35 @@ from spreadcode import residual  # noqa: E402
 from spreadcode.catalyzer import save_catalyzer  # noqa: E402
 
 
-def main(data, out, noise=0.0, dropout=0.0, wd=0.0, epochs=residual.DEFAULT_EPOCHS):
+def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
+    """x float32 (b, d): a share of its rows moved to x + u·(n − x), n one of the row's k
+    nearest rows of ``train`` (t, d) other than itself, u ~ U(0, reach)."""
+    rows = torch.rand(x.shape[0], generator=generator) < share
+    if not rows.any():
+        return x
+    picked = x[rows]
+    distances = (train * train).sum(1)[None] - 2 * picked @ train.T
+    nearest = distances.topk(k + 1, dim=1, largest=False).indices[:, 1:]
+    which = torch.randint(0, k, (picked.shape[0], 1), generator=generator)
+    neighbour = train[nearest.gather(1, which)[:, 0]]
+    u = reach * torch.rand(picked.shape[0], 1, generator=generator)
+    x = x.clone()
+    x[rows] = picked + u * (neighbour - picked)
+    return x
+
+
+def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
+    train_rows, _ = residual.held_out_rows(ds.learn.shape[0], 0)
+    train_set = torch.from_numpy(ds.learn[train_rows])
+    mix_rng = torch.Generator().manual_seed(1)
     base_loss = residual.ResidualCatalyzer.training_loss
     base_init = residual.ResidualCatalyzer.__init__
 
     def training_loss(self, x, aux):
+        if mixup > 0:
+            x = neighbour_mix(x, train_set, mixup, mix_rng)
         if noise <= 0:
             return base_loss(self, x, aux)
         target = self.preprocess(x)
@@ -73,7 +98,7 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, epochs=residual.DEFAULT_EPOC
     tr, va = residual.held_out_rows(ds.learn.shape[0], 0)
     train_x = ds.learn[tr[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
-    print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd}",
+    print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd} mixup={mixup}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
                       "val_mse": round(result.meta.training["val_mse"], 4),
                       "train_mse": round(train_mse, 4),
