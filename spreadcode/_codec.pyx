@@ -56,7 +56,7 @@ cdef extern from "csrc/signs.h":
                     int32_t *out, int threads) nogil
 
 cdef extern from "csrc/scan.h":
-    int SC_LATTICE, SC_SIGN_DOT, SC_HAMMING
+    int SC_LATTICE, SC_SIGN_DOT, SC_HAMMING, SC_FLOAT_L2
 
     ctypedef struct sc_scan:
         int kind, d
@@ -64,6 +64,7 @@ cdef extern from "csrc/scan.h":
         const sc_lattice *lat
         const uint64_t *lcodes
         const uint8_t *scodes
+        const float *vectors
         int nb
         int nq
         const float *queries
@@ -187,7 +188,7 @@ def enumerate_atoms(int d, int r2, int64_t cap):
 
 
 # ---------------------------------------------------------------------------------------
-# Scans (lattice dot, sign dot, Hamming) with top-k and range collection
+# Scans (lattice dot, sign dot, Hamming, float L2) with top-k and range collection
 # ---------------------------------------------------------------------------------------
 
 cdef class Scan:
@@ -371,3 +372,21 @@ def sign_hamming(const uint8_t[:, ::1] a, const uint8_t[:, ::1] b, int32_t[::1] 
     if n and a.shape[1]:
         with nogil:
             sc_hamming(&a[0, 0], sa, &b[0, 0], sb, n, a.shape[1], &out[0], threads)
+
+
+def float_scan(const float[:, ::1] vectors, const float[:, ::1] queries):
+    """A scan of float32 vectors (n, d) against float32 queries (nq, d) by squared L2
+    distance less the query's squared norm, ‖x‖² − 2⟨q, x⟩ (its top-k: the nearest
+    vectors, ties to the lower row)."""
+    if vectors.shape[1] != queries.shape[1]:
+        raise SpreadcodeError(f"queries have dimension {queries.shape[1]} but the vectors "
+                              f"have {vectors.shape[1]}")
+    cdef Scan scan = Scan()
+    scan.s.kind = SC_FLOAT_L2
+    scan.s.d = vectors.shape[1]
+    scan.s.n = vectors.shape[0]
+    scan.s.vectors = &vectors[0, 0] if vectors.shape[0] else NULL
+    scan.s.nq = queries.shape[0]
+    scan.s.queries = &queries[0, 0] if queries.shape[0] else NULL
+    scan.keep = (vectors, queries)
+    return scan

@@ -54,11 +54,8 @@ RESIDUAL_RERANK_MIN = 50
 LINEAR_RESIDUAL_RERANK_MIN = 1000
 # Re-ranking decodes the whole collection once when that is cheaper and fits in this much.
 DECODE_ALL_BYTES = 512 << 20
-# Codes decoded at a time by decoded k-NN search, and scored against DECODED_QUERY_BLOCK
-# queries at a time (a 128 MiB float32 tile): at 1M codes and k = 200, 5.6 s per 1,000
-# queries instead of 8.9 s with blocks of 16,384 (fewer per-block top-k and merges).
+# Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
-DECODED_QUERY_BLOCK = 512
 # Codes decoded at a time by decoded range search (its distances are float64).
 DECODED_RANGE_BLOCK = 16384
 
@@ -401,7 +398,7 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     at 1M codes of a residual model, ≈ 4 s of decoding saved per search, 384 MiB held),
     else ``block`` at a time per batch (memory O(block · d_in)), in the same blocks either
     way; on the workers of a dask.distributed ``client`` (`each_part`), per batch. Each
-    block is scored against DECODED_QUERY_BLOCK queries at a time (a 128 MiB tile).
+    block is scanned by `decoded_topk`.
     extra: {"decoder": sha256}.
     """
     check_decoder_fits(decoder, collection)
@@ -433,14 +430,28 @@ def decoded_blocks(quantizer, part, decoder, block):
     return (decoder.decode(codes[first:first + block]) for first in range(0, part.count, block))
 
 
+def decoded_topk(decoded, queries, k):
+    """The k rows of ``decoded`` float32 (n, d) nearest to each of ``queries`` float32 (nq, d)
+    in squared L2: (distances float32 (nq, k) ascending, clamped at 0; rows int64 (nq, k)),
+    ties to the lower row, 1 <= k <= n. The compiled scan (csrc/scan.c) ranks by
+    ‖x‖² − 2⟨q, x⟩ in 4 × 16 register tiles and keeps a running top-k per query, so no
+    (nq, n) distance matrix is written: 2.7× the speed of a GEMM and top-k in torch at 96-d
+    (BENCHMARKS.md, "Collections at 1M vectors", run H)."""
+    from . import _codec
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    distances, rows = _codec.float_scan(np.ascontiguousarray(decoded, dtype=np.float32),
+                                        queries).topk(k, _codec.check_threads(None))
+    distances += np.einsum("ij,ij->i", queries, queries)[:, None]
+    return np.maximum(distances, 0.0, out=distances), rows
+
+
 def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, cache=None):
     """The min(k, count) codes of ``part`` (at ``offset``, `spreadcode.collection.part_ids`)
     whose decoded vectors are nearest to the raw queries float32 (nq, d_in): (squared L2
     distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). `decoded_blocks` (or
-    ``cache[offset]``, the same blocks decoded earlier), each searched by
-    `spreadcode.knn.exact_knn` with its rows in id order (it breaks ties by row)."""
-    from .knn import exact_knn
-
+    ``cache[offset]``, the same blocks decoded earlier), each searched by `decoded_topk`
+    with its rows in id order (it breaks ties by row)."""
     def searched():
         blocks = cache[offset] if cache is not None else decoded_blocks(quantizer, part,
                                                                           decoder, block)
@@ -449,8 +460,7 @@ def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, cache=
             if np.any(ids[1:] < ids[:-1]):
                 order = np.argsort(ids, kind="stable")
                 decoded, ids = decoded[order], ids[order]
-            dist, rows = exact_knn(decoded, queries, min(k, len(decoded)), db_block=block,
-                                   query_block=DECODED_QUERY_BLOCK)
+            dist, rows = decoded_topk(decoded, queries, min(k, len(decoded)))
             yield dist, ids[rows]
 
     return merge_knn(searched(), k)

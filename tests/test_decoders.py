@@ -22,7 +22,7 @@ from spreadcode.finetune import fine_tune_catalyzer
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.sample import load_sample
 from spreadcode.index import Index
-from spreadcode.search import DECODED_SEARCH_BLOCK, default_rerank, prepare_decoded
+from spreadcode.search import DECODED_SEARCH_BLOCK, decoded_topk, default_rerank, prepare_decoded
 
 LATTICE = {"kind": "lattice", "d": 8, "param": 10}
 SIGN = {"kind": "sign", "d": 16, "param": 16}
@@ -454,3 +454,30 @@ def test_corrupt_decoder_metadata_names_the_field(world, edit, message):
     edit(meta)
     with pytest.raises(SpreadcodeError, match=f"^x: corrupt decoder metadata \\({message}"):
         DecoderMeta.from_json(meta, "x")
+
+
+@pytest.mark.parametrize("n, nq, d, k", [(1, 1, 1, 1), (300, 7, 5, 300), (1000, 13, 97, 10),
+                                         (513, 4, 384, 50)])
+def test_decoded_topk_is_the_exact_nearest(n, nq, d, k):
+    """The compiled float scan equals a float64 brute force: the same neighbours in the same
+    order, squared L2 distances to float32 rounding (sizes that fill no tile exactly)."""
+    rng = np.random.default_rng(n + d)
+    db = rng.standard_normal((n, d)).astype(np.float32)
+    queries = rng.standard_normal((nq, d)).astype(np.float32)
+    exact = ((queries[:, None].astype(np.float64) - db[None]) ** 2).sum(2)
+    expected = np.argsort(exact, axis=1, kind="stable")[:, :k]
+    distances, rows = decoded_topk(db, queries, k)
+    assert distances.dtype == np.float32 and rows.dtype == np.int64
+    assert distances.shape == rows.shape == (nq, k)
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(distances, np.take_along_axis(exact, expected, 1), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_decoded_topk_breaks_ties_by_row_and_checks_the_dimension():
+    db = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # rows 0-3 equal, 4-7, 8-11
+    distances, rows = decoded_topk(db, np.array([[0, 1, 0], [0, 0, 2]], np.float32), 6)
+    np.testing.assert_array_equal(rows, [[4, 5, 6, 7, 0, 1], [8, 9, 10, 11, 0, 1]])
+    np.testing.assert_array_equal(distances, [[0, 0, 0, 0, 2, 2], [1, 1, 1, 1, 5, 5]])
+    with pytest.raises(SpreadcodeError, match="dimension 2 but the vectors have 3"):
+        decoded_topk(db, np.zeros((1, 2), np.float32), 1)

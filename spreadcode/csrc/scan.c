@@ -15,10 +15,21 @@
 typedef float sc_v8 __attribute__((vector_size(32)));
 
 /* zT (d, SC_BLOCK) <- code vectors of codes [start, start + cnt), columns zero-padded
-   to a multiple of 16 */
-static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT) {
+   to a multiple of 16; SC_FLOAT_L2 also norms (SC_BLOCK) <- their squared norms */
+static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT, float *norms) {
     const int d = S->d, padded = (cnt + 15) & ~15;
-    if (S->kind == SC_LATTICE) {
+    if (S->kind == SC_FLOAT_L2) {
+        for (int c = 0; c < cnt; ++c) {
+            const float *x = S->vectors + (start + c) * d;
+            float norm = 0.f;
+            for (int i = 0; i < d; ++i) {
+                zT[SC_ZT(d, i, c)] = x[i];
+                norm += x[i] * x[i];
+            }
+            norms[c] = norm;
+        }
+        for (int c = cnt; c < padded; ++c) norms[c] = INFINITY;
+    } else if (S->kind == SC_LATTICE) {
         const int W = S->lat->W;
         for (int c = 0; c < cnt; ++c) {
             int8_t z[SC_MAX_D];
@@ -37,10 +48,12 @@ static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT
 }
 
 /* dist (SC_QG, SC_BLOCK) <- 2 - <q, column> * s2 for SC_QG queries q (SC_QG, d) and the
-   first `cols` (a multiple of 16) columns of zT, in 4 x 16 register tiles; hot[g][c / 16]
-   is 0 when none of the 16 distances of query g is <= limit[g]. */
+   first `cols` (a multiple of 16) columns of zT, or norms[c] - 2 <q, column> when norms is
+   not NULL, in 4 x 16 register tiles; hot[g][c / 16] is 0 when none of the 16 distances of
+   query g is <= limit[g]. */
 SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, int cols, float s2,
-                                        const float *limit, float *dist, uint8_t *hot) {
+                                        const float *norms, const float *limit, float *dist,
+                                        uint8_t *hot) {
     typedef int64_t sc_v4l __attribute__((vector_size(32)));
     for (int c = 0; c < cols; c += 16) {
         sc_v8 acc[SC_QG][2];
@@ -55,8 +68,14 @@ SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, 
                 acc[g][1] += qi * z1;
             }
         }
+        sc_v8 n0 = (sc_v8){0} + 2.f, n1 = n0, m = (sc_v8){0} + s2;
+        if (norms) {
+            memcpy(&n0, norms + c, sizeof n0);
+            memcpy(&n1, norms + c + 8, sizeof n1);
+            m = (sc_v8){0} + 2.f;
+        }
         for (int g = 0; g < SC_QG; ++g) {
-            const sc_v8 d0 = 2.f - acc[g][0] * s2, d1 = 2.f - acc[g][1] * s2;
+            const sc_v8 d0 = n0 - acc[g][0] * m, d1 = n1 - acc[g][1] * m;
             const sc_v8 t = (sc_v8){0} + limit[g];
             const sc_v4l below = (sc_v4l)((d0 <= t) | (d1 <= t));
             memcpy(dist + g * SC_BLOCK + c, &d0, sizeof d0);
@@ -68,8 +87,9 @@ SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, 
 
 /* distances of queries [q0, q0 + nqg) to codes [start, start + cnt): dist (SC_QG, SC_BLOCK),
    and hot (SC_QG, SC_BLOCK / 16) flags marking the groups of 16 with a distance <= limit */
-static void sc_score(const sc_scan *S, const float *zT, int64_t start, int cnt, int q0, int nqg,
-                     const float *limit, float *qbuf, float *dist, uint8_t *hot) {
+static void sc_score(const sc_scan *S, const float *zT, const float *norms, int64_t start,
+                     int cnt, int q0, int nqg, const float *limit, float *qbuf, float *dist,
+                     uint8_t *hot) {
     if (S->kind == SC_HAMMING) {
         for (int g = 0; g < nqg; ++g) {
             const uint8_t *qc = S->qcodes + (size_t)(q0 + g) * S->nb;
@@ -82,7 +102,8 @@ static void sc_score(const sc_scan *S, const float *zT, int64_t start, int cnt, 
     const int d = S->d;                            /* qbuf (SC_QG, d): queries, zero-padded */
     memcpy(qbuf, S->queries + (size_t)q0 * d, sizeof(float) * nqg * d);
     memset(qbuf + (size_t)nqg * d, 0, sizeof(float) * (SC_QG - nqg) * d);
-    sc_dot_tile(qbuf, d, zT, (cnt + 15) & ~15, S->scale2, limit, dist, hot);
+    sc_dot_tile(qbuf, d, zT, (cnt + 15) & ~15, S->scale2,
+                S->kind == SC_FLOAT_L2 ? norms : NULL, limit, dist, hot);
 }
 
 SC_INLINE int sc_before(float da, int64_t ia, float db, int64_t ib) {
@@ -155,18 +176,19 @@ static int sc_split_codes(const sc_scan *S, int threads) {
 static int sc_scan_share(const sc_scan *S, sc_share sh, const sc_sink *sink) {
     float *zT = (float *)aligned_alloc(64, sizeof(float) * (S->d > 0 ? S->d : 1) * SC_BLOCK);
     float *dist = (float *)aligned_alloc(64, sizeof(float) * SC_QG * SC_BLOCK);
+    float norms[SC_BLOCK];
     float *qbuf = (float *)malloc(sizeof(float) * SC_QG * (S->d > 0 ? S->d : 1));
     uint8_t hot[SC_QG * SC_BLOCK / 16];
     float limit[SC_QG];
     int failed = !zT || !dist || !qbuf;
     for (int64_t c0 = sh.c0; c0 < sh.c1 && sh.q1 > sh.q0 && !failed; c0 += SC_BLOCK) {
         int cnt = (int)(sh.c1 - c0 < SC_BLOCK ? sh.c1 - c0 : SC_BLOCK);
-        sc_prepare_block(S, c0, cnt, zT);
+        sc_prepare_block(S, c0, cnt, zT, norms);
         for (int q0 = sh.q0; q0 < sh.q1 && !failed; q0 += SC_QG) {
             int nqg = sh.q1 - q0 < SC_QG ? sh.q1 - q0 : SC_QG;
             for (int g = 0; g < SC_QG; ++g)     /* a distance must reach this to count */
                 limit[g] = g >= nqg ? -INFINITY : sink->k ? sink->hd[(size_t)(q0 + g) * sink->k] : sink->radius;
-            sc_score(S, zT, c0, cnt, q0, nqg, limit, qbuf, dist, hot);
+            sc_score(S, zT, norms, c0, cnt, q0, nqg, limit, qbuf, dist, hot);
             for (int g = 0; g < nqg && !failed; ++g) {
                 const float *row = dist + g * SC_BLOCK;
                 const size_t q = (size_t)(q0 + g);

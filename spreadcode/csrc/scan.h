@@ -1,13 +1,14 @@
 /* Scans: the distances of every (query, code) pair for lattice codes (dot product with
-   the decoded point), sign codes (dot product with the +-1 vector) and Hamming distance,
-   collected as the top-k or every result within a radius of each query. */
+   the decoded point), sign codes (dot product with the +-1 vector), Hamming distance and
+   decoded float vectors (squared L2 less the query's own norm), collected as the top-k or
+   every result within a radius of each query. */
 #ifndef SPREADCODE_SCAN_H
 #define SPREADCODE_SCAN_H
 
 #include "common.h"
 #include "lattice.h"
 
-enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2 };
+enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2, SC_FLOAT_L2 = 3 };
 
 typedef struct {
     int kind, d;
@@ -15,9 +16,10 @@ typedef struct {
     const sc_lattice *lat;       /* SC_LATTICE */
     const uint64_t *lcodes;
     const uint8_t *scodes;       /* SC_SIGN_DOT, SC_HAMMING: (n, nb) */
+    const float *vectors;        /* SC_FLOAT_L2: (n, d); distance = |x|^2 - 2 <q, x> */
     int nb;
     int nq;
-    const float *queries;        /* (nq, d) for the dot kinds */
+    const float *queries;        /* (nq, d) for the dot and float kinds */
     const uint8_t *qcodes;       /* (nq, nb) for SC_HAMMING */
     float scale2;                /* dot kinds: distance = 2 - <q, code vector> * scale2 */
 } sc_scan;
