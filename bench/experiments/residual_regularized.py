@@ -95,8 +95,7 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.D
         for i, layer in enumerate(kept):
             g.add_module(str(i), layer)
     save_catalyzer(model, result.meta, out)
-    tr, va = residual.held_out_rows(ds.learn.shape[0], 0)
-    train_x = ds.learn[tr[:10000]]
+    train_x = ds.learn[train_rows[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
     print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd} mixup={mixup}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
