@@ -17,7 +17,9 @@ hand their independent per-shard tasks to it:
   path (memory-mapped, once per process) and returns the part's top-k (or range results) of
   the batch: the per-part function the single-process search calls, with the same
   arguments, so once the client merges them exactly (by (distance, id)), the results are
-  identical. Codes never travel; the queries of a batch are sent once per batch.
+  identical. Codes never travel; the queries of a batch are sent once per batch. A search
+  among decoded codes keeps each shard's decoded codes in the worker for later batches and
+  searches (`worker_decoded_blocks`).
 
 Workers must import the same spreadcode and see the same paths (one machine, or a shared
 filesystem); paths are made absolute on the client.
@@ -28,6 +30,7 @@ import ctypes
 import logging
 import os
 import threading
+import types
 import uuid
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
@@ -58,6 +61,16 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc mal
 
 _WORKER_MODELS = {}          # (path, sha256) -> (catalyzer, CatalyzerMeta), in each worker
 _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, SpcFile), LRU
+# Decoded shards a worker keeps for later query batches and searches (`worker_decoded_blocks`),
+# at most this many bytes per worker process: without them each batch decoded every shard
+# again, and 2 workers searched 1M codes at 70 q/s where one process (which keeps them)
+# reached 158 (BENCHMARKS.md, "Collections at 1M vectors", run H). 1 GiB: 2.8M decoded 96-d
+# codes per worker (run H's 1M take 384 MiB in all), a quarter or less of the memory Dask lets
+# a LocalCluster worker use (the machine's divided by the workers) at 4 GiB or more per worker.
+WORKER_DECODED_BYTES = 1 << 30
+# (path, payload sha256, decoder kind, decoder sha256, block) -> [blocks], LRU
+_WORKER_DECODED = OrderedDict()
+_WORKER_DECODED_LOCK = threading.Lock()
 _WORKER_MALLOC_LOCK = threading.Lock()
 _worker_malloc_set = None    # in each worker: whether `_tune_worker_malloc` set them
 
@@ -206,12 +219,13 @@ def map_parts(client, collection, function, *args, progress=False):
     codes (a `container.SpcFile`; offset: codes in earlier parts), each as one task on the
     workers of ``client``, which open the file by path (`_worker_part`). Yields the results in
     completion order (``progress``: a bar over the tasks). Array and object arguments are
-    sent to the workers once, not once per task. SpreadcodeError naming the part when a task
-    fails."""
+    sent to the workers once, not once per task (functions as they are, by name).
+    SpreadcodeError naming the part when a task fails."""
     distributed = _distributed("Dask search")
     quantizer = collection.quantizer
     spec = QuantizerSpec(quantizer.kind, quantizer.d, quantizer.param)
-    shipped = [arg if arg is None or isinstance(arg, (bool, int, float, str, dict))
+    shipped = [arg if arg is None or isinstance(arg, (bool, int, float, str, dict,
+                                                      types.FunctionType))
                else client.scatter(arg, hash=False) for arg in args]
     futures, names = [], {}
     for part, offset in zip(collection.parts, collection.offsets):
@@ -252,6 +266,35 @@ def _worker_part(path, payload_sha256, spec):
     while len(_WORKER_PARTS) > WORKER_OPEN_FILES:
         _WORKER_PARTS.popitem(last=False)
     return _WORKER_PARTS[key]
+
+
+def worker_decoded_blocks(quantizer, part, offset, decoder, block):
+    """The decoded blocks of the .spc file ``part`` (`spreadcode.search.decoded_blocks`:
+    float32 (<= block, d_in) arrays), kept by this process for the next query batches and
+    searches with the same decoder: the least recently used go first beyond
+    WORKER_DECODED_BYTES, and a file whose decoded codes alone exceed it is decoded block by
+    block each time (memory O(block · d_in)). Keyed by path, payload checksum, decoder kind
+    and sha256, and block, so a changed file or another decoder decodes anew. ``offset`` is
+    unused (the signature of `spreadcode.search.part_decoded_knn`'s ``blocks_of``)."""
+    from .search import decoded_blocks
+
+    size = part.count * decoder.d_in * 4
+    if size > WORKER_DECODED_BYTES:
+        return decoded_blocks(quantizer, part, decoder, block)
+    key = (os.path.abspath(part.path), part.header.payload_sha256, decoder.kind,
+           decoder.sha256, block)
+    with _WORKER_DECODED_LOCK:
+        if key in _WORKER_DECODED:
+            _WORKER_DECODED.move_to_end(key)
+            return _WORKER_DECODED[key]
+    blocks = list(decoded_blocks(quantizer, part, decoder, block))
+    with _WORKER_DECODED_LOCK:
+        _WORKER_DECODED[key] = blocks
+        held = sum(sum(b.nbytes for b in kept) for kept in _WORKER_DECODED.values())
+        while held > WORKER_DECODED_BYTES:
+            _, evicted = _WORKER_DECODED.popitem(last=False)
+            held -= sum(b.nbytes for b in evicted)
+    return blocks
 
 
 def verify_parts(client, collection):

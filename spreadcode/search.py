@@ -397,26 +397,35 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     and held by the collection for later searches by the same decoder (`Collection.cached`;
     at 1M codes of a residual model, ≈ 4 s of decoding saved per search, 384 MiB held),
     else ``block`` at a time per batch (memory O(block · d_in)), in the same blocks either
-    way; on the workers of a dask.distributed ``client`` (`each_part`), per batch. Each
-    block is scanned by `decoded_topk`.
+    way. On the workers of a dask.distributed ``client`` (`each_part`) each worker process
+    keeps the shards it decoded for later batches and searches
+    (`spreadcode.distributed.worker_decoded_blocks`). Each block is scanned by
+    `decoded_topk`.
     extra: {"decoder": sha256}.
     """
     check_decoder_fits(decoder, collection)
     k_capped = collection.clamp_k(k)
     query_vectors = load_queries(queries, decoder.d_in)
     extra = {"decoder": decoder.sha256}
-    cache = None
-    if client is None and collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
-        cache = collection.cached(
+    blocks_of = None
+    if client is not None:
+        from .distributed import worker_decoded_blocks
+
+        blocks_of = worker_decoded_blocks
+    elif collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+        held = collection.cached(
             ("decoded", decoder.kind, decoder.sha256, block),
             lambda: {int(offset): list(decoded_blocks(collection.quantizer, part, decoder, block))
                      for part, offset in zip(collection.parts, collection.offsets)
                      if part.count})
 
+        def blocks_of(quantizer, part, offset, decoder, block):
+            return held[offset]
+
     def run(start, stop):
         distances, ids = merge_knn(each_part(
             collection, part_decoded_knn, decoder, query_vectors[start:stop], k_capped, block,
-            cache, client=client, progress=progress), k_capped)
+            blocks_of, client=client, progress=progress), k_capped)
         return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
@@ -446,15 +455,16 @@ def decoded_topk(decoded, queries, k):
     return np.maximum(distances, 0.0, out=distances), rows
 
 
-def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, cache=None):
+def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks_of=None):
     """The min(k, count) codes of ``part`` (at ``offset``, `spreadcode.collection.part_ids`)
     whose decoded vectors are nearest to the raw queries float32 (nq, d_in): (squared L2
-    distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). `decoded_blocks` (or
-    ``cache[offset]``, the same blocks decoded earlier), each searched by `decoded_topk`
-    with its rows in id order (it breaks ties by row)."""
+    distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). The part's decoded
+    blocks come from ``blocks_of(quantizer, part, offset, decoder, block)`` (a cache of them)
+    or else `decoded_blocks`; each is searched by `decoded_topk` with its rows in id order
+    (it breaks ties by row)."""
     def searched():
-        blocks = cache[offset] if cache is not None else decoded_blocks(quantizer, part,
-                                                                          decoder, block)
+        blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
+                  else blocks_of(quantizer, part, offset, decoder, block))
         for first, decoded in zip(range(0, part.count, block), blocks):
             ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
             if np.any(ids[1:] < ids[:-1]):

@@ -158,13 +158,75 @@ def test_dask_hamming_search_with_explicit_ids_is_identical(world, client):
 @pytest.mark.parametrize("options", [{}, {"rerank": 0}, {"decode_all": True}])
 def test_dask_residual_search_is_identical(world, client, options):
     """A residual model's shortlist (decoded codes, on the workers) and its re-ranking
-    (here)."""
+    (here); the searches after the first reuse the shards each worker decoded."""
     serial, dask = assert_same_search(world, build(world, "residual", None),
                                       build(world, "residual", client), client, **options)
+    assert all(client.run(lambda: len(distributed._WORKER_DECODED)).values())
     if not options:
         for got, want in zip(dask.range_search(world["query"], 0.5),
                              serial.range_search(world["query"], 0.5)):
             np.testing.assert_array_equal(got, want)
+
+
+class CountingDecoder:
+    """A residual model's shortlist decoder under another sha256, counting its ``decode``
+    calls."""
+
+    def __init__(self, decoder, sha256):
+        self.decoder, self.sha256, self.calls = decoder, sha256, 0
+        self.kind, self.d_in = decoder.kind, decoder.d_in
+
+    def decode(self, codes):
+        self.calls += 1
+        return self.decoder.decode(codes)
+
+
+def test_a_worker_keeps_decoded_shards_within_its_byte_bound(world, tmp_path, monkeypatch):
+    """`worker_decoded_blocks` (no cluster needed: it is per process) decodes a shard once
+    per decoder and block, gives the blocks `decoded_blocks` gives, decodes again for
+    another decoder or a changed file at the same path, evicts the least recently used
+    beyond WORKER_DECODED_BYTES and keeps nothing of a shard larger than that."""
+    from spreadcode.search import decoded_blocks
+
+    monkeypatch.setattr(distributed, "_WORKER_DECODED", distributed.OrderedDict())
+    model, meta = load_catalyzer(world["sha"]["residual"], store=world["store"])
+    shortlist = residual.ModelDecoder(model, meta.sha256, "shortlist")
+    first, other = CountingDecoder(shortlist, "a" * 64), CountingDecoder(shortlist, "b" * 64)
+    shards = sorted(build(world, "residual", None).glob("*.spc"))[:3]  # 100 codes each
+    spc = [container.open_spc(path) for path in shards]
+
+    def blocks(part, decoder):
+        return distributed.worker_decoded_blocks(model.quantizer, part, 0, decoder, 32)
+
+    def decodes(part, decoder):
+        calls = decoder.calls
+        list(blocks(part, decoder))
+        return decoder.calls - calls
+
+    def held():
+        return [(key[0], key[1], key[3]) for key in distributed._WORKER_DECODED]
+
+    got = blocks(spc[0], first)
+    for block, want in zip(got, decoded_blocks(model.quantizer, spc[0], shortlist, 32),
+                           strict=True):
+        np.testing.assert_array_equal(block, want)
+    assert first.calls == 4
+    assert blocks(spc[0], first) is got and first.calls == 4
+    assert decodes(spc[0], other) == 4
+    changed = tmp_path / "shard.spc"
+    for shard in shards[1:]:  # the same path, another payload
+        shutil.copyfile(shard, tmp_path / "new.spc")
+        os.replace(tmp_path / "new.spc", changed)
+        assert decodes(container.open_spc(changed), first) == 4
+    monkeypatch.setattr(distributed, "WORKER_DECODED_BYTES", 3 * 100 * model.d_in * 4)
+    assert decodes(spc[0], first) == 0  # now the most recently used
+    assert decodes(spc[1], first) == 4
+    kept = [(str(changed), spc[2].header.payload_sha256, "a" * 64)] + [
+        (str(path), part.header.payload_sha256, "a" * 64) for path, part in zip(shards, spc[:2])]
+    assert held() == kept
+    monkeypatch.setattr(distributed, "WORKER_DECODED_BYTES", 100 * model.d_in * 4 - 1)
+    assert [decodes(spc[2], first) for _ in range(2)] == [4, 4]
+    assert held() == kept
 
 
 def test_dask_verification_finds_a_corrupt_shard(world, client, tmp_path):
