@@ -1,0 +1,91 @@
+"""Issue #14 scratch experiment: architecture and optimizer variants of the residual default
+that its ResidualConfig cannot express, measured as `residual_variants.py` measures.
+
+Variants (FIELD=VALUE; the rest are ResidualConfig overrides as in `residual_variants.py`):
+- ``skip=1``: each decoder stage gets a linear path from its lattice point,
+  x̂_m = x̂_{m−1} + W_m z_m + g_m([z_m, x̂_{m−1}]) — an additive (RQ-like) codebook that
+  the MLP corrects, as QINCo refines a base codeword; a prior for small learn sets.
+- ``wd=W``: AdamW with decoupled weight decay W instead of Adam.
+- ``beams=[8]``: also encode the base with these beams and search it (default search).
+
+Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1] [wd=0.01] [beams=[8]] ...
+The model's state dict goes to OUT (torch.save; it does not load as a library model). One
+JSON row per beam appended to results-issue14.jsonl.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
+from spreadcode import Index, residual  # noqa: E402
+from spreadcode.training import command_config  # noqa: E402
+
+
+class SkipResidual(residual.ResidualCatalyzer):
+    """The library model plus a linear path W_m z_m in every decoder stage."""
+
+    def __init__(self, d_in, quantizer, *args, **kwargs):
+        super().__init__(d_in, quantizer, *args, **kwargs)
+        self.skip = nn.ModuleList([nn.Linear(block.d, self.d_in, bias=False)
+                                   for block in quantizer.blocks])
+
+    def _decode_stage(self, m, z, xh):
+        return super()._decode_stage(m, z, xh) + self.skip[m](z)
+
+
+def adamw(decay):
+    def make(params, lr):
+        try:
+            return torch.optim.AdamW(list(params), lr=lr, weight_decay=decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(list(params), lr=lr, weight_decay=decay)
+    return make
+
+
+def main():
+    data, out = load_dataset(sys.argv[1]), sys.argv[2]
+    overrides = {}
+    for item in sys.argv[3:]:
+        name, value = item.split("=", 1)
+        overrides[name] = json.loads(value)
+    variant = {name: overrides.pop(name) for name in ("skip", "wd", "beams") if name in overrides}
+    if variant.get("skip"):
+        residual.ResidualCatalyzer = SkipResidual
+    if variant.get("wd"):
+        residual.adam = adamw(float(variant["wd"]))
+    config = command_config(overrides.get("bits", 64))
+    config = replace(config, **{k: v for k, v in overrides.items() if k != "bits"})
+    start = time.time()
+    trained = residual.train_residual(data.learn, config, progress=False)
+    train_s = time.time() - start
+    torch.save(trained.model.state_dict(), out)
+    best = min(trained.history, key=lambda row: row["val_mse"])
+    for beam in [1] + list(variant.get("beams", [])):
+        index = Index.from_catalyzer(trained.model, trained.meta)
+        start = time.time()
+        index.add(data.base, beam=beam)
+        encode_s = time.time() - start
+        codes = index._collection.codes_by_id(np.arange(len(data.base)))
+        base_mse = float(((trained.model.decode(codes) - data.base) ** 2).sum(1).mean())
+        start = time.time()
+        _, ids = index.search(data.query, k=100)
+        search_s = time.time() - start
+        append_row({"experiment": "residual_arch", "data": data.name, "variant": variant,
+                    "overrides": overrides, "beam": beam, "epochs": len(trained.history),
+                    "best_epoch": best["epoch"], "val_mse": round(best["val_mse"], 5),
+                    "base_mse": round(base_mse, 5), "train_s": round(train_s, 1),
+                    "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
+                    **recall_columns(ids, data.groundtruth)})
+
+
+if __name__ == "__main__":
+    main()
