@@ -74,7 +74,8 @@ cdef extern from "csrc/scan.h":
     ctypedef struct sc_range_result:
         int slots, nq
 
-    int sc_scan_topk(const sc_scan *S, int k, int threads, float *D, int64_t *I) nogil
+    int sc_scan_topk(const sc_scan *S, int k, int threads, const float *bound, float *D,
+                     int64_t *I) nogil
     int sc_scan_range(const sc_scan *S, float radius, int threads, sc_range_result *R,
                       int64_t *lims) nogil
     void sc_range_finish(sc_range_result *R, const int64_t *lims, int64_t *ids, float *dists,
@@ -196,11 +197,21 @@ cdef class Scan:
     cdef sc_scan s
     cdef object keep
 
-    def topk(self, int k, int threads):
+    def topk(self, int k, int threads, bound=None):
         """(distances float32 (nq, k), ids int64 (nq, k)) sorted by (distance, id).
 
-        Queries go in batches whose heaps (batch * k * threads entries) stay below
-        TOPK_HEAP_ENTRIES; the codes are decoded once per batch."""
+        ``bound``: None, or float32 (nq,): only codes at a distance <= bound[q] count for
+        query q, and the slots of a query with fewer such codes than k come back as
+        (inf, -1). Queries go in batches whose heaps (batch * k * threads entries) stay
+        below TOPK_HEAP_ENTRIES; the codes are decoded once per batch."""
+        cdef const float[::1] bv
+        cdef const float *bp = NULL
+        if bound is not None:
+            bv = np.ascontiguousarray(bound, dtype=np.float32)
+            if bv.shape[0] != self.s.nq:
+                raise SpreadcodeError(f"{bv.shape[0]} bounds for {self.s.nq} queries")
+            if self.s.nq:
+                bp = &bv[0]
         distances = np.empty((self.s.nq, k), dtype=np.float32)
         ids = np.empty((self.s.nq, k), dtype=np.int64)
         cdef float[:, ::1] dv = distances
@@ -216,7 +227,8 @@ cdef class Scan:
             else:
                 part.queries = self.s.queries + <size_t>q0 * self.s.d
             with nogil:
-                rc = sc_scan_topk(&part, k, threads, &dv[q0, 0], &iv[q0, 0])
+                rc = sc_scan_topk(&part, k, threads, bp + q0 if bp != NULL else NULL,
+                                  &dv[q0, 0], &iv[q0, 0])
             if rc:
                 raise MemoryError("out of memory in the top-k scan")
         return distances, ids

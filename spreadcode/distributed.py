@@ -269,14 +269,15 @@ def _worker_part(path, payload_sha256, spec):
 
 
 def worker_decoded_blocks(quantizer, part, offset, decoder, block):
-    """The decoded blocks of the .spc file ``part`` (`spreadcode.search.decoded_blocks`:
-    float32 (<= block, d_in) arrays), kept by this process for the next query batches and
-    searches with the same decoder: the least recently used go first beyond
+    """The decoded codes of the .spc file ``part`` as a list of one float32 (count, d_in)
+    array (`spreadcode.search.decoded_part`), kept by this process for the next query batches
+    and searches with the same decoder: the least recently used go first beyond
     WORKER_DECODED_BYTES, and a file whose decoded codes alone exceed it is decoded block by
-    block each time (memory O(block · d_in)). Keyed by path, payload checksum, decoder kind
-    and sha256, and block, so a changed file or another decoder decodes anew. ``offset`` is
-    unused (the signature of `spreadcode.search.part_decoded_knn`'s ``blocks_of``)."""
-    from .search import decoded_blocks
+    block each time (`spreadcode.search.decoded_blocks`, memory O(block · d_in)). Keyed by
+    path, payload checksum, decoder kind and sha256, and block, so a changed file or another
+    decoder decodes anew. ``offset`` is unused (the signature of
+    `spreadcode.search.part_decoded_knn`'s ``blocks_of``)."""
+    from .search import decoded_blocks, decoded_part
 
     size = part.count * decoder.d_in * 4
     if size > WORKER_DECODED_BYTES:
@@ -287,7 +288,7 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block):
         if key in _WORKER_DECODED:
             _WORKER_DECODED.move_to_end(key)
             return _WORKER_DECODED[key]
-    blocks = list(decoded_blocks(quantizer, part, decoder, block))
+    blocks = [decoded_part(quantizer, part, decoder, block)]
     with _WORKER_DECODED_LOCK:
         _WORKER_DECODED[key] = blocks
         held = sum(sum(b.nbytes for b in kept) for kept in _WORKER_DECODED.values())

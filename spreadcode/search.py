@@ -56,6 +56,9 @@ LINEAR_RESIDUAL_RERANK_MIN = 1000
 DECODE_ALL_BYTES = 512 << 20
 # Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
+# Relative widening of a k-th distance bound before a bounded scan (`decoded_topk`): float32
+# rounding of ‖q‖² + (‖x‖² − 2⟨q, x⟩) is a few ulps, far less.
+BOUND_SLACK = 1e-5
 # Codes decoded at a time by decoded range search (its distances are float64).
 DECODED_RANGE_BLOCK = 16384
 
@@ -415,7 +418,7 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     elif collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
         held = collection.cached(
             ("decoded", decoder.kind, decoder.sha256, block),
-            lambda: {int(offset): list(decoded_blocks(collection.quantizer, part, decoder, block))
+            lambda: {int(offset): [decoded_part(collection.quantizer, part, decoder, block)]
                      for part, offset in zip(collection.parts, collection.offsets)
                      if part.count})
 
@@ -423,9 +426,21 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
             return held[offset]
 
     def run(start, stop):
-        distances, ids = merge_knn(each_part(
-            collection, part_decoded_knn, decoder, query_vectors[start:stop], k_capped, block,
-            blocks_of, client=client, progress=progress), k_capped)
+        queries = query_vectors[start:stop]
+        if client is not None:
+            distances, ids = merge_knn(each_part(
+                collection, part_decoded_knn, decoder, queries, k_capped, block, blocks_of,
+                client=client, progress=progress), k_capped)
+        else:  # part after part, each scan bounded by the k-th distance found so far
+            best = None
+            for part, offset in zip(collection.parts, collection.offsets):
+                if part.count:
+                    found = part_decoded_knn(collection.quantizer, part, int(offset), decoder,
+                                             queries, k_capped, block, blocks_of,
+                                             knn_bound(best, k_capped))
+                    best = found if best is None else merge_topk(
+                        [best[0], found[0]], [best[1], found[1]], k_capped)
+            distances, ids = best
         return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
@@ -439,41 +454,74 @@ def decoded_blocks(quantizer, part, decoder, block):
     return (decoder.decode(codes[first:first + block]) for first in range(0, part.count, block))
 
 
-def decoded_topk(decoded, queries, k):
+def decoded_part(quantizer, part, decoder, block):
+    """Every code of ``part`` decoded by ``decoder``, ``block`` at a time, into one float32
+    (count, d_in) array: what a cache holds, so that a held part is scanned in one call."""
+    out = np.empty((part.count, decoder.d_in), dtype=np.float32)
+    for first, decoded in zip(range(0, part.count, block),
+                              decoded_blocks(quantizer, part, decoder, block)):
+        out[first:first + len(decoded)] = decoded
+    return out
+
+
+def decoded_topk(decoded, queries, k, bound=None):
     """The k rows of ``decoded`` float32 (n, d) nearest to each of ``queries`` float32 (nq, d)
     in squared L2: (distances float32 (nq, k) ascending, clamped at 0; rows int64 (nq, k)),
     ties to the lower row, 1 <= k <= n. The compiled scan (csrc/scan.c) ranks by
-    ‖x‖² − 2⟨q, x⟩ in 4 × 16 register tiles and keeps a running top-k per query, so no
+    ‖x‖² − 2⟨q, x⟩ in 6 × 16 register tiles and keeps a running top-k per query, so no
     (nq, n) distance matrix is written: 2.7× the speed of a GEMM and top-k in torch at 96-d
-    (BENCHMARKS.md, "Collections at 1M vectors", run H)."""
+    (BENCHMARKS.md, "Collections at 1M vectors", run H).
+
+    ``bound``: None, or float32 (nq,) squared distances, the k-th of a top-k already found
+    among other codes: rows farther than bound[q] cannot enter it, so the scan skips them,
+    and slots they leave empty come back as (inf, -1). Rounding never drops a row at the
+    bound itself (it is widened by BOUND_SLACK)."""
     from . import _codec
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    norms = np.einsum("ij,ij->i", queries, queries)
+    if bound is not None:
+        bound = bound - norms + np.float32(BOUND_SLACK) * (np.abs(bound) + norms)
     distances, rows = _codec.float_scan(np.ascontiguousarray(decoded, dtype=np.float32),
-                                        queries).topk(k, _codec.check_threads(None))
-    distances += np.einsum("ij,ij->i", queries, queries)[:, None]
+                                        queries).topk(k, _codec.check_threads(None), bound)
+    distances += norms[:, None]
     return np.maximum(distances, 0.0, out=distances), rows
 
 
-def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks_of=None):
+def knn_bound(best, k, bound=None):
+    """The bound (`decoded_topk`) that a top-k result ``best`` (distances float32 (nq, k'),
+    ids) sets for the codes still to scan: its k-th distances, float32 (nq,), no looser than
+    ``bound``; None while ``best`` is None or holds fewer than k columns (and no bound)."""
+    if best is None or best[0].shape[1] < k:
+        return bound
+    kth = best[0][:, k - 1]
+    return kth if bound is None else np.minimum(kth, bound)
+
+
+def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks_of=None,
+                     bound=None):
     """The min(k, count) codes of ``part`` (at ``offset``, `spreadcode.collection.part_ids`)
     whose decoded vectors are nearest to the raw queries float32 (nq, d_in): (squared L2
     distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). The part's decoded
-    blocks come from ``blocks_of(quantizer, part, offset, decoder, block)`` (a cache of them)
-    or else `decoded_blocks`; each is searched by `decoded_topk` with its rows in id order
-    (it breaks ties by row)."""
-    def searched():
-        blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
-                  else blocks_of(quantizer, part, offset, decoder, block))
-        for first, decoded in zip(range(0, part.count, block), blocks):
-            ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
-            if np.any(ids[1:] < ids[:-1]):
-                order = np.argsort(ids, kind="stable")
-                decoded, ids = decoded[order], ids[order]
-            dist, rows = decoded_topk(decoded, queries, min(k, len(decoded)))
-            yield dist, ids[rows]
-
-    return merge_knn(searched(), k)
+    blocks come from ``blocks_of(quantizer, part, offset, decoder, block)`` (a cache of them:
+    float32 arrays of consecutive rows) or else `decoded_blocks`; each is searched by
+    `decoded_topk` with its rows in id order (it breaks ties by row), bounded by the k-th
+    distance found so far (`knn_bound`). ``bound``: a bound from other parts (float32 (nq,),
+    or None); codes beyond it are left out, and the slots they leave are (inf, -1)."""
+    blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
+              else blocks_of(quantizer, part, offset, decoder, block))
+    best, first = None, 0
+    for decoded in blocks:
+        ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
+        first += len(decoded)
+        if np.any(ids[1:] < ids[:-1]):
+            order = np.argsort(ids, kind="stable")
+            decoded, ids = decoded[order], ids[order]
+        dist, rows = decoded_topk(decoded, queries, min(k, len(decoded)), bound)
+        found = (dist, np.where(rows >= 0, ids[rows], np.int64(-1)))
+        best = found if best is None else merge_topk([best[0], dist], [best[1], found[1]], k)
+        bound = knn_bound(best, k, bound)
+    return best
 
 
 def prepare_decoded_range(collection, decoder, queries, radius, block=DECODED_RANGE_BLOCK,

@@ -481,3 +481,54 @@ def test_decoded_topk_breaks_ties_by_row_and_checks_the_dimension():
     np.testing.assert_array_equal(distances, [[0, 0, 0, 0, 2, 2], [1, 1, 1, 1, 5, 5]])
     with pytest.raises(SpreadcodeError, match="dimension 2 but the vectors have 3"):
         decoded_topk(db, np.zeros((1, 2), np.float32), 1)
+
+
+def test_a_bounded_decoded_topk_keeps_what_lies_within_the_bound():
+    """With a bound per query, the scan returns the unbounded top-k's entries at a distance
+    up to the bound (the bound itself included, ties still to the lower row) and (inf, -1)
+    in the slots left; an infinite bound changes nothing."""
+    rng = np.random.default_rng(7)
+    db = rng.standard_normal((700, 24)).astype(np.float32)
+    db[[10, 20, 30]] = db[5]  # rows 5, 10, 20, 30 lie at the same distance of every query
+    queries = rng.standard_normal((9, 24)).astype(np.float32)
+    queries[0] = db[5] + 0.01
+    full_d, full_r = decoded_topk(db, queries, 40)
+    bound = full_d[np.arange(9), [0, 2, 5, 13, 21, 39, 0, 1, 3]].copy()
+    bound[0] = full_d[0, 1]  # the 4th of the tie at row 5: 10, 20 and 30 enter, not beyond
+    bound[-1] = np.inf
+    got_d, got_r = decoded_topk(db, queries, 40, bound)
+    within = full_d <= bound[:, None]
+    assert within[0, :4].all() and not within[0, 4]
+    np.testing.assert_array_equal(got_r, np.where(within, full_r, -1))
+    np.testing.assert_array_equal(got_d, np.where(within, full_d, np.float32(np.inf)))
+
+
+def test_a_decoded_search_over_many_parts_equals_one_part():
+    """The decoded k-NN of a collection scans part after part, each bounded by the k-th
+    distance found so far (`search.knn_bound`); the result equals the search of the same
+    codes as one part, ids and distances, with a tie across parts going to the lower id."""
+    from spreadcode import search
+
+    rng = np.random.default_rng(3)
+    decoded = rng.standard_normal((900, 8)).astype(np.float32)
+    decoded[850] = decoded[3]  # a tie across parts
+
+    class Part:
+        def __init__(self, rows):
+            self.rows, self.count, self.ids = rows, len(rows), None
+
+    def blocks_of(quantizer, part, offset, decoder, block):
+        return [decoded[part.rows]]
+
+    queries = np.vstack([decoded[3] + 0.001, rng.standard_normal((20, 8))]).astype(np.float32)
+    one = search.part_decoded_knn(None, Part(np.arange(900)), 0, None, queries, 30, 64,
+                                  blocks_of)
+    best = None
+    for first, stop in ((0, 5), (5, 400), (400, 410), (410, 900)):
+        found = search.part_decoded_knn(None, Part(np.arange(first, stop)), first, None,
+                                        queries, 30, 64, blocks_of, search.knn_bound(best, 30))
+        best = found if best is None else search.merge_topk(
+            [best[0], found[0]], [best[1], found[1]], 30)
+    np.testing.assert_array_equal(best[1], one[1])
+    np.testing.assert_array_equal(best[0], one[0])
+    assert best[1][0, 0] == 3 and best[1][0, 1] == 850

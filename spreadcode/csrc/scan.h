@@ -24,8 +24,12 @@ typedef struct {
     float scale2;                /* dot kinds: distance = 2 - <q, code vector> * scale2 */
 } sc_scan;
 
-/* Top-k of every query: out_d, out_i (nq, k). Returns 0, or -1 when out of memory. */
-SC_API int sc_scan_topk(const sc_scan *S, int k, int threads, float *out_d, int64_t *out_i);
+/* Top-k of every query: out_d, out_i (nq, k). bound (nq), or NULL for none: only codes at a
+   distance <= bound[q] count for query q (a k-th distance already found elsewhere, so that
+   a scan of the next part of a collection skips what cannot enter the top-k); slots left
+   empty come back as (INFINITY, -1). Returns 0, or -1 when out of memory. */
+SC_API int sc_scan_topk(const sc_scan *S, int k, int threads, const float *bound, float *out_d,
+                        int64_t *out_i);
 
 /* Range search: every code with distance <= radius, gathered per (slot, query). */
 typedef struct sc_list sc_list;
