@@ -49,9 +49,9 @@ static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT
 
 /* dist (SC_QG, SC_BLOCK) <- 2 - <q, column> * s2 for SC_QG queries q (SC_QG, d) and the
    first `cols` (a multiple of 16) columns of zT, or norms[c] - 2 <q, column> when norms is
-   not NULL, in 6 x 16 register tiles (12 accumulators, enough independent FMAs to hide
-   their latency: 1.8x the speed of 4 x 16 on AVX2); hot[g][c / 16] is 0 when none of the
-   16 distances of query g is <= limit[g]. */
+   not NULL, in 6 x 16 register tiles (12 accumulators, more independent FMAs than 4 x 16:
+   2-9 % faster on a 2-core AVX2 EPYC, BENCHMARKS.md run J); hot[g][c / 16] is 0 when none
+   of the 16 distances of query g is <= limit[g]. */
 SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, int cols, float s2,
                                         const float *norms, const float *limit, float *dist,
                                         uint8_t *hot) {
