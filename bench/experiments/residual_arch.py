@@ -5,10 +5,15 @@ Variants (FIELD=VALUE; the rest are ResidualConfig overrides as in `residual_var
 - ``skip=1``: each decoder stage gets a linear path from its lattice point,
   x̂_m = x̂_{m−1} + W_m z_m + g_m([z_m, x̂_{m−1}]) — an additive (RQ-like) codebook that
   the MLP corrects, as QINCo refines a base codeword; a prior for small learn sets.
+- ``table=1``: each decoder stage also adds a free codeword T_m[a(z_m)], a(z) the nearest
+  of the 4·C(d, 2) directions ±e_i ± e_j (the points of S(d, 2)) to the lattice point: a
+  learned codebook of 264 rows per 12-d stage, indexed by a coarse quantization of its code,
+  so that directions the smooth MLP reaches poorly (the tail of a 384-d spectrum: lever 24)
+  get free parameters, as LSQ's codewords are.
 - ``wd=W``: AdamW with decoupled weight decay W instead of Adam.
 - ``beams=[8]``: also encode the base with these beams and search it (default search).
 
-Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1] [wd=0.01] [beams=[8]] ...
+Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1 | table=1] [wd=0.01] [beams=[8]] ...
 The model's state dict goes to OUT (torch.save; it does not load as a library model). One
 JSON row per beam appended to results-issue14.jsonl.
 """
@@ -42,6 +47,36 @@ class SkipResidual(residual.ResidualCatalyzer):
         return super()._decode_stage(m, z, xh) + self.skip[m](z)
 
 
+def sphere_two_points(d):
+    """The 4·C(d, 2) unit vectors (±e_i ± e_j)/√2, float32 (4·C(d, 2), d)."""
+    points = []
+    for i in range(d):
+        for j in range(i + 1, d):
+            for si in (1, -1):
+                for sj in (1, -1):
+                    p = np.zeros(d, np.float32)
+                    p[i], p[j] = si, sj
+                    points.append(p / np.sqrt(2))
+    return torch.from_numpy(np.array(points, dtype=np.float32))
+
+
+class TableResidual(residual.ResidualCatalyzer):
+    """The library model plus a free codeword per stage, indexed by the lattice point's
+    nearest S(d, 2) direction."""
+
+    def __init__(self, d_in, quantizer, *args, **kwargs):
+        super().__init__(d_in, quantizer, *args, **kwargs)
+        for m, block in enumerate(quantizer.blocks):
+            self.register_buffer(f"anchors{m}", sphere_two_points(block.d))
+        self.tables = nn.ParameterList([
+            nn.Parameter(torch.zeros(getattr(self, f"anchors{m}").shape[0], d_in))
+            for m in range(len(quantizer.blocks))])
+
+    def _decode_stage(self, m, z, xh):
+        row = (z.detach() @ getattr(self, f"anchors{m}").T).argmax(1)
+        return super()._decode_stage(m, z, xh) + self.tables[m][row]
+
+
 def adamw(decay):
     def make(params, lr):
         try:
@@ -57,9 +92,12 @@ def main():
     for item in sys.argv[3:]:
         name, value = item.split("=", 1)
         overrides[name] = json.loads(value)
-    variant = {name: overrides.pop(name) for name in ("skip", "wd", "beams") if name in overrides}
+    variant = {name: overrides.pop(name) for name in ("skip", "table", "wd", "beams")
+               if name in overrides}
     if variant.get("skip"):
         residual.ResidualCatalyzer = SkipResidual
+    if variant.get("table"):
+        residual.ResidualCatalyzer = TableResidual
     if variant.get("wd"):
         residual.adam = adamw(float(variant["wd"]))
     config = command_config(overrides.get("bits", 64))
