@@ -20,6 +20,7 @@ code, so the results are identical to the single-process ones.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -142,6 +143,20 @@ def merge_knn(results, k):
     for dist, ids in results:
         best = merge_topk([dist] if best is None else [best[0], dist],
                           [ids] if best is None else [best[1], ids], k)
+    return best
+
+
+def bounded_knn(searches, k, bound=None):
+    """The k best of top-k searches run one after the other, each given the bound the
+    results so far set (`knn_bound`, no looser than ``bound``) so that it can skip what
+    cannot enter: ``searches`` yields functions of a bound (float32 (nq,) or None) returning
+    (distances float32 (nq, k_i), ids int64 (nq, k_i)); merged by (distance, id) like
+    `merge_knn`."""
+    best = None
+    for search in searches:
+        found = search(knn_bound(best, k, bound))
+        best = found if best is None else merge_topk([best[0], found[0]],
+                                                     [best[1], found[1]], k)
     return best
 
 
@@ -432,15 +447,11 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
                 collection, part_decoded_knn, decoder, queries, k_capped, block, blocks_of,
                 client=client, progress=progress), k_capped)
         else:  # part after part, each scan bounded by the k-th distance found so far
-            best = None
-            for part, offset in zip(collection.parts, collection.offsets):
-                if part.count:
-                    found = part_decoded_knn(collection.quantizer, part, int(offset), decoder,
-                                             queries, k_capped, block, blocks_of,
-                                             knn_bound(best, k_capped))
-                    best = found if best is None else merge_topk(
-                        [best[0], found[0]], [best[1], found[1]], k_capped)
-            distances, ids = best
+            distances, ids = bounded_knn(
+                (functools.partial(part_decoded_knn, collection.quantizer, part, int(offset),
+                                   decoder, queries, k_capped, block, blocks_of)
+                 for part, offset in zip(collection.parts, collection.offsets) if part.count),
+                k_capped)
         return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
@@ -506,22 +517,25 @@ def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks
     blocks come from ``blocks_of(quantizer, part, offset, decoder, block)`` (a cache of them:
     float32 arrays of consecutive rows) or else `decoded_blocks`; each is searched by
     `decoded_topk` with its rows in id order (it breaks ties by row), bounded by the k-th
-    distance found so far (`knn_bound`). ``bound``: a bound from other parts (float32 (nq,),
+    distance found so far (`bounded_knn`). ``bound``: a bound from other parts (float32 (nq,),
     or None); codes beyond it are left out, and the slots they leave are (inf, -1)."""
-    blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
-              else blocks_of(quantizer, part, offset, decoder, block))
-    best, first = None, 0
-    for decoded in blocks:
-        ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
-        first += len(decoded)
-        if np.any(ids[1:] < ids[:-1]):
-            order = np.argsort(ids, kind="stable")
-            decoded, ids = decoded[order], ids[order]
-        dist, rows = decoded_topk(decoded, queries, min(k, len(decoded)), bound)
-        found = (dist, np.where(rows >= 0, ids[rows], np.int64(-1)))
-        best = found if best is None else merge_topk([best[0], dist], [best[1], found[1]], k)
-        bound = knn_bound(best, k, bound)
-    return best
+    def searches():
+        blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
+                  else blocks_of(quantizer, part, offset, decoder, block))
+        first = 0
+        for decoded in blocks:
+            ids = part_ids(part, offset, np.arange(first, first + len(decoded)))
+            first += len(decoded)
+            if np.any(ids[1:] < ids[:-1]):
+                order = np.argsort(ids, kind="stable")
+                decoded, ids = decoded[order], ids[order]
+            yield functools.partial(block_knn, decoded, ids)
+
+    def block_knn(decoded, ids, block_bound):
+        dist, rows = decoded_topk(decoded, queries, min(k, len(decoded)), block_bound)
+        return dist, np.where(rows >= 0, ids[rows], np.int64(-1))
+
+    return bounded_knn(searches(), k, bound)
 
 
 def prepare_decoded_range(collection, decoder, queries, radius, block=DECODED_RANGE_BLOCK,

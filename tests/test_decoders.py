@@ -1,4 +1,5 @@
 """Learned decoders: least squares, the artifact round-trip, re-ranking and decoded search."""
+import functools
 import json
 from dataclasses import replace
 
@@ -505,7 +506,7 @@ def test_a_bounded_decoded_topk_keeps_what_lies_within_the_bound():
 
 def test_a_decoded_search_over_many_parts_equals_one_part():
     """The decoded k-NN of a collection scans part after part, each bounded by the k-th
-    distance found so far (`search.knn_bound`); the result equals the search of the same
+    distance found so far (`search.bounded_knn`); the result equals the search of the same
     codes as one part, ids and distances, with a tie across parts going to the lower id."""
     from spreadcode import search
 
@@ -523,12 +524,10 @@ def test_a_decoded_search_over_many_parts_equals_one_part():
     queries = np.vstack([decoded[3] + 0.001, rng.standard_normal((20, 8))]).astype(np.float32)
     one = search.part_decoded_knn(None, Part(np.arange(900)), 0, None, queries, 30, 64,
                                   blocks_of)
-    best = None
-    for first, stop in ((0, 5), (5, 400), (400, 410), (410, 900)):
-        found = search.part_decoded_knn(None, Part(np.arange(first, stop)), first, None,
-                                        queries, 30, 64, blocks_of, search.knn_bound(best, 30))
-        best = found if best is None else search.merge_topk(
-            [best[0], found[0]], [best[1], found[1]], 30)
+    best = search.bounded_knn(
+        (functools.partial(search.part_decoded_knn, None, Part(np.arange(first, stop)), first,
+                           None, queries, 30, 64, blocks_of)
+         for first, stop in ((0, 5), (5, 400), (400, 410), (410, 900))), 30)
     np.testing.assert_array_equal(best[1], one[1])
     np.testing.assert_array_equal(best[0], one[0])
     assert best[1][0, 0] == 3 and best[1][0, 1] == 850
