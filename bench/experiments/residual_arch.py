@@ -1,4 +1,4 @@
-"""Issue #14 scratch experiment: architecture and optimizer variants of the residual default
+"""Issue #14 scratch experiment: architecture variants of the residual default
 that its ResidualConfig cannot express, measured as `residual_variants.py` measures.
 
 Variants (FIELD=VALUE; the rest are ResidualConfig overrides as in `residual_variants.py`):
@@ -10,18 +10,16 @@ Variants (FIELD=VALUE; the rest are ResidualConfig overrides as in `residual_var
   learned codebook of 264 rows per 12-d stage, indexed by a coarse quantization of its code,
   so that directions the smooth MLP reaches poorly (the tail of a 384-d spectrum: lever 24)
   get free parameters, as LSQ's codewords are.
-- ``wd=W``: AdamW with decoupled weight decay W instead of Adam.
 - ``beams=[8]``: also encode the base with these beams and search it (default search).
 
-Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1 | table=1] [wd=0.01] [beams=[8]] ...
+Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1 | table=1] [beams=[8]] ...
+(weight decay: `residual_regularized.py ... wd=W`)
 The model's state dict goes to OUT (torch.save; it does not load as a library model). One
 JSON row per beam appended to results-issue14.jsonl.
 """
-import json
 import os
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -31,8 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
+from residual_variants import parse_overrides, variant_config  # noqa: E402
 from spreadcode import Index, residual  # noqa: E402
-from spreadcode.training import command_config  # noqa: E402
 
 
 class SkipResidual(residual.ResidualCatalyzer):
@@ -77,31 +75,16 @@ class TableResidual(residual.ResidualCatalyzer):
         return super()._decode_stage(m, z, xh) + self.tables[m][row]
 
 
-def adamw(decay):
-    def make(params, lr):
-        try:
-            return torch.optim.AdamW(list(params), lr=lr, weight_decay=decay, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            return torch.optim.AdamW(list(params), lr=lr, weight_decay=decay)
-    return make
-
-
 def main():
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
-    overrides = {}
-    for item in sys.argv[3:]:
-        name, value = item.split("=", 1)
-        overrides[name] = json.loads(value)
-    variant = {name: overrides.pop(name) for name in ("skip", "table", "wd", "beams")
+    overrides = parse_overrides(sys.argv[3:])
+    variant = {name: overrides.pop(name) for name in ("skip", "table", "beams")
                if name in overrides}
     if variant.get("skip"):
         residual.ResidualCatalyzer = SkipResidual
     if variant.get("table"):
         residual.ResidualCatalyzer = TableResidual
-    if variant.get("wd"):
-        residual.adam = adamw(float(variant["wd"]))
-    config = command_config(overrides.get("bits", 64))
-    config = replace(config, **{k: v for k, v in overrides.items() if k != "bits"})
+    config = variant_config(overrides)
     start = time.time()
     trained = residual.train_residual(data.learn, config, progress=False)
     train_s = time.time() - start

@@ -15,11 +15,9 @@ decoded, searched exhaustively ("decall", which the default search matches: leve
 Run:  python bench/experiments/residual_kmeans_first.py DATA [FIELD=VALUE ...]
 One JSON row appended to results-issue14.jsonl.
 """
-import json
 import os
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -29,10 +27,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
+from residual_variants import parse_overrides, variant_config  # noqa: E402
 from spreadcode import residual  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
 from spreadcode.search import decoded_topk  # noqa: E402
-from spreadcode.training import command_config  # noqa: E402
 
 CENTROIDS = 256
 KMEANS_ITERATIONS = 20
@@ -98,15 +96,11 @@ class KMeansFirst(residual.ResidualCatalyzer):
 
 def main():
     data = load_dataset(sys.argv[1])
-    overrides = {"blocks": [[12, 6], [12, 6], [12, 6], [6, 4]]}
-    for item in sys.argv[2:]:
-        name, value = item.split("=", 1)
-        overrides[name] = json.loads(value)
+    overrides = {"blocks": [[12, 6], [12, 6], [12, 6], [6, 4]], **parse_overrides(sys.argv[2:])}
     residual.ResidualCatalyzer = KMeansFirst
     residual.fit_shortlist_decoder = lambda *args, **kwargs: None  # library codes only
     residual.validation_recall = lambda *args: {}
-    config = replace(command_config(64), **{k: v for k, v in overrides.items() if k != "blocks"},
-                     blocks=tuple(tuple(b) for b in overrides["blocks"]))
+    config = variant_config({**overrides, "blocks": tuple(map(tuple, overrides["blocks"]))})
     start = time.time()
     trained = residual.train_residual(data.learn, config, progress=False)
     train_s = time.time() - start

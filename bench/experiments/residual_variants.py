@@ -28,14 +28,26 @@ from spreadcode.residual import train_residual  # noqa: E402
 from spreadcode.training import command_config  # noqa: E402
 
 
-def main():
-    data, out = load_dataset(sys.argv[1]), sys.argv[2]
+def parse_overrides(items):
+    """FIELD=VALUE command-line items (VALUE in JSON) -> {FIELD: value}."""
     overrides = {}
-    for item in sys.argv[3:]:
+    for item in items:
         field, value = item.split("=", 1)
         overrides[field] = json.loads(value)
-    config = command_config(overrides.get("bits", 64))
-    config = replace(config, **{k: v for k, v in overrides.items() if k != "bits"})
+    return overrides
+
+
+def variant_config(overrides):
+    """`spreadcode train`'s default ResidualConfig for overrides.get("bits", 64), with the
+    other overrides (ResidualConfig fields) replaced."""
+    return replace(command_config(overrides.get("bits", 64)),
+                   **{k: v for k, v in overrides.items() if k != "bits"})
+
+
+def main():
+    data, out = load_dataset(sys.argv[1]), sys.argv[2]
+    overrides = parse_overrides(sys.argv[3:])
+    config = variant_config(overrides)
     start = time.time()
     trained = train_residual(data.learn, config, progress=False)
     train_s = time.time() - start
