@@ -93,6 +93,36 @@ def test_encoding_matches_the_training_pass(trained):
                                rtol=1e-4, atol=1e-5)
 
 
+
+def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
+    """Once g_0 has decoded as many rows as block 0 has points, it is looked up by rank in a
+    table: codes and decoded vectors are those of g_0 itself, a small encode builds no table,
+    and a change of the weights replaces the table."""
+    import copy
+
+    tabled, direct = copy.deepcopy(trained.model), copy.deepcopy(trained.model)
+    sample, count = load_sample(), 64416  # S(12, 6), TINY's first stage
+    vectors = np.vstack([sample.learn, sample.base] * 4)[:count + 500]
+    tabled.encode(sample.base[:1000])
+    assert tabled._first_table is None
+    monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
+    want_codes = direct.encode(vectors)
+    want = direct.decode(want_codes)
+    assert direct._first_table is None
+    monkeypatch.undo()
+    codes = tabled.encode(vectors)
+    assert tabled._first_table is not None and tabled._first_table.shape == (count, 96)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_allclose(tabled.decode(codes), want, rtol=1e-6, atol=1e-6)
+    for model in tabled, direct:
+        with torch.no_grad():
+            model.g[0][-1].bias.add_(0.5)
+    monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
+    want = direct.decode(codes[:3000])
+    monkeypatch.undo()
+    np.testing.assert_allclose(tabled.decode(codes[:3000]), want, rtol=1e-6, atol=1e-6)
+    assert tabled._first_table is None  # stale, and 3,000 rows do not pay for a new one
+
 def test_beam_search_is_the_best_of_the_candidate_tree(trained):
     """With two stages and beam 2, the beam keeps every path of the tree (2 candidates per
     stage): its codes are the path of least reconstruction error, computed here path by path
