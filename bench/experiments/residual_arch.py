@@ -117,17 +117,16 @@ class SharedResidual(residual.ResidualCatalyzer):
         return xh + self.shared(m - 1, z, xh)
 
 
+MODELS = {"skip": SkipResidual, "table": TableResidual, "share": SharedResidual}
+
+
 def main():
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
     overrides = parse_overrides(sys.argv[3:])
-    variant = {name: overrides.pop(name) for name in ("skip", "table", "share", "beams")
-               if name in overrides}
-    if variant.get("skip"):
-        residual.ResidualCatalyzer = SkipResidual
-    if variant.get("table"):
-        residual.ResidualCatalyzer = TableResidual
-    if variant.get("share"):
-        residual.ResidualCatalyzer = SharedResidual
+    variant = {name: overrides.pop(name) for name in (*MODELS, "beams") if name in overrides}
+    for name, model_class in MODELS.items():
+        if variant.get(name):
+            residual.ResidualCatalyzer = model_class
     config = variant_config(overrides)
     start = time.time()
     trained = residual.train_residual(data.learn, config, progress=False)
