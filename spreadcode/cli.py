@@ -157,7 +157,8 @@ def main(ctx, debug):
                    "the table in `spreadcode.training` (16, 32, 64, 128, 256).")
 @click.option("--quantizer", type=click.Choice(["residual", "lattice", "sign"]),
               default="residual", show_default=True,
-              help="residual: lattice stages trained as an auto-encoder with their decoders, "
+              help="residual: lattice stages trained as an auto-encoder with their decoders "
+                   "(encoder MLPs 512 wide, decoders 1,024: the widths of best held-out error), "
                    "then a small shortlist decoder distilled from them for fast search (best "
                    "recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
                    "catalyzer + one sphere; sign: catalyzer + sign bits.")

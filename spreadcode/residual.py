@@ -11,12 +11,13 @@ the stages before it left unexplained::
 
 f_m and g_m are small MLPs; x is first centred and scaled like the catalyzer's input
 (`spreadcode.catalyzer.Catalyzer.fit_preprocessing`). All stages train together as an
-auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², which keeps the first stage a useful
-coarse code), with straight-through gradients through the lattices (paper §4.2) — the decoder
-perspective of Amara et al. (2021) taken to training time: the code is learnt for the decoder
-that will read it. Encoding needs the decoders of stages 0..M−2 (x̂ feeds the next stage), so
-the model file holds both; a .spc file still needs only its header to turn a code into lattice
-points, and names the model by its hash.
+auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², 0 by default, which kept the first
+stage a useful coarse code when search used it), with straight-through gradients through
+the lattices (paper §4.2) — the decoder perspective of Amara et al. (2021) taken to
+training time: the code is learnt for the decoder that will read it. Encoding needs the
+decoders of stages 0..M−2 (x̂ feeds the next stage), so the model file holds both; a .spc
+file still needs only its header to turn a code into lattice points, and names the model by
+its hash.
 
 Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each stage keeps
 the ``beam`` partial codes of least error ‖x − x̂_m‖², each extended by the stage's two
@@ -59,7 +60,10 @@ from spreadcode.torchutil import (  # noqa: E402
 # wordnet-minilm96: BENCHMARKS.md, "Issue #14 levers").
 STAGE_BLOCK = (12, 6)
 HALF_STAGE_BLOCK = (6, 4)
-ENCODER_HIDDEN = 256
+# Encoders of hidden 512 with no first-stage loss term (`ResidualConfig.aux` 0): pypi-minilm96
+# 35.1 / 79.8 / 97.6 greedy, 38.9 / 83.5 / 98.1 with `--beam 8`, against 256 with aux 0.5's
+# 32.5-33.2 / 77.0-77.5 / 96.5-96.7 (BENCHMARKS.md, "Issue #14 levers", rows 21, 26, 28).
+ENCODER_HIDDEN = 512
 DECODER_HIDDEN = 1024
 # The shortlist decoder: hidden width and distillation epochs. Hidden 256 decodes 60k codes in
 # 0.15 s (the full decoder: 4.4 s), and its top 200 re-ranked by the full decoder give the
@@ -370,7 +374,7 @@ class ResidualConfig:
     time_budget_s: float | None = None
     batch_size: int = 256
     lr: float = 1e-3
-    aux: float = 0.5
+    aux: float = 0.0
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
