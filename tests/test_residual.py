@@ -93,7 +93,6 @@ def test_encoding_matches_the_training_pass(trained):
                                rtol=1e-4, atol=1e-5)
 
 
-
 def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
     """Once g_0 has decoded as many rows as block 0 has points, it is looked up by rank in a
     table: codes and decoded vectors are those of g_0 itself, a small encode builds no table,
@@ -122,6 +121,7 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     monkeypatch.undo()
     np.testing.assert_allclose(tabled.decode(codes[:3000]), want, rtol=1e-6, atol=1e-6)
     assert tabled._first_table is None  # stale, and 3,000 rows do not pay for a new one
+
 
 def test_beam_search_is_the_best_of_the_candidate_tree(trained):
     """With two stages and beam 2, the beam keeps every path of the tree (2 candidates per
