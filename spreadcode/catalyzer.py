@@ -182,7 +182,9 @@ class CatalyzerMeta:
     and the ``training`` record (a JSON object, kept as it is). ``arch_type`` "residual"
     marks a `spreadcode.residual.ResidualCatalyzer` (product code, one stage per block;
     ``hidden_decoder`` its decoders' width, ``hidden_shortlist`` its shortlist decoder's, None
-    in models written before that decoder was an MLP), "mlp" the paper's catalyzer. ``sha256`` and
+    in models written before that decoder was an MLP; ``output_norm`` the sphere its decoders
+    decode onto, None when its learn set's norm was not constant or for models written
+    before), "mlp" the paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
     a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
     dimension must be d_out (SpreadcodeError otherwise)."""
@@ -196,6 +198,7 @@ class CatalyzerMeta:
     arch_type: str = "mlp"
     hidden_decoder: int | None = None
     hidden_shortlist: int | None = None
+    output_norm: float | None = None
     sha256: str | None = None
     path: str | None = None
 
@@ -212,7 +215,7 @@ class CatalyzerMeta:
         arch = model.arch()
         return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
                    arch.get("type", "mlp"), arch.get("hidden_decoder"),
-                   arch.get("hidden_shortlist"))
+                   arch.get("hidden_shortlist"), arch.get("output_norm"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -228,12 +231,19 @@ class CatalyzerMeta:
                                  f"{', '.join(ARCH_TYPES)}")
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
-        hidden_decoder = hidden_shortlist = None
+        hidden_decoder = hidden_shortlist = output_norm = None
         if arch_type == "residual":
             hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
             if "hidden_shortlist" in arch:
                 hidden_shortlist = check_width(arch["hidden_shortlist"], where,
                                                "arch.hidden_shortlist")
+            if "output_norm" in arch:
+                output_norm = arch["output_norm"]
+                if not (isinstance(output_norm, (int, float)) and not isinstance(output_norm, bool)
+                        and math.isfinite(output_norm) and output_norm > 0):
+                    raise metadata_error(where, "arch.output_norm",
+                                         f"{output_norm!r} is not a number > 0")
+                output_norm = float(output_norm)
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
@@ -248,7 +258,8 @@ class CatalyzerMeta:
         training = meta.get("training", {})
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
-        return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist)
+        return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist,
+                   output_norm)
 
     def arch(self):
         """The model file's "arch" object, as the network's ``arch()`` gives it."""
@@ -257,6 +268,8 @@ class CatalyzerMeta:
             arch = {"type": "residual", **arch, "hidden_decoder": self.hidden_decoder}
             if self.hidden_shortlist is not None:
                 arch["hidden_shortlist"] = self.hidden_shortlist
+            if self.output_norm is not None:
+                arch["output_norm"] = self.output_norm
         return arch
 
     def to_json(self):
@@ -271,7 +284,7 @@ class CatalyzerMeta:
             from spreadcode.residual import ResidualCatalyzer
 
             return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
-                                     self.hidden_decoder, self.hidden_shortlist)
+                                     self.hidden_decoder, self.hidden_shortlist, self.output_norm)
         return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 

@@ -249,6 +249,7 @@ class TrainSummary:
     wall_time_s: float
     lambda_search: dict = field(default_factory=dict)
     val_mse: float | None = None
+    output_norm: float | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
@@ -264,6 +265,10 @@ class TrainSummary:
             f"stored: {self.store_path}",
             *([f"written: {self.output_path}"] if self.output_path else []),
             f"quantizer: {code}",
+            *([] if self.lam is not None else [
+                f"decoded onto the sphere of norm {self.output_norm:.6g} (the learn vectors' "
+                f"constant norm)" if self.output_norm is not None
+                else "decoded vectors keep their norm (the learn vectors' norms vary)"]),
             *(["lambda search (val R@10): " + ", ".join(
                 f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
               if self.lambda_search else []),
@@ -309,7 +314,8 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
         quantizer=result.meta.quantizer, lam=result.meta.lam, val_recall=training["val_recall"],
         best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
-        lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"))
+        lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"),
+        output_norm=result.meta.output_norm)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,11 @@ MAX_BEAM = 256
 # it), at most this many bytes. Its rows are the floats g_0 gives on batches of > 16 rows.
 FIRST_TABLE_BYTES = 256 << 20
 FIRST_TABLE_BATCH = 4096
+# Learn sets whose norms spread less than this (standard deviation / mean) have a constant
+# norm (sentence embeddings L2-normalised by their model: ~1e-5; SIFT descriptors, normalised
+# to 512 before rounding: ~1e-3); the decoders of a model trained on one put their output
+# back on that sphere (`ResidualCatalyzer.output_norm`).
+CONSTANT_NORM_SPREAD = 0.01
 
 
 def check_beam(beam):
@@ -129,15 +134,22 @@ class ResidualCatalyzer(Preprocessed):
     ``quantizer``: the ProductQuantizer of the stages (block m = S(d_m, r_m²)); ``hidden`` /
     ``hidden_decoder``: the MLP widths of f and g; ``hidden_shortlist``: the width of the MLP
     shortlist decoder ``shortlist``, or None for the affine ``linear`` of older models.
+    ``output_norm``: the norm of every learn vector when it was constant
+    (CONSTANT_NORM_SPREAD), else None: both decoders then scale what they decode onto that
+    sphere. The MSE-optimal decoder shrinks uncertain vectors towards the mean (median norm
+    0.86 for unit text embeddings), by a different amount for each code, and that spread,
+    not the direction, misorders neighbours: on the sphere pypi-minilm96 goes from 35.1 / 79.8
+    / 98.0 to 37.1 / 83.2 / 98.5 with the same codes (BENCHMARKS.md, lever 30).
     Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
     ``(x − center) · scale``.
     """
 
     def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN,
-                 hidden_shortlist=None):
+                 hidden_shortlist=None, output_norm=None):
         super().__init__(d_in)
         self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
         self.hidden_shortlist = None if hidden_shortlist is None else int(hidden_shortlist)
+        self.output_norm = None if output_norm is None else float(output_norm)
         self.quantizer = quantizer
         self.d_out = quantizer.d
         dims = [block.d for block in quantizer.blocks]
@@ -159,7 +171,15 @@ class ResidualCatalyzer(Preprocessed):
                 "hidden_decoder": self.hidden_decoder, "d_out": self.d_out}
         if self.hidden_shortlist is not None:
             arch["hidden_shortlist"] = self.hidden_shortlist
+        if self.output_norm is not None:
+            arch["output_norm"] = self.output_norm
         return arch
+
+    def _on_sphere(self, decoded):
+        """Decoded vectors float32 tensor (n, d_in) scaled to ``output_norm`` (when set)."""
+        if self.output_norm is None:
+            return decoded
+        return self.output_norm * nn.functional.normalize(decoded, dim=1)
 
     def _stage_input(self, m, xs, xh):
         return xs if m == 0 else torch.cat([xs - xh, xh], 1)
@@ -289,11 +309,12 @@ class ResidualCatalyzer(Preprocessed):
         for m, (block, ranks) in enumerate(zip(self.quantizer.blocks,
                                                 self.quantizer.block_codes(codes))):
             xh = self._decode_stage(m, torch.from_numpy(block.reconstruct(ranks)), xh, ranks)
-        return self.unprocess(xh)
+        return self._on_sphere(self.unprocess(xh))
 
     @torch.no_grad()
     def decode(self, codes, batch=4096):
-        """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in)."""
+        """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in), on the
+        sphere of ``output_norm`` when the model has one."""
         self.eval()
         self._count_first_stage_rows(codes.shape[0])
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
@@ -304,13 +325,14 @@ class ResidualCatalyzer(Preprocessed):
     @torch.no_grad()
     def decode_shortlist(self, codes, batch=65536):
         """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
-        unit lattice points by ``shortlist`` or by ``linear`` (older models)."""
+        unit lattice points by ``shortlist`` or by ``linear`` (older models), on the sphere of
+        ``output_norm`` when the model has one."""
         self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         for start in range(0, codes.shape[0], batch):
             points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
-            out[start:start + batch] = (self.linear if self.hidden_shortlist is None
-                                        else self.shortlist)(points).numpy()
+            out[start:start + batch] = self._on_sphere(
+                (self.linear if self.hidden_shortlist is None else self.shortlist)(points)).numpy()
         return out
 
 
@@ -363,7 +385,9 @@ class ResidualConfig:
     lowest held-out error (`held_out_rows`) is kept. ``mixed_precision``: forward passes in
     bfloat16 autocast where the device has native bfloat16 (`spreadcode.torchutil.
     mixed_precision`): 1.4× the steps per second on AVX512-BF16 CPUs, the same held-out
-    error (BENCHMARKS.md, lever 17); float32 elsewhere.
+    error (BENCHMARKS.md, lever 17); float32 elsewhere. ``constant_norm``: when the learn
+    vectors all have one norm (`learn_output_norm`), the decoders put their output on that
+    sphere (`ResidualCatalyzer.output_norm`).
     """
 
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
@@ -378,6 +402,7 @@ class ResidualConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+    constant_norm: bool = True
 
     @property
     def quantizer(self):
@@ -404,6 +429,15 @@ def check_residual_config(config):
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
             and config.aux >= 0):
         raise SpreadcodeError(f"lr must be > 0 and aux >= 0, got {config.lr}, {config.aux}")
+
+
+def learn_output_norm(learn):
+    """The norm of the learn vectors float32 (n, d_in) when it is constant (standard deviation
+    below CONSTANT_NORM_SPREAD of the mean, the mean positive): their mean norm as a float,
+    else None."""
+    norms = np.linalg.norm(learn.astype(np.float64), axis=1)
+    mean = float(norms.mean())
+    return mean if mean > 0 and float(norms.std()) <= CONSTANT_NORM_SPREAD * mean else None
 
 
 def one_cycle_lr(peak, progress):
@@ -502,8 +536,10 @@ def train_residual(learn, config, progress=True):
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = ResidualCatalyzer(learn.shape[1], quantizer, config.hidden, config.hidden_decoder,
-                                  config.hidden_shortlist)
+        model = ResidualCatalyzer(
+            learn.shape[1], quantizer, config.hidden, config.hidden_decoder,
+            config.hidden_shortlist,
+            learn_output_norm(learn[train_rows]) if config.constant_norm else None)
     x = torch.from_numpy(learn[train_rows])
     model.fit_preprocessing(x)
     model.to(device)

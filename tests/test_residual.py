@@ -58,14 +58,19 @@ def test_training_is_deterministic_and_learns(trained):
     assert set(training["val_recall"]) == {"1", "10", "100"}
     assert trained.meta.quantizer == QuantizerSpec("product", 18, ((12, 6), (6, 4)))
     assert trained.meta.lam is None and trained.meta.sha256 is None
-    # Reconstruction beats the mean vector (the best code-free guess) on held-out vectors.
+    # The auto-encoder's reconstruction beats the mean vector (the best code-free guess) on
+    # held-out vectors; decoded onto the unit sphere, it points closer to them than the mean.
     base = load_sample().base[:500]
     codes = trained.model.encode(base)
     assert codes.dtype == np.uint8 and codes.shape == (500, trained.model.quantizer.code_bytes)
     decoded = trained.model.decode(codes)
     assert decoded.shape == (500, 96) and decoded.dtype == np.float32
-    mse = ((decoded - base) ** 2).sum(1).mean()
+    with torch.no_grad():
+        xh, _ = trained.model(torch.from_numpy(base))
+    mse = ((trained.model.unprocess(xh).numpy() - base) ** 2).sum(1).mean()
     assert mse < ((base - base.mean(0)) ** 2).sum(1).mean()
+    mean_direction = base.mean(0) / np.linalg.norm(base.mean(0))
+    assert (decoded * base).sum(1).mean() > (base @ mean_direction).mean()
     assert training["val_mse"] == pytest.approx(min(h["val_mse"] for h in trained.history))
 
 
@@ -85,12 +90,41 @@ def test_mixed_precision_is_recorded_and_only_changes_native_bfloat16_machines(t
 
 
 def test_encoding_matches_the_training_pass(trained):
-    """encode + decode give the same reconstruction as the straight-through forward pass."""
+    """encode + decode give the same reconstruction as the straight-through forward pass, put
+    on the sphere of the learn set's norm (the sample's vectors are unit vectors)."""
     model, base = trained.model, load_sample().base[:300]
     with torch.no_grad():
         xh, _ = model(torch.from_numpy(base))
-    np.testing.assert_allclose(model.decode(model.encode(base)), model.unprocess(xh).numpy(),
+    on_sphere = torch.nn.functional.normalize(model.unprocess(xh), dim=1) * model.output_norm
+    np.testing.assert_allclose(model.decode(model.encode(base)), on_sphere.numpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_constant_norm_learn_sets_are_decoded_onto_their_sphere(trained):
+    """A learn set of one norm (the sample: unit vectors) gives a model whose two decoders
+    return vectors of exactly that norm; a learn set whose norms vary, or constant_norm off,
+    gives one that decodes as trained (and no output_norm in its file)."""
+    learn = load_sample().learn[:3000]
+    norm = residual.learn_output_norm(learn[residual.held_out_rows(len(learn), TINY.seed)[0]])
+    assert norm == pytest.approx(1.0, abs=1e-4)
+    assert trained.model.output_norm == norm == trained.meta.output_norm
+    assert trained.meta.arch()["output_norm"] == norm
+    codes = trained.model.encode(load_sample().base[:200])
+    for decoded in (trained.model.decode(codes), trained.model.decode_shortlist(codes)):
+        np.testing.assert_allclose(np.linalg.norm(decoded, axis=1), norm, rtol=1e-5)
+    assert residual.learn_output_norm(3 * learn) == pytest.approx(3 * norm)
+    varying = learn * np.linspace(0.5, 1.5, len(learn), dtype=np.float32)[:, None]
+    assert residual.learn_output_norm(varying) is None
+    assert residual.learn_output_norm(np.zeros_like(learn)) is None
+    for result in (residual.train_residual(varying, replace(TINY, epochs=1), progress=False),
+                   residual.train_residual(learn, replace(TINY, epochs=1, constant_norm=False),
+                                           progress=False)):
+        assert result.model.output_norm is None and "output_norm" not in result.meta.arch()
+        base = load_sample().base[:100]
+        with torch.no_grad():
+            xh, _ = result.model(torch.from_numpy(base))
+        np.testing.assert_allclose(result.model.decode(result.model.encode(base)),
+                                   result.model.unprocess(xh).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
@@ -219,7 +253,8 @@ def test_model_file_round_trip(trained, tmp_path):
     model, meta = load_catalyzer(sha, store=tmp_path)
     assert isinstance(model, residual.ResidualCatalyzer)
     assert meta.arch() == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
-                           "hidden_shortlist": 32, "d_out": 18}
+                           "hidden_shortlist": 32, "d_out": 18,
+                           "output_norm": trained.model.output_norm}
     assert meta == replace(trained.meta, sha256=sha, path=meta.path)
     base = load_sample().base[:200]
     codes = trained.model.encode(base)
@@ -233,6 +268,8 @@ def test_model_file_round_trip(trained, tmp_path):
     (lambda m: m["arch"].update(type="transformer"), "arch.type"),
     (lambda m: m["arch"].update(hidden_decoder=0), "arch.hidden_decoder"),
     (lambda m: m["arch"].update(hidden_shortlist=0), "arch.hidden_shortlist"),
+    (lambda m: m["arch"].update(output_norm=-1.0), "arch.output_norm"),
+    (lambda m: m["arch"].update(output_norm="1"), "arch.output_norm"),
     (lambda m: m.update(quantizer={"kind": "lattice", "d": 18, "param": 10}), "quantizer.kind"),
 ])
 def test_bad_residual_metadata_names_the_field(trained, tmp_path, edit, field):
