@@ -9,7 +9,10 @@ Options (any combination), applied by patching the library's training for this p
     mixup=P     a share P of each batch is replaced by points between a vector and one of its
                 10 nearest training vectors (uniform, at most half way), input and target
                 alike: new points along the data's own neighbourhoods, fresh every step
-Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [epochs=E]
+    sphere=1    the loss (and the held-out error that picks the epoch) is taken after the
+                decoded vector is put on the sphere the library's decoders put it on
+                (`ResidualCatalyzer.output_norm`: data of constant norm)
+Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [sphere=1] [epochs=E]
 Then: python bench/experiments/residual_beam.py library OUT.safetensors DATA 1 8
 """
 import json
@@ -45,7 +48,30 @@ def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
     return x
 
 
-def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.DEFAULT_EPOCHS):
+def on_sphere(model, xh):
+    """x̂ (preprocessed, (n, d_in)) moved onto the model's output sphere, preprocessed."""
+    return model.preprocess(model._on_sphere(model.unprocess(xh)))
+
+
+def sphere_loss(model, x):
+    """‖x̂' − x‖² in the preprocessed space, x̂' the decoded vector on the output sphere."""
+    return (on_sphere(model, model(x)[0]) - model.preprocess(x)).pow(2).sum(1).mean()
+
+
+def sphere_held_out_error(model, x, batch=8192):
+    """`residual._held_out_error` of the decoded vectors on the output sphere."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch):
+            chunk = x[start:start + batch]
+            total += float((on_sphere(model, model(chunk)[0])
+                            - model.preprocess(chunk)).pow(2).sum())
+    return total / x.shape[0]
+
+
+def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
+         epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
     train_rows, _ = residual.held_out_rows(ds.learn.shape[0], 0)
@@ -55,6 +81,8 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.D
     base_init = residual.ResidualCatalyzer.__init__
 
     def training_loss(self, x, aux):
+        if sphere:
+            return sphere_loss(self, x)
         if mixup > 0:
             x = neighbour_mix(x, train_set, mixup, mix_rng)
         if noise <= 0:
@@ -79,15 +107,17 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.D
                     g.add_module(str(i), layer)
 
     residual.ResidualCatalyzer.training_loss = training_loss
+    if sphere:
+        residual._held_out_error = sphere_held_out_error
     residual.ResidualCatalyzer.__init__ = init
-    if wd > 0:
-        adam = torch.optim.Adam
-        torch.optim.Adam = lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if wd > 0:  # the library's optimiser comes from torchutil.adam
+        adam = residual.adam
+        residual.adam = lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     t0 = time.time()
     result = residual.train_residual(ds.learn, residual.ResidualConfig(epochs=epochs),
                                      progress=False)
     if wd > 0:
-        torch.optim.Adam = adam
+        residual.adam = adam
     model = result.model
     for g in model.g:  # drop the Dropout layers (identity in eval) so the file loads as usual
         kept = [layer for layer in g if not isinstance(layer, nn.Dropout)]
@@ -97,7 +127,8 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, epochs=residual.D
     save_catalyzer(model, result.meta, out)
     train_x = ds.learn[train_rows[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
-    print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd} mixup={mixup}",
+    print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd} mixup={mixup} "
+                             f"sphere={sphere}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
                       "val_mse": round(result.meta.training["val_mse"], 4),
                       "train_mse": round(train_mse, 4),
