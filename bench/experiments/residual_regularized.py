@@ -48,28 +48,6 @@ def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
     return x
 
 
-def on_sphere(model, xh):
-    """x̂ (preprocessed, (n, d_in)) moved onto the model's output sphere, preprocessed."""
-    return model.preprocess(model._on_sphere(model.unprocess(xh)))
-
-
-def sphere_loss(model, x):
-    """‖x̂' − x‖² in the preprocessed space, x̂' the decoded vector on the output sphere."""
-    return (on_sphere(model, model(x)[0]) - model.preprocess(x)).pow(2).sum(1).mean()
-
-
-def sphere_held_out_error(model, x, batch=8192):
-    """`residual._held_out_error` of the decoded vectors on the output sphere."""
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch):
-            chunk = x[start:start + batch]
-            total += float((on_sphere(model, model(chunk)[0])
-                            - model.preprocess(chunk)).pow(2).sum())
-    return total / x.shape[0]
-
-
 def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
          epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
@@ -79,10 +57,15 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
     mix_rng = torch.Generator().manual_seed(1)
     base_loss = residual.ResidualCatalyzer.training_loss
     base_init = residual.ResidualCatalyzer.__init__
+    base_forward = residual.ResidualCatalyzer.forward
+
+    def forward_on_sphere(self, x):
+        """The training pass with x̂_M moved onto the output sphere (preprocessed): the loss
+        and the held-out error both read it."""
+        xh, first = base_forward(self, x)
+        return self.preprocess(self._on_sphere(self.unprocess(xh))), first
 
     def training_loss(self, x, aux):
-        if sphere:
-            return sphere_loss(self, x)
         if mixup > 0:
             x = neighbour_mix(x, train_set, mixup, mix_rng)
         if noise <= 0:
@@ -108,7 +91,7 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
 
     residual.ResidualCatalyzer.training_loss = training_loss
     if sphere:
-        residual._held_out_error = sphere_held_out_error
+        residual.ResidualCatalyzer.forward = forward_on_sphere
     residual.ResidualCatalyzer.__init__ = init
     if wd > 0:  # the library's optimiser comes from torchutil.adam
         adam = residual.adam
