@@ -20,8 +20,9 @@ file still needs only its header to turn a code into lattice points, and names t
 its hash.
 
 Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each stage keeps
-the ``beam`` partial codes of least error ‖x − x̂_m‖², each extended by the stage's two
-nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
+the ``beam`` partial codes of least error ‖x − x̂_m‖² (the last stage's x̂ as decoded, on
+the data's sphere where it has one), each extended by the stage's two nearest points
+(`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
 same way; only the choice of codes improves (the encoder f is an amortised guess).
 
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
@@ -256,8 +257,10 @@ class ResidualCatalyzer(Preprocessed):
         Stage m extends each of the (at most) ``beam`` partial codes kept for a vector by
         the BEAM_CANDIDATES lattice points nearest its encoder's output
         (`spreadcode.lattice.nearest_candidates`), decodes every extension with g_m and
-        keeps the ``beam`` of lowest error ‖x − x̂_m‖² (ties: the earlier extension).
-        `encode` calls it for beam ≥ 2 (beam 1 is `_encode_batch`'s greedy nearest point).
+        keeps the ``beam`` of lowest error ‖x − x̂_m‖² (ties: the earlier extension); the
+        last stage is scored as `decode` returns it, on the sphere of ``output_norm`` when
+        the model has one (BENCHMARKS.md, lever 31). `encode` calls it for beam ≥ 2 (beam 1
+        is `_encode_batch`'s greedy nearest point).
         """
         xs, n = self.preprocess(x), x.shape[0]
         xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
@@ -273,7 +276,11 @@ class ResidualCatalyzer(Preprocessed):
             decoded = self._decode_stage(m, unit, None if flat is None
                                          else flat.repeat_interleave(tried, 0))
             decoded = decoded.reshape(n, width * tried, self.d_in)
-            error = (decoded - xs[:, None]).pow(2).sum(2)
+            scored = decoded
+            if m + 1 == len(self.quantizer.blocks):  # as `decode` returns it
+                flat_decoded = self.unprocess(decoded.reshape(-1, self.d_in))
+                scored = self.preprocess(self._on_sphere(flat_decoded)).reshape(decoded.shape)
+            error = (scored - xs[:, None]).pow(2).sum(2)
             keep = torch.sort(error, dim=1, stable=True).indices[:, :beam]
             xh = decoded[torch.from_numpy(rows).to(x.device), keep]
             keep = keep.cpu().numpy()

@@ -157,11 +157,16 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     assert tabled._first_table is None  # stale, and 3,000 rows do not pay for a new one
 
 
-def test_beam_search_is_the_best_of_the_candidate_tree(trained):
+@pytest.mark.parametrize("sphere", [True, False])
+def test_beam_search_is_the_best_of_the_candidate_tree(trained, monkeypatch, sphere):
     """With two stages and beam 2, the beam keeps every path of the tree (2 candidates per
     stage): its codes are the path of least reconstruction error, computed here path by path
-    from the model's parts."""
+    from the model's parts. The last stage is scored as the model decodes: on the sphere of
+    its ``output_norm`` when it has one."""
     model, base = trained.model, load_sample().base[:200]
+    assert model.output_norm is not None
+    if not sphere:
+        monkeypatch.setattr(model, "output_norm", None)
     first, second = model.quantizer.blocks
     with torch.no_grad():
         xs = model.preprocess(torch.from_numpy(base))
@@ -175,7 +180,10 @@ def test_beam_search_is_the_best_of_the_candidate_tree(trained):
                 z1 = np.ascontiguousarray(
                     residual.lattice.nearest_candidates(y1.numpy(), second.param, 2)[:, j])
                 xh = model._decode_stage(1, torch.from_numpy(z1 / np.float32(second.param ** 0.5)), xh0)
-                errors.append((xh - xs).pow(2).sum(1).numpy())
+                decoded = model.unprocess(xh)
+                if sphere:
+                    decoded = torch.nn.functional.normalize(decoded, dim=1) * model.output_norm
+                errors.append((decoded - torch.from_numpy(base)).pow(2).sum(1).numpy())
                 codes.append(model.quantizer.join_block_codes(
                     [residual.lattice.encode(z0, first.param), residual.lattice.encode(z1, second.param)]))
     best = np.argmin(np.stack(errors, 1), axis=1)

@@ -1,0 +1,59 @@
+"""Issue #14 scratch measurement: the encoding beam scored on the sphere.
+
+A model with ``output_norm`` decodes onto the sphere of its learn set (BENCHMARKS.md, lever
+30), so the code worth keeping at the last stage is the one whose *projected* reconstruction
+is nearest the vector, not the one whose raw x̂_M is. `ResidualCatalyzer._encode_beam_batch`
+scores the last stage that way; here the same beam is run twice on the base, once scoring
+the last stage on the sphere and once as decoded (``output_norm`` hidden while encoding), and
+both code sets are searched with the library's default search (decoding on the sphere).
+
+Run:  python bench/experiments/beam_sphere.py MODEL DATA BEAM [BEAM ...]
+MODEL: a residual model file; one trained before lever 30 gets the learn set's norm as its
+``output_norm`` here. One JSON row per (beam, scoring): encode seconds, base MSE of the full
+decoder, R@1/10/100 of `Index.search(query, 100)` (BENCHMARKS.md, lever 31).
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from autoencoder_levers import load_dataset  # noqa: E402
+from spreadcode import Index, residual  # noqa: E402
+from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+from spreadcode.search import recall_at  # noqa: E402
+
+
+def main(model_path, data_path, *beams):
+    torch.set_num_threads(2)
+    model, meta = load_catalyzer(model_path)
+    data = load_dataset(data_path)
+    if model.output_norm is None:
+        model.output_norm = residual.learn_output_norm(data.learn)
+        meta = replace(meta, output_norm=model.output_norm)
+    norm = model.output_norm
+    for beam in map(int, beams):
+        for scoring in ("on the sphere", "as decoded"):
+            index = Index.from_catalyzer(model, meta)
+            model.output_norm = norm if scoring == "on the sphere" else None
+            start = time.perf_counter()
+            index.add(data.base, beam=beam)
+            seconds = time.perf_counter() - start
+            model.output_norm = norm
+            decoded = index.reconstruct(np.arange(len(data.base)))
+            mse = float(((decoded - data.base) ** 2).sum(1).mean())
+            ids = index.search(data.query, k=100)[1]
+            print(json.dumps({"beam": beam, "last stage scored": scoring,
+                              "encode s": round(seconds, 1), "mse": round(mse, 4),
+                              **{f"R@{k}": round(100 * v, 1)
+                                 for k, v in recall_at(ids, data.groundtruth).items()}}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
