@@ -63,9 +63,9 @@ BEAM_OPTION = click.option(
     "--beam", type=click.IntRange(min=1, max=256), default=1, show_default=True,
     help="Residual models: keep this many partial codes per vector while encoding, each "
          "extended by the stage's 2 nearest lattice points and kept by reconstruction error. "
-         "Better codes for more time (wordnet text, BENCHMARKS.md: beam 8 gives +2.8 R@1 and "
-         "+3.6 R@10 for 8.5x the encoding time; beam 2, +0.7 / +1.1 for 4x). 1: the nearest "
-         "point per stage.")
+         "Better codes for more time (wordnet text, BENCHMARKS.md lever 31: beam 8 gives "
+         "+4.1 R@1 and +3.9 R@10 for about 12x the encoding time; beam 2, +1.2 / +0.8 for "
+         "6x). 1: the nearest point per stage.")
 
 
 def _progress(quiet):

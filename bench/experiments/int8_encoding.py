@@ -1,0 +1,96 @@
+"""Issue #14 scratch measurement: encoding with int8 weights and activations.
+
+Greedy encoding spends its time in dense layers: the encoders f_0..f_{M−1} and the decoders
+g_1..g_{M−2} that feed the next stage (g_0 is a table). On this machine (AVX2, no bf16 or VNNI
+instructions) fp32 GEMM runs near peak, so the remaining lever without retraining is the
+arithmetic: PyTorch's dynamic int8 quantization of nn.Linear (x86/fbgemm kernels, weights
+quantized per tensor, activations per batch), after folding each BatchNorm into the Linear
+before it. Only the encoding chain is quantized; the codes are
+decoded by the model's fp32 decoders as always, so a code chosen under int8 is still an exact
+code of the same model.
+
+Run:  python bench/experiments/int8_encoding.py MODEL DATA
+MODEL: a residual model file (one trained before lever 30 gets the learn set's norm). Prints,
+for fp32 and int8: greedy encode seconds of the base (best of 3), share of codes equal to
+fp32's, base MSE, R@1/10/100 of `Index.search(query, 100)` (BENCHMARKS.md, lever 32).
+"""
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from autoencoder_levers import load_dataset  # noqa: E402
+from spreadcode import Index, residual  # noqa: E402
+from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+from spreadcode.search import recall_at  # noqa: E402
+
+
+def fold_batch_norms(mlp):
+    """An eval-mode copy of a Linear/BatchNorm1d/ReLU Sequential with each BatchNorm folded
+    into the Linear before it."""
+    layers, out = list(mlp), []
+    for layer in layers:
+        if isinstance(layer, nn.BatchNorm1d):
+            linear = out[-1]
+            gain = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+            folded = nn.Linear(linear.in_features, linear.out_features)
+            with torch.no_grad():
+                folded.weight.copy_(linear.weight * gain[:, None])
+                folded.bias.copy_((linear.bias - layer.running_mean) * gain + layer.bias)
+            out[-1] = folded
+        else:
+            out.append(copy.deepcopy(layer))
+    return nn.Sequential(*out).eval()
+
+
+def int8_encoder(model):
+    """A copy of ``model`` whose f and g MLPs run with int8 dynamic quantization."""
+    twin = copy.deepcopy(model).eval()
+    for mlps in (twin.f, twin.g):
+        for m in range(len(mlps)):
+            mlps[m] = torch.ao.quantization.quantize_dynamic(
+                fold_batch_norms(mlps[m]), {nn.Linear}, dtype=torch.qint8)
+    return twin
+
+
+def main(model_path, data_path):
+    torch.set_num_threads(2)
+    model, meta = load_catalyzer(model_path)
+    data = load_dataset(data_path)
+    if model.output_norm is None:
+        model.output_norm = residual.learn_output_norm(data.learn)
+        meta = replace(meta, output_norm=model.output_norm)
+    reference = None
+    for name, encoder in (("fp32", model), ("int8", int8_encoder(model))):
+        encoder.encode(data.base[:20000])  # warm up, and build g_0's table
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            codes = encoder.encode(data.base)
+            seconds.append(time.perf_counter() - start)
+        reference = codes if reference is None else reference
+        mse = float(((model.decode(codes) - data.base) ** 2).sum(1).mean())
+        index = Index.from_catalyzer(model, meta)
+        model.encode = lambda vectors, beam=1: codes  # add the codes just measured
+        index.add(data.base)
+        del model.encode
+        ids = index.search(data.query, k=100)[1]
+        print(json.dumps({"encoder": name, "encode s": round(min(seconds), 2),
+                          "vectors/s": round(len(codes) / min(seconds)),
+                          "codes equal to fp32 %": round(100 * float(
+                              (codes == reference).all(1).mean()), 1),
+                          "mse": round(mse, 4),
+                          **{f"R@{k}": round(100 * v, 1)
+                             for k, v in recall_at(ids, data.groundtruth).items()}}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
