@@ -277,7 +277,7 @@ class ResidualCatalyzer(Preprocessed):
                                          else flat.repeat_interleave(tried, 0))
             decoded = decoded.reshape(n, width * tried, self.d_in)
             scored = decoded
-            if m + 1 == len(self.quantizer.blocks):  # as `decode` returns it
+            if self.output_norm is not None and m + 1 == len(self.quantizer.blocks):
                 flat_decoded = self.unprocess(decoded.reshape(-1, self.d_in))
                 scored = self.preprocess(self._on_sphere(flat_decoded)).reshape(decoded.shape)
             error = (scored - xs[:, None]).pow(2).sum(2)

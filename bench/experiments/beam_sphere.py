@@ -29,13 +29,20 @@ from spreadcode.catalyzer import load_catalyzer  # noqa: E402
 from spreadcode.search import recall_at  # noqa: E402
 
 
-def main(model_path, data_path, *beams):
-    torch.set_num_threads(2)
+def load_on_sphere(model_path, data):
+    """(model, meta) of a residual model file; one written before lever 30 gets the learn
+    set's norm (`residual.learn_output_norm`) as its ``output_norm``."""
     model, meta = load_catalyzer(model_path)
-    data = load_dataset(data_path)
     if model.output_norm is None:
         model.output_norm = residual.learn_output_norm(data.learn)
         meta = replace(meta, output_norm=model.output_norm)
+    return model, meta
+
+
+def main(model_path, data_path, *beams):
+    torch.set_num_threads(2)
+    data = load_dataset(data_path)
+    model, meta = load_on_sphere(model_path, data)
     norm = model.output_norm
     for beam in map(int, beams):
         for scoring in ("on the sphere", "as decoded"):

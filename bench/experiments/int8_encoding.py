@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -27,8 +26,8 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
-from spreadcode import Index, residual  # noqa: E402
-from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+from beam_sphere import load_on_sphere  # noqa: E402
+from spreadcode import Index  # noqa: E402
 from spreadcode.search import recall_at  # noqa: E402
 
 
@@ -62,11 +61,8 @@ def int8_encoder(model):
 
 def main(model_path, data_path):
     torch.set_num_threads(2)
-    model, meta = load_catalyzer(model_path)
     data = load_dataset(data_path)
-    if model.output_norm is None:
-        model.output_norm = residual.learn_output_norm(data.learn)
-        meta = replace(meta, output_norm=model.output_norm)
+    model, meta = load_on_sphere(model_path, data)
     reference = None
     for name, encoder in (("fp32", model), ("int8", int8_encoder(model))):
         encoder.encode(data.base[:20000])  # warm up, and build g_0's table
