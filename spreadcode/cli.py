@@ -61,11 +61,12 @@ ID_COLUMN_OPTION = click.option(
          "--ids).")
 BEAM_OPTION = click.option(
     "--beam", type=click.IntRange(min=1, max=256), default=1, show_default=True,
-    help="Residual models: keep this many partial codes per vector while encoding, each "
+    help="Residual models: keep this many partial codes per vector over the last stages "
+         "of encoding (1 + log2 of it; the first stages take the nearest point), each "
          "extended by the stage's 2 nearest lattice points and kept by reconstruction error. "
-         "Better codes for more time (wordnet text, BENCHMARKS.md lever 31: beam 8 gives "
-         "+4.1 R@1 and +3.9 R@10 for about 12x the encoding time; beam 2, +1.2 / +0.8 for "
-         "6x). 1: the nearest point per stage.")
+         "Better codes for more time (wordnet text, BENCHMARKS.md lever 33: beam 2 gives "
+         "+1.0 R@1 and +1.9 R@10 for 2.5x the encoding time, beam 4 +2.3 / +2.9 for 5x, "
+         "beam 8 +3.5 / +3.3 for 11x). 1: the nearest point per stage.")
 
 
 def _progress(quiet):

@@ -19,10 +19,10 @@ decoders of stages 0..M−2 (x̂ feeds the next stage), so the model file holds 
 file still needs only its header to turn a code into lattice points, and names the model by
 its hash.
 
-Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each stage keeps
-the ``beam`` partial codes of least error ‖x − x̂_m‖² (the last stage's x̂ as decoded, on
-the data's sphere where it has one), each extended by the stage's two nearest points
-(`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
+Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each of the last
+stages (`beam_first_branch`) keeps the ``beam`` partial codes of least error ‖x − x̂_m‖² (the
+last stage's x̂ as decoded, on the data's sphere where it has one), each extended by the
+stage's two nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
 same way; only the choice of codes improves (the encoder f is an amortised guess).
 
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
@@ -84,6 +84,9 @@ RECALL_KS = (1, 10, 100)
 # Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
 # extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
 # on wordnet, 2 candidates × beam 4 beat 4 × 2 at half the work (BENCHMARKS.md, lever 8).
+# Only the last 1 + ⌈log₂ beam⌉ stages branch (`beam_first_branch`): a choice costs more the
+# later it is made, and branching the first stages too costs beams 2 and 4 about 1.5× the
+# time for the same recall (BENCHMARKS.md, lever 33).
 BEAM_CANDIDATES = 2
 # Vectors per beam-search batch times the beam: keeps the decoders' activations in cache.
 BEAM_BATCH_ROWS = 2048
@@ -109,6 +112,13 @@ def check_beam(beam):
         raise SpreadcodeError(f"the encoding beam must be an integer from 1 to {MAX_BEAM}, "
                               f"got {beam!r}")
     return int(beam)
+
+
+def beam_first_branch(stages, beam):
+    """The first of ``stages`` stages at which a beam of ``beam`` (≥ 2) partial codes branches:
+    the last 1 + ⌈log₂ beam⌉ stages do, so that up to ``beam`` partial codes reach the last
+    stage's choice; the stages before take the nearest point."""
+    return max(0, stages - 1 - math.ceil(math.log2(beam)))
 
 
 def stage_blocks(bits):
@@ -254,30 +264,37 @@ class ResidualCatalyzer(Preprocessed):
     def _encode_beam_batch(self, x, beam):
         """Eval-mode beam-search encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
 
-        Stage m extends each of the (at most) ``beam`` partial codes kept for a vector by
-        the BEAM_CANDIDATES lattice points nearest its encoder's output
+        The stages before `beam_first_branch` take the nearest point; each later stage
+        extends each of the (at most) ``beam`` partial codes kept for a vector by the
+        BEAM_CANDIDATES lattice points nearest its encoder's output
         (`spreadcode.lattice.nearest_candidates`), decodes every extension with g_m and
         keeps the ``beam`` of lowest error ‖x − x̂_m‖² (ties: the earlier extension); the
         last stage is scored as `decode` returns it, on the sphere of ``output_norm`` when
-        the model has one (BENCHMARKS.md, lever 31). `encode` calls it for beam ≥ 2 (beam 1
-        is `_encode_batch`'s greedy nearest point).
+        the model has one (BENCHMARKS.md, lever 31). g_0 is looked up in its table once
+        `encode` has counted enough rows (`_first_stage`). `encode` calls it for beam ≥ 2
+        (beam 1 is `_encode_batch`'s greedy nearest point).
         """
         xs, n = self.preprocess(x), x.shape[0]
         xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
-        for m, block in enumerate(self.quantizer.blocks):
+        blocks = self.quantizer.blocks
+        first_branch = beam_first_branch(len(blocks), beam)
+        for m, block in enumerate(blocks):
             width = 1 if xh is None else xh.shape[1]
             flat = None if xh is None else xh.reshape(n * width, self.d_in)
             y = nn.functional.normalize(
                 self.f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)), dim=1)
-            z = lattice.nearest_candidates(y.cpu().numpy(), block.param, BEAM_CANDIDATES)
+            count = BEAM_CANDIDATES if m >= first_branch else 1
+            z = lattice.nearest_candidates(y.cpu().numpy(), block.param, count)
             tried = z.shape[1]
-            unit = torch.from_numpy(z.reshape(-1, block.d).astype(np.float32)
+            flat_z = np.ascontiguousarray(z.reshape(-1, block.d))
+            unit = torch.from_numpy(flat_z.astype(np.float32)
                                     * np.float32(block.param ** -0.5)).to(x.device)
-            decoded = self._decode_stage(m, unit, None if flat is None
-                                         else flat.repeat_interleave(tried, 0))
+            decoded = self._decode_stage(
+                m, unit, None if flat is None else flat.repeat_interleave(tried, 0),
+                lattice.encode(flat_z, block.param) if m == 0 else None)
             decoded = decoded.reshape(n, width * tried, self.d_in)
             scored = decoded
-            if self.output_norm is not None and m + 1 == len(self.quantizer.blocks):
+            if self.output_norm is not None and m + 1 == len(blocks):
                 flat_decoded = self.unprocess(decoded.reshape(-1, self.d_in))
                 scored = self.preprocess(self._on_sphere(flat_decoded)).reshape(decoded.shape)
             error = (scored - xs[:, None]).pow(2).sum(2)
@@ -291,16 +308,19 @@ class ResidualCatalyzer(Preprocessed):
 
     def encode(self, vectors, beam=1):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
-        store them. ``beam`` > 1 searches that many partial codes per vector
-        (`_encode_beam_batch`): lower reconstruction error for 4× (beam 2) to 8.5× (beam 8)
-        the greedy encoding time on wordnet (BENCHMARKS.md, "Issue #14 levers", row 8).
-        SpreadcodeError for a wrong dimension, NaN or Inf, or a beam that is not an integer
-        from 1 to MAX_BEAM."""
+        store them. ``beam`` > 1 searches that many partial codes per vector over the last
+        stages (`_encode_beam_batch`): lower reconstruction error for more time (wordnet,
+        BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
+        time). SpreadcodeError for a wrong dimension, NaN or Inf, or a beam that is not
+        an integer from 1 to MAX_BEAM."""
         beam = check_beam(beam)
         if beam == 1:
             self._count_first_stage_rows(len(vectors))
             return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
                                    np.uint8)
+        stages = len(self.quantizer.blocks)
+        self._count_first_stage_rows(
+            len(vectors) * (BEAM_CANDIDATES if beam_first_branch(stages, beam) == 0 else 1))
         return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
                                self.quantizer.code_bytes, np.uint8,
                                batch=max(1, BEAM_BATCH_ROWS // beam))

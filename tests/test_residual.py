@@ -157,39 +157,59 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     assert tabled._first_table is None  # stale, and 3,000 rows do not pay for a new one
 
 
+def best_path_codes(model, base, counts):
+    """The codes of the path of least reconstruction error in the tree whose stage m tries
+    the counts[m] lattice points nearest its encoder's output, computed path by path from
+    the model's parts; the last stage is scored as the model decodes (on the sphere of its
+    ``output_norm`` when it has one)."""
+    blocks = model.quantizer.blocks
+    with torch.no_grad():
+        xs = model.preprocess(torch.from_numpy(base))
+        paths = [((), None)]  # (the int8 points of the stages so far, x̂)
+        for m, (block, count) in enumerate(zip(blocks, counts)):
+            grown = []
+            for points, xh in paths:
+                y = torch.nn.functional.normalize(model.f[m](model._stage_input(m, xs, xh)), dim=1)
+                near = residual.lattice.nearest_candidates(y.numpy(), block.param, 2)
+                for i in range(count):
+                    z = np.ascontiguousarray(near[:, i])
+                    unit = torch.from_numpy(z / np.float32(block.param ** 0.5))
+                    grown.append((points + (z,), model._decode_stage(m, unit, xh)))
+            paths = grown
+        errors, codes = [], []
+        for points, xh in paths:
+            decoded = model.unprocess(xh)
+            if model.output_norm is not None:
+                decoded = torch.nn.functional.normalize(decoded, dim=1) * model.output_norm
+            errors.append((decoded - torch.from_numpy(base)).pow(2).sum(1).numpy())
+            codes.append(model.quantizer.join_block_codes(
+                [residual.lattice.encode(z, block.param) for z, block in zip(points, blocks)]))
+    best = np.argmin(np.stack(errors, 1), axis=1)
+    return np.stack(codes, 1)[np.arange(len(base)), best]
+
+
 @pytest.mark.parametrize("sphere", [True, False])
 def test_beam_search_is_the_best_of_the_candidate_tree(trained, monkeypatch, sphere):
     """With two stages and beam 2, the beam keeps every path of the tree (2 candidates per
-    stage): its codes are the path of least reconstruction error, computed here path by path
-    from the model's parts. The last stage is scored as the model decodes: on the sphere of
-    its ``output_norm`` when it has one."""
+    stage): its codes are the path of least reconstruction error. With three stages, beam 2
+    branches the last two (`residual.beam_first_branch`) and beam 4 all three."""
     model, base = trained.model, load_sample().base[:200]
     assert model.output_norm is not None
     if not sphere:
         monkeypatch.setattr(model, "output_norm", None)
-    first, second = model.quantizer.blocks
-    with torch.no_grad():
-        xs = model.preprocess(torch.from_numpy(base))
-        y0 = torch.nn.functional.normalize(model.f[0](xs), dim=1).numpy()
-        errors, codes = [], []
-        for i in range(2):
-            z0 = np.ascontiguousarray(residual.lattice.nearest_candidates(y0, first.param, 2)[:, i])
-            xh0 = model._decode_stage(0, torch.from_numpy(z0 / np.float32(first.param ** 0.5)), None)
-            y1 = torch.nn.functional.normalize(model.f[1](torch.cat([xs - xh0, xh0], 1)), dim=1)
-            for j in range(2):
-                z1 = np.ascontiguousarray(
-                    residual.lattice.nearest_candidates(y1.numpy(), second.param, 2)[:, j])
-                xh = model._decode_stage(1, torch.from_numpy(z1 / np.float32(second.param ** 0.5)), xh0)
-                decoded = model.unprocess(xh)
-                if sphere:
-                    decoded = torch.nn.functional.normalize(decoded, dim=1) * model.output_norm
-                errors.append((decoded - torch.from_numpy(base)).pow(2).sum(1).numpy())
-                codes.append(model.quantizer.join_block_codes(
-                    [residual.lattice.encode(z0, first.param), residual.lattice.encode(z1, second.param)]))
-    best = np.argmin(np.stack(errors, 1), axis=1)
-    expected = np.stack(codes, 1)[np.arange(len(base)), best]
+    expected = best_path_codes(model, base, [2, 2])
     assert np.array_equal(model.encode(base, beam=2), expected)
     assert np.array_equal(model.encode(base, beam=5), expected)  # a wider beam finds no more
+    config = replace(TINY, blocks=((6, 4),) * 3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        deeper = residual.ResidualCatalyzer(96, config.quantizer_spec().quantizer(), 32, 64, 32,
+                                            model.output_norm)
+    deeper.fit_preprocessing(torch.from_numpy(load_sample().learn[:1000]))
+    deeper.eval()
+    assert [residual.beam_first_branch(3, beam) for beam in (2, 3, 4, 8)] == [1, 0, 0, 0]
+    assert np.array_equal(deeper.encode(base, beam=2), best_path_codes(deeper, base, [1, 2, 2]))
+    assert np.array_equal(deeper.encode(base, beam=4), best_path_codes(deeper, base, [2, 2, 2]))
 
 
 def test_beam_search_lowers_the_reconstruction_error(trained):
