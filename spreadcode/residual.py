@@ -22,8 +22,8 @@ its hash.
 Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each of the last
 stages (`beam_first_branch`) keeps the ``beam`` partial codes of least error ‖x − x̂_m‖² (the
 last stage's x̂ as decoded, on the data's sphere where it has one), each extended by the
-stage's two nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any code decodes the
-same way; only the choice of codes improves (the encoder f is an amortised guess).
+stage's two nearest points (`ResidualCatalyzer.encode`). The decoder is the same, so any code
+decodes the same way; only the choice of codes improves (the encoder f is an amortised guess).
 
 Search (`spreadcode.search`): a shortlist by squared L2 between the raw query and the codes
 decoded by the *shortlist decoder* ``shortlist`` (a `spreadcode.decoders.DecoderNet` of the
@@ -84,8 +84,8 @@ RECALL_KS = (1, 10, 100)
 # Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
 # extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
 # on wordnet, 2 candidates × beam 4 beat 4 × 2 at half the work (BENCHMARKS.md, lever 8).
-# Only the last 1 + ⌈log₂ beam⌉ stages branch (`beam_first_branch`): a choice costs more the
-# later it is made, and branching the first stages too costs beams 2 and 4 about 1.5× the
+# Only the last 1 + ⌈log₂ beam⌉ stages branch (`beam_first_branch`): a choice matters more
+# the later it is made, and branching the first stages too costs beams 2 and 4 about 1.5× the
 # time for the same recall (BENCHMARKS.md, lever 33).
 BEAM_CANDIDATES = 2
 # Vectors per beam-search batch times the beam: keeps the decoders' activations in cache.

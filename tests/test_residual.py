@@ -129,8 +129,8 @@ def test_constant_norm_learn_sets_are_decoded_onto_their_sphere(trained):
 
 def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
     """Once g_0 has decoded as many rows as block 0 has points, it is looked up by rank in a
-    table: codes and decoded vectors are those of g_0 itself, a small encode builds no table,
-    and a change of the weights replaces the table."""
+    table: codes (greedy and beam) and decoded vectors are those of g_0 itself, a small encode
+    builds no table, and a change of the weights replaces the table."""
     import copy
 
     tabled, direct = copy.deepcopy(trained.model), copy.deepcopy(trained.model)
@@ -147,6 +147,15 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     assert tabled._first_table is not None and tabled._first_table.shape == (count, 96)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(tabled.decode(codes), want, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
+    want_beam = direct.encode(vectors[:2000], beam=2)
+    monkeypatch.undo()
+    def not_called(*args):
+        raise AssertionError("g_0 ran although its table is built")
+
+    monkeypatch.setattr(tabled.g[0], "forward", not_called)
+    np.testing.assert_array_equal(tabled.encode(vectors[:2000], beam=2), want_beam)
+    monkeypatch.undo()
     for model in tabled, direct:
         with torch.no_grad():
             model.g[0][-1].bias.add_(0.5)
