@@ -107,14 +107,35 @@ class _Cli(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt as exc:
-            terminated = isinstance(exc, _Terminated)
-            click.echo(f"spreadcode: {'terminated' if terminated else 'interrupted'}", err=True)
-            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+            _exit_interrupted(ctx, exc)
         except Exception as exc:  # noqa: BLE001 -- the CLI's last line of defence
+            interrupt = _interruption(exc)
+            if interrupt is not None:
+                _exit_interrupted(ctx, interrupt)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"spreadcode: error: {_one_line(exc)}", err=True)
             ctx.exit(1)
+
+
+def _interruption(exc):
+    """The KeyboardInterrupt (Ctrl-C, or SIGTERM's `_Terminated`) behind ``exc``, or None. A
+    signal handler's exception raised while a C function runs (``str`` of a path, say)
+    reaches Python as a SystemError caused by it: the run was interrupted all the same."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _exit_interrupted(ctx, exc):
+    """Say that the run was interrupted or terminated, and exit 128 + the signal's number."""
+    terminated = isinstance(exc, _Terminated)
+    click.echo(f"spreadcode: {'terminated' if terminated else 'interrupted'}", err=True)
+    ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def _one_line(exc):

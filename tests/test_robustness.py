@@ -27,6 +27,7 @@ from helpers import assert_clean_error, forge_spc, run, tiny_catalyzer, tiny_met
 from spreadcode import container, vecio
 from spreadcode import store as model_store
 from spreadcode.catalyzer import save_catalyzer
+from spreadcode.cli import _Terminated
 from spreadcode.decoders import save_decoder, train_decoder
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
@@ -386,6 +387,26 @@ def start_slow_encode(world, tmp_path, source):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
     return process
+
+
+@pytest.mark.parametrize("interrupt, code, word", [
+    (_Terminated, 128 + signal.SIGTERM, "terminated"),
+    (KeyboardInterrupt, 128 + signal.SIGINT, "interrupted")])
+def test_a_signal_inside_a_c_call_still_exits_as_the_signal(world, tmp_path, monkeypatch,
+                                                            interrupt, code, word):
+    """A signal handler's exception raised while a C function runs reaches Python as a
+    SystemError caused by it (seen once with SIGTERM inside PurePath.__str__): the CLI still
+    reports the signal, exits with its code and leaves no output."""
+    from spreadcode import encode
+
+    def encode_codes(*args, **kwargs):
+        raise SystemError("<built-in function> returned a result with an exception set") \
+            from interrupt()
+    monkeypatch.setattr(encode, "encode_codes", encode_codes)
+    result = run("encode", world["base"], "-o", tmp_path / "out.spc", "--model", world["sha"],
+                 "--store", world["store"], "-q")
+    assert result.exit_code == code and result.stderr.strip() == f"spreadcode: {word}"
+    assert listing(tmp_path) == []
 
 
 def test_sigterm_cleans_up_and_sigkill_leftovers_go_at_the_next_write(world, tmp_path):
