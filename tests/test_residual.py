@@ -150,6 +150,7 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
     want_beam = direct.encode(vectors[:2000], beam=2)
     monkeypatch.undo()
+
     def not_called(*args):
         raise AssertionError("g_0 ran although its table is built")
 
