@@ -23,11 +23,9 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
-from beam_sphere import load_on_sphere  # noqa: E402
-from spreadcode import Index, lattice  # noqa: E402
-from spreadcode import index as index_module  # noqa: E402
+from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
+from spreadcode import lattice  # noqa: E402
 from spreadcode.catalyzer import forward_batches  # noqa: E402
-from spreadcode.search import recall_at  # noqa: E402
 
 
 def parse(schedule):
@@ -91,23 +89,14 @@ def main(model_path, data_path, *schedules):
     model, meta = load_on_sphere(model_path, data)
     for text in schedules:
         stages = parse(text)
-        index = Index.from_catalyzer(model, meta)
-        index_module.encode_codes = lambda catalyzer, quantizer, x, beam: forward_batches(
-            model, x, lambda rows: encode_schedule(model, rows, stages),
-            model.quantizer.code_bytes, np.uint8, batch=1024)
         start = time.perf_counter()
-        index.add(data.base)
+        codes = forward_batches(model, data.base, lambda rows: encode_schedule(model, rows, stages),
+                                model.quantizer.code_bytes, np.uint8, batch=1024)
         seconds = time.perf_counter() - start
-        decoded = index.reconstruct(np.arange(len(data.base)))
-        mse = float(((decoded - data.base) ** 2).sum(1).mean())
-        ids = index.search(data.query, k=100)[1]
         f_rows, g_rows = cost(stages)
         print(json.dumps({"schedule": text, "f rows": f_rows, "g rows": g_rows,
-                          "encode s": round(seconds, 1), "mse": round(mse, 4),
-                          **{f"R@{k}": round(100 * v, 1)
-                             for k, v in recall_at(ids, data.groundtruth).items()}}),
-              flush=True)
-
+                          "encode s": round(seconds, 1),
+                          **measure_codes(model, meta, data, codes)}), flush=True)
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

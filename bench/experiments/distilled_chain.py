@@ -22,11 +22,9 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
-from beam_sphere import load_on_sphere  # noqa: E402
-from spreadcode import Index, residual  # noqa: E402
-from spreadcode import index as index_module  # noqa: E402
+from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
+from spreadcode import residual  # noqa: E402
 from spreadcode.catalyzer import forward_batches  # noqa: E402
-from spreadcode.search import recall_at  # noqa: E402
 
 
 def chain(model, x, small=None):
@@ -80,21 +78,13 @@ def main(model_path, data_path, hidden, epochs):
         small[m] = net.eval()
     distill_s = time.perf_counter() - started
     for name, nets in (("g (the model)", None), (f"distilled, hidden {hidden}", small)):
-        index = Index.from_catalyzer(model, meta)
-        index_module.encode_codes = lambda catalyzer, quantizer, x, beam, nets=nets: \
-            forward_batches(model, x, lambda rows: chain(model, rows, nets)[0],
-                            model.quantizer.code_bytes, np.uint8)
         started = time.perf_counter()
-        index.add(data.base)
+        codes = forward_batches(model, data.base, lambda rows: chain(model, rows, nets)[0],
+                                model.quantizer.code_bytes, np.uint8)
         seconds = time.perf_counter() - started
-        decoded = index.reconstruct(np.arange(len(data.base)))
-        mse = float(((decoded - data.base) ** 2).sum(1).mean())
-        ids = index.search(data.query, k=100)[1]
         print(json.dumps({"chain": name, "distill s": round(distill_s, 1),
-                          "encode s": round(seconds, 2), "mse": round(mse, 4),
-                          **{f"R@{k}": round(100 * v, 1)
-                             for k, v in recall_at(ids, data.groundtruth).items()}}), flush=True)
-
+                          "encode s": round(seconds, 2),
+                          **measure_codes(model, meta, data, codes)}), flush=True)
 
 if __name__ == "__main__":
     main(*sys.argv[1:])

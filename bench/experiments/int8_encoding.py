@@ -26,9 +26,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
-from beam_sphere import load_on_sphere  # noqa: E402
-from spreadcode import Index  # noqa: E402
-from spreadcode.search import recall_at  # noqa: E402
+from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
 
 
 def fold_batch_norms(mlp):
@@ -72,20 +70,11 @@ def main(model_path, data_path):
             codes = encoder.encode(data.base)
             seconds.append(time.perf_counter() - start)
         reference = codes if reference is None else reference
-        mse = float(((model.decode(codes) - data.base) ** 2).sum(1).mean())
-        index = Index.from_catalyzer(model, meta)
-        model.encode = lambda vectors, beam=1: codes  # add the codes just measured
-        index.add(data.base)
-        del model.encode
-        ids = index.search(data.query, k=100)[1]
         print(json.dumps({"encoder": name, "encode s": round(min(seconds), 2),
                           "vectors/s": round(len(codes) / min(seconds)),
                           "codes equal to fp32 %": round(100 * float(
                               (codes == reference).all(1).mean()), 1),
-                          "mse": round(mse, 4),
-                          **{f"R@{k}": round(100 * v, 1)
-                             for k, v in recall_at(ids, data.groundtruth).items()}}),
-              flush=True)
+                          **measure_codes(model, meta, data, codes)}), flush=True)
 
 
 if __name__ == "__main__":
