@@ -44,7 +44,7 @@ def variant_config(overrides):
                    **{k: v for k, v in overrides.items() if k != "bits"})
 
 
-def main():
+def main(experiment="residual_variants"):
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
     overrides = parse_overrides(sys.argv[3:])
     config = variant_config(overrides)
@@ -61,7 +61,7 @@ def main():
     _, ids = index.search(data.query, k=100)
     search_s = time.time() - start
     best = min(trained.history, key=lambda row: row["val_mse"])
-    row = {"experiment": "residual_variants", "data": data.name, "overrides": overrides,
+    row = {"experiment": experiment, "data": data.name, "overrides": overrides,
            "epochs": len(trained.history), "best_epoch": best["epoch"],
            "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
            "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
