@@ -273,7 +273,9 @@ class Index:
         decoder (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         The first search decodes every code for its scan and the index keeps them, up to
         `spreadcode.search.DECODE_ALL_BYTES` (1M codes of 96 dimensions: 384 MiB), until
-        ``add`` or ``reset``: later searches skip that work.
+        ``add`` or ``reset``: later searches skip that work. Candidates decoded for
+        re-ranking are kept the same way (as many bytes again at most), so a code is
+        re-ranked from its decoding once per index, whatever the searches.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
                                decode_all=decode_all, hamming=hamming).result()

@@ -53,7 +53,9 @@ RERANK_BLOCK_ROWS = 65536
 RESIDUAL_RERANK_FACTOR = 2
 RESIDUAL_RERANK_MIN = 50
 LINEAR_RESIDUAL_RERANK_MIN = 1000
-# Re-ranking decodes the whole collection once when that is cheaper and fits in this much.
+# What one process keeps of a collection's decoded codes, per decoder use: the codes decoded
+# for a decoded scan (`prepare_decoded`) and the candidates decoded for re-ranking
+# (`rerank_shortlist`) are each kept when every code's decoding fits in this much.
 DECODE_ALL_BYTES = 512 << 20
 # Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
@@ -341,9 +343,10 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
     """The candidates of the search ``shortlist`` (a `PreparedSearch` of the collection)
     re-ranked by ``decoder`` (`rerank_candidates`): k (capped at the number of codes) per query.
 
-    When there are at least as many candidates (queries × N) as codes, every code is decoded
-    once (if that takes at most DECODE_ALL_BYTES), otherwise each block of queries decodes its
-    own distinct candidates. extra: {"rerank": N, "blend": blend, "decoder": sha256}.
+    Each block of queries decodes its distinct candidates; when every code's decoding fits in
+    DECODE_ALL_BYTES the collection keeps them (`Collection.decoded_at`), so a candidate that
+    an earlier query or search decoded is not decoded again (the same floats either way).
+    extra: {"rerank": N, "blend": blend, "decoder": sha256}.
     """
     query_vectors = shortlist.queries
     if query_vectors.shape[1] != decoder.d_in:
@@ -351,12 +354,9 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
             f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
             f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
     k_capped = min(k, collection.count)
-    if len(query_vectors) * shortlist.k >= collection.count \
-            and collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
-        decoded = collection.decode_all(decoder)
-
+    if collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
         def decode(unique):
-            return decoded[collection.positions(unique)]
+            return collection.decoded_at(decoder, collection.positions(unique))
     else:
         def decode(unique):
             return decoder.decode(collection.codes_by_id(unique))

@@ -78,7 +78,7 @@ def exact_decoded_knn(decoded, queries, k):
 
 def all_decoded(world, name, kind):
     decoder = load_decoder(world[name][kind], store=world["store"])
-    return open_collection([world[name]["spc"]]).decode_all(decoder)
+    return decoder.decode(open_collection([world[name]["spc"]]).codes(0))
 
 
 def test_fit_linear_equals_numpy_least_squares():

@@ -390,6 +390,62 @@ def test_repeated_searches_decode_the_codes_once(trained, monkeypatch):
     assert np.array_equal(index.search(queries, k=10, rerank=0)[1], expected())
 
 
+def test_reranking_decodes_each_candidate_once_per_index(trained, monkeypatch):
+    """Candidates decoded by the full decoder are kept by the index's collection: a later
+    search decodes only candidates no search decoded before, and its results are those of an
+    index that never searched."""
+    sample = load_sample()
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(sample.base[:1500])
+    fresh = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    fresh.add(sample.base[:1500])
+    calls = []
+    original = trained.model.decode
+    monkeypatch.setattr(trained.model, "decode",
+                        lambda codes, **kw: calls.append(codes.copy()) or original(codes, **kw))
+    first = index.search(sample.query[:20], k=10)
+    decoded_once = np.unique(np.concatenate(calls), axis=0)
+    calls.clear()
+    second = index.search(sample.query[10:40], k=10)
+    again = np.concatenate(calls)
+    overlap = {row.tobytes() for row in decoded_once} & {row.tobytes() for row in again}
+    assert len(calls) == 1 and len(again) >= 1 and not overlap
+    monkeypatch.undo()
+    for got, queries in ((first, sample.query[:20]), (second, sample.query[10:40])):
+        want = fresh.search(queries, k=10)
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+
+
+def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained):
+    from spreadcode.collection import DECODE_MIN_ROWS
+
+    index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+    index.add(load_sample().base[:100])
+    collection = index._collection
+
+    class Recorder:
+        sha256, d_in, calls = "a" * 64, 3, []
+
+        def decode(self, codes):
+            self.calls.append(codes.copy())
+            return codes[:, :3].astype(np.float32)
+
+    decoder = Recorder()
+    codes = collection.codes_at(np.arange(100))
+    got = collection.decoded_at(decoder, np.array([5, 3]))
+    assert np.array_equal(got, codes[[5, 3], :3])
+    assert [len(c) for c in decoder.calls] == [DECODE_MIN_ROWS]
+    got = collection.decoded_at(decoder, np.array([9, 3, 7, 5]))
+    assert np.array_equal(got, codes[[9, 3, 7, 5], :3])
+    assert np.array_equal(decoder.calls[1][:2], codes[[9, 7]])
+    assert len(decoder.calls[1]) == DECODE_MIN_ROWS
+    collection.decoded_at(decoder, np.array([3, 5, 7]))
+    assert len(decoder.calls) == 2
+    many = np.arange(40, 90)
+    assert np.array_equal(collection.decoded_at(decoder, many), codes[many, :3])
+    assert len(decoder.calls[2]) == 50
+
+
 def test_range_search_is_exact_among_decoded_vectors(trained):
     sample = load_sample()
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
