@@ -274,8 +274,8 @@ class Index:
         The first search decodes every code for its scan and the index keeps them, up to
         `spreadcode.search.DECODE_ALL_BYTES` (1M codes of 96 dimensions: 384 MiB), until
         ``add`` or ``reset``: later searches skip that work. Candidates decoded for
-        re-ranking are kept the same way (as many bytes again at most), so a code is
-        re-ranked from its decoding once per index, whatever the searches.
+        re-ranking are kept the same way (as many bytes again at most): the full decoder
+        decodes each code at most once per index, whatever the searches.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
                                decode_all=decode_all, hamming=hamming).result()
