@@ -180,6 +180,9 @@ def search_step(args, client):
     first_seconds = time.perf_counter() - started
     timings, again = {}, {}
     fresh = max(args["queries"])
+    if 2 * fresh > len(learn):
+        raise SystemExit(f"the second pass needs 2 x {fresh} learn rows as queries; "
+                         f"{args['learn']} has {len(learn)}")
     for timed, first_row in ((timings, 0), (again, fresh)):
         for nq in args["queries"]:
             queries = np.asarray(learn[first_row:first_row + nq], dtype=np.float32)
