@@ -180,9 +180,6 @@ def search_step(args, client):
     first_seconds = time.perf_counter() - started
     timings, again = {}, {}
     fresh = max(args["queries"])
-    if 2 * fresh > len(learn):
-        raise SystemExit(f"the second pass needs 2 x {fresh} learn rows as queries; "
-                         f"{args['learn']} has {len(learn)}")
     for timed, first_row in ((timings, 0), (again, fresh)):
         for nq in args["queries"]:
             queries = np.asarray(learn[first_row:first_row + nq], dtype=np.float32)
@@ -259,6 +256,11 @@ def main():
         parser.error("give -n N (one or more) and --model")
 
     data = Path(opts.data)
+    learn_rows = len(np.load(data / "learn.npy", mmap_mode="r"))
+    if 2 * max(opts.queries) > learn_rows:
+        parser.error(f"the second pass of searches takes its queries after the first's: "
+                     f"--queries needs 2 x {max(opts.queries)} learn rows, {data} has "
+                     f"{learn_rows}")
     common = {"base": str(data / "base.npy"), "learn": str(data / "learn.npy"),
               "noise": opts.noise, "queries": opts.queries, "ks": opts.k}
     model = {"model": opts.model, "store": opts.store}

@@ -29,10 +29,13 @@ MAX_K = 2**31 - 1
 # Serialises `Collection.cached` computations (decoding every code: one at a time is as fast
 # on a machine's cores, and holds one result instead of two).
 _CACHE_LOCK = threading.Lock()
-# `Collection.decoded_at` decodes at least this many codes at a time: torch's CPU kernels give
-# a row other floats in batches of under 16 rows than in larger ones (measured on a residual
-# model's decoder: batches of 1-5 rows differ, 16 and more agree with batches of 4,096).
+# `Collection.decoded_at` hands its decoder DECODE_MIN_ROWS to DECODE_CHUNK_ROWS codes per call:
+# torch's CPU kernels give a row other floats in batches of under 16 rows than in larger ones
+# (measured on a residual model's decoder: batches of 1-5 rows differ, 16 to 4,096 agree),
+# and the decoders split larger calls into batches of 4,096 (`ResidualCatalyzer.decode`) or
+# more (`spreadcode.decoders.DECODE_BATCH`), whose last one could be that small.
 DECODE_MIN_ROWS = 32
+DECODE_CHUNK_ROWS = 4096
 
 
 def check_k(value, name="k"):
@@ -179,13 +182,15 @@ class Collection:
         later calls with the same decoder: re-ranking decodes only the candidates that no
         earlier search of this collection decoded, so many searches decode each code at most
         once, and a search never decodes codes that no query asks for. The caller bounds the
-        memory (count × d_in floats, touched row by row). Codes are decoded at least
-        DECODE_MIN_ROWS at a time (padded with repeats): a torch model gives a row the same
-        floats in any batch of that size or more, so kept rows equal freshly decoded ones and
-        results never depend on earlier searches. Thread-safe."""
+        memory (count × d_in floats; scattered candidates touch most pages of it long
+        before every code is decoded). The decoder gets DECODE_MIN_ROWS (padded with
+        repeats) to DECODE_CHUNK_ROWS codes per call: a torch model gives a row the same
+        floats in any such batch, so kept rows equal freshly decoded ones and results never
+        depend on earlier searches. Thread-safe; one collection's calls decode one at a
+        time."""
         positions = np.asarray(positions, dtype=np.int64)
         key = (getattr(decoder, "kind", None), decoder.sha256)
-        with _CACHE_LOCK:
+        with self._lookup.setdefault("decoded_at lock", threading.Lock()):
             kept = self._lookup.get("decoded_at")
             if kept is None or kept[0] != key:
                 kept = (key, np.empty((self.count, decoder.d_in), dtype=np.float32),
@@ -193,10 +198,11 @@ class Collection:
                 self._lookup["decoded_at"] = kept
             _, rows, done = kept
             missing = positions[~done[positions]]
-            if len(missing):
-                padded = np.resize(missing, max(len(missing), DECODE_MIN_ROWS))
-                rows[missing] = decoder.decode(self.codes_at(padded))[:len(missing)]
-                done[missing] = True
+            for start in range(0, len(missing), DECODE_CHUNK_ROWS):
+                chunk = missing[start:start + DECODE_CHUNK_ROWS]
+                padded = np.resize(chunk, max(len(chunk), DECODE_MIN_ROWS))
+                rows[chunk] = decoder.decode(self.codes_at(padded))[:len(chunk)]
+                done[chunk] = True
             return rows[positions]
 
 

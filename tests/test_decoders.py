@@ -78,7 +78,9 @@ def exact_decoded_knn(decoded, queries, k):
 
 def all_decoded(world, name, kind):
     decoder = load_decoder(world[name][kind], store=world["store"])
-    return decoder.decode(open_collection([world[name]["spc"]]).codes(0))
+    collection = open_collection([world[name]["spc"]])
+    assert len(collection.parts) == 1
+    return decoder.decode(collection.codes(0))
 
 
 def test_fit_linear_equals_numpy_least_squares():

@@ -416,7 +416,8 @@ def test_reranking_decodes_each_candidate_once_per_index(trained, monkeypatch):
         assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
 
 
-def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained):
+def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained, monkeypatch):
+    from spreadcode import collection as collection_module
     from spreadcode.collection import DECODE_MIN_ROWS
 
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
@@ -424,7 +425,10 @@ def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained):
     collection = index._collection
 
     class Recorder:
-        sha256, d_in, calls = "a" * 64, 3, []
+        sha256, d_in = "a" * 64, 3
+
+        def __init__(self):
+            self.calls = []
 
         def decode(self, codes):
             self.calls.append(codes.copy())
@@ -444,6 +448,12 @@ def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained):
     many = np.arange(40, 90)
     assert np.array_equal(collection.decoded_at(decoder, many), codes[many, :3])
     assert len(decoder.calls[2]) == 50
+    # Larger calls go to the decoder in chunks, each padded: no call of under 32 rows.
+    monkeypatch.setattr(collection_module, "DECODE_CHUNK_ROWS", 35)
+    rest = np.arange(0, 40)  # 36 not decoded yet (3, 5, 7 and 9 are)
+    assert np.array_equal(collection.decoded_at(decoder, rest), codes[rest, :3])
+    assert [len(c) for c in decoder.calls[3:]] == [35, DECODE_MIN_ROWS]
+    assert (decoder.calls[4] == codes[39]).all()
 
 
 def test_range_search_is_exact_among_decoded_vectors(trained):

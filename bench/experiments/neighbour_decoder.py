@@ -28,8 +28,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
+from autoencoder_levers import append_row, load_dataset  # noqa: E402
+import residual_beam  # noqa: E402
 from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
+from residual_beam import _decode_points  # noqa: E402
 from spreadcode import residual  # noqa: E402
 from spreadcode.catalyzer import save_catalyzer  # noqa: E402
 from spreadcode.knn import exact_knn  # noqa: E402
@@ -41,18 +43,13 @@ BATCH = 128
 def decode_points(model, points):
     """The full decoder on unit lattice points float32 tensor (n, d_out), with gradients,
     onto the model's sphere: float32 tensor (n, d_in) in input units."""
-    xh, start = None, 0
-    for m, block in enumerate(model.quantizer.blocks):
-        xh = model._decode_stage(m, points[:, start:start + block.d], xh)
-        start += block.d
-    return model._on_sphere(model.unprocess(xh))
+    return model._on_sphere(model.unprocess(_decode_points(model, points)))
 
 
 def decall(model, data, codes):
     """R@k of the exhaustive search over the decoded base (codes uint8 (n_base, bytes))."""
     model.eval()
-    ids = exact_knn(model.decode(codes), data.query, 100)[1]
-    return recall_columns(ids, data.groundtruth)
+    return dict(zip(("R@1", "R@10", "R@100"), residual_beam.decall(model.decode(codes), data)))
 
 
 def main(model_path, data_path, out, *options):

@@ -14,7 +14,6 @@ Run:  python bench/experiments/rotation_trick.py DATA OUT [FIELD=VALUE ...]
 import os
 import sys
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,14 +21,14 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 import residual_variants  # noqa: E402
 from spreadcode import residual  # noqa: E402
+from spreadcode.losses import straight_through  # noqa: E402
 
 
 def rotated_through(y, quantizer):
     """Forward: the quantizer's reconstruction z of y (unit rows, float tensor (n, d));
     backward: Rᵀ·grad with R = I − 2rrᵀ + 2zyᵀ, r = (y + z)/‖y + z‖, the rotation taking y to
     z (held constant)."""
-    snapped = quantizer.reconstruct(quantizer.quantize(y.detach().float().cpu().numpy()))
-    z = torch.from_numpy(np.ascontiguousarray(snapped, dtype=np.float32)).to(y.device)
+    z = straight_through(y, quantizer).detach()
     y_unit = torch.nn.functional.normalize(y.detach(), dim=1)
     r = torch.nn.functional.normalize(y_unit + z, dim=1)
     rotated = (y - 2 * r * (r * y).sum(1, keepdim=True)

@@ -77,8 +77,10 @@ if __name__ == "__main__":
             args.append(item)
     data = residual_variants.load_dataset(args[0])
     config = residual_variants.variant_config(residual_variants.parse_overrides(args[2:]))
-    n_train = len(data.learn) - min(max(1, len(data.learn) // 10), residual.VAL_MAX)
-    SCHEDULE["steps"] = config.epochs * (n_train // config.batch_size)
+    if config.time_budget_s is not None:  # the schedule is planned over every epoch
+        args.append("time_budget_s=null")
+    n_train = len(residual.held_out_rows(len(data.learn), config.seed)[0])
+    SCHEDULE["steps"] = config.epochs * (n_train // min(config.batch_size, n_train))
     residual.ResidualCatalyzer.forward = soft_forward
     residual.ResidualCatalyzer.training_loss = counted_loss(
         residual.ResidualCatalyzer.training_loss)
