@@ -339,6 +339,12 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     return rerank_shortlist(collection, shortlist, decoder, k, blend)
 
 
+def decoding_fits(collection, decoder):
+    """Whether every code of ``collection`` decoded by ``decoder`` (float32, d_in each) fits
+    in DECODE_ALL_BYTES: then this process keeps what it decodes for later searches."""
+    return collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES
+
+
 def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSearch:
     """The candidates of the search ``shortlist`` (a `PreparedSearch` of the collection)
     re-ranked by ``decoder`` (`rerank_candidates`): k (capped at the number of codes) per query.
@@ -354,7 +360,7 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
             f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
             f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
     k_capped = min(k, collection.count)
-    if collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+    if decoding_fits(collection, decoder):
         def decode(unique):
             return collection.decoded_at(decoder, collection.positions(unique))
     else:
@@ -430,7 +436,7 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
         from .distributed import worker_decoded_blocks
 
         blocks_of = worker_decoded_blocks
-    elif collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES:
+    elif decoding_fits(collection, decoder):
         held = collection.cached(
             ("decoded", decoder.kind, decoder.sha256, block),
             lambda: {int(offset): [decoded_part(collection.quantizer, part, decoder, block)]
