@@ -12,11 +12,13 @@ batch by query batch (so memory stays bounded whatever queries x k); ``.result()
 k is 1 to `MAX_K` and capped at the collection size, so results never hold padding.
 
 Each batch searches every part of the collection on its own (`each_part`: `part_knn`,
-`part_range`, `part_decoded_knn`, `part_decoded_range`) and merges the per-part results
-exactly, by (distance, id). With a dask.distributed ``client`` (`spreadcode.distributed`)
-the per-part searches are tasks on its workers, which read the .spc files by path; the
-queries are prepared (catalyzed) and the results merged (and re-ranked) here, by the same
-code, so the results are identical to the single-process ones.
+`part_range`, `part_decoded_range`), or part after part with each scan bounded by the k-th
+distances found before it (`each_chain`: `part_decoded_knn_after`), and merges the per-part
+results exactly, by (distance, id). With a dask.distributed ``client``
+(`spreadcode.distributed`) the per-part searches are tasks on its workers, which read the .spc
+files by path (a bounded run of parts: one per worker); the queries are prepared (catalyzed)
+and the results merged (and re-ranked) here, by the same code, so the results are identical
+to the single-process ones.
 """
 from __future__ import annotations
 
@@ -137,6 +139,24 @@ def each_part(collection, function, *args, client=None, progress=False):
             for part, offset in zip(collection.parts, collection.offsets) if part.count)
 
 
+def each_chain(collection, function, *args, client=None, progress=False):
+    """``function(collection.quantizer, part, offset, previous, *args)`` for the parts of the
+    collection that hold codes, in runs where each call gets the result of the call before
+    it (None first): in this process one run over every part, in part order, or with a
+    dask.distributed ``client`` one run per worker, as tasks
+    (`spreadcode.distributed.chain_parts`). Yields the last result of each run."""
+    if client is not None:
+        from .distributed import chain_parts
+
+        yield from chain_parts(client, collection, function, *args, progress=progress)
+        return
+    previous = None
+    for part, offset in zip(collection.parts, collection.offsets):
+        if part.count:
+            previous = function(collection.quantizer, part, int(offset), previous, *args)
+    yield previous
+
+
 def merge_knn(results, k):
     """The k best of top-k results (distances float32 (nq, k_i), ids int64 (nq, k_i)) with
     sum(k_i) >= k, merged one at a time as they come (`merge_topk`: by (distance, id), so the
@@ -156,10 +176,15 @@ def bounded_knn(searches, k, bound=None):
     `merge_knn`."""
     best = None
     for search in searches:
-        found = search(knn_bound(best, k, bound))
-        best = found if best is None else merge_topk([best[0], found[0]],
-                                                     [best[1], found[1]], k)
+        best = bounded_step(best, search, k, bound)
     return best
+
+
+def bounded_step(best, search, k, bound=None):
+    """One step of `bounded_knn`: the top-k ``best`` so far (or None) merged with what
+    ``search`` finds under the bound it sets."""
+    found = search(knn_bound(best, k, bound))
+    return found if best is None else merge_topk([best[0], found[0]], [best[1], found[1]], k)
 
 
 def batch_rows(width):
@@ -414,14 +439,15 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
                     client=None, progress=False) -> PreparedSearch:
     """Exact k-NN of the raw queries among the decoded codes of the collection (no
     compressed-domain scan, hence no Hamming ranking for sign codes, and no catalyzer):
-    `part_decoded_knn` of every part, merged; squared L2 distances, ties to the lower id; k
-    is capped at the number of codes.
+    `part_decoded_knn` of every part, each bounded by the k-th distances of the parts before
+    it in its run (`each_chain`: one run in this process, one per Dask worker), merged;
+    squared L2 distances, ties to the lower id; k is capped at the number of codes.
 
     In this process, when every decoded code fits in DECODE_ALL_BYTES they are decoded once
     and held by the collection for later searches by the same decoder (`Collection.cached`;
     at 1M codes of a residual model, ≈ 4 s of decoding saved per search, 384 MiB held),
     else ``block`` at a time per batch (memory O(block · d_in)), in the same blocks either
-    way. On the workers of a dask.distributed ``client`` (`each_part`) each worker process
+    way. On the workers of a dask.distributed ``client`` (`each_chain`) each worker process
     keeps the shards it decoded for later batches and searches
     (`spreadcode.distributed.worker_decoded_blocks`). Each block is scanned by
     `decoded_topk`.
@@ -447,17 +473,9 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
             return held[offset]
 
     def run(start, stop):
-        queries = query_vectors[start:stop]
-        if client is not None:
-            distances, ids = merge_knn(each_part(
-                collection, part_decoded_knn, decoder, queries, k_capped, block, blocks_of,
-                client=client, progress=progress), k_capped)
-        else:  # part after part, each scan bounded by the k-th distance found so far
-            distances, ids = bounded_knn(
-                (functools.partial(part_decoded_knn, collection.quantizer, part, int(offset),
-                                   decoder, queries, k_capped, block, blocks_of)
-                 for part, offset in zip(collection.parts, collection.offsets) if part.count),
-                k_capped)
+        distances, ids = merge_knn(each_chain(
+            collection, part_decoded_knn_after, decoder, query_vectors[start:stop], k_capped,
+            block, blocks_of, client=client, progress=progress), k_capped)
         return SearchResult(distances=distances, ids=ids, extra=extra)
 
     return PreparedSearch(query_vectors, run, k_capped, k, collection.count,
@@ -542,6 +560,15 @@ def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks
         return dist, np.where(rows >= 0, ids[rows], np.int64(-1))
 
     return bounded_knn(searches(), k, bound)
+
+
+def part_decoded_knn_after(quantizer, part, offset, best, decoder, queries, k, block,
+                           blocks_of=None):
+    """The k-NN of earlier parts, ``best`` ((distances, ids) or None), and `part_decoded_knn`
+    of this part bounded by their k-th distances, merged (`bounded_step`): the step of a run
+    of parts (`each_chain`), whose later parts' scans skip most rows."""
+    return bounded_step(best, functools.partial(part_decoded_knn, quantizer, part, offset,
+                                                decoder, queries, k, block, blocks_of), k)
 
 
 def prepare_decoded_range(collection, decoder, queries, radius, block=DECODED_RANGE_BLOCK,

@@ -16,6 +16,7 @@ import pytest
 from helpers import assert_clean_error, run, tiny_catalyzer, tiny_meta
 from spreadcode import Index, collection_dir, container, distributed, encode, residual, vecio
 from spreadcode.catalyzer import load_catalyzer, save_catalyzer
+from spreadcode.collection import open_collection
 from spreadcode.encode import add_to_collection, encode_collection
 from spreadcode.errors import SpreadcodeError
 from spreadcode.sample import load_sample
@@ -166,6 +167,52 @@ def test_dask_residual_search_is_identical(world, client, options):
         for got, want in zip(dask.range_search(world["query"], 0.5),
                              serial.range_search(world["query"], 0.5)):
             np.testing.assert_array_equal(got, want)
+
+
+def _offsets_so_far(quantizer, part, offset, previous):
+    """A `chain_parts` function: the offsets of the parts of its run so far."""
+    return (previous or ()) + (offset,)
+
+
+def _fail_at_200(quantizer, part, offset, previous):
+    """A `chain_parts` function that fails on the part at offset 200."""
+    if offset == 200:
+        raise ValueError("no part at 200")
+    return offset
+
+
+def test_chain_parts_runs_consecutive_parts_one_run_per_worker(world, client):
+    """Each run hands its result to the next part's task; one run per worker, in part
+    order, covering every part once; a failure names the part that failed, not the tasks
+    after it in its run (which fail with its error)."""
+    coll = open_collection([build(world, "lattice", None)])  # shards of 100 or 50 rows
+    runs = sorted(distributed.chain_parts(client, coll, _offsets_so_far))
+    assert runs == [(0, 100, 200, 300), (350, 450, 550)]
+    with pytest.raises(SpreadcodeError, match=r"shard-00002.spc: ValueError: no part at 200"):
+        list(distributed.chain_parts(client, coll, _fail_at_200))
+
+
+def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
+    """The shortlist decoder of a residual model (its 26 MB model, for the default one) is
+    scattered by the first search and reused by the next ones."""
+    distributed._SHIPPED.pop(client, None)  # forget what the tests before sent
+    index = Index.load(build(world, "residual", None), store=world["store"], client=client)
+    index.search(world["query"], 5)
+    kept = dict(distributed._SHIPPED[client])
+    assert [key[:2] for key in kept] == [("ModelDecoder", "shortlist")]
+    index.search(world["query"][:7], 3)
+    assert {key: future.key for key, future in distributed._SHIPPED[client].items()} == \
+        {key: future.key for key, future in kept.items()}
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 (and friends) in the process that starts them;
+    torch would then run this process's catalyzer and re-ranking on one thread."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with distributed.open_client(workers=1) as client:
+        assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
+        assert list(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == ["1"]
 
 
 class CountingDecoder:
