@@ -17,9 +17,12 @@ hand their independent per-shard tasks to it:
   path (memory-mapped, once per process) and returns the part's top-k (or range results) of
   the batch: the per-part function the single-process search calls, with the same
   arguments, so once the client merges them exactly (by (distance, id)), the results are
-  identical. Codes never travel; the queries of a batch are sent once per batch. A search
-  among decoded codes keeps each shard's decoded codes in the worker for later batches and
-  searches (`worker_decoded_blocks`).
+  identical. Codes never travel; the queries of a batch are sent to every worker once per
+  batch, a decoder once per client. A search among decoded codes runs each worker's shards
+  as a chain (`chain_parts`): each task gets the top-k of the shards before it, whose k-th
+  distances bound its scan, as one process bounds each part by those before it; it keeps
+  each shard's decoded codes in the worker for later batches and searches
+  (`worker_decoded_blocks`).
 
 Workers must import the same spreadcode and see the same paths (one machine, or a shared
 filesystem); paths are made absolute on the client.
@@ -32,7 +35,6 @@ import os
 import threading
 import types
 import uuid
-import weakref
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -73,9 +75,9 @@ WORKER_DECODED_BYTES = 1 << 30
 _WORKER_DECODED = OrderedDict()
 _WORKER_DECODED_LOCK = threading.Lock()
 # client -> {(type, kind, sha256): Future}: the decoders a client's searches sent its workers
-# (a residual model's: 26 MB pickled), each sent once and kept there while the client lives.
+# (a residual model's: 26 MB pickled), each sent once and kept there until the client closes.
 # Sent with every batch, one worker fetching it from the other took 0.2 s of a 1.5 s search.
-_SHIPPED = weakref.WeakKeyDictionary()
+_SHIPPED = {}
 _WORKER_MALLOC_LOCK = threading.Lock()
 _worker_malloc_set = None    # in each worker: whether `_tune_worker_malloc` set them
 
@@ -132,6 +134,7 @@ def open_client(workers=None, scheduler=None, timeout=None):
                     dashboard_address=":0", silence_logs=logging.ERROR))
             client = distributed.Client(cluster, set_as_default=False)
         stack.enter_context(client)
+        stack.callback(_SHIPPED.pop, client, None)
         yield client
 
 
@@ -322,6 +325,8 @@ def _shipped(client, args):
         elif isinstance(arg, np.ndarray):
             shipped.append(client.scatter(arg, hash=False, broadcast=True))
         elif isinstance(getattr(arg, "sha256", None), str) and hasattr(arg, "kind"):
+            for closed in [other for other in _SHIPPED if other.status == "closed"]:
+                del _SHIPPED[closed]
             kept = _SHIPPED.setdefault(client, {})
             key = (type(arg).__name__, arg.kind, arg.sha256)
             if key not in kept:

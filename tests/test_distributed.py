@@ -205,14 +205,19 @@ def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
         {key: future.key for key, future in kept.items()}
 
 
-def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch):
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(world, monkeypatch):
     """Dask's nannies set OMP_NUM_THREADS=1 (and friends) in the process that starts them;
-    torch would then run this process's catalyzer and re-ranking on one thread."""
+    torch would then run this process's catalyzer and re-ranking on one thread. The decoders
+    its searches sent are forgotten when the client closes."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")
     with distributed.open_client(workers=1) as client:
         assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
         assert list(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == ["1"]
+        Index.load(build(world, "residual", None), store=world["store"],
+                   client=client).search(world["query"], 3)
+        assert len(distributed._SHIPPED[client]) == 1
+    assert client not in distributed._SHIPPED
 
 
 class CountingDecoder:
