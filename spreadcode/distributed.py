@@ -78,6 +78,8 @@ _WORKER_DECODED_LOCK = threading.Lock()
 # (a residual model's: 26 MB pickled), each sent once and kept there until the client closes.
 # Sent with every batch, one worker fetching it from the other took 0.2 s of a 1.5 s search.
 _SHIPPED = {}
+_SHIPPED_LOCK = threading.Lock()
+SHIPPED_PER_CLIENT = 4  # a residual model's two decoders, twice
 _WORKER_MALLOC_LOCK = threading.Lock()
 _worker_malloc_set = None    # in each worker: whether `_tune_worker_malloc` set them
 
@@ -128,13 +130,14 @@ def open_client(workers=None, scheduler=None, timeout=None):
             # worker dies, Dask counts the death against every task assigned to it, so only
             # the task that ran is blamed, and a task that kills its worker is the one named.
             with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
-                    _environment_kept(dask.config.get("distributed.nanny.pre-spawn-environ")):
+                    _environment_kept([*dask.config.get("distributed.nanny.pre-spawn-environ"),
+                                       "PYTHONHASHSEED"]):
                 cluster = stack.enter_context(distributed.LocalCluster(
                     n_workers=int(workers), threads_per_worker=1, processes=True,
                     dashboard_address=":0", silence_logs=logging.ERROR))
             client = distributed.Client(cluster, set_as_default=False)
         stack.enter_context(client)
-        stack.callback(_SHIPPED.pop, client, None)
+        stack.callback(_forget_shipped, client)
         yield client
 
 
@@ -190,6 +193,12 @@ def _encode_task(write, task, model, sha256, batch, stop):
     return write(task, catalyzer, meta, batch)
 
 
+def _forget_shipped(client):
+    """Drop the decoders `_shipped` kept for ``client`` (it is closing)."""
+    with _SHIPPED_LOCK:
+        _SHIPPED.pop(client, None)
+
+
 @contextmanager
 def _environment_kept(names):
     """The environment variables ``names`` as they were before the block, after it. Dask's
@@ -197,7 +206,8 @@ def _environment_kept(names):
     friends, meant for the worker processes they spawn) in the process that starts them, and
     torch reads OMP_NUM_THREADS when it first runs an operator: a client that catalyzed and
     re-ranked after starting a LocalCluster did so on one thread (its first 1,000 re-ranked
-    queries at 1M codes took 5.9 s of decoding instead of 2.8)."""
+    queries at 1M codes took 5.9 s of decoding instead of 2.8). A nanny that restarts a
+    worker later sets them again, which matters only if torch has not run here by then."""
     kept = {name: os.environ.get(name) for name in names}
     try:
         yield
@@ -264,37 +274,46 @@ def map_parts(client, collection, function, *args, progress=False):
 
 def chain_parts(client, collection, function, *args, progress=False):
     """The parts of ``collection`` holding codes split into one run of consecutive parts per
-    worker of ``client``; in each run, one task per part computes ``function(quantizer, part,
-    offset, previous, *args)``, where ``previous`` is the result of the run's task before it
-    (None for the first), on the worker that holds it. Yields the result of each run's last
-    task in completion order; intermediate results never reach the client. For searches
-    whose earlier results make the next part's scan cheaper (a top-k's k-th distance bounds
-    it: `spreadcode.search.part_decoded_knn_after`); run r goes to the r-th worker by
-    address (others may take it), so a worker keeps seeing the same shards. ``progress``,
-    arguments and errors as in `map_parts` (the first failed task of a run is named)."""
+    worker thread of ``client``; in each run, one task per part computes ``function(quantizer,
+    part, offset, previous, *args)``, where ``previous`` is the result of the run's task
+    before it (None for the first), on the worker that holds it. Yields the result of each
+    run's last task in completion order; intermediate results never reach the client. For
+    searches whose earlier results make the next part's scan cheaper (a top-k's k-th
+    distance bounds it: `spreadcode.search.part_decoded_knn_after`). Runs are asked of the
+    workers in address order (`_run_workers`; the scheduler may move a task elsewhere), so a
+    worker tends to see the same shards search after search. ``progress``, arguments and
+    errors as in `map_parts` (the first failed task of a run is named)."""
     distributed = _distributed("Dask search")
     spec, parts = _part_paths(collection)
     shipped = _shipped(client, args)
-    workers = sorted(client.scheduler_info()["workers"])
-    runs = [run for run in np.array_split(np.arange(len(parts)), max(1, len(workers))) if len(run)]
+    workers = _run_workers(client)
+    runs = [run for run in np.array_split(np.arange(len(parts)), len(workers)) if len(run)]
     futures, chain_of = [], {}
     for worker, run in zip(workers, runs):
+        placement = {} if worker is None else {"workers": [worker], "allow_other_workers": True}
         previous, chain = None, []
         for number in run:
             path, payload_sha256, offset = parts[number]
             previous = client.submit(_part_task, function, path, payload_sha256, spec, offset,
-                                     previous, *shipped, workers=[worker],
-                                     allow_other_workers=True, pure=False)
+                                     previous, *shipped, pure=False, **placement)
             chain.append((previous, path))
             chain_of[previous.key] = chain
         futures.extend(future for future, _ in chain)
     for future in _as_completed(distributed, client, futures, progress, "search"):
         chain = chain_of[future.key]
-        if future.status == "error":  # the tasks after a failed one fail with its error
-            failed, path = next((f, path) for f, path in chain if f.status == "error")
+        if future.status != "finished":  # the tasks after a failed one fail with its error
+            failed, path = next(((f, path) for f, path in chain if f.status != "finished"),
+                                (future, chain[-1][1]))
             _result(distributed, failed, path)
         if future.key == chain[-1][0].key:
             yield _result(distributed, future, chain[-1][1])
+
+
+def _run_workers(client):
+    """One entry per thread of each worker of ``client``, by address (the address repeated
+    for a worker of several threads); [None] (anywhere, once one joins) while it has none."""
+    return [address for address, threads in sorted(client.nthreads().items())
+            for _ in range(threads)] or [None]
 
 
 def _part_paths(collection):
@@ -316,8 +335,10 @@ def _part_paths(collection):
 def _shipped(client, args):
     """``args`` as tasks take them: plain values and functions as they are; arrays (the
     queries of a batch) sent to every worker now; other objects scattered, and those that
-    name their content (a decoder: ``kind`` and ``sha256``) only once per client, kept on
-    the cluster for later searches (`_SHIPPED`)."""
+    name their content (a decoder: ``kind`` and ``sha256``, which stand for the object: a
+    later decoder with the same ones gets the first one sent) only once per client, kept on
+    the cluster for later searches (`_SHIPPED`, the `SHIPPED_PER_CLIENT` most recent; sent
+    again when the worker holding it was lost)."""
     shipped = []
     for arg in args:
         if arg is None or isinstance(arg, (bool, int, float, str, dict, types.FunctionType)):
@@ -325,20 +346,34 @@ def _shipped(client, args):
         elif isinstance(arg, np.ndarray):
             shipped.append(client.scatter(arg, hash=False, broadcast=True))
         elif isinstance(getattr(arg, "sha256", None), str) and hasattr(arg, "kind"):
-            for closed in [other for other in _SHIPPED if other.status == "closed"]:
-                del _SHIPPED[closed]
-            kept = _SHIPPED.setdefault(client, {})
-            key = (type(arg).__name__, arg.kind, arg.sha256)
-            if key not in kept:
-                kept[key] = client.scatter(arg, hash=False)
-            shipped.append(kept[key])
+            shipped.append(_shipped_once(client, arg))
         else:
             shipped.append(client.scatter(arg, hash=False))
     return shipped
 
 
+def _shipped_once(client, decoder):
+    """The Future of ``decoder`` scattered to the workers of ``client``, kept in `_SHIPPED`
+    (see `_shipped`); the entries of closed clients are dropped."""
+    key = (type(decoder), decoder.kind, decoder.sha256)
+    with _SHIPPED_LOCK:
+        for closed in [other for other in _SHIPPED if other.status == "closed"]:
+            del _SHIPPED[closed]
+        kept = _SHIPPED.setdefault(client, OrderedDict())
+        if key in kept and kept[key].status == "finished":
+            kept.move_to_end(key)
+            return kept[key]
+    future = client.scatter(decoder, hash=False)
+    with _SHIPPED_LOCK:
+        kept[key] = future
+        kept.move_to_end(key)
+        while len(kept) > SHIPPED_PER_CLIENT:
+            kept.popitem(last=False)
+    return future
+
+
 def _part_task(function, path, payload_sha256, spec, offset, *args):
-    """On a worker: `map_parts`' task."""
+    """On a worker: the task of `map_parts` and of `chain_parts`."""
     _tune_worker_malloc()
     quantizer, part = _worker_part(path, payload_sha256, spec)
     return function(quantizer, part, offset, *args)

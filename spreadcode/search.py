@@ -143,7 +143,7 @@ def each_chain(collection, function, *args, client=None, progress=False):
     """``function(collection.quantizer, part, offset, previous, *args)`` for the parts of the
     collection that hold codes, in runs where each call gets the result of the call before
     it (None first): in this process one run over every part, in part order, or with a
-    dask.distributed ``client`` one run per worker, as tasks
+    dask.distributed ``client`` one run per worker thread, as tasks
     (`spreadcode.distributed.chain_parts`). Yields the last result of each run."""
     if client is not None:
         from .distributed import chain_parts
@@ -154,7 +154,8 @@ def each_chain(collection, function, *args, client=None, progress=False):
     for part, offset in zip(collection.parts, collection.offsets):
         if part.count:
             previous = function(collection.quantizer, part, int(offset), previous, *args)
-    yield previous
+    if previous is not None:
+        yield previous
 
 
 def merge_knn(results, k):

@@ -199,7 +199,7 @@ def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
     index = Index.load(build(world, "residual", None), store=world["store"], client=client)
     index.search(world["query"], 5)
     kept = dict(distributed._SHIPPED[client])
-    assert [key[:2] for key in kept] == [("ModelDecoder", "shortlist")]
+    assert [key[:2] for key in kept] == [(residual.ModelDecoder, "shortlist")]
     index.search(world["query"][:7], 3)
     assert {key: future.key for key, future in distributed._SHIPPED[client].items()} == \
         {key: future.key for key, future in kept.items()}
@@ -207,16 +207,23 @@ def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(world, monkeypatch):
     """Dask's nannies set OMP_NUM_THREADS=1 (and friends) in the process that starts them;
-    torch would then run this process's catalyzer and re-ranking on one thread. The decoders
-    its searches sent are forgotten when the client closes."""
+    torch would then run this process's catalyzer and re-ranking on one thread. A decoder
+    its searches sent is sent again once the worker holding it is lost, and forgotten when
+    the client closes."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")
     with distributed.open_client(workers=1) as client:
         assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
         assert list(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == ["1"]
-        Index.load(build(world, "residual", None), store=world["store"],
-                   client=client).search(world["query"], 3)
-        assert len(distributed._SHIPPED[client]) == 1
+        index = Index.load(build(world, "residual", None), store=world["store"], client=client)
+        want = index.search(world["query"], 3)
+        [sent] = distributed._SHIPPED[client].values()
+        client.restart()  # the worker holding the decoder is gone: it is sent again
+        got = index.search(world["query"], 3)
+        [again] = distributed._SHIPPED[client].values()
+        assert again.key != sent.key and again.status == "finished"
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
     assert client not in distributed._SHIPPED
 
 
