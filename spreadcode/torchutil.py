@@ -27,15 +27,24 @@ def use_all_cores():
     torch.set_num_threads(max(1, cores or 1))
 
 
-def adam(params, lr):
+def adam(params, lr, weight_decay=0.0):
     """Adam over ``params`` (an iterable of tensors or of param-group dicts), fused into one
     kernel for all of them where this torch has it: the per-tensor loop of the plain Adam took
-    a quarter of a residual training step on 2 CPU cores (BENCHMARKS.md, lever 17)."""
+    a quarter of a residual training step on 2 CPU cores (BENCHMARKS.md, lever 17).
+
+    ``weight_decay`` > 0 (tensors only): AdamW, decoupled decay of the weight matrices
+    (tensors of 2 or more dimensions) by lr · weight_decay of their value per step; biases
+    and batch-norm scales and shifts are not decayed."""
     params = list(params)
+    optimizer = torch.optim.Adam
+    if weight_decay:
+        optimizer = torch.optim.AdamW
+        params = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return optimizer(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+        return optimizer(params, lr=lr)
 
 
 def bfloat16_native(device):

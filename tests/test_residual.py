@@ -3,6 +3,7 @@ search through Index and the CLI, which must agree with each other and with a di
 computation."""
 import hashlib
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -58,6 +59,8 @@ def test_training_is_deterministic_and_learns(trained):
     assert set(training["val_recall"]) == {"1", "10", "100"}
     assert trained.meta.quantizer == QuantizerSpec("product", 18, ((12, 6), (6, 4)))
     assert trained.meta.lam is None and trained.meta.sha256 is None
+    assert training["weight_decay"] == residual.WEIGHT_DECAY > 0
+    assert training["optimizer"] == "adamw, one-cycle"
     # The auto-encoder's reconstruction beats the mean vector (the best code-free guess) on
     # held-out vectors; decoded onto the unit sphere, it points closer to them than the mean.
     base = load_sample().base[:500]
@@ -72,6 +75,17 @@ def test_training_is_deterministic_and_learns(trained):
     mean_direction = base.mean(0) / np.linalg.norm(base.mean(0))
     assert (decoded * base).sum(1).mean() > (base @ mean_direction).mean()
     assert training["val_mse"] == pytest.approx(min(h["val_mse"] for h in trained.history))
+
+
+def test_weight_decay_changes_the_weights_and_bad_values_are_rejected(trained):
+    plain = residual.train_residual(load_sample().learn[:3000], replace(TINY, weight_decay=0.0),
+                                    progress=False)
+    assert plain.meta.training["optimizer"] == "adam, one-cycle"
+    assert not torch.equal(plain.model.g[1][0].weight, trained.model.g[1][0].weight)
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(SpreadcodeError, match="weight_decay must be >= 0"):
+            residual.train_residual(load_sample().learn[:300], replace(TINY, weight_decay=bad),
+                                    progress=False)
 
 
 def test_mixed_precision_is_recorded_and_only_changes_native_bfloat16_machines(trained):

@@ -28,6 +28,39 @@ def test_adam_steps_like_plain_adam():
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.1]
 
 
+def test_adam_with_weight_decay_decays_the_matrices_only():
+    """`adam(..., weight_decay)` steps like torch's reference AdamW that decays the weight
+    matrices and neither the biases nor other vectors."""
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    ours = [p.clone().requires_grad_() for p in start]
+    reference = [p.clone().requires_grad_() for p in start]
+    optimizer = adam(ours, 0.1, weight_decay=0.5)
+    expected = torch.optim.AdamW([{"params": reference[:1], "weight_decay": 0.5},
+                                  {"params": reference[1:], "weight_decay": 0.0}], lr=0.1)
+    for step in range(5):
+        for params, opt in ((ours, optimizer), (reference, expected)):
+            opt.zero_grad()
+            loss = (params[0] @ params[1]).square().sum() + step * params[1].sum()
+            loss.backward()
+            opt.step()
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
+    assert not torch.allclose(ours[0], adam_steps_without_decay(start[0], start[1]))
+
+
+def adam_steps_without_decay(matrix, vector):
+    """The matrix after the same 5 steps of plain Adam (lr 0.1): what decay must change."""
+    params = [matrix.clone().requires_grad_(), vector.clone().requires_grad_()]
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    for step in range(5):
+        optimizer.zero_grad()
+        ((params[0] @ params[1]).square().sum() + step * params[1].sum()).backward()
+        optimizer.step()
+    return params[0].detach()
+
+
 @pytest.mark.parametrize("enabled", [False, True])
 def test_mixed_precision_multiplies_in_bfloat16_only_where_native(enabled):
     a, b = torch.randn(4, 3), torch.randn(3, 2)
