@@ -17,12 +17,8 @@ def test_adam_steps_like_plain_adam():
     optimizer = adam([{"params": ours[:1], "lr": 0.01}, {"params": ours[1:]}], 0.1)
     expected = torch.optim.Adam([{"params": reference[:1], "lr": 0.01},
                                  {"params": reference[1:]}], lr=0.1)
-    for step in range(5):
-        for params, opt in ((ours, optimizer), (reference, expected)):
-            opt.zero_grad()
-            loss = (params[0] @ params[1]).square().sum() + step * params[1].sum()
-            loss.backward()
-            opt.step()
+    take_steps(ours, optimizer)
+    take_steps(reference, expected)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.1]
@@ -38,12 +34,8 @@ def test_adam_with_weight_decay_decays_the_matrices_only():
     optimizer = adam(ours, 0.1, weight_decay=0.5)
     expected = torch.optim.AdamW([{"params": reference[:1], "weight_decay": 0.5},
                                   {"params": reference[1:], "weight_decay": 0.0}], lr=0.1)
-    for step in range(5):
-        for params, opt in ((ours, optimizer), (reference, expected)):
-            opt.zero_grad()
-            loss = (params[0] @ params[1]).square().sum() + step * params[1].sum()
-            loss.backward()
-            opt.step()
+    take_steps(ours, optimizer)
+    take_steps(reference, expected)
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
@@ -51,14 +43,19 @@ def test_adam_with_weight_decay_decays_the_matrices_only():
 
 
 def adam_steps_without_decay(matrix, vector):
-    """The matrix after the same 5 steps of plain Adam (lr 0.1): what decay must change."""
+    """The matrix after the same steps of plain Adam (lr 0.1): what decay must change."""
     params = [matrix.clone().requires_grad_(), vector.clone().requires_grad_()]
-    optimizer = torch.optim.Adam(params, lr=0.1)
+    take_steps(params, torch.optim.Adam(params, lr=0.1))
+    return params[0].detach()
+
+
+def take_steps(params, optimizer):
+    """Five steps of ``optimizer`` on a loss of ``params`` [matrix (7, 5), vector (5,)] whose
+    gradient changes from step to step."""
     for step in range(5):
         optimizer.zero_grad()
         ((params[0] @ params[1]).square().sum() + step * params[1].sum()).backward()
         optimizer.step()
-    return params[0].detach()
 
 
 @pytest.mark.parametrize("enabled", [False, True])
