@@ -20,7 +20,9 @@ Run:  python bench/scale.py --model MODEL -n 1000000 -n 10000000 [--workers 2]
   process it also decodes the codes once for the searches after it. Then a second pass of
   the same searches with other queries (the learn rows after the largest --queries count):
   the index keeps the candidates its re-ranking decoded (`Collection.decoded_at`), so the
-  second pass shows a long-running index's rate.
+  second pass shows a long-running index's rate. What an index keeps decoded is bounded by
+  --decode-memory (`Index.decode_memory`; default 512 MiB in one process, 1 GiB per worker:
+  1.4M and 2.8M codes of 96 dimensions).
 * faiss: IndexPQ(96, 8, 8) and IndexLattice(96, 2, 6, 5) (2 x (26 lattice + 6 scale) bits;
   both 8 bytes per vector), trained on 50,000 learn vectors, the same N vectors added block
   by block; their codes live in RAM (8 B/vector). IndexLattice scans by decoding every
@@ -172,7 +174,8 @@ def search_step(args, client):
     """Search the collection for each (queries, k)."""
     from spreadcode import Index
 
-    index = Index.load(args["db"], model=args["model"], store=args["store"], client=client)
+    index = Index.load(args["db"], model=args["model"], store=args["store"], client=client,
+                       decode_memory=args["decode_memory"])
     learn = np.load(args["learn"], mmap_mode="r")
     # The first search also decodes the codes once in this process (kept for the next ones).
     started = time.perf_counter()
@@ -240,6 +243,9 @@ def main():
                         help="query counts to time (default 1000 10000)")
     parser.add_argument("--k", type=int, nargs="+", default=[10, 100],
                         help="result counts to time (default 10 100)")
+    parser.add_argument("--decode-memory", type=int, default=None, metavar="BYTES",
+                        help="Index.decode_memory of the searches: decoded codes kept per "
+                             "process [default: the index's default]")
     parser.add_argument("--noise", type=float, default=0.05,
                         help="relative norm of the perturbation of repeated rows")
     parser.add_argument("--lattice-pairs", type=int, default=200_000_000,
@@ -288,7 +294,8 @@ def main():
             if manifests[0] != manifests[1]:
                 raise SystemExit("the Dask collection differs from the single-process one")
             for workers in (None, opts.workers):
-                searched = step("search", db=dirs[None], workers=workers, **common, **model)
+                searched = step("search", db=dirs[None], workers=workers,
+                                decode_memory=opts.decode_memory, **common, **model)
                 add("spreadcode, first search", n, "search", workers,
                     searched["first_seconds"], "s", searched, nq=FIRST_QUERIES, k=10)
                 for label, timed in (("spreadcode", "timings"),
@@ -311,7 +318,8 @@ def main():
                         timed_queries=timed)
     print_table(rows)
     stamp = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
-             "cpus": os.cpu_count(), "model": opts.model, "noise": opts.noise}
+             "cpus": os.cpu_count(), "model": opts.model, "noise": opts.noise,
+             "decode_memory": opts.decode_memory}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as fh:
         for row in rows:

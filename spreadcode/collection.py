@@ -67,12 +67,14 @@ class Collection:
     """Parts searched as one collection: ``parts`` (`container.SpcFile` or `MemoryPart`:
     ``.path``, ``.count``, ``.codes_bytes``, ``.ids``), their shared ``quantizer`` and
     ``catalyzer_sha256`` (hex str or None); ``name`` for messages (default: the parts'
-    paths)."""
+    paths); ``decode_memory``: the bytes of decoded codes that searches may keep for later
+    searches (`spreadcode.search.decode_memory`; None: the defaults)."""
 
     parts: tuple
     quantizer: object
     catalyzer_sha256: str | None
     name: str | None = None
+    decode_memory: int | None = None
     _lookup: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
@@ -174,36 +176,50 @@ class Collection:
                 self._lookup["cached"] = held
             return held[1]
 
-    def decoded_at(self, decoder, positions):
+    def decoded_at(self, decoder, positions, keep_rows=None):
         """``decoder``'s output (`.decode(codes)`, `.d_in`, `.sha256`) for the codes at unique
         ``positions`` int64 (m,): float32 (m, d_in).
 
-        Each code is decoded once and kept by the collection (whose codes never change) for
-        later calls with the same decoder: re-ranking decodes only the candidates that no
-        earlier search of this collection decoded, so many searches decode each code at most
-        once, and a search never decodes codes that no query asks for. The caller bounds the
-        memory (count × d_in floats; scattered candidates touch most pages of it long
-        before every code is decoded). The decoder gets DECODE_MIN_ROWS (padded with
-        repeats) to DECODE_CHUNK_ROWS codes per call: a torch model gives a row the same
-        floats in any such batch, so kept rows equal freshly decoded ones and results never
-        depend on earlier searches. Thread-safe; one collection's calls decode one at a
-        time."""
+        Each code among the first ``keep_rows`` positions (None: all) is decoded once and
+        kept by the collection (whose codes never change) for later calls with the same
+        decoder: re-ranking decodes only the candidates that no earlier search of this
+        collection decoded, so many searches decode each code at most once, and a search
+        never decodes codes that no query asks for. The caller bounds the memory (keep_rows
+        × d_in floats; scattered candidates touch most pages of it long before every code
+        is decoded). Codes beyond ``keep_rows`` are decoded on every call. The decoder gets
+        DECODE_MIN_ROWS (padded with repeats) to DECODE_CHUNK_ROWS codes per call: a torch
+        model gives a row the same floats in any such batch, so kept rows equal freshly
+        decoded ones and results never depend on earlier searches or on ``keep_rows``.
+        Thread-safe; one collection's calls decode one at a time."""
         positions = np.asarray(positions, dtype=np.int64)
-        key = (getattr(decoder, "kind", None), decoder.sha256)
+        size = self.count if keep_rows is None else min(self.count, keep_rows)
+        key = (getattr(decoder, "kind", None), decoder.sha256, size)
         with self._lookup.setdefault("decoded_at lock", threading.Lock()):
             kept = self._lookup.get("decoded_at")
             if kept is None or kept[0] != key:
-                kept = (key, np.empty((self.count, decoder.d_in), dtype=np.float32),
-                        np.zeros(self.count, dtype=bool))
+                kept = (key, np.empty((size, decoder.d_in), dtype=np.float32),
+                        np.zeros(size, dtype=bool))
                 self._lookup["decoded_at"] = kept
             _, rows, done = kept
-            missing = positions[~done[positions]]
-            for start in range(0, len(missing), DECODE_CHUNK_ROWS):
-                chunk = missing[start:start + DECODE_CHUNK_ROWS]
-                padded = np.resize(chunk, max(len(chunk), DECODE_MIN_ROWS))
-                rows[chunk] = decoder.decode(self.codes_at(padded))[:len(chunk)]
-                done[chunk] = True
-            return rows[positions]
+            inside = positions < size
+            held = positions[inside]
+            missing = held[~done[held]]
+            rows[missing] = self._decoded(decoder, missing)
+            done[missing] = True
+            out = np.empty((len(positions), decoder.d_in), dtype=np.float32)
+            out[inside] = rows[held]
+            out[~inside] = self._decoded(decoder, positions[~inside])
+            return out
+
+    def _decoded(self, decoder, positions):
+        """The codes at ``positions`` int64 (m,) decoded in calls of DECODE_MIN_ROWS to
+        DECODE_CHUNK_ROWS codes (`decoded_at`): float32 (m, d_in)."""
+        out = np.empty((len(positions), decoder.d_in), dtype=np.float32)
+        for start in range(0, len(positions), DECODE_CHUNK_ROWS):
+            chunk = positions[start:start + DECODE_CHUNK_ROWS]
+            padded = np.resize(chunk, max(len(chunk), DECODE_MIN_ROWS))
+            out[start:start + len(chunk)] = decoder.decode(self.codes_at(padded))[:len(chunk)]
+        return out
 
 
 def part_codes(quantizer, part):

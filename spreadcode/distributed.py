@@ -71,7 +71,8 @@ _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, Spc
 # codes per worker (run H's 1M take 384 MiB in all), a quarter or less of the memory Dask lets
 # a LocalCluster worker use (the machine's divided by the workers) at 4 GiB or more per worker.
 WORKER_DECODED_BYTES = 1 << 30
-# (path, payload sha256, decoder kind, decoder sha256, block) -> [blocks], LRU
+# (path, payload sha256, decoder kind, decoder sha256, block) -> (kept float32 (r, d_in),
+# token of the last search that used it), least recently used first
 _WORKER_DECODED = OrderedDict()
 _WORKER_DECODED_LOCK = threading.Lock()
 # client -> {(type, kind, sha256): Future}: the decoders a client's searches sent its workers
@@ -397,34 +398,52 @@ def _worker_part(path, payload_sha256, spec):
     return _WORKER_PARTS[key]
 
 
-def worker_decoded_blocks(quantizer, part, offset, decoder, block):
-    """The decoded codes of the .spc file ``part`` as a list of one float32 (count, d_in)
-    array (`spreadcode.search.decoded_part`), kept by this process for the next query batches
-    and searches with the same decoder: the least recently used go first beyond
-    WORKER_DECODED_BYTES, and a file whose decoded codes alone exceed it is decoded block by
-    block each time (`spreadcode.search.decoded_blocks`, memory O(block · d_in)). Keyed by
-    path, payload checksum, decoder kind and sha256, and block, so a changed file or another
-    decoder decodes anew. ``offset`` is unused (the signature of
-    `spreadcode.search.part_decoded_knn`'s ``blocks_of``)."""
-    from .search import decoded_blocks, decoded_part
+def search_token():
+    """A token naming one search (`worker_decoded_blocks`): unique across clients."""
+    return uuid.uuid4().hex
 
-    size = part.count * decoder.d_in * 4
-    if size > WORKER_DECODED_BYTES:
-        return decoded_blocks(quantizer, part, decoder, block)
+
+def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, search=None):
+    """The decoded codes of the .spc file ``part`` (`spreadcode.search.kept_then_decoded`):
+    what this process kept of them, then the rest decoded block by block. Kept for the next
+    query batches and searches with the same decoder, up to ``budget`` bytes per worker
+    process (None: WORKER_DECODED_BYTES): the first rows of a shard, or all of it, as one
+    float32 array (`spreadcode.search.decoded_part`).
+
+    A search (``search``: its `search_token`) visits its shards in the same order every
+    batch (`chain_parts`), so what it kept early must stay: least-recently-used eviction
+    would evict each shard just before its next use and never hit. So a shard is kept only
+    in the room left once shards that no task of this search has used are evicted (least
+    recently used first); shards this search uses stay. Keyed by path, payload checksum,
+    decoder kind and sha256, and block, so a changed file or another decoder decodes anew.
+    ``offset`` is unused (the signature of `spreadcode.search.part_decoded_knn`'s
+    ``blocks_of``)."""
+    from .search import decoded_part, kept_rows_of_part, kept_then_decoded
+
+    budget = WORKER_DECODED_BYTES if budget is None else budget
+    row_bytes = decoder.d_in * 4
     key = (os.path.abspath(part.path), part.header.payload_sha256, decoder.kind,
            decoder.sha256, block)
     with _WORKER_DECODED_LOCK:
         if key in _WORKER_DECODED:
+            kept = _WORKER_DECODED[key][0]
+            _WORKER_DECODED[key] = (kept, search)
             _WORKER_DECODED.move_to_end(key)
-            return _WORKER_DECODED[key]
-    blocks = [decoded_part(quantizer, part, decoder, block)]
-    with _WORKER_DECODED_LOCK:
-        _WORKER_DECODED[key] = blocks
-        held = sum(sum(b.nbytes for b in kept) for kept in _WORKER_DECODED.values())
-        while held > WORKER_DECODED_BYTES:
-            _, evicted = _WORKER_DECODED.popitem(last=False)
-            held -= sum(b.nbytes for b in evicted)
-    return blocks
+            return kept_then_decoded(quantizer, part, decoder, block, kept)
+        held = sum(array.nbytes for array, _ in _WORKER_DECODED.values())
+        for old in [old for old, (_, used_by) in _WORKER_DECODED.items()
+                    if used_by != search or search is None]:
+            if held + part.count * row_bytes <= budget:
+                break
+            held -= _WORKER_DECODED.pop(old)[0].nbytes
+        keep = kept_rows_of_part(part.count, (budget - held) // row_bytes, block)
+    if not keep:
+        return kept_then_decoded(quantizer, part, decoder, block, None)
+    kept = decoded_part(quantizer, part, decoder, block, keep)
+    with _WORKER_DECODED_LOCK:  # unless another thread took the room meanwhile
+        if sum(array.nbytes for array, _ in _WORKER_DECODED.values()) + kept.nbytes <= budget:
+            _WORKER_DECODED[key] = (kept, search)
+    return kept_then_decoded(quantizer, part, decoder, block, kept)
 
 
 def verify_parts(client, collection):

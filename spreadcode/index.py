@@ -15,6 +15,7 @@ index and ``spreadcode search`` over the same .spc file give identical results::
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from dataclasses import replace
 
@@ -100,7 +101,8 @@ class Index:
         return index
 
     @classmethod
-    def load(cls, paths, *, model=None, decoder=None, store=None, verify=True, client=None):
+    def load(cls, paths, *, model=None, decoder=None, store=None, verify=True, client=None,
+             decode_memory=None):
         """An index over the .spc file(s) and collection directories ``paths`` (one path or a
         list: one collection, global ids in file order), memory-mapped. The catalyzer is the
         one named in the headers, from ``store``, or ``model`` (it must have the headers'
@@ -109,7 +111,8 @@ class Index:
         ``client``: a dask.distributed Client (`spreadcode.distributed.open_client`): its
         workers then verify the checksums (one task per file) and run every search, one task
         per (file, query batch), reading the files by path (a filesystem they share); the
-        results are identical to a search in this process."""
+        results are identical to a search in this process. ``decode_memory``: see the
+        property."""
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         collection = open_collection(paths, verify=verify and client is None)
         if verify and client is not None:
@@ -119,6 +122,7 @@ class Index:
         index = cls.__new__(cls)
         input_dtype = collection.parts[0].header.input_dtype if collection.parts else "float32"
         index._setup(collection, None, decoder, store, input_dtype, model=model, client=client)
+        index.decode_memory = decode_memory
         return index
 
     @property
@@ -208,7 +212,28 @@ class Index:
     def _replace_parts(self, parts):
         collection = self._collection
         self._collection = Collection(tuple(parts), collection.quantizer,
-                                      collection.catalyzer_sha256)
+                                      collection.catalyzer_sha256,
+                                      decode_memory=collection.decode_memory)
+
+    @property
+    def decode_memory(self):
+        """Bytes of decoded codes that searches keep for later searches, per decoder use
+        (the scan's decoded codes, and again the re-ranking's candidates), in this process
+        and in each Dask worker process; None (the default): 512 MiB here
+        (`spreadcode.search.DECODE_MEMORY`: 1.4M codes of 96 dimensions), 1 GiB per worker
+        (`spreadcode.distributed.WORKER_DECODED_BYTES`). The first codes up to the bound are
+        kept, the rest decoded again by every search; 0 keeps nothing. Results never depend
+        on it."""
+        return self._collection.decode_memory
+
+    @decode_memory.setter
+    def decode_memory(self, value):
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, numbers.Integral) or value < 0):
+            raise SpreadcodeError(f"decode_memory must be a number of bytes >= 0 or None, "
+                                  f"got {value!r}")
+        self._collection = replace(self._collection, _lookup={},
+                                   decode_memory=None if value is None else int(value))
 
     def reset(self):
         """Remove every code."""
@@ -272,10 +297,10 @@ class Index:
         `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
         decoder (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         The first search decodes every code for its scan and the index keeps them, up to
-        `spreadcode.search.DECODE_ALL_BYTES` (1M codes of 96 dimensions: 384 MiB), until
-        ``add`` or ``reset``: later searches skip that work. Candidates decoded for
-        re-ranking are kept the same way (as many bytes again at most): the full decoder
-        decodes each code at most once per index, whatever the searches.
+        `decode_memory` (by default 512 MiB: 1.4M codes of 96 dimensions), until ``add``
+        or ``reset``: later searches skip that work. Candidates decoded for re-ranking are
+        kept the same way (as many bytes again at most): the full decoder decodes each
+        kept code at most once per index, whatever the searches.
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
                                decode_all=decode_all, hamming=hamming).result()

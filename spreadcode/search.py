@@ -23,6 +23,7 @@ to the single-process ones.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import numbers
 import os
@@ -55,10 +56,10 @@ RERANK_BLOCK_ROWS = 65536
 RESIDUAL_RERANK_FACTOR = 2
 RESIDUAL_RERANK_MIN = 50
 LINEAR_RESIDUAL_RERANK_MIN = 1000
-# What one process keeps of a collection's decoded codes, per decoder use: the codes decoded
-# for a decoded scan (`prepare_decoded`) and the candidates decoded for re-ranking
-# (`rerank_shortlist`) are each kept when every code's decoding fits in this much.
-DECODE_ALL_BYTES = 512 << 20
+# What one process keeps of a collection's decoded codes by default (`decode_memory`), per
+# decoder use: the codes decoded for a decoded scan (`prepare_decoded`) and the candidates
+# decoded for re-ranking (`rerank_shortlist`) each up to this many bytes.
+DECODE_MEMORY = 512 << 20
 # Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
 # Relative widening of a k-th distance bound before a bounded scan (`decoded_topk`): float32
@@ -365,19 +366,26 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     return rerank_shortlist(collection, shortlist, decoder, k, blend)
 
 
-def decoding_fits(collection, decoder):
-    """Whether every code of ``collection`` decoded by ``decoder`` (float32, d_in each) fits
-    in DECODE_ALL_BYTES: then this process keeps what it decodes for later searches."""
-    return collection.count * decoder.d_in * 4 <= DECODE_ALL_BYTES
+def decode_memory(collection):
+    """The bytes of decoded codes that one process keeps for later searches of
+    ``collection``, per decoder use (its ``decode_memory``, else DECODE_MEMORY)."""
+    return DECODE_MEMORY if collection.decode_memory is None else collection.decode_memory
+
+
+def kept_rows(collection, decoder):
+    """How many codes of ``collection``, counted from the first, this process keeps decoded
+    by ``decoder`` (float32, d_in each) within `decode_memory` (at most every code)."""
+    return min(collection.count, decode_memory(collection) // (decoder.d_in * 4))
 
 
 def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSearch:
     """The candidates of the search ``shortlist`` (a `PreparedSearch` of the collection)
     re-ranked by ``decoder`` (`rerank_candidates`): k (capped at the number of codes) per query.
 
-    Each block of queries decodes its distinct candidates; when every code's decoding fits in
-    DECODE_ALL_BYTES the collection keeps them (`Collection.decoded_at`), so a candidate that
-    an earlier query or search decoded is not decoded again (the same floats either way).
+    Each block of queries decodes its distinct candidates; the collection keeps those among
+    its first `kept_rows` codes (all of them when their decoding fits in `decode_memory`;
+    `Collection.decoded_at`), so such a candidate that an earlier query or search decoded is
+    not decoded again (the same floats either way).
     extra: {"rerank": N, "blend": blend, "decoder": sha256}.
     """
     query_vectors = shortlist.queries
@@ -386,12 +394,10 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
             f"decoder {decoder.sha256[:12]} decodes to {decoder.d_in} dimensions, but catalyzer "
             f"{collection.catalyzer_sha256[:12]} takes {query_vectors.shape[1]}")
     k_capped = min(k, collection.count)
-    if decoding_fits(collection, decoder):
-        def decode(unique):
-            return collection.decoded_at(decoder, collection.positions(unique))
-    else:
-        def decode(unique):
-            return decoder.decode(collection.codes_by_id(unique))
+    keep = kept_rows(collection, decoder)
+
+    def decode(unique):
+        return collection.decoded_at(decoder, collection.positions(unique), keep)
     extra = {"rerank": shortlist.k_requested, "blend": blend, "decoder": decoder.sha256}
 
     def run(start, stop):
@@ -444,14 +450,14 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     it in its run (`each_chain`: one run in this process, one per Dask worker), merged;
     squared L2 distances, ties to the lower id; k is capped at the number of codes.
 
-    In this process, when every decoded code fits in DECODE_ALL_BYTES they are decoded once
-    and held by the collection for later searches by the same decoder (`Collection.cached`;
-    at 1M codes of a residual model, ≈ 4 s of decoding saved per search, 384 MiB held),
-    else ``block`` at a time per batch (memory O(block · d_in)), in the same blocks either
-    way. On the workers of a dask.distributed ``client`` (`each_chain`) each worker process
-    keeps the shards it decoded for later batches and searches
-    (`spreadcode.distributed.worker_decoded_blocks`). Each block is scanned by
-    `decoded_topk`.
+    In this process the first `kept_rows` codes (all of them when they fit in
+    `decode_memory`) are decoded once and held by the collection for later searches by the
+    same decoder (`Collection.cached`; at 1M codes of a residual model, ≈ 4 s of decoding
+    saved per search, 384 MiB held), the rest ``block`` at a time per batch (memory
+    O(block · d_in)), in the same blocks either way. On the workers of a dask.distributed
+    ``client`` (`each_chain`) each worker process keeps what fits of the shards it decoded
+    for later batches and searches (`spreadcode.distributed.worker_decoded_blocks`). Each
+    block is scanned by `decoded_topk`.
     extra: {"decoder": sha256}.
     """
     check_decoder_fits(decoder, collection)
@@ -460,18 +466,16 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     extra = {"decoder": decoder.sha256}
     blocks_of = None
     if client is not None:
-        from .distributed import worker_decoded_blocks
+        from .distributed import search_token, worker_decoded_blocks
 
-        blocks_of = worker_decoded_blocks
-    elif decoding_fits(collection, decoder):
-        held = collection.cached(
-            ("decoded", decoder.kind, decoder.sha256, block),
-            lambda: {int(offset): [decoded_part(collection.quantizer, part, decoder, block)]
-                     for part, offset in zip(collection.parts, collection.offsets)
-                     if part.count})
+        blocks_of = functools.partial(worker_decoded_blocks, budget=collection.decode_memory,
+                                      search=search_token())
+    elif (keep := kept_rows(collection, decoder)) > 0:
+        held = collection.cached(("decoded", decoder.kind, decoder.sha256, block, keep),
+                                 lambda: kept_decoded(collection, decoder, block, keep))
 
         def blocks_of(quantizer, part, offset, decoder, block):
-            return held[offset]
+            return kept_then_decoded(quantizer, part, decoder, block, held.get(int(offset)))
 
     def run(start, stop):
         distances, ids = merge_knn(each_chain(
@@ -483,21 +487,54 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
                           batch_rows(k_capped))
 
 
-def decoded_blocks(quantizer, part, decoder, block):
-    """The codes of ``part`` decoded by ``decoder``, ``block`` at a time: float32 (<= block,
-    d_in) arrays, generated one by one."""
+def decoded_blocks(quantizer, part, decoder, block, first=0):
+    """The codes of ``part`` from row ``first`` on decoded by ``decoder``, ``block`` at a
+    time: float32 (<= block, d_in) arrays, generated one by one."""
     codes = part_codes(quantizer, part)
-    return (decoder.decode(codes[first:first + block]) for first in range(0, part.count, block))
+    return (decoder.decode(codes[start:start + block])
+            for start in range(first, part.count, block))
 
 
-def decoded_part(quantizer, part, decoder, block):
-    """Every code of ``part`` decoded by ``decoder``, ``block`` at a time, into one float32
-    (count, d_in) array: what a cache holds, so that a held part is scanned in one call."""
-    out = np.empty((part.count, decoder.d_in), dtype=np.float32)
-    for first, decoded in zip(range(0, part.count, block),
-                              decoded_blocks(quantizer, part, decoder, block)):
-        out[first:first + len(decoded)] = decoded
+def decoded_part(quantizer, part, decoder, block, rows=None):
+    """The first ``rows`` (None: all) codes of ``part`` decoded by ``decoder``, ``block`` at
+    a time, into one float32 (rows, d_in) array: what a cache holds, so that a held part is
+    scanned in one call."""
+    rows = part.count if rows is None else min(rows, part.count)
+    codes = part_codes(quantizer, part)
+    out = np.empty((rows, decoder.d_in), dtype=np.float32)
+    for first in range(0, rows, block):
+        out[first:first + block] = decoder.decode(codes[first:min(first + block, rows)])
     return out
+
+
+def kept_rows_of_part(count, rows, block):
+    """Of a part of ``count`` codes, the first rows to keep decoded when ``rows`` more may be
+    kept: all of them, else a multiple of ``block`` (so that kept and freshly decoded codes
+    come from the same decoder calls)."""
+    return count if rows >= count else max(rows, 0) // block * block
+
+
+def kept_decoded(collection, decoder, block, rows):
+    """The first ``rows`` codes of ``collection`` decoded by ``decoder``, part by part
+    (`kept_rows_of_part`): {offset: float32 (kept rows of the part, d_in)}, for the parts
+    with some kept."""
+    held = {}
+    for part, offset in zip(collection.parts, collection.offsets):
+        keep = kept_rows_of_part(part.count, rows - int(offset), block)
+        if keep:
+            held[int(offset)] = decoded_part(collection.quantizer, part, decoder, block, keep)
+    return held
+
+
+def kept_then_decoded(quantizer, part, decoder, block, kept):
+    """The decoded blocks of ``part``: ``kept`` (float32 (r, d_in), its first r rows decoded
+    earlier, r a multiple of ``block`` or the part's count; or None) then the rest decoded
+    now (`decoded_blocks`)."""
+    if kept is None:
+        return decoded_blocks(quantizer, part, decoder, block)
+    if len(kept) == part.count:
+        return [kept]
+    return itertools.chain([kept], decoded_blocks(quantizer, part, decoder, block, len(kept)))
 
 
 def decoded_topk(decoded, queries, k, bound=None):

@@ -126,12 +126,14 @@ def test_parquet_on_workers_equals_npy_in_this_process(world, client):
     assert (serial / "manifest.json").read_bytes() == (dask / "manifest.json").read_bytes()
 
 
-def assert_same_search(world, serial_dir, dask_dir, client, **options):
-    """Index.load of both collections (the second on ``client``) gives identical k-NN
-    results for several k (one and several shards, capped at the count), identical range
-    results, and equal distances come in increasing id order."""
-    serial = Index.load(serial_dir, store=world["store"])
-    dask = Index.load(dask_dir, store=world["store"], client=client)
+def assert_same_search(world, serial_dir, dask_dir, client, decode_memory=None, **options):
+    """Index.load of both collections (the second on ``client``; both with
+    ``decode_memory``) gives identical k-NN results for several k (one and several shards,
+    capped at the count), identical range results, and equal distances come in increasing
+    id order."""
+    serial = Index.load(serial_dir, store=world["store"], decode_memory=decode_memory)
+    dask = Index.load(dask_dir, store=world["store"], client=client,
+                      decode_memory=decode_memory)
     for k in (1, 7, 150, 1000):
         want = serial.search(world["query"], k, **options)
         got = dask.search(world["query"], k, **options)
@@ -167,6 +169,17 @@ def test_dask_residual_search_is_identical(world, client, options):
         for got, want in zip(dask.range_search(world["query"], 0.5),
                              serial.range_search(world["query"], 0.5)):
             np.testing.assert_array_equal(got, want)
+
+
+def test_dask_residual_search_keeping_part_of_the_codes_decoded_is_identical(world, client):
+    """Room for 150 decoded codes per process: this process keeps the first shard of 100
+    (the second's 50 rows of room are less than a block), each worker one of its shards;
+    the rest is decoded by every search, with the same results in both."""
+    d_in = world["query"].shape[1]
+    assert_same_search(world, build(world, "residual", None), build(world, "residual", client),
+                       client, decode_memory=150 * d_in * 4, decode_all=True)
+    assert_same_search(world, build(world, "residual", None), build(world, "residual", client),
+                       client, decode_memory=150 * d_in * 4)
 
 
 def _offsets_so_far(quantizer, part, offset, previous):
@@ -243,9 +256,10 @@ class CountingDecoder:
 def test_a_worker_keeps_decoded_shards_within_its_byte_bound(world, tmp_path, monkeypatch):
     """`worker_decoded_blocks` (no cluster needed: it is per process) decodes a shard once
     per decoder and block, holds it as one array equal to the blocks `decoded_blocks`
-    gives, decodes again for
-    another decoder or a changed file at the same path, evicts the least recently used
-    beyond WORKER_DECODED_BYTES and keeps nothing of a shard larger than that."""
+    gives, decodes again for another decoder or a changed file at the same path; within its
+    byte bound it keeps what fits (whole shards, then whole blocks of one), never evicting
+    a shard that the same search uses (its shards come round in the same order every batch)
+    but evicting other searches' least recently used ones first."""
     from spreadcode.search import decoded_blocks
 
     monkeypatch.setattr(distributed, "_WORKER_DECODED", distributed.OrderedDict())
@@ -254,39 +268,54 @@ def test_a_worker_keeps_decoded_shards_within_its_byte_bound(world, tmp_path, mo
     first, other = CountingDecoder(shortlist, "a" * 64), CountingDecoder(shortlist, "b" * 64)
     shards = sorted(build(world, "residual", None).glob("*.spc"))[:3]  # 100 codes each
     spc = [container.open_spc(path) for path in shards]
+    shard_bytes = 100 * model.d_in * 4
 
-    def blocks(part, decoder):
-        return distributed.worker_decoded_blocks(model.quantizer, part, 0, decoder, 32)
+    def blocks(part, decoder, search=None, budget=None):
+        return list(distributed.worker_decoded_blocks(model.quantizer, part, 0, decoder, 32,
+                                                      budget, search))
 
-    def decodes(part, decoder):
+    def decodes(part, decoder, search=None, budget=None):
         calls = decoder.calls
-        list(blocks(part, decoder))
+        got = blocks(part, decoder, search, budget)
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(
+            list(decoded_blocks(model.quantizer, part, shortlist, 32))))
         return decoder.calls - calls
 
     def held():
-        return [(key[0], key[1], key[3]) for key in distributed._WORKER_DECODED]
+        return [(shards.index(Path(key[0])), len(kept), used_by)
+                for key, (kept, used_by) in distributed._WORKER_DECODED.items()]
 
     got = blocks(spc[0], first)
     assert len(got) == 1 and got[0].shape == (100, model.d_in)
-    np.testing.assert_array_equal(
-        got[0], np.concatenate(list(decoded_blocks(model.quantizer, spc[0], shortlist, 32))))
     assert first.calls == 4
-    assert blocks(spc[0], first) is got and first.calls == 4
+    assert blocks(spc[0], first)[0] is got[0] and first.calls == 4
     assert decodes(spc[0], other) == 4
     changed = tmp_path / "shard.spc"
     for shard in shards[1:]:  # the same path, another payload
         shutil.copyfile(shard, tmp_path / "new.spc")
         os.replace(tmp_path / "new.spc", changed)
         assert decodes(container.open_spc(changed), first) == 4
-    monkeypatch.setattr(distributed, "WORKER_DECODED_BYTES", 3 * 100 * model.d_in * 4)
-    assert decodes(spc[0], first) == 0  # now the most recently used
-    assert decodes(spc[1], first) == 4
-    kept = [(str(changed), spc[2].header.payload_sha256, "a" * 64)] + [
-        (str(path), part.header.payload_sha256, "a" * 64) for path, part in zip(shards, spc[:2])]
-    assert held() == kept
-    monkeypatch.setattr(distributed, "WORKER_DECODED_BYTES", 100 * model.d_in * 4 - 1)
-    assert [decodes(spc[2], first) for _ in range(2)] == [4, 4]
-    assert held() == kept
+    distributed._WORKER_DECODED.clear()
+
+    # Room for two shards: one search keeps its first two, and they stay for its next batch.
+    assert [[decodes(part, first, "s1", 2 * shard_bytes) for part in spc]
+            for _ in range(2)] == [[4, 4, 4], [0, 0, 4]]
+    assert held() == [(0, 100, "s1"), (1, 100, "s1")]
+    # Another search evicts the least recently used of s1's shards, not its own.
+    assert decodes(spc[2], first, "s2", 2 * shard_bytes) == 4
+    assert decodes(spc[1], first, "s2", 2 * shard_bytes) == 0
+    assert decodes(spc[0], first, "s2", 2 * shard_bytes) == 4
+    assert held() == [(2, 100, "s2"), (1, 100, "s2")]
+    distributed._WORKER_DECODED.clear()
+
+    # Room for 1.5 shards: the first whole, then one block of 32 rows of the second.
+    assert [decodes(part, first, "s3", shard_bytes * 3 // 2) for part in spc] == [4, 4, 4]
+    assert [decodes(part, first, "s3", shard_bytes * 3 // 2) for part in spc] == [0, 3, 4]
+    assert held() == [(0, 100, "s3"), (1, 32, "s3")]
+    # Less than a block of room keeps nothing.
+    distributed._WORKER_DECODED.clear()
+    assert [decodes(spc[0], first, "s4", 31 * model.d_in * 4) for _ in range(2)] == [4, 4]
+    assert held() == []
 
 
 def test_dask_verification_finds_a_corrupt_shard(world, client, tmp_path):

@@ -468,6 +468,17 @@ def test_decoded_at_pads_small_batches_and_decodes_each_code_once(trained, monke
     assert np.array_equal(collection.decoded_at(decoder, rest), codes[rest, :3])
     assert [len(c) for c in decoder.calls[3:]] == [35, DECODE_MIN_ROWS]
     assert (decoder.calls[4] == codes[39]).all()
+    # Codes beyond keep_rows are decoded on every call, the ones before it once (a new
+    # keep_rows starts a new store).
+    calls = len(decoder.calls)
+    for _ in range(2):
+        got = collection.decoded_at(decoder, np.array([95, 2, 60]), keep_rows=50)
+        assert np.array_equal(got, codes[[95, 2, 60], :3])
+    decoded = ([2], [95, 60], [95, 60])
+    assert len(decoder.calls) == calls + len(decoded)
+    for call, want in zip(decoder.calls[calls:], decoded):
+        assert np.array_equal(call[:len(want)], codes[want])
+    assert collection._lookup["decoded_at"][1].shape == (50, 3)
 
 
 def test_range_search_is_exact_among_decoded_vectors(trained):
@@ -576,16 +587,42 @@ def test_command_config_for_residual_codes():
         command_config(64, "pq")
 
 
-def test_decoded_search_is_the_same_decoded_once_or_block_by_block(trained, monkeypatch):
+def test_decoded_search_is_the_same_whatever_is_kept_decoded(trained):
+    """Every code kept decoded, the first ones (whole parts, then whole blocks of the next),
+    or none: the same results; the collection holds what `decode_memory` allows."""
+    from dataclasses import replace
+
     from spreadcode import search
+    from spreadcode.collection import MemoryPart
 
     sample = load_sample()
     index = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
     index.add(sample.base[:900], ids=900 - np.arange(900))
     once = index.search(sample.query[:25], k=20, decode_all=True)
     shortlisted = index.search(sample.query[:25], k=20)
-    monkeypatch.setattr(search, "DECODE_ALL_BYTES", 0)
-    for got, want in ((index.search(sample.query[:25], k=20, decode_all=True), once),
-                      (index.search(sample.query[:25], k=20), shortlisted)):
-        assert np.array_equal(got[1], want[1])
-        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for memory in (0, 400 * index.d * 4):
+        index.decode_memory = memory
+        for got, want in ((index.search(sample.query[:25], k=20, decode_all=True), once),
+                          (index.search(sample.query[:25], k=20), shortlisted)):
+            assert np.array_equal(got[1], want[1])
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    assert index._collection._lookup["decoded_at"][1].shape == (400, index.d)
+
+    whole = index._collection
+    decoder = residual.ModelDecoder(trained.model, whole.catalyzer_sha256, "residual")
+    codes = whole.parts[0]
+    parts = tuple(MemoryPart(codes.codes_bytes[i:i + 300], codes.ids[i:i + 300])
+                  for i in (0, 300, 600))
+    for memory, kept in ((None, {0: 300, 300: 300, 600: 300}), (400, {0: 300, 300: 64}),
+                         (0, None)):
+        split = replace(whole, parts=parts, _lookup={},
+                        decode_memory=None if memory is None else memory * index.d * 4)
+        got = search.prepare_decoded(split, decoder, sample.query[:25], k=20,
+                                     block=64).result()
+        assert np.array_equal(got.ids, once[1])
+        np.testing.assert_allclose(got.distances, once[0], rtol=1e-5)
+        held = split._lookup.get("cached")
+        assert (None if held is None else {offset: len(rows) for offset, rows
+                                           in held[1].items()}) == kept
+    with pytest.raises(SpreadcodeError, match="decode_memory must be"):
+        index.decode_memory = -1
