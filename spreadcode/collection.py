@@ -190,7 +190,7 @@ class Collection:
         DECODE_MIN_ROWS (padded with repeats) to DECODE_CHUNK_ROWS codes per call: a torch
         model gives a row the same floats in any such batch, so kept rows equal freshly
         decoded ones and results never depend on earlier searches or on ``keep_rows``.
-        Thread-safe; one collection's calls decode one at a time."""
+        Thread-safe; one collection's calls decode the codes they keep one at a time."""
         positions = np.asarray(positions, dtype=np.int64)
         size = self.count if keep_rows is None else min(self.count, keep_rows)
         key = (getattr(decoder, "kind", None), decoder.sha256, size)
@@ -208,8 +208,8 @@ class Collection:
             done[missing] = True
             out = np.empty((len(positions), decoder.d_in), dtype=np.float32)
             out[inside] = rows[held]
-            out[~inside] = self._decoded(decoder, positions[~inside])
-            return out
+        out[~inside] = self._decoded(decoder, positions[~inside])
+        return out
 
     def _decoded(self, decoder, positions):
         """The codes at ``positions`` int64 (m,) decoded in calls of DECODE_MIN_ROWS to

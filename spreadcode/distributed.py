@@ -20,8 +20,8 @@ hand their independent per-shard tasks to it:
   identical. Codes never travel; the queries of a batch are sent to every worker once per
   batch, a decoder once per client. A search among decoded codes runs each worker's shards
   as a chain (`chain_parts`): each task gets the top-k of the shards before it, whose k-th
-  distances bound its scan, as one process bounds each part by those before it; it keeps
-  each shard's decoded codes in the worker for later batches and searches
+  distances bound its scan, as one process bounds each part by those before it; each worker
+  keeps what fits of its shards' decoded codes for later batches and searches
   (`worker_decoded_blocks`).
 
 Workers must import the same spreadcode and see the same paths (one machine, or a shared
@@ -414,10 +414,12 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, 
     batch (`chain_parts`), so what it kept early must stay: least-recently-used eviction
     would evict each shard just before its next use and never hit. So a shard is kept only
     in the room left once shards that no task of this search has used are evicted (least
-    recently used first); shards this search uses stay. Keyed by path, payload checksum,
-    decoder kind and sha256, and block, so a changed file or another decoder decodes anew.
-    ``offset`` is unused (the signature of `spreadcode.search.part_decoded_knn`'s
-    ``blocks_of``)."""
+    recently used first, and only if that frees room for a block); shards this search uses
+    stay (with ``search`` None every shard may go). A kept shard is decoded again, and kept
+    anew, when it no longer fits the budget or more of it now would. Keyed by path, payload
+    checksum, decoder kind and sha256, and block, so a changed file or another decoder
+    decodes anew. ``offset`` is unused (the signature of
+    `spreadcode.search.part_decoded_knn`'s ``blocks_of``)."""
     from .search import decoded_part, kept_rows_of_part, kept_then_decoded
 
     budget = WORKER_DECODED_BYTES if budget is None else budget
@@ -425,25 +427,33 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, 
     key = (os.path.abspath(part.path), part.header.payload_sha256, decoder.kind,
            decoder.sha256, block)
     with _WORKER_DECODED_LOCK:
-        if key in _WORKER_DECODED:
-            kept = _WORKER_DECODED[key][0]
-            _WORKER_DECODED[key] = (kept, search)
-            _WORKER_DECODED.move_to_end(key)
-            return kept_then_decoded(quantizer, part, decoder, block, kept)
-        held = sum(array.nbytes for array, _ in _WORKER_DECODED.values())
-        for old in [old for old, (_, used_by) in _WORKER_DECODED.items()
-                    if used_by != search or search is None]:
-            if held + part.count * row_bytes <= budget:
-                break
-            held -= _WORKER_DECODED.pop(old)[0].nbytes
+        entry = _WORKER_DECODED.pop(key, None)
+        held = _decoded_bytes()
+        if entry is not None and len(entry[0]) == kept_rows_of_part(
+                part.count, (budget - held) // row_bytes, block) > 0:
+            _WORKER_DECODED[key] = (entry[0], search)
+            return kept_then_decoded(quantizer, part, decoder, block, entry[0])
+        evictable = [old for old, (_, used_by) in _WORKER_DECODED.items()
+                     if used_by != search or search is None]
+        freeable = sum(_WORKER_DECODED[old][0].nbytes for old in evictable)
+        if kept_rows_of_part(part.count, (budget - held + freeable) // row_bytes, block):
+            for old in evictable:
+                if held + part.count * row_bytes <= budget:
+                    break
+                held -= _WORKER_DECODED.pop(old)[0].nbytes
         keep = kept_rows_of_part(part.count, (budget - held) // row_bytes, block)
     if not keep:
         return kept_then_decoded(quantizer, part, decoder, block, None)
     kept = decoded_part(quantizer, part, decoder, block, keep)
     with _WORKER_DECODED_LOCK:  # unless another thread took the room meanwhile
-        if sum(array.nbytes for array, _ in _WORKER_DECODED.values()) + kept.nbytes <= budget:
+        if _decoded_bytes() + kept.nbytes <= budget:
             _WORKER_DECODED[key] = (kept, search)
     return kept_then_decoded(quantizer, part, decoder, block, kept)
+
+
+def _decoded_bytes():
+    """Bytes of the decoded shards this worker keeps (the caller holds the lock)."""
+    return sum(array.nbytes for array, _ in _WORKER_DECODED.values())
 
 
 def verify_parts(client, collection):

@@ -114,6 +114,7 @@ class Index:
         results are identical to a search in this process. ``decode_memory``: see the
         property."""
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        check_decode_memory(decode_memory)
         collection = open_collection(paths, verify=verify and client is None)
         if verify and client is not None:
             from .distributed import verify_parts
@@ -228,12 +229,8 @@ class Index:
 
     @decode_memory.setter
     def decode_memory(self, value):
-        if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, numbers.Integral) or value < 0):
-            raise SpreadcodeError(f"decode_memory must be a number of bytes >= 0 or None, "
-                                  f"got {value!r}")
         self._collection = replace(self._collection, _lookup={},
-                                   decode_memory=None if value is None else int(value))
+                                   decode_memory=check_decode_memory(value))
 
     def reset(self):
         """Remove every code."""
@@ -353,6 +350,16 @@ class Index:
             for index, part in enumerate(collection.parts):
                 ids = collection.global_ids(index, np.arange(part.count)) if with_ids else None
                 writer.append(np.asarray(part.codes_bytes), ids)
+
+
+def check_decode_memory(value):
+    """``value`` (`Index.decode_memory`) as an int >= 0, or None; SpreadcodeError else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise SpreadcodeError(f"decode_memory must be a number of bytes >= 0 or None, "
+                              f"got {value!r}")
+    return int(value)
 
 
 def _catalyzer_sha256(model, meta):

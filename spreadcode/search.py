@@ -496,9 +496,10 @@ def decoded_blocks(quantizer, part, decoder, block, first=0):
 
 
 def decoded_part(quantizer, part, decoder, block, rows=None):
-    """The first ``rows`` (None: all) codes of ``part`` decoded by ``decoder``, ``block`` at
-    a time, into one float32 (rows, d_in) array: what a cache holds, so that a held part is
-    scanned in one call."""
+    """The first ``rows`` (None: all; else a multiple of ``block`` or the part's count, so
+    that its decoder calls are those of `decoded_blocks`) codes of ``part`` decoded by
+    ``decoder``, ``block`` at a time, into one float32 (rows, d_in) array: what a cache
+    holds, so that a held part is scanned in one call."""
     rows = part.count if rows is None else min(rows, part.count)
     codes = part_codes(quantizer, part)
     out = np.empty((rows, decoder.d_in), dtype=np.float32)

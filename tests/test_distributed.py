@@ -173,13 +173,17 @@ def test_dask_residual_search_is_identical(world, client, options):
 
 def test_dask_residual_search_keeping_part_of_the_codes_decoded_is_identical(world, client):
     """Room for 150 decoded codes per process: this process keeps the first shard of 100
-    (the second's 50 rows of room are less than a block), each worker one of its shards;
-    the rest is decoded by every search, with the same results in both."""
+    (the second's 50 rows of room are less than a block), each worker what fits of its
+    shards; the rest is decoded by every search, with the same results in both."""
     d_in = world["query"].shape[1]
-    assert_same_search(world, build(world, "residual", None), build(world, "residual", client),
-                       client, decode_memory=150 * d_in * 4, decode_all=True)
-    assert_same_search(world, build(world, "residual", None), build(world, "residual", client),
-                       client, decode_memory=150 * d_in * 4)
+    client.run(lambda: distributed._WORKER_DECODED.clear())
+    for options in ({"decode_all": True}, {}):
+        assert_same_search(world, build(world, "residual", None),
+                           build(world, "residual", client), client,
+                           decode_memory=150 * d_in * 4, **options)
+        kept = client.run(lambda: [len(array) for array, _ in
+                                   distributed._WORKER_DECODED.values()])
+        assert len(kept) == 2 and all(0 < sum(rows) <= 150 for rows in kept.values())
 
 
 def _offsets_so_far(quantizer, part, offset, previous):
@@ -312,10 +316,17 @@ def test_a_worker_keeps_decoded_shards_within_its_byte_bound(world, tmp_path, mo
     assert [decodes(part, first, "s3", shard_bytes * 3 // 2) for part in spc] == [4, 4, 4]
     assert [decodes(part, first, "s3", shard_bytes * 3 // 2) for part in spc] == [0, 3, 4]
     assert held() == [(0, 100, "s3"), (1, 32, "s3")]
-    # Less than a block of room keeps nothing.
-    distributed._WORKER_DECODED.clear()
+    # A lower budget shrinks what a search keeps as it comes round: room for one shard
+    # keeps 64 rows of the first beside the second's 32; none keeps nothing.
+    assert [decodes(part, first, "s3", shard_bytes) for part in spc[:2]] == [4, 3]
+    assert held() == [(0, 64, "s3"), (1, 32, "s3")]
+    assert [decodes(part, first, "s3", 0) for part in spc[:2]] == [4, 4]
+    assert held() == []
+    # Less than a block of room keeps nothing; without a search token every shard may go.
     assert [decodes(spc[0], first, "s4", 31 * model.d_in * 4) for _ in range(2)] == [4, 4]
     assert held() == []
+    assert [decodes(part, first, None, shard_bytes) for part in spc[:2]] == [4, 4]
+    assert held() == [(1, 100, None)]
 
 
 def test_dask_verification_finds_a_corrupt_shard(world, client, tmp_path):
