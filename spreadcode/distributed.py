@@ -426,22 +426,26 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, 
     row_bytes = decoder.d_in * 4
     key = (os.path.abspath(part.path), part.header.payload_sha256, decoder.kind,
            decoder.sha256, block)
+
+    def rows_beside(held):
+        """The rows of this shard to keep beside ``held`` bytes of others."""
+        return kept_rows_of_part(part.count, (budget - held) // row_bytes, block)
+
     with _WORKER_DECODED_LOCK:
         entry = _WORKER_DECODED.pop(key, None)
         held = _decoded_bytes()
-        if entry is not None and len(entry[0]) == kept_rows_of_part(
-                part.count, (budget - held) // row_bytes, block) > 0:
+        if entry is not None and len(entry[0]) == rows_beside(held) > 0:
             _WORKER_DECODED[key] = (entry[0], search)
             return kept_then_decoded(quantizer, part, decoder, block, entry[0])
         evictable = [old for old, (_, used_by) in _WORKER_DECODED.items()
                      if used_by != search or search is None]
         freeable = sum(_WORKER_DECODED[old][0].nbytes for old in evictable)
-        if kept_rows_of_part(part.count, (budget - held + freeable) // row_bytes, block):
+        if rows_beside(held - freeable):
             for old in evictable:
                 if held + part.count * row_bytes <= budget:
                     break
                 held -= _WORKER_DECODED.pop(old)[0].nbytes
-        keep = kept_rows_of_part(part.count, (budget - held) // row_bytes, block)
+        keep = rows_beside(held)
     if not keep:
         return kept_then_decoded(quantizer, part, decoder, block, None)
     kept = decoded_part(quantizer, part, decoder, block, keep)

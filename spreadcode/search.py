@@ -501,10 +501,10 @@ def decoded_part(quantizer, part, decoder, block, rows=None):
     ``decoder``, ``block`` at a time, into one float32 (rows, d_in) array: what a cache
     holds, so that a held part is scanned in one call."""
     rows = part.count if rows is None else min(rows, part.count)
-    codes = part_codes(quantizer, part)
     out = np.empty((rows, decoder.d_in), dtype=np.float32)
-    for first in range(0, rows, block):
-        out[first:first + block] = decoder.decode(codes[first:min(first + block, rows)])
+    for first, decoded in zip(range(0, rows, block),
+                              decoded_blocks(quantizer, part, decoder, block)):
+        out[first:first + len(decoded)] = decoded
     return out
 
 

@@ -590,8 +590,6 @@ def test_command_config_for_residual_codes():
 def test_decoded_search_is_the_same_whatever_is_kept_decoded(trained):
     """Every code kept decoded, the first ones (whole parts, then whole blocks of the next),
     or none: the same results; the collection holds what `decode_memory` allows."""
-    from dataclasses import replace
-
     from spreadcode import search
     from spreadcode.collection import MemoryPart
 
