@@ -56,7 +56,7 @@ cdef extern from "csrc/signs.h":
                     int32_t *out, int threads) nogil
 
 cdef extern from "csrc/scan.h":
-    int SC_LATTICE, SC_SIGN_DOT, SC_HAMMING, SC_FLOAT_L2
+    int SC_LATTICE, SC_SIGN_DOT, SC_HAMMING, SC_FLOAT_L2, SC_INT8_L2
 
     ctypedef struct sc_scan:
         int kind, d
@@ -65,6 +65,7 @@ cdef extern from "csrc/scan.h":
         const uint64_t *lcodes
         const uint8_t *scodes
         const float *vectors
+        const uint8_t *rows
         int nb
         int nq
         const float *queries
@@ -401,4 +402,22 @@ def float_scan(const float[:, ::1] vectors, const float[:, ::1] queries):
     scan.s.nq = queries.shape[0]
     scan.s.queries = &queries[0, 0] if queries.shape[0] else NULL
     scan.keep = (vectors, queries)
+    return scan
+
+
+def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries):
+    """A scan of int8 rows against float32 queries (nq, d), as `float_scan` of the vectors
+    they hold: ``rows`` (n, d + 4) bytes, each d int8 c then a float32 scale s, the vector
+    s · c (`spreadcode.search.int8_rows`, viewed as bytes)."""
+    if rows.shape[1] != queries.shape[1] + 4:
+        raise SpreadcodeError(f"queries have dimension {queries.shape[1]} but the int8 rows "
+                              f"hold {rows.shape[1] - 4}")
+    cdef Scan scan = Scan()
+    scan.s.kind = SC_INT8_L2
+    scan.s.d = queries.shape[1]
+    scan.s.n = rows.shape[0]
+    scan.s.rows = &rows[0, 0] if rows.shape[0] else NULL
+    scan.s.nq = queries.shape[0]
+    scan.s.queries = &queries[0, 0] if queries.shape[0] else NULL
+    scan.keep = (rows, queries)
     return scan

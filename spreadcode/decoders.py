@@ -445,6 +445,11 @@ class Decoder:
     def d_in(self):
         return self.net.d_in
 
+    @property
+    def row_dtype(self):
+        """One decoded vector: float32 (d_in,)."""
+        return np.dtype((np.float32, (self.d_in,)))
+
     def decode(self, codes, batch=DECODE_BATCH):
         """Codes as the quantizer stores them (n, ...) -> float32 (n, d_in), ``batch`` at a time."""
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)

@@ -67,12 +67,13 @@ _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, Spc
 # Decoded shards a worker keeps for later query batches and searches (`worker_decoded_blocks`),
 # at most this many bytes per worker process: without them each batch decoded every shard
 # again, and 2 workers searched 1M codes at 70 q/s where one process (which keeps them)
-# reached 158 (BENCHMARKS.md, "Collections at 1M vectors", run H). 1 GiB: 2.8M decoded 96-d
-# codes per worker (run H's 1M take 384 MiB in all), a quarter or less of the memory Dask lets
-# a LocalCluster worker use (the machine's divided by the workers) at 4 GiB or more per worker.
+# reached 158 (BENCHMARKS.md, "Collections at 1M vectors", run H). 1 GiB: 10.7M 96-d codes
+# of a residual model's shortlist per worker (`spreadcode.search.int8_rows`, 100 bytes each;
+# 2.8M float32 vectors of another decoder), a quarter or less of the memory Dask lets a
+# LocalCluster worker use (the machine's divided by the workers) at 4 GiB or more per worker.
 WORKER_DECODED_BYTES = 1 << 30
-# (path, payload sha256, decoder kind, decoder sha256, block) -> (kept float32 (r, d_in),
-# token of the last search that used it), least recently used first
+# (path, payload sha256, decoder kind, decoder sha256, block) -> (kept rows (r,) of the
+# decoder's row_dtype, token of the last search that used it), least recently used first
 _WORKER_DECODED = OrderedDict()
 _WORKER_DECODED_LOCK = threading.Lock()
 # client -> {(type, kind, sha256): Future}: the decoders a client's searches sent its workers
@@ -408,7 +409,7 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, 
     what this process kept of them, then the rest decoded block by block. Kept for the next
     query batches and searches with the same decoder, up to ``budget`` bytes per worker
     process (None: WORKER_DECODED_BYTES): the first rows of a shard, or all of it, as one
-    float32 array (`spreadcode.search.decoded_part`).
+    array of ``decoder.row_dtype`` (`spreadcode.search.decoded_part`).
 
     A search (``search``: its `search_token`) visits its shards in the same order every
     batch (`chain_parts`), so what it kept early must stay: least-recently-used eviction
@@ -423,7 +424,7 @@ def worker_decoded_blocks(quantizer, part, offset, decoder, block, budget=None, 
     from .search import decoded_part, kept_rows_of_part, kept_then_decoded
 
     budget = WORKER_DECODED_BYTES if budget is None else budget
-    row_bytes = decoder.d_in * 4
+    row_bytes = decoder.row_dtype.itemsize
     key = (os.path.abspath(part.path), part.header.payload_sha256, decoder.kind,
            decoder.sha256, block)
 

@@ -400,6 +400,11 @@ class ModelDecoder:
     def d_in(self):
         return self.model.d_in
 
+    @property
+    def row_dtype(self):
+        """One decoded vector: float32 (d_in,)."""
+        return np.dtype((np.float32, (self.d_in,)))
+
     def decode(self, codes):
         if self.kind == "residual":
             return self.model.decode(codes)
@@ -499,14 +504,15 @@ def validation_recall(model, held_out):
     shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
     the first n // VAL_QUERY_SHARE are queries, the rest the database -> {"1": r, ...}."""
     from spreadcode.knn import exact_knn
-    from spreadcode.search import first_hits, rerank_candidates, residual_rerank
+    from spreadcode.search import (first_hits, int8_rows, int8_vectors, rerank_candidates,
+                                  residual_rerank)
 
     n_queries = max(1, held_out.shape[0] // VAL_QUERY_SHARE)
     queries, database = held_out[:n_queries], held_out[n_queries:]
     _, nearest = exact_knn(database.astype(np.float64), queries.astype(np.float64), 1)
     codes = model.encode(database)
     k = min(max(RECALL_KS), database.shape[0])
-    _, shortlist = exact_knn(model.decode_shortlist(codes), queries,
+    _, shortlist = exact_knn(int8_vectors(int8_rows(model.decode_shortlist(codes))), queries,
                              min(residual_rerank(model, k), database.shape[0]))
     decoded = model.decode(codes)
     _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k)

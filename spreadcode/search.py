@@ -57,8 +57,9 @@ RESIDUAL_RERANK_FACTOR = 2
 RESIDUAL_RERANK_MIN = 50
 LINEAR_RESIDUAL_RERANK_MIN = 1000
 # What one process keeps of a collection's decoded codes by default (`decode_memory`), per
-# decoder use: the codes decoded for a decoded scan (`prepare_decoded`) and the candidates
-# decoded for re-ranking (`rerank_shortlist`) each up to this many bytes.
+# decoder use: the codes decoded for a decoded scan (`prepare_decoded`; a residual model's
+# shortlist as `int8_rows`, d_in + 4 bytes each) and the candidates decoded for re-ranking
+# (`rerank_shortlist`, float32) each up to this many bytes.
 DECODE_MEMORY = 512 << 20
 # Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
@@ -374,8 +375,8 @@ def decode_memory(collection):
 
 def kept_rows(collection, decoder):
     """How many codes of ``collection``, counted from the first, this process keeps decoded
-    by ``decoder`` (float32, d_in each) within `decode_memory` (at most every code)."""
-    return min(collection.count, decode_memory(collection) // (decoder.d_in * 4))
+    by ``decoder`` (``decoder.row_dtype`` each) within `decode_memory` (at most every code)."""
+    return min(collection.count, decode_memory(collection) // decoder.row_dtype.itemsize)
 
 
 def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSearch:
@@ -416,7 +417,9 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     them itself: a shortlist of ``rerank`` candidates (default: `residual_rerank`) by
     squared L2 between the raw query and the codes decoded by the model's shortlist decoder,
     re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
-    ``decode_all`` ranks every code decoded by the full decoder instead. Distances are
+    ``decode_all`` ranks every code decoded by the full decoder instead. A re-ranked
+    shortlist scans the shortlist decoder's vectors rounded to int8 (`Int8Decoder`: a quarter
+    of the memory kept, the same recall). Distances are
     squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
     re-ranked, else {"decoder": sha256}. ``client``, ``progress``: the per-part searches'
     (`each_part`); the re-ranking runs here."""
@@ -438,8 +441,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     rerank = check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    return rerank_shortlist(collection, prepare_decoded(collection, shortlist, queries, k=rerank,
-                                                        **parallel), full, k)
+    return rerank_shortlist(collection, prepare_decoded(collection, Int8Decoder(shortlist), queries,
+                                                        k=rerank, **parallel), full, k)
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,
@@ -487,9 +490,72 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
                           batch_rows(k_capped))
 
 
+def int8_row(d):
+    """The dtype of one `int8_rows` row of d dimensions: d + 4 bytes."""
+    return np.dtype([("codes", np.int8, (d,)), ("scale", np.float32)])
+
+
+def int8_rows(decoded):
+    """Vectors float32 (n, d) rounded to int8 per row: a structured array (n,) of
+    `int8_row` (d), ``codes`` int8 (d,) and ``scale`` float32, the vector scale · codes with
+    scale = max|x| / 127 (each coordinate within half a scale of x's). A quarter of float32's
+    bytes, so a process keeps four times the codes decoded for a shortlist scan; the rounding
+    error is ~ 0.03 % of a 64-bit residual code's own (BENCHMARKS.md, "Collections at 1M
+    vectors", run Q)."""
+    decoded = np.asarray(decoded, dtype=np.float32)
+    scale = np.abs(decoded).max(axis=1, initial=0.0) / np.float32(127)
+    rows = np.empty(len(decoded), int8_row(decoded.shape[1]))
+    rows["codes"] = np.rint(decoded / np.where(scale > 0, scale, np.float32(1))[:, None])
+    rows["scale"] = scale
+    return rows
+
+
+def int8_vectors(rows):
+    """The vectors float32 (n, d) that `int8_rows` ``rows`` hold: scale · codes, as the int8
+    scan computes them."""
+    return rows["codes"] * rows["scale"][:, None]
+
+
+@dataclass(frozen=True)
+class Int8Decoder:
+    """``decoder`` (`spreadcode.decoders.Decoder`'s interface) whose vectors are kept and
+    scanned as `int8_rows`: ``decode(codes)`` -> structured (n,) of `int8_row` (d_in). For a
+    shortlist that a full decoder re-ranks, where the rounding changes nothing measurable."""
+
+    decoder: object
+
+    @property
+    def kind(self):
+        return f"{self.decoder.kind}-int8"
+
+    @property
+    def sha256(self):
+        return self.decoder.sha256
+
+    @property
+    def catalyzer_sha256(self):
+        return self.decoder.catalyzer_sha256
+
+    @property
+    def quantizer(self):
+        return self.decoder.quantizer
+
+    @property
+    def d_in(self):
+        return self.decoder.d_in
+
+    @property
+    def row_dtype(self):
+        return int8_row(self.d_in)
+
+    def decode(self, codes):
+        return int8_rows(self.decoder.decode(codes))
+
+
 def decoded_blocks(quantizer, part, decoder, block, first=0):
     """The codes of ``part`` from row ``first`` on decoded by ``decoder``, ``block`` at a
-    time: float32 (<= block, d_in) arrays, generated one by one."""
+    time: arrays of (<= block) ``decoder.row_dtype`` rows (float32 (<= block, d_in), or
+    `int8_rows`), generated one by one."""
     codes = part_codes(quantizer, part)
     return (decoder.decode(codes[start:start + block])
             for start in range(first, part.count, block))
@@ -498,10 +564,10 @@ def decoded_blocks(quantizer, part, decoder, block, first=0):
 def decoded_part(quantizer, part, decoder, block, rows=None):
     """The first ``rows`` (None: all; else a multiple of ``block`` or the part's count, so
     that its decoder calls are those of `decoded_blocks`) codes of ``part`` decoded by
-    ``decoder``, ``block`` at a time, into one float32 (rows, d_in) array: what a cache
-    holds, so that a held part is scanned in one call."""
+    ``decoder``, ``block`` at a time, into one array of ``decoder.row_dtype`` (rows,): what a
+    cache holds, so that a held part is scanned in one call."""
     rows = part.count if rows is None else min(rows, part.count)
-    out = np.empty((rows, decoder.d_in), dtype=np.float32)
+    out = np.empty(rows, decoder.row_dtype)
     for first, decoded in zip(range(0, rows, block),
                               decoded_blocks(quantizer, part, decoder, block)):
         out[first:first + len(decoded)] = decoded
@@ -539,7 +605,8 @@ def kept_then_decoded(quantizer, part, decoder, block, kept):
 
 
 def decoded_topk(decoded, queries, k, bound=None):
-    """The k rows of ``decoded`` float32 (n, d) nearest to each of ``queries`` float32 (nq, d)
+    """The k rows of ``decoded`` (float32 (n, d), or `int8_rows` (n,) of d dimensions: the
+    vectors they hold) nearest to each of ``queries`` float32 (nq, d)
     in squared L2: (distances float32 (nq, k) ascending, clamped at 0; rows int64 (nq, k)),
     ties to the lower row, 1 <= k <= n. The compiled scan (csrc/scan.c) ranks by
     ‖x‖² − 2⟨q, x⟩ in 6 × 16 register tiles and keeps a running top-k per query, so no
@@ -556,8 +623,12 @@ def decoded_topk(decoded, queries, k, bound=None):
     norms = np.einsum("ij,ij->i", queries, queries)
     if bound is not None:
         bound = bound - norms + np.float32(BOUND_SLACK) * (np.abs(bound) + norms)
-    distances, rows = _codec.float_scan(np.ascontiguousarray(decoded, dtype=np.float32),
-                                        queries).topk(k, _codec.check_threads(None), bound)
+    if decoded.dtype.names:
+        scan = _codec.int8_scan(np.ascontiguousarray(decoded).view(np.uint8).reshape(
+            len(decoded), decoded.dtype.itemsize), queries)
+    else:
+        scan = _codec.float_scan(np.ascontiguousarray(decoded, dtype=np.float32), queries)
+    distances, rows = scan.topk(k, _codec.check_threads(None), bound)
     distances += norms[:, None]
     return np.maximum(distances, 0.0, out=distances), rows
 

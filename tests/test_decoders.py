@@ -23,7 +23,8 @@ from spreadcode.finetune import fine_tune_catalyzer
 from spreadcode.quantizer import quantizer_from_spec
 from spreadcode.sample import load_sample
 from spreadcode.index import Index
-from spreadcode.search import DECODED_SEARCH_BLOCK, decoded_topk, default_rerank, prepare_decoded
+from spreadcode.search import (DECODED_SEARCH_BLOCK, decoded_topk, default_rerank, int8_rows,
+                               int8_vectors, prepare_decoded)
 
 LATTICE = {"kind": "lattice", "d": 8, "param": 10}
 SIGN = {"kind": "sign", "d": 16, "param": 16}
@@ -484,6 +485,37 @@ def test_decoded_topk_breaks_ties_by_row_and_checks_the_dimension():
     np.testing.assert_array_equal(distances, [[0, 0, 0, 0, 2, 2], [1, 1, 1, 1, 5, 5]])
     with pytest.raises(SpreadcodeError, match="dimension 2 but the vectors have 3"):
         decoded_topk(db, np.zeros((1, 2), np.float32), 1)
+
+
+def test_int8_rows_hold_each_coordinate_within_half_a_step():
+    """`int8_rows`: d + 4 bytes a row, scale = max|x| / 127 (the largest coordinate exact up
+    to float rounding), every coordinate within half a scale; a zero row stays zero."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((500, 37)).astype(np.float32) * rng.uniform(0.01, 100, (500, 1))
+    x[7] = 0
+    rows = int8_rows(x)
+    assert rows.shape == (500,) and rows.dtype.itemsize == 37 + 4
+    held = int8_vectors(rows)
+    assert np.all(np.abs(held - x) <= rows["scale"][:, None] * np.float32(0.5 + 1e-5))
+    np.testing.assert_allclose(rows["scale"], np.abs(x).max(1) / 127, rtol=1e-6)
+    assert np.abs(rows["codes"]).max() == 127 and not rows["codes"][7].any()
+    assert rows["scale"][7] == 0
+
+
+@pytest.mark.parametrize("n, nq, d, k", [(1, 1, 1, 1), (300, 7, 5, 300), (1000, 13, 97, 10)])
+def test_an_int8_decoded_topk_is_the_float_topk_of_the_vectors_it_holds(n, nq, d, k):
+    """The compiled int8 scan ranks, and measures, the vectors scale · codes exactly as the
+    float scan of those vectors does (same rows, same float32 distances), also bounded."""
+    rng = np.random.default_rng(n + d)
+    rows = int8_rows(rng.standard_normal((n, d)).astype(np.float32))
+    held = int8_vectors(rows)
+    queries = rng.standard_normal((nq, d)).astype(np.float32)
+    for bound in (None, decoded_topk(held, queries, k)[0][:, (k - 1) // 2].copy()):
+        got, expected = decoded_topk(rows, queries, k, bound), decoded_topk(held, queries, k, bound)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    with pytest.raises(SpreadcodeError, match=f"dimension {d + 1} but the int8 rows hold {d}"):
+        decoded_topk(rows, np.zeros((1, d + 1), np.float32), 1)
 
 
 def test_a_bounded_decoded_topk_keeps_what_lies_within_the_bound():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import assert_clean_error, run, tiny_catalyzer, tiny_meta
-from spreadcode import Index, collection_dir, container, distributed, encode, residual, vecio
+from spreadcode import (Index, collection_dir, container, distributed, encode, residual, search,
+                        vecio)
 from spreadcode.catalyzer import load_catalyzer, save_catalyzer
 from spreadcode.collection import open_collection
 from spreadcode.encode import add_to_collection, encode_collection
@@ -172,15 +173,16 @@ def test_dask_residual_search_is_identical(world, client, options):
 
 
 def test_dask_residual_search_keeping_part_of_the_codes_decoded_is_identical(world, client):
-    """Room for 150 decoded codes per process: this process keeps the first shard of 100
-    (the second's 50 rows of room are less than a block), each worker what fits of its
-    shards; the rest is decoded by every search, with the same results in both."""
+    """Room for 150 decoded codes per process (float32 for the full decoder, int8 rows for
+    the shortlist): this process keeps the first shard of 100 (the second's 50 rows of room
+    are less than a block), each worker what fits of its shards; the rest is decoded by
+    every search, with the same results in both."""
     d_in = world["query"].shape[1]
     client.run(lambda: distributed._WORKER_DECODED.clear())
-    for options in ({"decode_all": True}, {}):
+    for options, row_bytes in (({"decode_all": True}, d_in * 4), ({}, d_in + 4)):
         assert_same_search(world, build(world, "residual", None),
                            build(world, "residual", client), client,
-                           decode_memory=150 * d_in * 4, **options)
+                           decode_memory=150 * row_bytes, **options)
         kept = client.run(lambda: [len(array) for array, _ in
                                    distributed._WORKER_DECODED.values()])
         assert len(kept) == 2 and all(0 < sum(rows) <= 150 for rows in kept.values())
@@ -210,13 +212,14 @@ def test_chain_parts_runs_consecutive_parts_one_run_per_worker(world, client):
 
 
 def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
-    """The shortlist decoder of a residual model (its 26 MB model, for the default one) is
-    scattered by the first search and reused by the next ones."""
+    """The shortlist decoder of a residual model (its 26 MB model, for the default one; as
+    int8 rows for a re-ranked shortlist) is scattered by the first search and reused by the
+    next ones."""
     distributed._SHIPPED.pop(client, None)  # forget what the tests before sent
     index = Index.load(build(world, "residual", None), store=world["store"], client=client)
     index.search(world["query"], 5)
     kept = dict(distributed._SHIPPED[client])
-    assert [key[:2] for key in kept] == [(residual.ModelDecoder, "shortlist")]
+    assert [key[:2] for key in kept] == [(search.Int8Decoder, "shortlist-int8")]
     index.search(world["query"][:7], 3)
     assert {key: future.key for key, future in distributed._SHIPPED[client].items()} == \
         {key: future.key for key, future in kept.items()}
@@ -250,7 +253,7 @@ class CountingDecoder:
 
     def __init__(self, decoder, sha256):
         self.decoder, self.sha256, self.calls = decoder, sha256, 0
-        self.kind, self.d_in = decoder.kind, decoder.d_in
+        self.kind, self.d_in, self.row_dtype = decoder.kind, decoder.d_in, decoder.row_dtype
 
     def decode(self, codes):
         self.calls += 1

@@ -19,7 +19,7 @@ from spreadcode.errors import SpreadcodeError
 from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
-from spreadcode.search import rerank_candidates, residual_rerank
+from spreadcode.search import int8_rows, int8_vectors, rerank_candidates, residual_rerank
 from spreadcode.torchutil import bfloat16_native
 from spreadcode.training import command_config
 
@@ -348,7 +348,9 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     assert index.is_residual and index.bits == 24 and len(index) == 1500
     distances, ids = index.search(queries, k=10, rerank=60)
     codes = trained.model.encode(base)
-    _, shortlist = exact_knn(trained.model.decode_shortlist(codes), queries, 60)
+    # The shortlist: the shortlist decoder's vectors as int8 rows hold them.
+    _, shortlist = exact_knn(int8_vectors(int8_rows(trained.model.decode_shortlist(codes))),
+                             queries, 60)
     decoded = trained.model.decode(codes)
     want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
     assert np.array_equal(ids, want_i)
@@ -356,9 +358,10 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     # The default shortlist: max(2 k, 50).
     assert [residual_rerank(trained.model, k) for k in (1, 10, 25, 26, 150)] == [50, 50, 50, 52, 300]
     assert np.array_equal(index.search(queries, k=10)[1], index.search(queries, k=10, rerank=50)[1])
-    # rerank=0: the shortlist order; decode_all: exact search over the full decoder's vectors.
+    # rerank=0: the shortlist decoder's order (its float32 vectors: nothing re-ranks them);
+    # decode_all: exact search over the full decoder's vectors.
     _, ids0 = index.search(queries, k=10, rerank=0)
-    assert np.array_equal(ids0, shortlist[:, :10])
+    assert np.array_equal(ids0, exact_knn(trained.model.decode_shortlist(codes), queries, 10)[1])
     _, ids_all = index.search(queries, k=10, decode_all=True)
     assert np.array_equal(ids_all, exact_knn(decoded, queries, 10)[1])
     np.testing.assert_allclose(index.reconstruct([0, 7]), decoded[[0, 7]], rtol=1e-5, atol=1e-6)

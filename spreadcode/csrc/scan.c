@@ -15,7 +15,8 @@
 typedef float sc_v8 __attribute__((vector_size(32)));
 
 /* zT (d, SC_BLOCK) <- code vectors of codes [start, start + cnt), columns zero-padded
-   to a multiple of 16; SC_FLOAT_L2 also norms (SC_BLOCK) <- their squared norms */
+   to a multiple of 16; SC_FLOAT_L2 and SC_INT8_L2 also norms (SC_BLOCK) <- their squared
+   norms (of the vectors as scanned: an int8 row's s * c) */
 static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT, float *norms) {
     const int d = S->d, padded = (cnt + 15) & ~15;
     if (S->kind == SC_FLOAT_L2) {
@@ -25,6 +26,19 @@ static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT
             for (int i = 0; i < d; ++i) {
                 zT[SC_ZT(d, i, c)] = x[i];
                 norm += x[i] * x[i];
+            }
+            norms[c] = norm;
+        }
+        for (int c = cnt; c < padded; ++c) norms[c] = INFINITY;
+    } else if (S->kind == SC_INT8_L2) {
+        for (int c = 0; c < cnt; ++c) {
+            const uint8_t *row = S->rows + (size_t)(start + c) * (size_t)(d + 4);
+            float scale, norm = 0.f;
+            memcpy(&scale, row + d, sizeof scale);
+            for (int i = 0; i < d; ++i) {
+                const float x = scale * (float)(int8_t)row[i];
+                zT[SC_ZT(d, i, c)] = x;
+                norm += x * x;
             }
             norms[c] = norm;
         }
@@ -104,7 +118,7 @@ static void sc_score(const sc_scan *S, const float *zT, const float *norms, int6
     memcpy(qbuf, S->queries + (size_t)q0 * d, sizeof(float) * nqg * d);
     memset(qbuf + (size_t)nqg * d, 0, sizeof(float) * (SC_QG - nqg) * d);
     sc_dot_tile(qbuf, d, zT, (cnt + 15) & ~15, S->scale2,
-                S->kind == SC_FLOAT_L2 ? norms : NULL, limit, dist, hot);
+                S->kind == SC_FLOAT_L2 || S->kind == SC_INT8_L2 ? norms : NULL, limit, dist, hot);
 }
 
 SC_INLINE int sc_before(float da, int64_t ia, float db, int64_t ib) {

@@ -1,14 +1,14 @@
 /* Scans: the distances of every (query, code) pair for lattice codes (dot product with
    the decoded point), sign codes (dot product with the +-1 vector), Hamming distance and
-   decoded float vectors (squared L2 less the query's own norm), collected as the top-k or
-   every result within a radius of each query. */
+   decoded vectors, float or int8 rows (squared L2 less the query's own norm), collected as
+   the top-k or every result within a radius of each query. */
 #ifndef SPREADCODE_SCAN_H
 #define SPREADCODE_SCAN_H
 
 #include "common.h"
 #include "lattice.h"
 
-enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2, SC_FLOAT_L2 = 3 };
+enum { SC_LATTICE = 0, SC_SIGN_DOT = 1, SC_HAMMING = 2, SC_FLOAT_L2 = 3, SC_INT8_L2 = 4 };
 
 typedef struct {
     int kind, d;
@@ -17,6 +17,8 @@ typedef struct {
     const uint64_t *lcodes;
     const uint8_t *scodes;       /* SC_SIGN_DOT, SC_HAMMING: (n, nb) */
     const float *vectors;        /* SC_FLOAT_L2: (n, d); distance = |x|^2 - 2 <q, x> */
+    const uint8_t *rows;         /* SC_INT8_L2: n rows of d + 4 bytes, int8 c (d) then a
+                                    float32 scale s: x = s * c, distance as SC_FLOAT_L2 */
     int nb;
     int nq;
     const float *queries;        /* (nq, d) for the dot and float kinds */
