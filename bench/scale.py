@@ -21,8 +21,8 @@ Run:  python bench/scale.py --model MODEL -n 1000000 -n 10000000 [--workers 2]
   the same searches with other queries (the learn rows after the largest --queries count):
   the index keeps the candidates its re-ranking decoded (`Collection.decoded_at`), so the
   second pass shows a long-running index's rate. What an index keeps decoded is bounded by
-  --decode-memory (`Index.decode_memory`; default 512 MiB in one process, 1 GiB per worker:
-  1.4M and 2.8M codes of 96 dimensions).
+  --decode-memory (`Index.decode_memory`; default 1 GiB in one process and per worker: 10.7M
+  codes of 96 dimensions for the shortlist scan, as int8 rows, and 2.8M re-ranked candidates).
 * faiss: IndexPQ(96, 8, 8) and IndexLattice(96, 2, 6, 5) (2 x (26 lattice + 6 scale) bits;
   both 8 bytes per vector), trained on 50,000 learn vectors, the same N vectors added block
   by block; their codes live in RAM (8 B/vector). IndexLattice scans by decoding every

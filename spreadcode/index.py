@@ -220,9 +220,11 @@ class Index:
     def decode_memory(self):
         """Bytes of decoded codes that searches keep for later searches, per decoder use
         (the scan's decoded codes, and again the re-ranking's candidates), in this process
-        and in each Dask worker process; None (the default): 512 MiB here
-        (`spreadcode.search.DECODE_MEMORY`: 1.4M codes of 96 dimensions), 1 GiB per worker
-        (`spreadcode.distributed.WORKER_DECODED_BYTES`). The first codes up to the bound are
+        and in each Dask worker process; None (the default): 1 GiB here
+        (`spreadcode.search.DECODE_MEMORY`) and per worker
+        (`spreadcode.distributed.WORKER_DECODED_BYTES`): 10.7M codes of 96 dimensions for a
+        residual model's shortlist scan (int8, `spreadcode.search.int8_rows`), 2.8M re-ranked
+        candidates (float32). The first codes up to the bound are
         kept, the rest decoded again by every search; 0 keeps nothing. Results never depend
         on it."""
         return self._collection.decode_memory
@@ -294,7 +296,7 @@ class Index:
         `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
         decoder (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         The first search decodes every code for its scan and the index keeps them, up to
-        `decode_memory` (by default 512 MiB: 1.4M codes of 96 dimensions), until ``add``
+        `decode_memory` (by default 1 GiB: 10.7M codes of 96 dimensions), until ``add``
         or ``reset``: later searches skip that work. Candidates decoded for re-ranking are
         kept the same way (as many bytes again at most): the full decoder decodes each
         kept code at most once per index, whatever the searches.

@@ -59,8 +59,12 @@ LINEAR_RESIDUAL_RERANK_MIN = 1000
 # What one process keeps of a collection's decoded codes by default (`decode_memory`), per
 # decoder use: the codes decoded for a decoded scan (`prepare_decoded`; a residual model's
 # shortlist as `int8_rows`, d_in + 4 bytes each) and the candidates decoded for re-ranking
-# (`rerank_shortlist`, float32) each up to this many bytes.
-DECODE_MEMORY = 512 << 20
+# (`rerank_shortlist`, float32) each up to this many bytes: 10.7M and 2.8M codes of 96
+# dimensions, as a Dask worker keeps (`distributed.WORKER_DECODED_BYTES`). 512 MiB before
+# int8 rows held 1.4M codes for the scan; at 10M codes, 5.4M as int8 rows gave 33 / 27 q/s
+# (k = 10 / 100), 0.9 / 0.8 × IndexPQ's, where 2 workers holding all reached 62 / 44
+# (BENCHMARKS.md, "Collections at 1M vectors", run R).
+DECODE_MEMORY = 1 << 30
 # Codes decoded at a time by decoded k-NN search (`decoded_topk` scans each block).
 DECODED_SEARCH_BLOCK = 65536
 # Relative widening of a k-th distance bound before a bounded scan (`decoded_topk`): float32

@@ -627,5 +627,9 @@ def test_decoded_search_is_the_same_whatever_is_kept_decoded(trained):
         held = split._lookup.get("cached")
         assert (None if held is None else {offset: len(rows) for offset, rows
                                            in held[1].items()}) == kept
+    # A re-ranked shortlist keeps int8 rows: d + 4 bytes a code.
+    shortlist = search.Int8Decoder(residual.ModelDecoder(trained.model, whole.catalyzer_sha256,
+                                                         "shortlist"))
+    assert search.kept_rows(replace(whole, decode_memory=100 * (index.d + 4)), shortlist) == 100
     with pytest.raises(SpreadcodeError, match="decode_memory must be"):
         index.decode_memory = -1
