@@ -460,8 +460,9 @@ def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLO
     In this process the first `kept_rows` codes (all of them when they fit in
     `decode_memory`) are decoded once and held by the collection for later searches by the
     same decoder (`Collection.cached`; at 1M codes of a residual model, ≈ 4 s of decoding
-    saved per search, 384 MiB held), the rest ``block`` at a time per batch (memory
-    O(block · d_in)), in the same blocks either way. On the workers of a dask.distributed
+    saved per search, 95 MiB held as a shortlist's int8 rows, 366 MiB as float32), the
+    rest ``block`` at a time per batch (memory O(block · d_in)), in the same blocks either
+    way. On the workers of a dask.distributed
     ``client`` (`each_chain`) each worker process keeps what fits of the shards it decoded
     for later batches and searches (`spreadcode.distributed.worker_decoded_blocks`). Each
     block is scanned by `decoded_topk`.
@@ -504,8 +505,8 @@ def int8_rows(decoded):
     `int8_row` (d), ``codes`` int8 (d,) and ``scale`` float32, the vector scale · codes with
     scale = max|x| / 127 (each coordinate within half a scale of x's). A quarter of float32's
     bytes, so a process keeps four times the codes decoded for a shortlist scan; the rounding
-    error is ~ 0.03 % of a 64-bit residual code's own (BENCHMARKS.md, "Collections at 1M
-    vectors", run Q)."""
+    adds 0.01-0.03 % to a 64-bit residual code's squared error, and nothing to recall
+    (BENCHMARKS.md, "Collections at 1M vectors", run Q)."""
     decoded = np.asarray(decoded, dtype=np.float32)
     scale = np.abs(decoded).max(axis=1, initial=0.0) / np.float32(127)
     rows = np.empty(len(decoded), int8_row(decoded.shape[1]))

@@ -1,7 +1,8 @@
 """Issue #15 check: the residual default search with its shortlist scanned as int8 rows
 (`spreadcode.search.Int8Decoder`, the library's default) against float32 vectors, on the same
 codes: recall, the share of result ids that differ, and the search time of each (its second
-run: the codes and candidates decoded and kept by the first).
+run: the codes and candidates decoded and kept by the first); and the mean squared error per
+base vector of the rounding, of the shortlist decoder and of the full decoder.
 
 Run:  python bench/experiments/int8_shortlist.py MODEL DATA [K ...]
 (MODEL: a residual model file; K: result sizes, default 10 100). One JSON row per model.
@@ -10,6 +11,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
@@ -26,6 +29,13 @@ def main():
     index = Index.from_catalyzer(model, meta)
     index.add(data.base)
     row = {"model": meta.sha256[:12], "data": data.name}
+    codes = model.encode(data.base)
+    shortlist = model.decode_shortlist(codes)
+    rounded = search.int8_vectors(search.int8_rows(shortlist))
+    for name, error in (("rounding", rounded - shortlist),
+                        ("shortlist decoder", shortlist - data.base),
+                        ("full decoder", model.decode(codes) - data.base)):
+        row[f"MSE {name}"] = float(np.mean(np.sum(error.astype(np.float64) ** 2, axis=1)))
     int8_decoder = search.Int8Decoder
     for k in ks:
         results = {}
