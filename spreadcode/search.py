@@ -588,8 +588,8 @@ def kept_rows_of_part(count, rows, block):
 
 def kept_decoded(collection, decoder, block, rows):
     """The first ``rows`` codes of ``collection`` decoded by ``decoder``, part by part
-    (`kept_rows_of_part`): {offset: float32 (kept rows of the part, d_in)}, for the parts
-    with some kept."""
+    (`kept_rows_of_part`): {offset: (kept rows of the part,) of ``decoder.row_dtype``}, for
+    the parts with some kept."""
     held = {}
     for part, offset in zip(collection.parts, collection.offsets):
         keep = kept_rows_of_part(part.count, rows - int(offset), block)
@@ -599,9 +599,9 @@ def kept_decoded(collection, decoder, block, rows):
 
 
 def kept_then_decoded(quantizer, part, decoder, block, kept):
-    """The decoded blocks of ``part``: ``kept`` (float32 (r, d_in), its first r rows decoded
-    earlier, r a multiple of ``block`` or the part's count; or None) then the rest decoded
-    now (`decoded_blocks`)."""
+    """The decoded blocks of ``part``: ``kept`` ((r,) rows of ``decoder.row_dtype``, its
+    first r rows decoded earlier, r a multiple of ``block`` or the part's count; or None)
+    then the rest decoded now (`decoded_blocks`)."""
     if kept is None:
         return decoded_blocks(quantizer, part, decoder, block)
     if len(kept) == part.count:
@@ -654,10 +654,11 @@ def part_decoded_knn(quantizer, part, offset, decoder, queries, k, block, blocks
     whose decoded vectors are nearest to the raw queries float32 (nq, d_in): (squared L2
     distances float32 (nq, k'), ids int64 (nq, k')) by (distance, id). The part's decoded
     blocks come from ``blocks_of(quantizer, part, offset, decoder, block)`` (a cache of them:
-    float32 arrays of consecutive rows) or else `decoded_blocks`; each is searched by
-    `decoded_topk` with its rows in id order (it breaks ties by row), bounded by the k-th
-    distance found so far (`bounded_knn`). ``bound``: a bound from other parts (float32 (nq,),
-    or None); codes beyond it are left out, and the slots they leave are (inf, -1)."""
+    arrays of consecutive rows, ``decoder.row_dtype`` each) or else `decoded_blocks`; each is
+    searched by `decoded_topk` with its rows in id order (it breaks ties by row), bounded by
+    the k-th distance found so far (`bounded_knn`). ``bound``: a bound from other parts
+    (float32 (nq,), or None); codes beyond it are left out, and the slots they leave are
+    (inf, -1)."""
     def searches():
         blocks = (decoded_blocks(quantizer, part, decoder, block) if blocks_of is None
                   else blocks_of(quantizer, part, offset, decoder, block))
