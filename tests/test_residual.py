@@ -51,6 +51,16 @@ def test_one_cycle_lr():
     assert values == sorted(values, reverse=True)
 
 
+@pytest.mark.parametrize("n, n_val", [(3000, 300), (20_000, 2000), (52_225, 2000), (15, 1)])
+def test_held_out_rows_are_a_tenth_at_most_val_max(n, n_val):
+    train_rows, val_rows = residual.held_out_rows(n, 3)
+    assert len(val_rows) == n_val == min(max(1, n // residual.VAL_SHARE), residual.VAL_MAX)
+    assert np.array_equal(np.sort(np.concatenate([train_rows, val_rows])), np.arange(n))
+    assert np.all(np.diff(train_rows) > 0) and np.all(np.diff(val_rows) > 0)
+    again = residual.held_out_rows(n, 3)
+    assert np.array_equal(again[1], val_rows) and np.array_equal(again[0], train_rows)
+
+
 def test_training_is_deterministic_and_learns(trained):
     again = residual.train_residual(load_sample().learn[:3000], TINY, progress=False)
     assert catalyzer_bytes(trained.model, trained.meta) == catalyzer_bytes(again.model, again.meta)

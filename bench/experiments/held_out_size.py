@@ -1,7 +1,7 @@
 """Issue #14 scratch experiment: the residual default with at most VAL_MAX learn rows held out
-(`spreadcode.residual.VAL_MAX`, default 6,000; a tenth of the rows below that), the rest
-training. Lever 43 (every row training) gained ~0.3 R@1 but gave up the held-out report;
-a smaller held-out set keeps the report and most of the extra rows.
+(`spreadcode.residual.VAL_MAX`: 6,000 before lever 44, 2,000 since; a tenth of the rows
+below that), the rest training. Lever 43 (every row training) gained ~0.3 R@1 but gave up
+the held-out report; a smaller held-out set keeps the report and most of the extra rows.
 
 Run:  python bench/experiments/held_out_size.py DATA OUT VAL_MAX [FIELD=VALUE ...]
 (the JSON row of residual_variants.py, experiment "held_out_size", with "val_max").
