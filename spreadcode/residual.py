@@ -577,7 +577,7 @@ def train_residual(learn, config, progress=True):
     train_rows, val_rows = held_out_rows(n, config.seed)
     if len(val_rows) < 2 * VAL_QUERY_SHARE:
         raise SpreadcodeError(f"{n} learn vectors are too few to train a residual model "
-                              f"(need at least {20 * VAL_QUERY_SHARE})")
+                              f"(need at least {2 * VAL_SHARE * VAL_QUERY_SHARE})")
     batch_size = min(config.batch_size, len(train_rows))
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[]):

@@ -61,6 +61,12 @@ def test_held_out_rows_are_a_tenth_at_most_val_max(n, n_val):
     assert np.array_equal(again[1], val_rows) and np.array_equal(again[0], train_rows)
 
 
+def test_too_few_learn_vectors_for_a_held_out_recall_are_refused():
+    least = 2 * residual.VAL_SHARE * residual.VAL_QUERY_SHARE
+    with pytest.raises(SpreadcodeError, match=f"{least - 1} learn vectors are too few .*at least {least}"):
+        residual.train_residual(load_sample().learn[:least - 1], TINY, progress=False)
+
+
 def test_training_is_deterministic_and_learns(trained):
     again = residual.train_residual(load_sample().learn[:3000], TINY, progress=False)
     assert catalyzer_bytes(trained.model, trained.meta) == catalyzer_bytes(again.model, again.meta)
