@@ -213,8 +213,8 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     is held out for validation (residual: a tenth, at most 2,000 vectors): the best checkpoint
     (residual: lowest held-out reconstruction error; lattice/sign: best validation
     1-recall@10) is kept and saved into the model store under its SHA-256, and the report
-    gives its validation recall. Ctrl-C stops early and
-    keeps the best model. Default training of ~50k vectors takes ~6-14 min on 2 CPU cores.
+    gives its validation recall. Ctrl-C stops early and keeps the best model. Default
+    training of ~50k vectors takes ~6-14 min on 2 CPU cores.
     When every learn vector has the same norm (L2-normalised embeddings, SIFT), a residual
     model's decoders put what they decode back on that sphere, which ranks neighbours better
     than the shrunken MSE-optimal vectors; the report says which.
