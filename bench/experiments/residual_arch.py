@@ -10,17 +10,24 @@ Variants (FIELD=VALUE; the rest are ResidualConfig overrides as in `residual_var
   learned codebook of 264 rows per 12-d stage, indexed by a coarse quantization of its code,
   so that directions the smooth MLP reaches poorly (the tail of a 384-d spectrum: lever 24)
   get free parameters, as LSQ's codewords are.
+- ``pairs=1``: each decoder stage also adds Σ_{i<j} T_m[i, j, z_i, z_j], a free codeword for
+  every pair of the lattice point's integer coordinates and their values (S(12, 6): 66 pairs
+  × 5 × 5 values, 1,650 rows per stage, each trained by the many codes that share a pair of
+  values): an additive codebook of 66 books summed per stage, as LSQ sums 7, at a resolution
+  the coarse ``table`` lacks (lever 24: the MLP's increments lie on a 12-dimensional
+  manifold, LSQ's codewords spread energy over all 384 axes).
 - ``share=1``: the decoders of stages 1..M−1 share their linear layers (each stage keeps
   its own batch norms and is told its index by a one-hot input): a third of the decoders'
   weights, each trained by three times the rows, against the over-fitting of small learn
   sets (raw-384: MSE 0.344 on the training rows, 0.436 held out; lever 24).
 - ``beams=[8]``: also encode the base with these beams and search it (default search).
 
-Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1 | table=1 | share=1] [beams=[8]] ...
+Run:  python bench/experiments/residual_arch.py DATA OUT [skip=1 | table=1 | pairs=1 | share=1] [beams=[8]] ...
 (weight decay: `residual_regularized.py ... wd=W`)
 The model's state dict goes to OUT (torch.save; it does not load as a library model). One
 JSON row per beam appended to results-issue14.jsonl.
 """
+import math
 import os
 import sys
 import time
@@ -79,6 +86,31 @@ class TableResidual(residual.ResidualCatalyzer):
         return super()._decode_stage(m, z, xh, ranks) + self.tables[m][row]
 
 
+class PairTableResidual(residual.ResidualCatalyzer):
+    """The library model plus a free codeword per stage for each pair of the lattice point's
+    coordinates and their two values, summed over the pairs."""
+
+    def __init__(self, d_in, quantizer, *args, **kwargs):
+        super().__init__(d_in, quantizer, *args, **kwargs)
+        self.levels, self.pair_tables = [], nn.ModuleList()
+        for m, block in enumerate(quantizer.blocks):
+            first, second = torch.triu_indices(block.d, block.d, 1)
+            self.register_buffer(f"pairs{m}", torch.stack([first, second]))
+            levels = 2 * math.isqrt(block.param) + 1  # integer coordinates -√r²..√r²
+            table = nn.EmbeddingBag(len(first) * levels * levels, d_in, mode="sum")
+            nn.init.zeros_(table.weight)
+            self.levels.append(levels)
+            self.pair_tables.append(table)
+
+    def _decode_stage(self, m, z, xh, ranks=None):
+        levels, (first, second) = self.levels[m], getattr(self, f"pairs{m}")
+        values = torch.round(z.detach() * math.sqrt(self.quantizer.blocks[m].param)).long() \
+            + levels // 2
+        rows = (torch.arange(len(first), device=z.device) * levels * levels
+                + values[:, first] * levels + values[:, second])
+        return super()._decode_stage(m, z, xh, ranks) + self.pair_tables[m](rows)
+
+
 class SharedStages(nn.Module):
     """One decoder MLP for stages 1..M−1 (input [z_m, x̂_{m−1}, one-hot m]), with batch norms
     per stage, as `residual._mlp` otherwise."""
@@ -117,7 +149,8 @@ class SharedResidual(residual.ResidualCatalyzer):
         return xh + self.shared(m - 1, z, xh)
 
 
-MODELS = {"skip": SkipResidual, "table": TableResidual, "share": SharedResidual}
+MODELS = {"skip": SkipResidual, "table": TableResidual, "pairs": PairTableResidual,
+          "share": SharedResidual}
 
 
 def main():
