@@ -11,5 +11,7 @@ from bench._methods import Method, SweepMethod
 TABLE1: dict[str, Method] = {**peers.TABLE1, **_spreadcode_methods.TABLE1}
 TABLE2: dict[str, SweepMethod] = {**peers.TABLE2, **_spreadcode_methods.TABLE2}
 FIGURE5: dict[str, SweepMethod] = {**peers.FIGURE5, **_spreadcode_methods.FIGURE5}
-# spreadcode's default first: the row every other one is read against.
-QUALITY: dict[str, SweepMethod] = {**_spreadcode_methods.QUALITY, **peers.QUALITY}
+# spreadcode's default first: the row every other one is read against; then the peers, then
+# the default with one thing changed (the ablation).
+QUALITY: dict[str, SweepMethod] = {**_spreadcode_methods.QUALITY, **peers.QUALITY,
+                                   **_spreadcode_methods.QUALITY_LEVERS}

@@ -164,7 +164,11 @@ def _quality_md(section):
             f"queries {ds['n_query']:,}. spreadcode default = `Index.train(learn, bits=b)`, "
             "`add(base)`, `search(query, k=100)` with every other option at the library's "
             "default; the faiss peers use exactly the same bits per vector (RQ / LSQ: one of "
-            "the bytes is the quantized norm). 1-recall@1/10/100 in %; seconds to train on "
+            "the bytes is the quantized norm). The rows \"spreadcode default, ...\" after the "
+            "peers are the ablation: the default row's model with one thing changed in how it "
+            "encodes (`add(base, beam=B)`) or searches (decoded off the learn set's sphere; "
+            "the shortlist decoder's ranking alone, `rerank=0`), so their training seconds are "
+            "the default's. 1-recall@1/10/100 in %; seconds to train on "
             "learn, encode all of base, search all queries (exhaustive). **Bold**: the best "
             "of the column at that code size (highest recall, fewest seconds).", "",
             *_table(header, rows), "", *notes, *([""] if notes else [])]

@@ -10,8 +10,11 @@ query scored against the decoded codes.
 
 The quality section's row is different: it is what a user gets, `spreadcode.Index.train`
 with nothing but the code size, then the default `Index.search`; whatever the library's
-defaults are at the time of the run, not a config chosen here, and never cached.
+defaults are at the time of the run, not a config chosen here, and never cached. Its
+ablation rows (`QUALITY_LEVERS`) take that row's model, kept in memory for the run
+(`_DEFAULT_MODELS`), and change one thing each in how it encodes or searches.
 """
+import copy
 import dataclasses
 import hashlib
 import json
@@ -26,7 +29,7 @@ from spreadcode.catalyzer import CatalyzerMeta, catalyze, load_catalyzer, save_c
 from spreadcode.errors import SpreadcodeError
 from spreadcode.index import Index
 from spreadcode.quantizer import describe_quantizer, quantizer_from_spec
-from spreadcode.training import default_config, train_catalyzer
+from spreadcode.training import command_config, default_config, train_catalyzer
 
 QUICK_EPOCHS = 2
 TABLE1_BITS = 64
@@ -173,25 +176,60 @@ def catalyzer_lattice_at(d_out):
     return method
 
 
-def library_default(learn, base, query, ctx, bits):
-    """Quality row: ``Index.train(learn, bits=bits)``, ``add(base)``, ``search(query, k)``
-    with every other option at the library's default (quick mode: QUICK_EPOCHS epochs).
-    The row's bits are ``index.bits``: a code may fall short of the budget."""
-    options = {"epochs": QUICK_EPOCHS} if ctx.quick else {}
-    train, encode, search = Stopwatch(), Stopwatch(), Stopwatch()
-    try:
-        with train.running():
-            index = Index.train(learn, bits=bits, progress=False, **options)
-    except SpreadcodeError as err:
-        raise NotApplicable(str(err)) from err
-    with encode.running():
-        index.add(base)
-    with search.running():
-        _, ids = index.search(query, ctx.k)
-    return Outcome(ids=np.asarray(ids, dtype=np.int64), bits=index.bits,
-                   train_s=train.seconds, encode_s=encode.seconds, search_s=search.seconds,
-                   note=f"epochs={QUICK_EPOCHS} (quick)" if ctx.quick else "",
-                   code=describe_quantizer(index.quantizer))
+# The quality row's trained models, for its ablation rows: {bits: (catalyzer, meta, train
+# seconds)} of the learn set named by _DEFAULT_MODELS_OF (its id, shape and quick mode).
+_DEFAULT_MODELS = {}
+_DEFAULT_MODELS_OF = [None]
+
+
+def _default_model(learn, ctx, bits):
+    """(catalyzer, CatalyzerMeta, train seconds) of the model ``Index.train(learn,
+    bits=bits)`` trains (the same two calls; quick mode: QUICK_EPOCHS epochs), trained once
+    per learn set and code size in this process."""
+    owner = (id(learn), learn.shape, ctx.quick)
+    if _DEFAULT_MODELS_OF[0] != owner:
+        _DEFAULT_MODELS.clear()
+        _DEFAULT_MODELS_OF[0] = owner
+    if bits not in _DEFAULT_MODELS:
+        train = Stopwatch()
+        try:
+            with train.running():
+                config = command_config(bits, epochs=QUICK_EPOCHS if ctx.quick else None)
+                result = train_catalyzer(learn, config, progress=False)
+        except SpreadcodeError as err:
+            raise NotApplicable(str(err)) from err
+        _DEFAULT_MODELS[bits] = (result.model, result.meta, train.seconds)
+    return _DEFAULT_MODELS[bits]
+
+
+def _default_row(beam=1, rerank=None, off_sphere=False):
+    """A quality row of the default model (`_default_model`): ``add(base, beam=beam)`` and
+    ``search(query, k, rerank=rerank)``; ``off_sphere``: its decoders' output left where
+    they put it instead of on the learn set's sphere (NotApplicable for a model without
+    one). The default row is ``_default_row()``; its train seconds are the training's, in
+    every row that shares it."""
+    def method(learn, base, query, ctx, bits):
+        catalyzer, meta, train_s = _default_model(learn, ctx, bits)
+        if off_sphere:
+            if getattr(catalyzer, "output_norm", None) is None:
+                raise NotApplicable("the learn vectors have no common norm: nothing to take "
+                                    "off the sphere")
+            catalyzer = copy.deepcopy(catalyzer)
+            catalyzer.output_norm = None
+        index = Index.from_catalyzer(catalyzer, meta)
+        encode, search = Stopwatch(), Stopwatch()
+        with encode.running():
+            index.add(base, beam=beam)
+        with search.running():
+            _, ids = index.search(query, ctx.k, rerank=rerank)
+        return Outcome(ids=np.asarray(ids, dtype=np.int64), bits=index.bits, train_s=train_s,
+                       encode_s=encode.seconds, search_s=search.seconds,
+                       note=f"epochs={QUICK_EPOCHS} (quick)" if ctx.quick else "",
+                       code=describe_quantizer(index.quantizer))
+    return method
+
+
+library_default = _default_row()
 
 
 @dataclass(frozen=True)
@@ -223,3 +261,14 @@ TABLE2 = {
 FIGURE5 = {f"catalyzer + lattice, d_out={d_out}": catalyzer_lattice_at(d_out)
            for d_out in FIGURE5_DOUTS}
 QUALITY = {"spreadcode default": library_default}
+# One change each to the default row, on its model (a residual model: the default of every
+# code size). "--beam B": the encoder searches (`ResidualCatalyzer.encode`, BENCHMARKS.md
+# levers 8, 33); "off the sphere": decoded as the MSE-optimal vectors (lever 30);
+# "shortlist alone": the shortlist decoder's ranking, not re-ranked by the full decoder
+# (levers 12, 13).
+QUALITY_LEVERS = {
+    "spreadcode default, --beam 2": _default_row(beam=2),
+    "spreadcode default, --beam 4": _default_row(beam=4),
+    "spreadcode default, off the sphere": _default_row(off_sphere=True),
+    "spreadcode default, shortlist alone": _default_row(rerank=0),
+}
