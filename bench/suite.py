@@ -10,7 +10,7 @@ run on the same machine in the same process; results go to ``<out>/<dataset>/``
 results.md and PNG figures. Sections: table1, table2, figure5, figure3, appendixc, decoders
 (the paper's experiments and the learned decoders) and quality (spreadcode's default,
 ``spreadcode.Index.train(learn, bits=b)``, against every faiss compact code of the same
-size). BENCHMARKS.md explains each section.
+size, and the same model with one lever changed). BENCHMARKS.md explains each section.
 """
 import argparse
 import datetime
@@ -165,7 +165,9 @@ SECTIONS_HELP = (
     "bits), figure3 (neighbour distances), appendixc (range search), decoders (learned "
     "decoders), quality (spreadcode's default, Index.train(learn, bits=b) and "
     "search(query, 100), next to faiss PQ, OPQ, RQ and LSQ with a norm byte at the same "
-    "bits; its table is BENCHMARKS.md's \"Quality at 16/32/64/128 bits\"). "
+    "bits, then the default's model with one lever changed: --beam 2, --beam 4, off the "
+    "sphere, shortlist alone; its table is BENCHMARKS.md's \"Quality at 16/32/64/128 "
+    "bits\"). "
     "See BENCHMARKS.md.")
 SWEEPS = {"table2": _registry.TABLE2, "figure5": _registry.FIGURE5,
           "quality": _registry.QUALITY}
