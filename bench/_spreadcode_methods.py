@@ -216,6 +216,7 @@ def _default_row(beam=1, rerank=None, off_sphere=False):
                                     "off the sphere")
             catalyzer = copy.deepcopy(catalyzer)
             catalyzer.output_norm = None
+            meta = dataclasses.replace(meta, output_norm=None, sha256=None, path=None)
         index = Index.from_catalyzer(catalyzer, meta)
         encode, search = Stopwatch(), Stopwatch()
         with encode.running():

@@ -243,3 +243,24 @@ def test_sift_dataset_split_is_distinct_seeded_and_sized():
     again = split(descriptors, 200, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip((learn, base, query), again))
     assert not np.array_equal(split(descriptors, 200, seed=4)[2], query)
+
+
+def test_quality_ablation_off_the_sphere(tmp_path):
+    """On unit-norm vectors the default model decodes onto their sphere; the "off the sphere"
+    row searches a copy of that model without it, and leaves the default row's model as it
+    was (the rows share it)."""
+    from bench import _spreadcode_methods
+    from bench._methods import Context
+
+    rng = np.random.default_rng(3)
+    x = _clustered(rng, 700, rng.standard_normal((20, 16))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    learn, base, query = x[:400], x[400:680], x[680:]
+    ctx = Context(k=10, quick=True, cache_dir=tmp_path)
+    default = _spreadcode_methods.library_default(learn, base, query, ctx, 16)
+    off = _spreadcode_methods.QUALITY_LEVERS["spreadcode default, off the sphere"](
+        learn, base, query, ctx, 16)
+    model, meta, train_s = _spreadcode_methods._default_model(learn, ctx, 16)
+    assert model.output_norm == pytest.approx(1.0) and meta.output_norm == model.output_norm
+    assert off.train_s == default.train_s == train_s and off.code == default.code
+    assert off.ids.shape == default.ids.shape == (20, 10)
