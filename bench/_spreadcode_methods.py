@@ -176,21 +176,20 @@ def catalyzer_lattice_at(d_out):
     return method
 
 
-# The quality row's trained models, for its ablation rows: {bits: (catalyzer, meta, train
-# seconds)} of the learn set named by _DEFAULT_MODELS_OF (its id, shape and quick mode).
+# The quality row's trained models, for its ablation rows: (id and shape of the learn array,
+# quick mode, bits) -> (catalyzer, meta, train seconds); one learn set's at a time (the
+# suite's dataset lives for the whole run, so its id names it).
 _DEFAULT_MODELS = {}
-_DEFAULT_MODELS_OF = [None]
 
 
 def _default_model(learn, ctx, bits):
     """(catalyzer, CatalyzerMeta, train seconds) of the model ``Index.train(learn,
     bits=bits)`` trains (the same two calls; quick mode: QUICK_EPOCHS epochs), trained once
     per learn set and code size in this process."""
-    owner = (id(learn), learn.shape, ctx.quick)
-    if _DEFAULT_MODELS_OF[0] != owner:
-        _DEFAULT_MODELS.clear()
-        _DEFAULT_MODELS_OF[0] = owner
-    if bits not in _DEFAULT_MODELS:
+    key = (id(learn), learn.shape, ctx.quick, bits)
+    if key not in _DEFAULT_MODELS:
+        for other in [other for other in _DEFAULT_MODELS if other[:3] != key[:3]]:
+            del _DEFAULT_MODELS[other]
         train = Stopwatch()
         try:
             with train.running():
@@ -198,8 +197,8 @@ def _default_model(learn, ctx, bits):
                 result = train_catalyzer(learn, config, progress=False)
         except SpreadcodeError as err:
             raise NotApplicable(str(err)) from err
-        _DEFAULT_MODELS[bits] = (result.model, result.meta, train.seconds)
-    return _DEFAULT_MODELS[bits]
+        _DEFAULT_MODELS[key] = (result.model, result.meta, train.seconds)
+    return _DEFAULT_MODELS[key]
 
 
 def _default_row(beam=1, rerank=None, off_sphere=False):
