@@ -224,9 +224,15 @@ def _default_row(beam=1, rerank=None, off_sphere=False):
             _, ids = index.search(query, ctx.k, rerank=rerank)
         return Outcome(ids=np.asarray(ids, dtype=np.int64), bits=index.bits, train_s=train_s,
                        encode_s=encode.seconds, search_s=search.seconds,
-                       note=f"epochs={QUICK_EPOCHS} (quick)" if ctx.quick else "",
-                       code=describe_quantizer(index.quantizer))
+                       note=_epochs_note(meta, ctx), code=describe_quantizer(index.quantizer))
     return method
+
+
+def _epochs_note(meta, ctx):
+    """How many epochs a model of the quality rows trained: a time budget may stop it short
+    of its planned count, and then its row differs from another run's of the same code."""
+    epochs = meta.training.get("epochs")
+    return f"epochs={epochs}{' (quick)' if ctx.quick else ''}" if epochs is not None else ""
 
 
 library_default = _default_row()
