@@ -92,8 +92,8 @@ def test_quality_section_quick(tmp_path):
                 assert 0 < cell["bits"] <= int(bits) and cell["code"]
             else:
                 assert cell["bits"] == int(bits)
-    # The ablation rows share the default row's model: the same training seconds; the
-    # shortlist alone and the beams search the same codes size.
+    # The ablation rows share the default row's model: the same training seconds and the
+    # same code.
     cells = {row["method"]: row["cells"]["32"] for row in section["rows"]}
     default = cells["spreadcode default"]
     for name in ("spreadcode default, --beam 2", "spreadcode default, shortlist alone"):
