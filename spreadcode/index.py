@@ -129,10 +129,20 @@ class Index:
     @property
     def catalyzer(self):
         """The catalyzer (torch module, eval mode, CPU)."""
+        return self._catalyzer_and_meta()[0]
+
+    @property
+    def catalyzer_meta(self):
+        """The catalyzer's `spreadcode.catalyzer.CatalyzerMeta`: its widths, its code and the
+        report of its training (``training``: epochs run, held-out error and recall, ...)."""
+        return self._catalyzer_and_meta()[1]
+
+    def _catalyzer_and_meta(self):
+        """(catalyzer, CatalyzerMeta), loaded when first needed (`search.collection_catalyzer`)."""
         if self._catalyzer is None:
             self._catalyzer = search.collection_catalyzer(self._collection, self._model,
                                                           self._store)
-        return self._catalyzer[0]
+        return self._catalyzer
 
     @property
     def is_residual(self):
@@ -337,9 +347,8 @@ class Index:
         (``store``, default: the index's) so that ``spreadcode search`` and `Index.load` find it."""
         from .catalyzer import save_catalyzer
 
-        catalyzer = self.catalyzer
         store = self._store if store is None else store
-        sha, _ = save_catalyzer(catalyzer, self._catalyzer[1], store=store)
+        sha, _ = save_catalyzer(self.catalyzer, self.catalyzer_meta, store=store)
         collection = self._collection
         with_ids = any(part.ids is not None for part in collection.parts)
         quantizer = collection.quantizer

@@ -219,6 +219,10 @@ def test_train_in_memory_touches_no_store(tmp_path, monkeypatch):
     assert list((tmp_path / "home").rglob("*.safetensors"))  # saved only when asked
     again = spreadcode.Index.load(tmp_path / "db.spc")
     np.testing.assert_array_equal(again.search(sample.query[:20], k=10)[1], ids)
+    # The training report travels with the model: in memory and loaded from the store.
+    assert index.catalyzer_meta.training["epochs"] == 1
+    assert again.catalyzer_meta.training == index.catalyzer_meta.training
+    assert again.catalyzer_meta.sha256 == again.catalyzer_sha256 == index.catalyzer_sha256
 
 
 @pytest.mark.slow
