@@ -11,8 +11,8 @@ query scored against the decoded codes.
 The quality section's row is different: it is what a user gets, `spreadcode.Index.train`
 with nothing but the code size, then the default `Index.search`; whatever the library's
 defaults are at the time of the run, not a config chosen here, and never cached. Its
-ablation rows (`QUALITY_LEVERS`) take that row's model, kept in memory for the run
-(`_DEFAULT_MODELS`), and change one thing each in how it encodes or searches.
+ablation rows (`QUALITY_LEVERS`) take that row's index, kept in memory for the run
+(`_DEFAULT_INDEXES`), and change one thing each in how it encodes or searches.
 """
 import copy
 import dataclasses
@@ -29,7 +29,7 @@ from spreadcode.catalyzer import CatalyzerMeta, catalyze, load_catalyzer, save_c
 from spreadcode.errors import SpreadcodeError
 from spreadcode.index import Index
 from spreadcode.quantizer import describe_quantizer, quantizer_from_spec
-from spreadcode.training import command_config, default_config, train_catalyzer
+from spreadcode.training import default_config, train_catalyzer
 
 QUICK_EPOCHS = 2
 TABLE1_BITS = 64
@@ -176,47 +176,49 @@ def catalyzer_lattice_at(d_out):
     return method
 
 
-# The quality row's trained models, for its ablation rows: (id and shape of the learn array,
-# quick mode, bits) -> (catalyzer, meta, train seconds); one learn set's at a time (the
-# suite's dataset lives for the whole run, so its id names it).
-_DEFAULT_MODELS = {}
+# The quality row's trained indexes, for its ablation rows: (id and shape of the learn array,
+# quick mode, bits) -> (Index, train seconds); one learn set's at a time (the suite's dataset
+# lives for the whole run, so its id names it).
+_DEFAULT_INDEXES = {}
 
 
-def _default_model(learn, ctx, bits):
-    """(catalyzer, CatalyzerMeta, train seconds) of the model ``Index.train(learn,
-    bits=bits)`` trains (the same two calls; quick mode: QUICK_EPOCHS epochs), trained once
-    per learn set and code size in this process."""
+def _default_index(learn, ctx, bits):
+    """(Index, train seconds) of ``Index.train(learn, bits=bits)`` (quick mode: QUICK_EPOCHS
+    epochs), trained once per learn set and code size in this process; each row `reset`s it
+    before adding its codes."""
     key = (id(learn), learn.shape, ctx.quick, bits)
-    if key not in _DEFAULT_MODELS:
-        for other in [other for other in _DEFAULT_MODELS if other[:3] != key[:3]]:
-            del _DEFAULT_MODELS[other]
+    if key not in _DEFAULT_INDEXES:
+        for other in [other for other in _DEFAULT_INDEXES if other[:3] != key[:3]]:
+            del _DEFAULT_INDEXES[other]
+        options = {"epochs": QUICK_EPOCHS} if ctx.quick else {}
         train = Stopwatch()
         try:
             with train.running():
-                config = command_config(bits, epochs=QUICK_EPOCHS if ctx.quick else None)
-                result = train_catalyzer(learn, config, progress=False)
+                index = Index.train(learn, bits=bits, progress=False, **options)
         except SpreadcodeError as err:
             raise NotApplicable(str(err)) from err
-        _DEFAULT_MODELS[key] = (result.model, result.meta, train.seconds)
-    return _DEFAULT_MODELS[key]
+        _DEFAULT_INDEXES[key] = (index, train.seconds)
+    return _DEFAULT_INDEXES[key]
 
 
 def _default_row(beam=1, rerank=None, off_sphere=False):
-    """A quality row of the default model (`_default_model`): ``add(base, beam=beam)`` and
-    ``search(query, k, rerank=rerank)``; ``off_sphere``: its decoders' output left where
-    they put it instead of on the learn set's sphere (NotApplicable for a model without
-    one). The default row is ``_default_row()``; its train seconds are the training's, in
-    every row that shares it."""
+    """A quality row of the default index (`_default_index`): ``add(base, beam=beam)`` and
+    ``search(query, k, rerank=rerank)``; ``off_sphere``: a copy of its model whose decoders'
+    output stays where they put it instead of on the learn set's sphere (NotApplicable for a
+    model without one). The default row is ``_default_row()``; its train seconds are the
+    training's, in every row that shares it."""
     def method(learn, base, query, ctx, bits):
-        catalyzer, meta, train_s = _default_model(learn, ctx, bits)
+        index, train_s = _default_index(learn, ctx, bits)
+        meta = index.catalyzer_meta
         if off_sphere:
-            if getattr(catalyzer, "output_norm", None) is None:
+            if getattr(index.catalyzer, "output_norm", None) is None:
                 raise NotApplicable("the learn vectors have no common norm: nothing to take "
                                     "off the sphere")
-            catalyzer = copy.deepcopy(catalyzer)
+            catalyzer = copy.deepcopy(index.catalyzer)
             catalyzer.output_norm = None
-            meta = dataclasses.replace(meta, output_norm=None, sha256=None, path=None)
-        index = Index.from_catalyzer(catalyzer, meta)
+            index = Index.from_catalyzer(catalyzer, dataclasses.replace(
+                meta, output_norm=None, sha256=None, path=None))
+        index.reset()
         encode, search = Stopwatch(), Stopwatch()
         with encode.running():
             index.add(base, beam=beam)

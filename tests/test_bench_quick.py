@@ -260,7 +260,8 @@ def test_quality_ablation_off_the_sphere(tmp_path):
     default = _spreadcode_methods.library_default(learn, base, query, ctx, 16)
     off = _spreadcode_methods.QUALITY_LEVERS["spreadcode default, off the sphere"](
         learn, base, query, ctx, 16)
-    model, meta, train_s = _spreadcode_methods._default_model(learn, ctx, 16)
+    index, train_s = _spreadcode_methods._default_index(learn, ctx, 16)
+    model, meta = index.catalyzer, index.catalyzer_meta
     assert model.output_norm == pytest.approx(1.0) and meta.output_norm == model.output_norm
     assert off.train_s == default.train_s == train_s and off.code == default.code
     assert off.ids.shape == default.ids.shape == (20, 10)
