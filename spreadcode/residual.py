@@ -81,6 +81,9 @@ DEFAULT_EPOCHS = 25
 # / 98.8 at 0 against 42.3-42.8 / 85.7-86.5 / 98.9-99.2 with decay; 1 and 2 are within
 # the seed spread, 1 is the milder (BENCHMARKS.md, "Issue #14 levers", lever 41).
 WEIGHT_DECAY = 1.0
+# Denoising (`ResidualConfig.noise`): the encoders read each training vector plus Gaussian
+# noise of this many RMS coordinates, the loss compares with the clean vector.
+TRAINING_NOISE = 0.0
 # Held out of the learn set for the best-epoch choice and the validation recall: one row in
 # VAL_SHARE, at most VAL_MAX, of which one in VAL_QUERY_SHARE are the queries of the
 # recall. The models are data-limited, so the rows beyond 2,000 train instead: on
@@ -244,7 +247,10 @@ class ResidualCatalyzer(Preprocessed):
     def forward(self, x):
         """Training pass: x float32 tensor (n, d_in) -> (x̂_M, x̂_1), both (n, d_in) in the
         preprocessed space, with straight-through gradients through the lattices."""
-        xs = self.preprocess(x)
+        return self._chain(self.preprocess(x))
+
+    def _chain(self, xs):
+        """`forward` from the preprocessed input xs (n, d_in)."""
         xh = first = None
         for m, block in enumerate(self.quantizer.blocks):
             y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
@@ -252,11 +258,17 @@ class ResidualCatalyzer(Preprocessed):
             first = xh if m == 0 else first
         return xh, first
 
-    def training_loss(self, x, aux):
+    def training_loss(self, x, aux, noise=0.0, generator=None):
         """Training objective on a float32 tensor batch (n, d_in): ‖x̂_M − x‖² + aux·‖x̂_1 − x‖²,
-        means over the batch, in the preprocessed space (a scalar tensor)."""
+        means over the batch, in the preprocessed space (a scalar tensor). ``noise`` > 0: the
+        encoders read x plus Gaussian noise of that many RMS coordinates (drawn from the
+        torch ``generator``), the target staying x: a denoising auto-encoder."""
         target = self.preprocess(x)
-        xh, first = self(x)
+        xs = target
+        if noise:
+            xs = target + noise * torch.randn(target.shape, generator=generator,
+                                               device=target.device, dtype=target.dtype)
+        xh, first = self._chain(xs)
         return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
     def _encode_batch(self, x):
@@ -422,7 +434,8 @@ class ResidualConfig:
     (None: the affine shortlist decoder of older models). Adam with a one-cycle learning rate
     (warm-up to ``lr`` over the first 5 % of the planned steps, cosine decay after), AdamW's
     decoupled decay of the weight matrices by ``weight_decay`` (0: plain Adam); ``aux``:
-    weight of the first stage's reconstruction error. ``time_budget_s`` (wall clock) plans
+    weight of the first stage's reconstruction error; ``noise``: the denoising noise of
+    `ResidualCatalyzer.training_loss` (TRAINING_NOISE). ``time_budget_s`` (wall clock) plans
     the epoch count after the first epoch: as many as fit, at most ``epochs``. The epoch of
     lowest held-out error (`held_out_rows`) is kept. ``mixed_precision``: forward passes in
     bfloat16 autocast where the device has native bfloat16 (`spreadcode.torchutil.
@@ -442,6 +455,7 @@ class ResidualConfig:
     lr: float = 1e-3
     weight_decay: float = WEIGHT_DECAY
     aux: float = 0.0
+    noise: float = TRAINING_NOISE
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
@@ -474,6 +488,8 @@ def check_residual_config(config):
         raise SpreadcodeError(f"lr must be > 0 and aux >= 0, got {config.lr}, {config.aux}")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise SpreadcodeError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    if not (math.isfinite(config.noise) and config.noise >= 0):
+        raise SpreadcodeError(f"noise must be >= 0, got {config.noise}")
 
 
 def learn_output_norm(learn):
@@ -593,6 +609,7 @@ def train_residual(learn, config, progress=True):
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
     bfloat16 = config.mixed_precision and bfloat16_native(device)
     rng = np.random.default_rng(config.seed)
+    noise_rng = torch.Generator(device).manual_seed(config.seed)
     steps = x.shape[0] // batch_size
     planned = config.epochs if config.time_budget_s is None else None
     history, best, interrupted, step_count = [], BestEpoch(model), False, 0
@@ -611,7 +628,8 @@ def train_residual(learn, config, progress=True):
                         group["lr"] = lr
                     with mixed_precision(device, bfloat16):
                         loss = model.training_loss(
-                            x[order[step * batch_size:(step + 1) * batch_size]], config.aux)
+                            x[order[step * batch_size:(step + 1) * batch_size]], config.aux,
+                            config.noise, noise_rng)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -648,7 +666,7 @@ def train_residual(learn, config, progress=True):
         "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
         "planned_epochs": planned, "time_budget_s": config.time_budget_s,
         "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
-        "weight_decay": config.weight_decay,
+        "weight_decay": config.weight_decay, "noise": config.noise,
         "optimizer": f"{'adamw' if config.weight_decay else 'adam'}, one-cycle",
         "precision": "bfloat16 autocast" if bfloat16 else "float32",
         "preprocessing": "center, divide by RMS coordinate",

@@ -104,6 +104,37 @@ def test_weight_decay_changes_the_weights_and_bad_values_are_rejected(trained):
                                     progress=False)
 
 
+def test_denoising_noise_reads_only_the_encoders_input(trained):
+    """The loss with noise is the clean target against the chain run on the noisy input
+    (drawn from the generator); without noise it is the plain loss."""
+    model = trained.model
+    x = torch.from_numpy(load_sample().learn[:64])
+    with torch.no_grad():
+        plain = model.training_loss(x, 0.0)
+        assert torch.equal(model.training_loss(x, 0.0, 0.0, torch.Generator().manual_seed(1)),
+                           plain)
+        noisy = model.training_loss(x, 0.0, 0.3, torch.Generator().manual_seed(1))
+        target = model.preprocess(x)
+        draw = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+        xh, _ = model._chain(target + 0.3 * draw)
+        assert torch.equal(noisy, (xh - target).pow(2).sum(1).mean())
+        assert noisy > plain
+
+
+def test_training_noise_is_seeded_recorded_and_checked(trained):
+    config = replace(TINY, noise=TINY.noise + 0.2)  # another noise than the fixture's
+    first = residual.train_residual(load_sample().learn[:3000], config, progress=False)
+    again = residual.train_residual(load_sample().learn[:3000], config, progress=False)
+    assert catalyzer_bytes(first.model, first.meta) == catalyzer_bytes(again.model, again.meta)
+    assert first.meta.training["noise"] == TINY.noise + 0.2
+    assert trained.meta.training["noise"] == TINY.noise
+    assert not torch.equal(first.model.g[1][0].weight, trained.model.g[1][0].weight)
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(SpreadcodeError, match="noise must be >= 0"):
+            residual.train_residual(load_sample().learn[:300], replace(TINY, noise=bad),
+                                    progress=False)
+
+
 def test_mixed_precision_is_recorded_and_only_changes_native_bfloat16_machines(trained):
     """Steps run under bfloat16 autocast where the CPU multiplies bfloat16 natively (the
     training record says which); elsewhere the flag changes nothing, bit for bit. Either way

@@ -35,9 +35,9 @@ def committed_through(y, quantizer):
 
 def with_commitment(training_loss, beta):
     """``training_loss`` plus beta × the summed commitment terms of its forward pass."""
-    def loss(self, x, aux):
+    def loss(self, x, aux, *noise):
         _TERMS.clear()
-        value = training_loss(self, x, aux)
+        value = training_loss(self, x, aux, *noise)
         return value + beta * sum(_TERMS)
     return loss
 

@@ -5,7 +5,7 @@ Options (any combination), applied by patching the library's training for this p
     noise=S     each training batch gets Gaussian noise of S × the RMS coordinate added to
                 the encoder's input, the target staying clean (a denoising auto-encoder)
     dropout=P   dropout P after each hidden ReLU of the decoders g
-    wd=W        AdamW with decoupled weight decay W instead of Adam
+    wd=W        AdamW's decoupled weight decay W instead of the library's default
     mixup=P     a share P of each batch is replaced by points between a vector and one of its
                 10 nearest training vectors (uniform, at most half way), input and target
                 alike: new points along the data's own neighbourhoods, fresh every step
@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
     return x
 
 
-def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
+def main(data, out, noise=0.0, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
          epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
@@ -57,23 +58,18 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
     mix_rng = torch.Generator().manual_seed(1)
     base_loss = residual.ResidualCatalyzer.training_loss
     base_init = residual.ResidualCatalyzer.__init__
-    base_forward = residual.ResidualCatalyzer.forward
+    base_chain = residual.ResidualCatalyzer._chain
 
-    def forward_on_sphere(self, x):
+    def chain_on_sphere(self, x):
         """The training pass with x̂_M moved onto the output sphere (preprocessed): the loss
         and the held-out error both read it."""
-        xh, first = base_forward(self, x)
+        xh, first = base_chain(self, x)
         return self.preprocess(self._on_sphere(self.unprocess(xh))), first
 
-    def training_loss(self, x, aux):
+    def training_loss(self, x, aux, *noise_args):
         if mixup > 0:
             x = neighbour_mix(x, train_set, mixup, mix_rng)
-        if noise <= 0:
-            return base_loss(self, x, aux)
-        target = self.preprocess(x)
-        noisy = x + noise * torch.randn_like(x) / self.scale
-        xh, first = self(noisy)
-        return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
+        return base_loss(self, x, aux, *noise_args)
 
     def init(self, *args, **kwargs):
         base_init(self, *args, **kwargs)
@@ -91,16 +87,13 @@ def main(data, out, noise=0.0, dropout=0.0, wd=0.0, mixup=0.0, sphere=0.0,
 
     residual.ResidualCatalyzer.training_loss = training_loss
     if sphere:
-        residual.ResidualCatalyzer.forward = forward_on_sphere
+        residual.ResidualCatalyzer._chain = chain_on_sphere
     residual.ResidualCatalyzer.__init__ = init
-    if wd > 0:  # the library's optimiser comes from torchutil.adam
-        adam = residual.adam
-        residual.adam = lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     t0 = time.time()
-    result = residual.train_residual(ds.learn, residual.ResidualConfig(epochs=epochs),
-                                     progress=False)
-    if wd > 0:
-        residual.adam = adam
+    config = residual.ResidualConfig(epochs=epochs, noise=noise)
+    if wd is not None:
+        config = replace(config, weight_decay=wd)
+    result = residual.train_residual(ds.learn, config, progress=False)
     model = result.model
     for g in model.g:  # drop the Dropout layers (identity in eval) so the file loads as usual
         kept = [layer for layer in g if not isinstance(layer, nn.Dropout)]

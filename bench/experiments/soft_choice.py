@@ -61,8 +61,8 @@ def soft_forward(self, x):
 
 
 def counted_loss(original):
-    def training_loss(self, x, aux):
-        loss = original(self, x, aux)
+    def training_loss(self, x, aux, *noise):
+        loss = original(self, x, aux, *noise)
         SCHEDULE["done"] += 1
         return loss
     return training_loss
