@@ -181,7 +181,8 @@ def main(ctx, debug):
               default="residual", show_default=True,
               help="residual: lattice stages trained as an auto-encoder with their decoders "
                    "(encoder MLPs 512 wide, decoders 1,024: the widths of best held-out error; "
-                   "AdamW with weight decay 1, against over-fitting: 5 % lower held-out error), "
+                   "AdamW with weight decay 1 and encoder inputs noised by 0.2 RMS coordinate, against "
+                   "over-fitting: 5 % and 3 % lower held-out error), "
                    "then a small shortlist decoder distilled from them for fast search (best "
                    "recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
                    "catalyzer + one sphere; sign: catalyzer + sign bits.")
@@ -194,7 +195,7 @@ def main(ctx, debug):
               help="KoLeo weight (lattice, sign); default depends on d_out; 'auto' "
                    "cross-validates a grid.")
 @click.option("--epochs", type=int, default=None,
-              help="Training epochs [default: residual 25, lattice/sign 30 on CPU, 100 on GPU; "
+              help="Training epochs [default: residual 50, lattice/sign 30 on CPU, 100 on GPU; "
                    "fewer if they would not fit in 14 minutes].")
 @click.option("--time-budget", type=float, default=None, metavar="MIN",
               help="Stop after this many minutes (keeps the best checkpoint).")
@@ -214,7 +215,7 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     (residual: lowest held-out reconstruction error; lattice/sign: best validation
     1-recall@10) is kept and saved into the model store under its SHA-256, and the report
     gives its validation recall. Ctrl-C stops early and keeps the best model. Default
-    training of ~50k vectors takes ~6-14 min on 2 CPU cores.
+    training of ~50k vectors takes ~9-14 min on 2 CPU cores.
     When every learn vector has the same norm (L2-normalised embeddings, SIFT), a residual
     model's decoders put what they decode back on that sphere, which ranks neighbours better
     than the shrunken MSE-optimal vectors; the report says which.
