@@ -76,9 +76,10 @@ SHORTLIST_EPOCHS = 20
 SHORTLIST_STEPS = (3000, 10000)
 # Epochs (within `spreadcode train`'s 14-minute budget) and denoising noise (below): together,
 # 50 epochs with noise lower wordnet-minilm96's held-out error 3 % on two seeds (0.2822 →
-# 0.2734, 0.2869 → 0.2782) and raw 384-d text's 1.7 %, recall + 0.3 / + 0.6 and + 0.5 / + 0.6;
-# either alone moves it ≤ 1 % (BENCHMARKS.md, "Issue #14 levers", levers 42 and 50). pypi's
-# 120k vectors fit 23 epochs in the budget: error + 1 %, recall + 0.7 / + 0.2.
+# 0.2734, 0.2869 → 0.2782) and raw 384-d text's 1.7 %; either alone moves it ≤ 1 %. Recall
+# follows less: wordnet R@10 + 0.4 and R@1 inside the spread over three runs, raw-384 + 0.5 /
+# + 0.6; pypi's 120k vectors fit 19-23 epochs in the budget (error + 1 %), R@1 / R@10 + 0.5 /
+# + 0.2 over two runs (BENCHMARKS.md, "Issue #14 levers", levers 42 and 50; Quality runs).
 DEFAULT_EPOCHS = 50
 # AdamW's decoupled weight decay of the weight matrices (`ResidualConfig.weight_decay`): the
 # model over-fits its ~50k learn vectors. On wordnet-minilm96's held-out split, decay 0 / 0.1

@@ -2,8 +2,8 @@
 learn set (wordnet: MSE 0.241 on the training rows, 0.309 held out and on base).
 
 Options (any combination), applied by patching the library's training for this process:
-    noise=S     each training batch gets Gaussian noise of S × the RMS coordinate added to
-                the encoder's input, the target staying clean (a denoising auto-encoder)
+    noise=S     the library's denoising noise (`ResidualConfig.noise`) S × the RMS coordinate
+                instead of its default
     dropout=P   dropout P after each hidden ReLU of the decoders g
     wd=W        AdamW's decoupled weight decay W instead of the library's default
     mixup=P     a share P of each batch is replaced by points between a vector and one of its
@@ -49,7 +49,7 @@ def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
     return x
 
 
-def main(data, out, noise=0.0, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
+def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
          epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
@@ -90,7 +90,9 @@ def main(data, out, noise=0.0, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
         residual.ResidualCatalyzer._chain = chain_on_sphere
     residual.ResidualCatalyzer.__init__ = init
     t0 = time.time()
-    config = residual.ResidualConfig(epochs=epochs, noise=noise)
+    config = residual.ResidualConfig(epochs=epochs)  # the library's default, but for:
+    if noise is not None:
+        config = replace(config, noise=noise)
     if wd is not None:
         config = replace(config, weight_decay=wd)
     result = residual.train_residual(ds.learn, config, progress=False)
@@ -103,7 +105,7 @@ def main(data, out, noise=0.0, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
     save_catalyzer(model, result.meta, out)
     train_x = ds.learn[train_rows[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
-    print(json.dumps({"tag": f"regularized noise={noise} dropout={dropout} wd={wd} mixup={mixup} "
+    print(json.dumps({"tag": f"regularized noise={config.noise} dropout={dropout} wd={wd} mixup={mixup} "
                              f"sphere={sphere}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
                       "val_mse": round(result.meta.training["val_mse"], 4),
