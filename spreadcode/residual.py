@@ -494,10 +494,10 @@ def check_residual_config(config):
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
             and config.aux >= 0):
         raise SpreadcodeError(f"lr must be > 0 and aux >= 0, got {config.lr}, {config.aux}")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise SpreadcodeError(f"weight_decay must be >= 0, got {config.weight_decay}")
-    if not (math.isfinite(config.noise) and config.noise >= 0):
-        raise SpreadcodeError(f"noise must be >= 0, got {config.noise}")
+    for name in ("weight_decay", "noise"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise SpreadcodeError(f"{name} must be >= 0, got {value}")
 
 
 def learn_output_norm(learn):
