@@ -61,6 +61,9 @@ class WeightAverage:
 
 
 def install(decay):
+    """Patch the library's residual training in this process: the first model made keeps a
+    WeightAverage of ``decay``, updated after each optimizer step, swapped in for each held-out
+    error (so the best epoch keeps it) and out again when training resumes."""
     average = WeightAverage(decay)
     base_init, base_adam = residual.ResidualCatalyzer.__init__, residual.adam
     base_error = residual._held_out_error
