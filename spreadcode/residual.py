@@ -53,7 +53,7 @@ from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
 from spreadcode.quantizer import QuantizerSpec  # noqa: E402
 from spreadcode.torchutil import (  # noqa: E402
-    BestEpoch, adam, bfloat16_native, epoch_progress, mixed_precision)
+    BestEpoch, adam, bfloat16_native, epoch_progress, mixed_precision, plan_epochs)
 
 # bits -> stages: 16-bit S(12, 6) blocks (64,416 points, 15.98 bits; 1 + 12·?·... atoms, an
 # exact nearest point in microseconds), plus one 8-bit S(6, 4) block (252 points) for a
@@ -444,7 +444,8 @@ class ResidualConfig:
     decoupled decay of the weight matrices by ``weight_decay`` (0: plain Adam); ``aux``:
     weight of the first stage's reconstruction error; ``noise``: the denoising noise of
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE). ``time_budget_s`` (wall clock) plans
-    the epoch count after the first epoch: as many as fit, at most ``epochs``. The epoch of
+    the epoch count after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
+    most ``epochs``. The epoch of
     lowest held-out error (`held_out_rows`) is kept. ``mixed_precision``: forward passes in
     bfloat16 autocast where the device has native bfloat16 (`spreadcode.torchutil.
     mixed_precision`): 1.4× the steps per second on AVX512-BF16 CPUs, the same held-out
@@ -650,10 +651,10 @@ def train_residual(learn, config, progress=True):
                                 "val_mse": val_mse, "seconds": time.monotonic() - epoch_start})
                 out_of_time = (config.time_budget_s is not None
                                and time.monotonic() - started >= config.time_budget_s)
-                if planned is None:
-                    fits = 1 + int(max(config.time_budget_s - (time.monotonic() - started), 0.0)
-                                   // max(history[-1]["seconds"], 1e-9))
-                    planned = max(1, fits if config.epochs is None else min(config.epochs, fits))
+                if config.time_budget_s is not None:
+                    planned = plan_epochs(config.time_budget_s, config.epochs,
+                                          time.monotonic() - started,
+                                          [row["seconds"] for row in history], planned)
                     if bar is not None:
                         bar.total = planned
                 if bar is not None:

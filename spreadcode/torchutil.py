@@ -1,6 +1,6 @@
 """What every torch training loop of spreadcode shares (catalyzer training, decoder fitting,
-fine-tuning): the device chooser, the optimizer and precision of a step, the best-epoch keeper
-and the epoch progress bar."""
+fine-tuning): the device chooser, the optimizer and precision of a step, the epoch count under
+a time budget, the best-epoch keeper and the epoch progress bar."""
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -69,6 +69,32 @@ def state_snapshot(module):
     """A CPU copy of ``module``'s state dict that later training steps leave alone (to restore
     the best epoch with ``load_state_dict``)."""
     return {name: value.detach().cpu().clone() for name, value in module.state_dict().items()}
+
+
+# Epochs whose mean duration predicts the next ones' in `plan_epochs`.
+RECENT_EPOCHS = 3
+
+
+def plan_epochs(budget_s, cap, elapsed, epoch_seconds, planned=None):
+    """Epoch count of a run under a wall-clock budget of ``budget_s`` seconds, planned again
+    after every epoch. ``epoch_seconds``: the durations of the epochs run so far, ``elapsed``
+    seconds since the budget started; ``cap``: the most epochs wanted (None: no cap);
+    ``planned``: the count planned after the epoch before (None after the first).
+
+    As many epochs as fit at the mean duration of the last RECENT_EPOCHS, at most ``cap``,
+    never more than ``planned`` and never fewer than have run: the learning-rate schedule, a
+    function of the fraction of the planned steps run, only moves forward and ends where the
+    budget does. Planned once from a fast first epoch, a run whose later epochs were slower
+    stopped mid-schedule at a high rate (BENCHMARKS.md, "Issue #14 levers", lever 56)."""
+    done = len(epoch_seconds)
+    recent = epoch_seconds[-RECENT_EPOCHS:]
+    per_epoch = max(sum(recent) / len(recent), 1e-9)
+    count = done + int(max(budget_s - elapsed, 0.0) // per_epoch)
+    if cap is not None:
+        count = min(count, cap)
+    if planned is not None:
+        count = min(count, planned)
+    return max(count, done, 1)
 
 
 class BestEpoch:

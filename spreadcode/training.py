@@ -37,7 +37,8 @@ from spreadcode.knn import exact_knn  # noqa: E402
 from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss  # noqa: E402
 from spreadcode.quantizer import QuantizerSpec, quantizer_spec  # noqa: E402
 from spreadcode.search import first_hits  # noqa: E402
-from spreadcode.torchutil import BestEpoch, epoch_progress, pick_device, use_all_cores  # noqa: E402
+from spreadcode.torchutil import (  # noqa: E402
+    BestEpoch, epoch_progress, pick_device, plan_epochs, use_all_cores)
 
 # bits -> (d_out, r²) of the spherical lattice (paper §5: d_out 24 at 16/32/64 bits); larger
 # budgets come from `spreadcode.lattice.good_params`. At 64 bits d_out 32 (r² 36) wins on the
@@ -68,8 +69,8 @@ class TrainConfig:
     ``r2`` is the lattice's squared radius (None for sign codes). ``lr_schedule``: pairs
     (fraction of the planned epochs, learning rate), the last pair whose fraction has been
     reached applies. ``time_budget_s`` (wall clock, data preparation included) makes the epoch
-    count planned after the first epoch: as many as fit, at most ``epochs`` (None: no cap);
-    training also stops when the budget is spent. ``val_db`` / ``val_queries`` are upper
+    count planned after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
+    most ``epochs`` (None: no cap); training also stops when the budget is spent. ``val_db`` / ``val_queries`` are upper
     bounds on the held-out split (at most 1/5 and 1/20 of the learn set).
     """
 
@@ -312,13 +313,6 @@ def _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch):
     return tuple(float(v) for v in sums / steps)
 
 
-def _plan_epochs(config, elapsed, epoch_seconds):
-    """Epoch count under a time budget, decided after the first epoch (``elapsed`` seconds since
-    the start, the first epoch took ``epoch_seconds``): what fits, capped by ``config.epochs``."""
-    fits = 1 + int(max(config.time_budget_s - elapsed, 0.0) // max(epoch_seconds, 1e-9))
-    return max(1, fits if config.epochs is None else min(config.epochs, fits))
-
-
 def fit(prepared, config, progress=True, desc="train", started=None):
     """Train one catalyzer on prepared data; see `train_catalyzer`. ``started``: the
     ``time.monotonic()`` the time budget counts from (default: now)."""
@@ -333,7 +327,7 @@ def fit(prepared, config, progress=True, desc="train", started=None):
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr_schedule[0][1], momentum=config.momentum)
     rng = np.random.default_rng(config.seed)
-    # Without a budget the schedule is known; with one it is planned after the first epoch.
+    # Without a budget the schedule is known; with one it is planned after every epoch.
     planned = config.epochs if config.time_budget_s is None else None
     history, best, best_recall, last_recall = [], BestEpoch(model), None, None
     interrupted = False
@@ -353,20 +347,24 @@ def fit(prepared, config, progress=True, desc="train", started=None):
 
                 means = _run_epoch(model, optimizer, prepared, config, quantizer, rng, on_batch)
                 epoch += 1
+                first_plan = planned is None
+                if config.time_budget_s is not None:  # before the check of the last epoch
+                    planned = plan_epochs(config.time_budget_s, config.epochs,
+                                          time.monotonic() - started,
+                                          [row["seconds"] for row in history]
+                                          + [time.monotonic() - epoch_start], planned)
+                    if bar is not None:
+                        bar.total = planned
                 out_of_time = (config.time_budget_s is not None
                                and time.monotonic() - started >= config.time_budget_s)
                 recall = None
-                if planned is None or out_of_time or epoch == planned or epoch % config.eval_every == 0:
+                if first_plan or out_of_time or epoch == planned or epoch % config.eval_every == 0:
                     recall = last_recall = validation_recall(model, quantizer, prepared)
                     if best.offer(epoch, _rank(recall)):
                         best_recall = recall
                 history.append({"epoch": epoch, "lr": lr, "triplet": means[0], "koleo": means[1],
                                 "offending": means[2], "recall": recall,
                                 "seconds": time.monotonic() - epoch_start})
-                if planned is None:
-                    planned = _plan_epochs(config, time.monotonic() - started, time.monotonic() - epoch_start)
-                    if bar is not None:
-                        bar.total = planned
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(_postfix(epoch, "done", means, last_recall), refresh=True)

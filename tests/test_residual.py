@@ -625,6 +625,29 @@ def test_beam_search_needs_a_residual_model():
                           encode_codes(index.catalyzer, index.quantizer, load_sample().base[:10]))
 
 
+def test_time_budget_replans_so_that_slower_epochs_still_end_the_schedule(monkeypatch):
+    """Epochs of 10 s, then 30 s, under a 100 s budget: planned 10 after the first, the plan
+    shrinks as they slow (5, then 4), and the run ends at its planned 4th epoch with the
+    learning rate annealed, not cut off at a tenth of its way as a plan fixed after the first
+    epoch would be (4 of 10 epochs run)."""
+    clock, durations, rates = [0.0], iter([10.0, 30.0, 30.0, 30.0, 30.0]), []
+    monkeypatch.setattr(residual.time, "monotonic", lambda: clock[0])
+    held_out_error = residual._held_out_error
+
+    def epoch_end(model, x, *args):  # once per epoch, after its steps
+        clock[0] += next(durations)
+        return held_out_error(model, x, *args)
+    monkeypatch.setattr(residual, "_held_out_error", epoch_end)
+    one_cycle_lr = residual.one_cycle_lr
+    monkeypatch.setattr(residual, "one_cycle_lr",
+                        lambda peak, progress: rates.append(progress) or one_cycle_lr(peak, progress))
+    config = replace(TINY, epochs=50, time_budget_s=100.0, hidden_shortlist=None)
+    result = residual.train_residual(load_sample().learn[:3000], config, progress=False)
+    assert result.meta.training["epochs"] == result.meta.training["planned_epochs"] == 4
+    steps = len(rates) // 4
+    assert rates[-1] == pytest.approx(1 - 1 / (4 * steps))  # the last step of a 4-epoch plan
+
+
 def test_command_config_for_residual_codes():
     config = command_config(64, epochs=3)
     assert isinstance(config, residual.ResidualConfig)
