@@ -466,7 +466,7 @@ def command_config(bits=64, quantizer=DEFAULT_TRAIN_KIND, *, dout=None, r2=None,
     bits / dout / r2 as in `default_config`, lam None (default for d_out), a number, or "auto"
     (the default λ, to search around: `train_catalyzer` with ``auto_lambda``).
     epochs / time_budget_min: at most one; with neither, the default epochs for the device,
-    fewer if they would not fit in the default time budget (planned after the first epoch).
+    fewer if they would not fit in the default time budget (planned after every epoch).
     hidden: the encoder's hidden width (None: the config's). SpreadcodeError for bad options.
     """
     from spreadcode.residual import ResidualConfig, check_residual_config, stage_blocks
