@@ -445,8 +445,8 @@ class ResidualConfig:
     weight of the first stage's reconstruction error; ``noise``: the denoising noise of
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE). ``time_budget_s`` (wall clock) plans
     the epoch count after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
-    most ``epochs``. The epoch of
-    lowest held-out error (`held_out_rows`) is kept. ``mixed_precision``: forward passes in
+    most ``epochs``. The epoch of lowest held-out error (`held_out_rows`) is kept.
+    ``mixed_precision``: forward passes in
     bfloat16 autocast where the device has native bfloat16 (`spreadcode.torchutil.
     mixed_precision`): 1.4× the steps per second on AVX512-BF16 CPUs, the same held-out
     error (BENCHMARKS.md, lever 17); float32 elsewhere. ``constant_norm``: when the learn

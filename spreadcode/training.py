@@ -70,8 +70,9 @@ class TrainConfig:
     (fraction of the planned epochs, learning rate), the last pair whose fraction has been
     reached applies. ``time_budget_s`` (wall clock, data preparation included) makes the epoch
     count planned after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
-    most ``epochs`` (None: no cap); training also stops when the budget is spent. ``val_db`` / ``val_queries`` are upper
-    bounds on the held-out split (at most 1/5 and 1/20 of the learn set).
+    most ``epochs`` (None: no cap); training also stops when the budget is spent. ``val_db`` /
+    ``val_queries`` are upper bounds on the held-out split (at most 1/5 and 1/20 of the learn
+    set).
     """
 
     quantizer: str = "lattice"

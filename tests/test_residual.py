@@ -628,8 +628,8 @@ def test_beam_search_needs_a_residual_model():
 def test_time_budget_replans_so_that_slower_epochs_still_end_the_schedule(monkeypatch):
     """Epochs of 10 s, then 30 s, under a 100 s budget: planned 10 after the first, the plan
     shrinks as they slow (5, then 4), and the run ends at its planned 4th epoch with the
-    learning rate annealed, not cut off at a tenth of its way as a plan fixed after the first
-    epoch would be (4 of 10 epochs run)."""
+    learning rate annealed, not cut off 40 % of the way through its schedule as a plan fixed
+    after the first epoch would be (4 of 10 epochs run)."""
     clock, durations, rates = [0.0], iter([10.0, 30.0, 30.0, 30.0, 30.0]), []
     monkeypatch.setattr(residual.time, "monotonic", lambda: clock[0])
     held_out_error = residual._held_out_error
