@@ -446,12 +446,11 @@ class ResidualConfig:
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE). ``time_budget_s`` (wall clock) plans
     the epoch count after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
     most ``epochs``. The epoch of lowest held-out error (`held_out_rows`) is kept.
-    ``mixed_precision``: forward passes in
-    bfloat16 autocast where the device has native bfloat16 (`spreadcode.torchutil.
-    mixed_precision`): 1.4× the steps per second on AVX512-BF16 CPUs, the same held-out
-    error (BENCHMARKS.md, lever 17); float32 elsewhere. ``constant_norm``: when the learn
-    vectors all have one norm (`learn_output_norm`), the decoders put their output on that
-    sphere (`ResidualCatalyzer.output_norm`).
+    ``mixed_precision``: forward passes in bfloat16 autocast where the device has native
+    bfloat16 (`spreadcode.torchutil.mixed_precision`): 1.4× the steps per second on
+    AVX512-BF16 CPUs, the same held-out error (BENCHMARKS.md, lever 17); float32 elsewhere.
+    ``constant_norm``: when the learn vectors all have one norm (`learn_output_norm`), the
+    decoders put their output on that sphere (`ResidualCatalyzer.output_norm`).
     """
 
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
