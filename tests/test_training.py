@@ -256,6 +256,25 @@ def test_time_budget_plans_from_first_epoch():
     assert result.meta.training["epochs"] == result.meta.training["planned_epochs"] == 1
 
 
+
+def test_time_budget_replans_and_validates_the_last_epoch(monkeypatch):
+    """Epochs of 10, 30 and 50 s under a 100 s budget (a fake clock): planned 10 after the
+    first, 5 after the second, 3 after the third, which ends the run inside the budget; that
+    epoch, the schedule's last, is validated although eval_every would skip it."""
+    clock, durations = [0.0], iter([10.0, 30.0, 50.0, 50.0])
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    run_epoch = training._run_epoch
+
+    def timed_epoch(*args):
+        clock[0] += next(durations)
+        return run_epoch(*args)
+    monkeypatch.setattr(training, "_run_epoch", timed_epoch)
+    result = train_catalyzer(load_sample().learn[:600],
+                             small_config(epochs=50, time_budget_s=100.0, eval_every=4),
+                             progress=False)
+    assert result.meta.training["epochs"] == result.meta.training["planned_epochs"] == 3
+    assert [row["recall"] is not None for row in result.history] == [True, False, True]
+
 def test_interrupt_keeps_best_checkpoint(monkeypatch):
     calls = []
     real_epoch = training._run_epoch
