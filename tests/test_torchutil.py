@@ -1,9 +1,9 @@
 """The shared pieces of spreadcode's training loops (spreadcode/torchutil.py): the optimizer
-and the precision of a training step."""
+and the precision of a training step, the epoch count under a time budget."""
 import pytest
 import torch
 
-from spreadcode.torchutil import adam, bfloat16_native, mixed_precision
+from spreadcode.torchutil import adam, bfloat16_native, mixed_precision, plan_epochs
 
 CPU = torch.device("cpu")
 
@@ -72,3 +72,17 @@ def test_mixed_precision_multiplies_in_bfloat16_only_where_native(enabled):
 def test_bfloat16_native_is_a_bool_for_every_device_kind():
     assert isinstance(bfloat16_native(CPU), bool)
     assert bfloat16_native(torch.device("meta")) is False
+
+
+def test_epoch_planning_under_a_time_budget():
+    # After the first epoch: what fits in the rest of the budget, at most the cap.
+    assert plan_epochs(840.0, 30, elapsed=40.0, epoch_seconds=[20.0]) == 30
+    assert plan_epochs(840.0, 30, elapsed=100.0, epoch_seconds=[60.0]) == 13
+    assert plan_epochs(840.0, 30, elapsed=900.0, epoch_seconds=[900.0]) == 1
+    assert plan_epochs(840.0, None, elapsed=40.0, epoch_seconds=[20.0]) == 41
+    # Later: at the mean of the last three epochs, never more than planned before (the
+    # schedule only moves forward), never fewer than have run.
+    assert plan_epochs(100.0, None, elapsed=70.0, epoch_seconds=[10.0, 30.0, 30.0], planned=5) == 4
+    assert plan_epochs(100.0, None, elapsed=100.0, epoch_seconds=[5.0, 30.0, 30.0, 30.0], planned=4) == 4
+    assert plan_epochs(840.0, 30, elapsed=20.0, epoch_seconds=[10.0, 10.0], planned=10) == 10
+    assert plan_epochs(100.0, 30, elapsed=250.0, epoch_seconds=[50.0] * 5, planned=8) == 5

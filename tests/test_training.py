@@ -14,7 +14,7 @@ from spreadcode.sample import load_sample
 from spreadcode.commands import train_command
 from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss
 from spreadcode.quantizer import QuantizerSpec
-from spreadcode.torchutil import epoch_progress, plan_epochs
+from spreadcode.torchutil import epoch_progress
 from spreadcode.training import (TrainConfig, default_config, lambda_for_dout, make_quantizer,
                                  split_sizes, train_catalyzer)
 
@@ -256,7 +256,6 @@ def test_time_budget_plans_from_first_epoch():
     assert result.meta.training["epochs"] == result.meta.training["planned_epochs"] == 1
 
 
-
 def test_time_budget_replans_and_validates_the_last_epoch(monkeypatch):
     """Epochs of 10, 30 and 50 s under a 100 s budget (a fake clock): planned 10 after the
     first, 5 after the second, 3 after the third, which ends the run inside the budget; that
@@ -362,20 +361,6 @@ def test_default_schedule_is_capped_by_time():
         (training.DEFAULT_EPOCHS["cpu"], training.DEFAULT_TIME_BUDGET_S), (3, None), (None, 120.0)]
     with pytest.raises(SpreadcodeError, match="either --epochs or --time-budget"):
         training.command_config(16, epochs=3, time_budget_min=2)
-
-
-def test_epoch_planning_under_a_time_budget():
-    # After the first epoch: what fits in the rest of the budget, at most the cap.
-    assert plan_epochs(840.0, 30, elapsed=40.0, epoch_seconds=[20.0]) == 30
-    assert plan_epochs(840.0, 30, elapsed=100.0, epoch_seconds=[60.0]) == 13
-    assert plan_epochs(840.0, 30, elapsed=900.0, epoch_seconds=[900.0]) == 1
-    assert plan_epochs(840.0, None, elapsed=40.0, epoch_seconds=[20.0]) == 41
-    # Later: at the mean of the last three epochs, never more than planned before (the
-    # schedule only moves forward), never fewer than have run.
-    assert plan_epochs(100.0, None, elapsed=70.0, epoch_seconds=[10.0, 30.0, 30.0], planned=5) == 4
-    assert plan_epochs(100.0, None, elapsed=100.0, epoch_seconds=[5.0, 30.0, 30.0, 30.0], planned=4) == 4
-    assert plan_epochs(840.0, 30, elapsed=20.0, epoch_seconds=[10.0, 10.0], planned=10) == 10
-    assert plan_epochs(100.0, 30, elapsed=250.0, epoch_seconds=[50.0] * 5, planned=8) == 5
 
 
 @pytest.mark.parametrize("kwargs, message", [
