@@ -67,6 +67,13 @@ BEAM_OPTION = click.option(
          "Better codes for more time (wordnet text, BENCHMARKS.md lever 33: beam 2 gives "
          "+1.0 R@1 and +1.9 R@10 for 2.5x the encoding time, beam 4 +2.3 / +2.9 for 5x, "
          "beam 8 +3.5 / +3.3 for 11x). 1: the nearest point per stage.")
+PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(["auto", "float32"]), default="auto", show_default=True,
+    help="Residual models' arithmetic. auto: matrix products in bfloat16 where the CPU or "
+         "GPU multiplies it natively (AVX512-BF16, AMX), about 2x faster; 94-96% of the "
+         "codes are float32's, the others near-ties, recall the same (BENCHMARKS.md lever "
+         "57); float32 elsewhere. float32: codes that do not depend on the machine's "
+         "bfloat16 support.")
 
 
 def _progress(quiet):
@@ -253,11 +260,12 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
 @BEAM_OPTION
+@PRECISION_OPTION
 @_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def encode(inputs, output, shard_size, ids, id_column, column, model, batch, beam, workers,
-           scheduler, store, quiet):
+def encode(inputs, output, shard_size, ids, id_column, column, model, batch, beam, precision,
+           workers, scheduler, store, quiet):
     """Compress INPUT (.fvecs/.bvecs/.npy/.h5/.parquet) into a .spc file, or INPUT... into a
     collection directory (-o DIR --shard-size N), one shard per task: in this process, or
     on Dask workers with --workers / --scheduler (each writes its shards; the manifest is
@@ -276,7 +284,7 @@ def encode(inputs, output, shard_size, ids, id_column, column, model, batch, bea
     summary = encode_command(inputs, output, shard_size=shard_size, ids=ids,
                              id_column=id_column, column=column, model=model, store=store,
                              batch=batch, progress=_progress(quiet), workers=workers,
-                             scheduler=scheduler, beam=beam)
+                             scheduler=scheduler, beam=beam, precision=precision)
     if shard_size is not None:
         click.echo(_collection_line(summary))
         return
@@ -311,11 +319,12 @@ def _collection_line(summary):
 @click.option("--batch", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Vectors per batch; bounds peak memory.")
 @BEAM_OPTION
+@PRECISION_OPTION
 @_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def add(directory, inputs, ids, shard_size, id_column, column, model, batch, beam, workers,
-        scheduler, store, quiet):
+def add(directory, inputs, ids, shard_size, id_column, column, model, batch, beam, precision,
+        workers, scheduler, store, quiet):
     """Append INPUT... to the collection DIRECTORY as new shards.
 
     The manifest is replaced only once every new shard is written, so an error, Ctrl-C or
@@ -330,7 +339,7 @@ def add(directory, inputs, ids, shard_size, id_column, column, model, batch, bea
     summary = add_command(directory, inputs, ids=ids, id_column=id_column, column=column,
                           shard_size=shard_size, model=model, store=store, batch=batch,
                           progress=_progress(quiet), workers=workers, scheduler=scheduler,
-                          beam=beam)
+                          beam=beam, precision=precision)
     click.echo(_collection_line(summary))
 
 

@@ -120,14 +120,14 @@ def _tsv_writer(stream):
 
 def encode_command(inputs, output, *, shard_size=None, ids=None, id_column=None, column=None,
                    model="latest", store=None, batch=65536, progress=False, workers=None,
-                   scheduler=None, beam=1):
+                   scheduler=None, beam=1, precision="auto"):
     """Everything ``spreadcode encode`` does: with ``shard_size``, the vector files
     ``inputs`` into the new collection directory ``output`` (`encode.encode_collection`,
     on Dask when ``workers`` or ``scheduler`` is given: `spreadcode.distributed.open_client`)
     -> `encode.CollectionSummary`; else the one input into the .spc file ``output``
     (`encode.encode_file`) -> `encode.EncodeSummary`. ``column``: the HDF5 dataset or Parquet
-    column of the vectors; ``ids`` / ``id_column``: see `encode.encode_collection`; ``beam``:
-    residual models' beam search (`encode.encode_codes`)."""
+    column of the vectors; ``ids`` / ``id_column``: see `encode.encode_collection`; ``beam``,
+    ``precision``: residual models' beam search and arithmetic (`encode.encode_codes`)."""
     from .encode import encode_collection, encode_file
 
     if shard_size is not None:
@@ -135,29 +135,29 @@ def encode_command(inputs, output, *, shard_size=None, ids=None, id_column=None,
             return encode_collection(inputs, output, model=model, shard_size=shard_size,
                                      ids=ids, id_column=id_column, dataset=column, store=store,
                                      batch=batch, progress=progress, client=client,
-                                     beam=beam)
+                                     beam=beam, precision=precision)
     if len(inputs) != 1 or ids is not None or id_column is not None \
             or workers is not None or scheduler is not None:
         raise SpreadcodeError("several inputs, ids and Dask workers need a collection "
                               "directory (a shard size)")
     return encode_file(inputs[0], output, model=model, store=store, batch=batch,
-                       dataset=column, progress=progress, beam=beam)
+                       dataset=column, progress=progress, beam=beam, precision=precision)
 
 
 def add_command(directory, inputs, *, ids=None, id_column=None, column=None, shard_size=None,
                 model=None, store=None, batch=65536, progress=False, workers=None,
-                scheduler=None, beam=1):
+                scheduler=None, beam=1, precision="auto"):
     """Everything ``spreadcode add`` does: `encode.add_to_collection`, on Dask when
     ``workers`` or ``scheduler`` is given (`spreadcode.distributed.open_client`).
-    ``column``: the HDF5 dataset or Parquet column of the vectors; ``beam``: residual
-    models' beam search (`encode.encode_codes`)."""
+    ``column``: the HDF5 dataset or Parquet column of the vectors; ``beam``, ``precision``:
+    residual models' beam search and arithmetic (`encode.encode_codes`)."""
     from .encode import add_to_collection
 
     with open_client(workers, scheduler) as client:
         return add_to_collection(directory, inputs, ids=ids, id_column=id_column,
                                  dataset=column, shard_size=shard_size, model=model,
                                  store=store, batch=batch, progress=progress, client=client,
-                                 beam=beam)
+                                 beam=beam, precision=precision)
 
 
 @dataclass(frozen=True)

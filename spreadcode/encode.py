@@ -41,27 +41,31 @@ class EncodeSummary:
         return self.input_bytes / max(self.output_bytes, 1)
 
 
-def encode_codes(catalyzer, quantizer, vectors, beam=1):
+def encode_codes(catalyzer, quantizer, vectors, beam=1, precision="auto"):
     """Codes as a .spc stores them, uint8 (n, code_bytes), of vectors (n, d_in) of any real
     dtype: the catalyzer's output quantized, or a residual model's stages
     (`spreadcode.residual.ResidualCatalyzer.encode`, searched with a ``beam`` of partial
-    codes when beam > 1). SpreadcodeError for a wrong dimension, NaN or Inf, or a beam for
-    a model that has no stages to search."""
+    codes when beam > 1, multiplied in bfloat16 where the device does so natively unless
+    ``precision`` is "float32"; lattice and sign models always run in float32).
+    SpreadcodeError for a wrong dimension, NaN or Inf, a beam for a model that has no stages
+    to search, or an unknown precision."""
     from .catalyzer import catalyze
     from .residual import ResidualCatalyzer
 
-    check_encode_beam(catalyzer, beam)
+    check_encode_options(catalyzer, beam, precision)
     if isinstance(catalyzer, ResidualCatalyzer):
-        return catalyzer.encode(vectors, beam)
+        return catalyzer.encode(vectors, beam, precision)
     return quantizer.codes_to_bytes(quantizer.quantize(catalyze(catalyzer, vectors)))
 
 
-def check_encode_beam(catalyzer, beam):
+def check_encode_options(catalyzer, beam, precision):
     """``beam`` as an int (`spreadcode.residual.check_beam`), or SpreadcodeError when it is
-    above 1 for a catalyzer without stages to search (lattice and sign models)."""
-    from .residual import ResidualCatalyzer, check_beam
+    above 1 for a catalyzer without stages to search (lattice and sign models), or when
+    ``precision`` is not one of `spreadcode.residual.ENCODE_PRECISIONS`."""
+    from .residual import ResidualCatalyzer, check_beam, check_precision
 
     beam = check_beam(beam)
+    check_precision(precision)
     if beam > 1 and not isinstance(catalyzer, ResidualCatalyzer):
         raise SpreadcodeError("a beam search needs a residual model; this catalyzer's codes "
                               "are the nearest lattice points or signs of its output")
@@ -78,13 +82,14 @@ def _check_dim(d_in, meta, what):
 
 
 def encode_file(input_path, output_path, *, model="latest", store=None, batch=65536,
-                dataset=None, progress=False, beam=1) -> EncodeSummary:
+                dataset=None, progress=False, beam=1, precision="auto") -> EncodeSummary:
     """Catalyze and quantize every vector of ``input_path`` into the .spc file ``output_path``
-    (residual models: with a ``beam`` of partial codes, `encode_codes`).
+    (residual models: with a ``beam`` of partial codes, in ``precision``: `encode_codes`).
 
     Streams ``batch`` vectors at a time (peak memory ~ batch × d_in floats plus the
     catalyzer's forward chunk, not the input size); the output appears only when complete
-    (temp file + rename). The same input and model always give byte-identical files.
+    (temp file + rename). The same input and model always give byte-identical files on one
+    machine (and on every machine with ``precision`` "float32" and the same BLAS kernels).
     """
     from .catalyzer import load_catalyzer
 
@@ -94,7 +99,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
     catalyzer, meta = load_catalyzer(model_file, store=store)
     _check_dim(vectors.d, meta, f"{input_path}")
     quantizer = meta.quantizer.quantizer()
-    check_encode_beam(catalyzer, beam)
+    check_encode_options(catalyzer, beam, precision)
     chunks = vectors.chunks(batch)
     if progress:
         from tqdm import tqdm
@@ -108,7 +113,7 @@ def encode_file(input_path, output_path, *, model="latest", store=None, batch=65
                   "source": os.path.basename(str(input_path))},
     ) as writer:
         for chunk in chunks:
-            writer.append(encode_codes(catalyzer, quantizer, chunk, beam))
+            writer.append(encode_codes(catalyzer, quantizer, chunk, beam, precision))
     return EncodeSummary(
         output=str(output_path), count=vectors.n, input_dim=vectors.d,
         input_bytes=vectors.n * vectors.d * 4, output_bytes=os.path.getsize(output_path),
@@ -175,11 +180,12 @@ def plan_shards(directory, manifest, inputs, shard_size, ids=None):
     return tasks
 
 
-def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1):
+def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1, precision="auto"):
     """Encode the rows of `ShardTask` ``task`` with the catalyzer (torch module) of
     CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
     time, read from ``vectors`` (a `vecio.VectorFile`; default: ``task.input`` opened; a
-    generated source in bench/scale.py), with `encode_codes`'s ``beam``. Returns its
+    generated source in bench/scale.py), with `encode_codes`'s ``beam`` and ``precision``.
+    Returns its
     `collection_dir.ShardEntry`."""
     if vectors is None:
         vectors = vecio.open_vectors(task.input, dataset=task.dataset)
@@ -198,7 +204,8 @@ def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1):
         for start in range(0, count, batch):
             stop = min(start + batch, count)
             writer.append(encode_codes(catalyzer, quantizer,
-                                       vectors.read(task.start + start, task.start + stop), beam),
+                                       vectors.read(task.start + start, task.start + stop),
+                                       beam, precision),
                           ids[start:stop])
     return collection_dir.ShardEntry(
         task.path.name, count, int(ids.min()) if count else None,
@@ -208,13 +215,14 @@ def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1):
 
 def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, id_column=None,
                       dataset=None, store=None, batch=65536, progress=False,
-                      client=None, beam=1) -> CollectionSummary:
+                      client=None, beam=1, precision="auto") -> CollectionSummary:
     """Catalyze and quantize the vector files ``inputs`` into a new collection directory
     ``out_dir`` (absent or empty): shards of at most ``shard_size`` vectors, then the
     manifest. ``ids``: an ids file or int array, one unique id per vector of all inputs in
     order (default 0, 1, ...); or ``id_column``, the integer column of each (Parquet) input
     that holds them. ``dataset``: the HDF5 dataset or Parquet column of the vectors in every
-    input. Memory, all-or-nothing behaviour, ``client`` and ``beam``: `add_to_collection`."""
+    input. Memory, all-or-nothing behaviour, ``client``, ``beam`` and ``precision``:
+    `add_to_collection`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpreadcodeError(f"{out_dir}: exists and is not a directory")
@@ -233,7 +241,7 @@ def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, 
     try:
         return _add(out_dir, manifest, inputs, shard_size, catalyzer, meta, ids=ids,
                     id_column=id_column, dataset=dataset, batch=batch, progress=progress,
-                    client=client, beam=beam)
+                    client=client, beam=beam, precision=precision)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
@@ -242,7 +250,7 @@ def encode_collection(inputs, out_dir, *, model="latest", shard_size, ids=None, 
 
 def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=None,
                       shard_size=None, model=None, store=None, batch=65536, progress=False,
-                      client=None, beam=1) -> CollectionSummary:
+                      client=None, beam=1, precision="auto") -> CollectionSummary:
     """Append the vector files ``inputs`` to the collection ``directory`` as new shards of
     at most ``shard_size`` vectors (default: the manifest's), encoded by the collection's
     catalyzer (from ``store``, or ``model``, which must be it). ``ids``: an ids file or int
@@ -255,7 +263,7 @@ def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=No
     collection as it was (the new shards are deleted; after SIGKILL they stay, unlisted, and
     the next add overwrites them). With a dask.distributed ``client``, the shards are
     written by its workers, one task per shard (`spreadcode.distributed.write_shards`).
-    ``beam``: residual models' beam search (`encode_codes`)."""
+    ``beam``, ``precision``: residual models' beam search and arithmetic (`encode_codes`)."""
     directory = Path(directory)
     manifest, _ = collection_dir.open_directory(directory, verify=False)
     model_file = model_store.resolve(manifest.catalyzer_sha256 if model is None else model,
@@ -267,7 +275,7 @@ def add_to_collection(directory, inputs, *, ids=None, id_column=None, dataset=No
     size = manifest.shard_size if shard_size is None else _check_shard_size(shard_size)
     return _add(directory, manifest, inputs, size, catalyzer, meta, ids=ids,
                 id_column=id_column, dataset=dataset, batch=batch, progress=progress,
-                client=client, beam=beam)
+                client=client, beam=beam, precision=precision)
 
 
 def _check_shard_size(shard_size):
@@ -292,11 +300,11 @@ def _collection_model(model_file, directory, inputs, ids, store):
 
 
 def _add(directory, manifest, inputs, shard_size, catalyzer, meta, *, ids, id_column, dataset,
-         batch, progress, client, beam):
+         batch, progress, client, beam, precision):
     """Write the shards of ``inputs`` into ``directory``, then the manifest (see
     `add_to_collection`). Returns a `CollectionSummary`."""
-    check_encode_beam(catalyzer, beam)
-    write = functools.partial(write_shard, beam=beam)
+    check_encode_options(catalyzer, beam, precision)
+    write = functools.partial(write_shard, beam=beam, precision=precision)
     files = [vecio.open_vectors(path, dataset) for path in inputs]
     for path, vectors in zip(inputs, files):
         _check_dim(vectors.d, meta, f"{path}")

@@ -48,7 +48,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from spreadcode import lattice  # noqa: E402
-from spreadcode.catalyzer import CatalyzerMeta, Preprocessed, forward_batches  # noqa: E402
+from spreadcode.catalyzer import (  # noqa: E402
+    CatalyzerMeta, Preprocessed, forward_batches, model_device)
 from spreadcode.errors import SpreadcodeError  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
 from spreadcode.quantizer import QuantizerSpec  # noqa: E402
@@ -132,6 +133,23 @@ def check_beam(beam):
         raise SpreadcodeError(f"the encoding beam must be an integer from 1 to {MAX_BEAM}, "
                               f"got {beam!r}")
     return int(beam)
+
+
+# How `ResidualCatalyzer.encode` multiplies: "auto" in bfloat16 (float32 accumulation) where
+# the device does so natively (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX
+# CPUs, most GPUs), else float32; "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes
+# 1.8-2.1× faster; 94-96 % of the codes are the float32 ones (the others tie within rounding)
+# and the error and recall are the same to ± 0.4 (BENCHMARKS.md, lever 57). The models are
+# trained under the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
+ENCODE_PRECISIONS = ("auto", "float32")
+
+
+def check_precision(precision):
+    """``precision`` if it is one of ENCODE_PRECISIONS, else SpreadcodeError."""
+    if precision not in ENCODE_PRECISIONS:
+        raise SpreadcodeError(f"the encoding precision must be one of "
+                              f"{', '.join(ENCODE_PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def beam_first_branch(stages, beam):
@@ -237,20 +255,23 @@ class ResidualCatalyzer(Preprocessed):
     def _first_stage(self, ranks, z):
         """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
         without gradients: looked up in the table of g_0 over every point of block 0 once
-        `_count_first_stage_rows` has counted as many rows as it has (FIRST_TABLE_BYTES)."""
-        block = self.quantizer.blocks[0]
-        count = lattice.count(block.d, block.param)
-        if self._first_key != self._first_stage_key():
-            return self.g[0](z)
-        if self._first_table is None and self._first_rows >= count \
-                and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
-            points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
-            self._first_table = torch.cat([self.g[0](points[start:start + FIRST_TABLE_BATCH]
-                                                     .to(z.device))
-                                           for start in range(0, count, FIRST_TABLE_BATCH)])
-        if self._first_table is None:
-            return self.g[0](z)
-        return self._first_table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
+        `_count_first_stage_rows` has counted as many rows as it has (FIRST_TABLE_BYTES).
+        Always in float32, even under `encode`'s bfloat16 autocast: a code must not depend on
+        whether the table exists yet, and `decode` reads the table too."""
+        with torch.autocast(z.device.type, enabled=False):
+            block = self.quantizer.blocks[0]
+            count = lattice.count(block.d, block.param)
+            if self._first_key != self._first_stage_key():
+                return self.g[0](z)
+            if self._first_table is None and self._first_rows >= count \
+                    and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
+                points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
+                self._first_table = torch.cat(
+                    [self.g[0](points[start:start + FIRST_TABLE_BATCH].to(z.device))
+                     for start in range(0, count, FIRST_TABLE_BATCH)])
+            if self._first_table is None:
+                return self.g[0](z)
+            return self._first_table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
 
     def forward(self, x):
         """Training pass: x float32 tensor (n, d_in) -> (x̂_M, x̂_1), both (n, d_in) in the
@@ -280,14 +301,16 @@ class ResidualCatalyzer(Preprocessed):
         return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
     def _encode_batch(self, x):
-        """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes)."""
+        """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
+        Under bfloat16 autocast (`encode`) the MLPs' outputs are bfloat16: each is taken
+        back to float32, so x̂ accumulates in float32."""
         xs, xh, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)).float(), dim=1)
             ranks.append(block.quantize(y.cpu().numpy()))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
-                xh = self._decode_stage(m, z, xh, ranks[-1])
+                xh = self._decode_stage(m, z, xh, ranks[-1]).float()
         return self.quantizer.join_block_codes(ranks)
 
     def _encode_beam_batch(self, x, beam):
@@ -301,7 +324,8 @@ class ResidualCatalyzer(Preprocessed):
         last stage is scored as `decode` returns it, on the sphere of ``output_norm`` when
         the model has one (BENCHMARKS.md, lever 31). g_0 is looked up in its table once
         `encode` has counted enough rows (`_first_stage`). `encode` calls it for beam ≥ 2
-        (beam 1 is `_encode_batch`'s greedy nearest point).
+        (beam 1 is `_encode_batch`'s greedy nearest point). MLP outputs are taken back to
+        float32 as in `_encode_batch`.
         """
         xs, n = self.preprocess(x), x.shape[0]
         xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
@@ -311,7 +335,8 @@ class ResidualCatalyzer(Preprocessed):
             width = 1 if xh is None else xh.shape[1]
             flat = None if xh is None else xh.reshape(n * width, self.d_in)
             y = nn.functional.normalize(
-                self.f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)), dim=1)
+                self.f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)).float(),
+                dim=1)
             count = BEAM_CANDIDATES if m >= first_branch else 1
             z = lattice.nearest_candidates(y.cpu().numpy(), block.param, count)
             tried = z.shape[1]
@@ -320,7 +345,7 @@ class ResidualCatalyzer(Preprocessed):
                                     * np.float32(block.param ** -0.5)).to(x.device)
             decoded = self._decode_stage(
                 m, unit, None if flat is None else flat.repeat_interleave(tried, 0),
-                lattice.encode(flat_z, block.param) if m == 0 else None)
+                lattice.encode(flat_z, block.param) if m == 0 else None).float()
             decoded = decoded.reshape(n, width * tried, self.d_in)
             scored = decoded
             if self.output_norm is not None and m + 1 == len(blocks):
@@ -335,24 +360,28 @@ class ResidualCatalyzer(Preprocessed):
         # A lattice point is its own nearest point, so quantizing the winners ranks them.
         return self.quantizer.quantize(points[:, 0].astype(np.float32))
 
-    def encode(self, vectors, beam=1):
+    def encode(self, vectors, beam=1, precision="auto"):
         """Codes of vectors (n, d_in), any real dtype: uint8 (n, code_bytes), as .spc files
         store them. ``beam`` > 1 searches that many partial codes per vector over the last
         stages (`_encode_beam_batch`): lower reconstruction error for more time (wordnet,
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
-        time). SpreadcodeError for a wrong dimension, NaN or Inf, or a beam that is not
-        an integer from 1 to MAX_BEAM."""
-        beam = check_beam(beam)
-        if beam == 1:
-            self._count_first_stage_rows(len(vectors))
-            return forward_batches(self, vectors, self._encode_batch, self.quantizer.code_bytes,
-                                   np.uint8)
-        stages = len(self.quantizer.blocks)
-        self._count_first_stage_rows(
-            len(vectors) * (BEAM_CANDIDATES if beam_first_branch(stages, beam) == 0 else 1))
-        return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
-                               self.quantizer.code_bytes, np.uint8,
-                               batch=max(1, BEAM_BATCH_ROWS // beam))
+        time). ``precision``: "auto" multiplies in bfloat16 where the device does so
+        natively, "float32" everywhere (ENCODE_PRECISIONS): any code decodes the same way,
+        only the choice between near-equal lattice points may differ. SpreadcodeError for a
+        wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
+        an unknown precision."""
+        beam, precision = check_beam(beam), check_precision(precision)
+        with mixed_precision(model_device(self), precision == "auto"):
+            if beam == 1:
+                self._count_first_stage_rows(len(vectors))
+                return forward_batches(self, vectors, self._encode_batch,
+                                       self.quantizer.code_bytes, np.uint8)
+            stages = len(self.quantizer.blocks)
+            self._count_first_stage_rows(
+                len(vectors) * (BEAM_CANDIDATES if beam_first_branch(stages, beam) == 0 else 1))
+            return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
+                                   self.quantizer.code_bytes, np.uint8,
+                                   batch=max(1, BEAM_BATCH_ROWS // beam))
 
     def unit_points(self, codes):
         """The M unit lattice points of each code, concatenated: float32 (n, d_out)."""

@@ -42,7 +42,7 @@ def measure_codes(model, meta, data, codes):
     {"mse": the full decoder's mean squared error on base, "R@k": the default search's
     recall (`Index.search(query, 100)`)}."""
     index = Index.from_catalyzer(model, meta)
-    model.encode = lambda vectors, beam=1: codes  # the index adds these codes
+    model.encode = lambda vectors, beam=1, precision="auto": codes  # the index adds these
     try:
         index.add(data.base)
     finally:
