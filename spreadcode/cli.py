@@ -70,10 +70,10 @@ BEAM_OPTION = click.option(
 PRECISION_OPTION = click.option(
     "--precision", type=click.Choice(["auto", "float32"]), default="auto", show_default=True,
     help="Residual models' arithmetic. auto: matrix products in bfloat16 where the CPU or "
-         "GPU multiplies it natively (AVX512-BF16, AMX), about 2x faster; 94-96% of the "
-         "codes are float32's, the others near-ties, recall the same (BENCHMARKS.md lever "
-         "57); float32 elsewhere. float32: codes that do not depend on the machine's "
-         "bfloat16 support.")
+         "GPU multiplies it natively (AVX512-BF16, AMX), float32 elsewhere: encoding about "
+         "2x and decoding 2.6x faster, with the same recall (94-96% of the codes are "
+         "float32's, the others near-ties; BENCHMARKS.md levers 57-58). float32: codes and "
+         "distances that do not depend on the machine's bfloat16 support.")
 
 
 def _progress(quiet):
@@ -371,11 +371,12 @@ def add(directory, inputs, ids, shard_size, id_column, column, model, batch, bea
                    "vector (for sign codes, the alternative to Hamming).")
 @click.option("--hamming", is_flag=True,
               help="Sign codes: rank by Hamming distance to the query's sign code.")
+@PRECISION_OPTION
 @_dask_options
 @STORE_OPTION
 @QUIET_OPTION
-def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming, workers,
-           scheduler, store, quiet):
+def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, hamming,
+           precision, workers, scheduler, store, quiet):
     """Search DB.spc [DB2.spc ...] for the vectors of QUERIES (the last path).
 
     Several .spc files and collection directories are searched as one collection with
@@ -399,8 +400,9 @@ def search(paths, k, radius, output, gt, model, decoder, rerank, decode_all, ham
     *db_paths, queries = paths
     report = search_command(db_paths, queries, k=k, radius=radius, output=output, gt=gt,
                             model=model, decoder=decoder, rerank=rerank, decode_all=decode_all,
-                            hamming=hamming, store=store, stream=sys.stdout,
-                            workers=workers, scheduler=_scheduler(workers, scheduler),
+                            hamming=hamming, precision=precision, store=store,
+                            stream=sys.stdout, workers=workers,
+                            scheduler=_scheduler(workers, scheduler),
                             progress=_progress(quiet))
     note = report.note()
     if note:

@@ -182,7 +182,7 @@ class SearchReport:
 
 def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=None,
                    model=None, decoder=None, rerank=None, decode_all=False, hamming=False,
-                   store=None, stream=None, workers=None, scheduler=None,
+                   precision="auto", store=None, stream=None, workers=None, scheduler=None,
                    progress=False) -> SearchReport:
     """Everything ``spreadcode search`` does, query batch by query batch so that memory stays
     bounded whatever the number of queries and k.
@@ -194,6 +194,7 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
     (.spc, collection shards and manifests, queries, ground truth, models) is refused first. Results go to ``output``
     (`results_writer`, all-or-nothing), else as TSV to the text ``stream`` unless ``gt`` is
     given. ``gt``: ground-truth ids (read before searching), scored as 1-recall@1/10/100.
+    ``precision``: a residual model's decoding arithmetic (`Index.search`).
     ``workers`` / ``scheduler``: search on Dask (`spreadcode.distributed.open_client`; one
     task per (file, query batch), ``progress`` a bar over them), with identical results.
     """
@@ -215,7 +216,7 @@ def search_command(db_paths, queries, *, k=None, radius=None, output=None, gt=No
         index = Index.load(db_paths, model=model, decoder=decoder, store=store, client=client)
         prepared = index.prepare_search(queries, k=k, radius=radius, rerank=rerank,
                                         decode_all=decode_all, hamming=hamming,
-                                        progress=progress)
+                                        precision=precision, progress=progress)
         nq = len(prepared.queries)
         truth = None if gt is None else vecio.read_groundtruth(gt)
         if truth is not None and truth.shape[0] != nq:

@@ -251,14 +251,17 @@ class Index:
         self._replace_parts(())
 
     def prepare_search(self, queries, *, k=10, radius=None, rerank=None, blend=None,
-                       decode_all=False, hamming=False, progress=False):
+                       decode_all=False, hamming=False, precision="auto", progress=False):
         """`search` (or with ``radius``, `range_search`) prepared to run query batch by query
         batch (`spreadcode.search.PreparedSearch`), as ``spreadcode search`` runs it;
         ``progress``: a bar over the tasks of each batch when searching on Dask workers."""
         parallel = {"client": self._client, "progress": progress}
         if self.is_residual:
             return self._prepare_residual_search(queries, k, radius, rerank, blend, decode_all,
-                                                 hamming, parallel)
+                                                 hamming, precision, parallel)
+        from .residual import check_precision
+
+        check_precision(precision)  # only a residual model decodes in bfloat16
         uses_decoder = self.decoder is not None and rerank != 0
         if (rerank or decode_all or blend is not None) and self.decoder is None:
             raise SpreadcodeError("rerank, blend and decode_all need an index with a decoder")
@@ -279,7 +282,7 @@ class Index:
                                    hamming=hamming, **parallel)
 
     def _prepare_residual_search(self, queries, k, radius, rerank, blend, decode_all, hamming,
-                                 parallel):
+                                 precision, parallel):
         """`prepare_search` for a residual model, which decodes its own codes."""
         from .residual import refuse_residual
 
@@ -290,10 +293,10 @@ class Index:
                 refuse_residual(self.catalyzer, what)
         return search.prepare_residual(self._collection, self.catalyzer, queries, k=k,
                                        radius=radius, rerank=rerank, decode_all=decode_all,
-                                       **parallel)
+                                       precision=precision, **parallel)
 
     def search(self, queries, k=10, *, rerank=None, blend=None, decode_all=False,
-               hamming=False):
+               hamming=False, precision="auto"):
         """The k nearest codes of each query (nq, d), any real dtype: (distances float32
         (nq, k) ascending, ids int64 (nq, k)), ties to the lower id; k is capped at the
         number of codes (an empty index is an error).
@@ -311,18 +314,23 @@ class Index:
         `decode_memory` (by default 1 GiB: 10.7M codes of 96 dimensions), until ``add``
         or ``reset``: later searches skip that work. Candidates decoded for re-ranking are
         kept the same way (as many bytes again at most): the full decoder decodes each
-        kept code at most once per index, whatever the searches.
+        kept code at most once per index, whatever the searches. ``precision``: a residual
+        model's decoding arithmetic (`spreadcode.residual.ResidualCatalyzer.decode`: "auto"
+        multiplies in bfloat16 where the device does so natively, "float32" everywhere).
         """
         result = self.prepare_search(queries, k=k, rerank=rerank, blend=blend,
-                               decode_all=decode_all, hamming=hamming).result()
+                                     decode_all=decode_all, hamming=hamming,
+                                     precision=precision).result()
         return result.distances, result.ids
 
-    def range_search(self, queries, radius, *, hamming=False):
+    def range_search(self, queries, radius, *, hamming=False, precision="auto"):
         """Every code within ``radius`` (compressed-domain distance, see `search`; for a
         residual model, squared L2 in input space to the fully decoded vector) of each
         query (nq, d): (lims int64 (nq + 1,), distances float32, ids int64), query i's
-        results at ``lims[i]:lims[i+1]`` sorted by (distance, id), faiss's convention."""
-        result = self.prepare_search(queries, radius=radius, hamming=hamming).result()
+        results at ``lims[i]:lims[i+1]`` sorted by (distance, id), faiss's convention;
+        ``precision`` as in `search`."""
+        result = self.prepare_search(queries, radius=radius, hamming=hamming,
+                                     precision=precision).result()
         return result.lims, result.distances, result.ids
 
     def reconstruct(self, ids):

@@ -393,31 +393,37 @@ class ResidualCatalyzer(Preprocessed):
         xh = None
         for m, (block, ranks) in enumerate(zip(self.quantizer.blocks,
                                                 self.quantizer.block_codes(codes))):
-            xh = self._decode_stage(m, torch.from_numpy(block.reconstruct(ranks)), xh, ranks)
+            xh = self._decode_stage(m, torch.from_numpy(block.reconstruct(ranks)), xh,
+                                    ranks).float()
         return self._on_sphere(self.unprocess(xh))
 
     @torch.no_grad()
-    def decode(self, codes, batch=4096):
+    def decode(self, codes, batch=4096, precision="auto"):
         """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in), on the
-        sphere of ``output_norm`` when the model has one."""
+        sphere of ``output_norm`` when the model has one. ``precision`` as in `encode`
+        (bfloat16 products, x̂ accumulated in float32: 2.6× faster on wordnet's base, the
+        same recall; BENCHMARKS.md, lever 58). A row decodes to the same floats in any
+        batch of at least `spreadcode.collection.DECODE_MIN_ROWS` rows."""
         self.eval()
         self._count_first_stage_rows(codes.shape[0])
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
-        for start in range(0, codes.shape[0], batch):
-            out[start:start + batch] = self._decode_batch(codes[start:start + batch]).numpy()
+        with mixed_precision(model_device(self), check_precision(precision) == "auto"):
+            for start in range(0, codes.shape[0], batch):
+                out[start:start + batch] = self._decode_batch(codes[start:start + batch]).numpy()
         return out
 
     @torch.no_grad()
-    def decode_shortlist(self, codes, batch=65536):
+    def decode_shortlist(self, codes, batch=65536, precision="auto"):
         """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
         unit lattice points by ``shortlist`` or by ``linear`` (older models), on the sphere of
-        ``output_norm`` when the model has one."""
+        ``output_norm`` when the model has one; ``precision`` as in `decode`."""
         self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
-        for start in range(0, codes.shape[0], batch):
-            points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
-            out[start:start + batch] = self._on_sphere(
-                (self.linear if self.hidden_shortlist is None else self.shortlist)(points)).numpy()
+        net = self.linear if self.hidden_shortlist is None else self.shortlist
+        with mixed_precision(model_device(self), check_precision(precision) == "auto"):
+            for start in range(0, codes.shape[0], batch):
+                points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
+                out[start:start + batch] = self._on_sphere(net(points).float()).numpy()
         return out
 
 
@@ -433,12 +439,20 @@ def refuse_residual(catalyzer, what):
 @dataclass(frozen=True)
 class ModelDecoder:
     """One of a residual model's decoders, shaped like `spreadcode.decoders.Decoder` for the
-    searches of `spreadcode.search`: ``decode(codes) -> float32 (n, d_in)``."""
+    searches of `spreadcode.search`: ``decode(codes) -> float32 (n, d_in)``, in ``precision``
+    (`ResidualCatalyzer.decode`). Its ``kind`` names the precision too, so the decoded rows
+    that searches keep (keyed by kind and hash) never mix precisions."""
 
     model: ResidualCatalyzer
     sha256: str
-    kind: str  # "residual" (the full decoder) or "shortlist" (the shortlist decoder)
+    role: str  # "residual" (the full decoder) or "shortlist" (the shortlist decoder)
     blend: float = 0.0
+    precision: str = "auto"
+
+    @property
+    def kind(self):
+        """``role``, with "-float32" appended when ``precision`` is "float32"."""
+        return self.role if self.precision == "auto" else f"{self.role}-{self.precision}"
 
     @property
     def catalyzer_sha256(self):
@@ -458,9 +472,9 @@ class ModelDecoder:
         return np.dtype((np.float32, (self.d_in,)))
 
     def decode(self, codes):
-        if self.kind == "residual":
-            return self.model.decode(codes)
-        return self.model.decode_shortlist(codes)
+        if self.role == "residual":
+            return self.model.decode(codes, precision=self.precision)
+        return self.model.decode_shortlist(codes, precision=self.precision)
 
 
 @dataclass(frozen=True)

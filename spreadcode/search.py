@@ -415,7 +415,8 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
 
 
 def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=None,
-                     decode_all=False, client=None, progress=False) -> PreparedSearch:
+                     decode_all=False, precision="auto", client=None,
+                     progress=False) -> PreparedSearch:
     """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
     them itself: a shortlist of ``rerank`` candidates (default: `residual_rerank`) by
@@ -425,12 +426,15 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     shortlist scans the shortlist decoder's vectors rounded to int8 (`Int8Decoder`: a quarter
     of the memory kept, the same recall). Distances are
     squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
-    re-ranked, else {"decoder": sha256}. ``client``, ``progress``: the per-part searches'
+    re-ranked, else {"decoder": sha256}. ``precision``: both decoders' arithmetic
+    (`spreadcode.residual.ResidualCatalyzer.decode`: "auto", bfloat16 products where the
+    device has them natively, or "float32"). ``client``, ``progress``: the per-part searches'
     (`each_part`); the re-ranking runs here."""
-    from .residual import ModelDecoder
+    from .residual import ModelDecoder, check_precision
 
-    sha = collection.catalyzer_sha256
-    full, shortlist = ModelDecoder(model, sha, "residual"), ModelDecoder(model, sha, "shortlist")
+    sha, precision = collection.catalyzer_sha256, check_precision(precision)
+    full, shortlist = (ModelDecoder(model, sha, role, precision=precision)
+                       for role in ("residual", "shortlist"))
     parallel = {"client": client, "progress": progress}
     if radius is not None:
         if rerank or decode_all:

@@ -14,7 +14,7 @@ import spreadcode
 from helpers import assert_clean_error, run
 from spreadcode import residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
-from spreadcode.collection import open_collection
+from spreadcode.collection import DECODE_MIN_ROWS, open_collection
 from spreadcode.errors import SpreadcodeError
 from spreadcode.quantizer import QuantizerSpec
 from spreadcode.knn import exact_knn
@@ -157,7 +157,8 @@ def test_encoding_matches_the_training_pass(trained):
     with torch.no_grad():
         xh, _ = model(torch.from_numpy(base))
     on_sphere = torch.nn.functional.normalize(model.unprocess(xh), dim=1) * model.output_norm
-    np.testing.assert_allclose(model.decode(model.encode(base, precision="float32")),
+    exact = "float32"
+    np.testing.assert_allclose(model.decode(model.encode(base, precision=exact), precision=exact),
                                on_sphere.numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -184,9 +185,9 @@ def test_constant_norm_learn_sets_are_decoded_onto_their_sphere(trained):
         base = load_sample().base[:100]
         with torch.no_grad():
             xh, _ = result.model(torch.from_numpy(base))
-        np.testing.assert_allclose(
-            result.model.decode(result.model.encode(base, precision="float32")),
-            result.model.unprocess(xh).numpy(), rtol=1e-4, atol=1e-5)
+        codes = result.model.encode(base, precision="float32")
+        np.testing.assert_allclose(result.model.decode(codes, precision="float32"),
+                                   result.model.unprocess(xh).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
@@ -322,9 +323,42 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
     else:
         assert 0.8 < (auto == exact).all(1).mean() < 1
         assert error(auto) == pytest.approx(error(exact), rel=0.01)
+    for decode in (model.decode, model.decode_shortlist):
+        rows = decode(exact)
+        # the same floats in any batch of at least DECODE_MIN_ROWS
+        assert np.array_equal(decode(exact[:100], DECODE_MIN_ROWS + 5), rows[:100])
+        if not native:
+            assert np.array_equal(rows, decode(exact, precision="float32"))
+        else:
+            assert 0 < np.abs(rows - decode(exact, precision="float32")).max() < 0.02
     for bad in ("bfloat16", "fp32", None):
         with pytest.raises(SpreadcodeError, match="encoding precision must be one of"):
             model.encode(base, precision=bad)
+        with pytest.raises(SpreadcodeError, match="encoding precision must be one of"):
+            model.decode(exact, precision=bad)
+
+
+def test_searches_in_either_precision_keep_their_own_decoded_rows(trained):
+    """An index keeps the rows its searches decoded; a float32 search after a default one
+    (bfloat16 where native) decodes again rather than reuse them: its results are those of a
+    fresh index's float32 search."""
+    base, queries = load_sample().base[:500], load_sample().query[:20]
+
+    def index():
+        built = spreadcode.Index.from_catalyzer(trained.model, trained.meta)
+        built.add(base, precision="float32")
+        return built
+
+    searched = index()
+    searched.search(queries, k=10)
+    searched.search(queries, k=10, decode_all=True)
+    for options in ({}, {"decode_all": True}, {"rerank": 0}):
+        got = searched.search(queries, k=10, precision="float32", **options)
+        want = index().search(queries, k=10, precision="float32", **options)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert {residual.ModelDecoder(trained.model, "", role, precision=precision).kind
+            for role in ("residual", "shortlist") for precision in ("auto", "float32")} == {
+        "residual", "shortlist", "residual-float32", "shortlist-float32"}
 
 
 def test_shortlist_decoder_is_distilled_from_the_full_decoder(trained):
@@ -372,7 +406,7 @@ def test_linear_shortlist_decoder_of_older_models_is_the_least_squares_fit(train
     train_rows, _ = residual.held_out_rows(3000, TINY.seed)
     residual.fit_shortlist_decoder(model, learn[train_rows])
     points = model.unit_points(model.encode(learn[train_rows]))
-    fitted = model.decode_shortlist(model.encode(learn[train_rows]))
+    fitted = model.decode_shortlist(model.encode(learn[train_rows]), precision="float32")
     # Normal equations: the residual is orthogonal to the points and to the constant.
     design = np.hstack([points, np.ones((len(points), 1), np.float32)]).astype(np.float64)
     np.testing.assert_allclose(design.T @ (learn[train_rows] - fitted), 0, atol=0.05)
