@@ -181,8 +181,9 @@ class CatalyzerMeta:
     ``quantizer`` (QuantizerSpec) of its codes, the KoLeo weight ``lam`` (None when unknown)
     and the ``training`` record (a JSON object, kept as it is). ``arch_type`` "residual"
     marks a `spreadcode.residual.ResidualCatalyzer` (product code, one stage per block;
-    ``hidden_decoder`` its decoders' width, ``hidden_shortlist`` its shortlist decoder's, None
-    in models written before that decoder was an MLP; ``output_norm`` the sphere its decoders
+    ``hidden_decoder`` its decoders' width, ``hidden_chain`` that of the decoders that
+    encoding runs (None: ``hidden_decoder``, models written before it), ``hidden_shortlist``
+    its shortlist decoder's, None in models written before that decoder was an MLP; ``output_norm`` the sphere its decoders
     decode onto, None when its learn set's norm was not constant or for models written
     before), "mlp" the paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
@@ -199,6 +200,7 @@ class CatalyzerMeta:
     hidden_decoder: int | None = None
     hidden_shortlist: int | None = None
     output_norm: float | None = None
+    hidden_chain: int | None = None
     sha256: str | None = None
     path: str | None = None
 
@@ -215,7 +217,8 @@ class CatalyzerMeta:
         arch = model.arch()
         return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
                    arch.get("type", "mlp"), arch.get("hidden_decoder"),
-                   arch.get("hidden_shortlist"), arch.get("output_norm"))
+                   arch.get("hidden_shortlist"), arch.get("output_norm"),
+                   arch.get("hidden_chain"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -231,9 +234,11 @@ class CatalyzerMeta:
                                  f"{', '.join(ARCH_TYPES)}")
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
-        hidden_decoder = hidden_shortlist = output_norm = None
+        hidden_decoder = hidden_chain = hidden_shortlist = output_norm = None
         if arch_type == "residual":
             hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
+            if "hidden_chain" in arch:
+                hidden_chain = check_width(arch["hidden_chain"], where, "arch.hidden_chain")
             if "hidden_shortlist" in arch:
                 hidden_shortlist = check_width(arch["hidden_shortlist"], where,
                                                "arch.hidden_shortlist")
@@ -259,13 +264,15 @@ class CatalyzerMeta:
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
         return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist,
-                   output_norm)
+                   output_norm, hidden_chain)
 
     def arch(self):
         """The model file's "arch" object, as the network's ``arch()`` gives it."""
         arch = {"d_in": self.d_in, "hidden": self.hidden, "d_out": self.d_out}
         if self.arch_type == "residual":
             arch = {"type": "residual", **arch, "hidden_decoder": self.hidden_decoder}
+            if self.hidden_chain is not None:
+                arch["hidden_chain"] = self.hidden_chain
             if self.hidden_shortlist is not None:
                 arch["hidden_shortlist"] = self.hidden_shortlist
             if self.output_norm is not None:
@@ -284,7 +291,8 @@ class CatalyzerMeta:
             from spreadcode.residual import ResidualCatalyzer
 
             return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
-                                     self.hidden_decoder, self.hidden_shortlist, self.output_norm)
+                                     self.hidden_decoder, self.hidden_shortlist, self.output_norm,
+                                     self.hidden_chain)
         return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 

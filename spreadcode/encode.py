@@ -61,7 +61,7 @@ def encode_codes(catalyzer, quantizer, vectors, beam=1, precision="auto"):
 def check_encode_options(catalyzer, beam, precision):
     """``beam`` as an int (`spreadcode.residual.check_beam`), or SpreadcodeError when it is
     above 1 for a catalyzer without stages to search (lattice and sign models), or when
-    ``precision`` is not one of `spreadcode.residual.ENCODE_PRECISIONS`."""
+    ``precision`` is not one of `spreadcode.residual.PRECISIONS`."""
     from .residual import ResidualCatalyzer, check_beam, check_precision
 
     beam = check_beam(beam)
@@ -185,8 +185,7 @@ def write_shard(task, catalyzer, meta, batch=65536, vectors=None, beam=1, precis
     CatalyzerMeta ``meta`` into its shard (with ids; temp file + rename), ``batch`` rows at a
     time, read from ``vectors`` (a `vecio.VectorFile`; default: ``task.input`` opened; a
     generated source in bench/scale.py), with `encode_codes`'s ``beam`` and ``precision``.
-    Returns its
-    `collection_dir.ShardEntry`."""
+    Returns its `collection_dir.ShardEntry`."""
     if vectors is None:
         vectors = vecio.open_vectors(task.input, dataset=task.dataset)
     quantizer = meta.quantizer.quantizer()

@@ -65,6 +65,10 @@ HALF_STAGE_BLOCK = (6, 4)
 # Encoders of hidden 512 with no first-stage loss term (`ResidualConfig.aux` 0): pypi-minilm96
 # 35.1 / 79.8 / 97.6 greedy, 38.9 / 83.5 / 98.1 with `--beam 8`, against 256 with aux 0.5's
 # 32.5-33.2 / 77.0-77.5 / 96.5-96.7 (BENCHMARKS.md, "Issue #14 levers", rows 21, 26, 28).
+# The decoders g_1..g_{M−2} that greedy encoding runs keep the others' width by default
+# (`ResidualConfig.hidden_chain` None): encoders 384 with a chain of 512 encode 2.1× faster
+# (≈ 13× LSQ's rate) at + 1.4-1.9 % held-out error, recall level on wordnet (44.2 / 87.5)
+# but − 1.1 / − 0.9 on pypi in one run each (lever 59): not yet the default.
 ENCODER_HIDDEN = 512
 DECODER_HIDDEN = 1024
 # The shortlist decoder: hidden width and distillation epochs. Hidden 256 decodes 60k codes in
@@ -135,20 +139,21 @@ def check_beam(beam):
     return int(beam)
 
 
-# How `ResidualCatalyzer.encode` multiplies: "auto" in bfloat16 (float32 accumulation) where
-# the device does so natively (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX
-# CPUs, most GPUs), else float32; "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes
-# 1.8-2.1× faster; 94-96 % of the codes are the float32 ones (the others tie within rounding)
-# and the error and recall are the same to ± 0.4 (BENCHMARKS.md, lever 57). The models are
-# trained under the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
-ENCODE_PRECISIONS = ("auto", "float32")
+# How `ResidualCatalyzer.encode`, `decode` and `decode_shortlist` multiply: "auto" in
+# bfloat16 (float32 accumulation) where the device does so natively
+# (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32;
+# "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1× and decodes 2.2-2.5×
+# faster; 94-96 % of the codes are the float32 ones (the others near-ties between lattice
+# points), and the error and recall are the same to ± 0.4 (BENCHMARKS.md, levers 57-58). The
+# models are trained under the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
+PRECISIONS = ("auto", "float32")
 
 
 def check_precision(precision):
-    """``precision`` if it is one of ENCODE_PRECISIONS, else SpreadcodeError."""
-    if precision not in ENCODE_PRECISIONS:
-        raise SpreadcodeError(f"the encoding precision must be one of "
-                              f"{', '.join(ENCODE_PRECISIONS)}, got {precision!r}")
+    """``precision`` if it is one of PRECISIONS, else SpreadcodeError."""
+    if precision not in PRECISIONS:
+        raise SpreadcodeError(f"the precision must be one of "
+                              f"{', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 
@@ -181,8 +186,10 @@ class ResidualCatalyzer(Preprocessed):
     """M encoder stages ``f``, M decoder stages ``g`` and a shortlist decoder.
 
     ``quantizer``: the ProductQuantizer of the stages (block m = S(d_m, r_m²)); ``hidden`` /
-    ``hidden_decoder``: the MLP widths of f and g; ``hidden_shortlist``: the width of the MLP
-    shortlist decoder ``shortlist``, or None for the affine ``linear`` of older models.
+    ``hidden_decoder``: the MLP widths of f and g; ``hidden_chain``: the width of the
+    decoders g_1..g_{M−2} instead, the ones that greedy encoding runs (None: as the others,
+    models written before it); ``hidden_shortlist``: the width of the MLP shortlist decoder
+    ``shortlist``, or None for the affine ``linear`` of older models.
     ``output_norm``: the norm of every learn vector when it was constant
     (CONSTANT_NORM_SPREAD), else None: both decoders then scale what they decode onto that
     sphere. The MSE-optimal decoder shrinks uncertain vectors towards the mean (median norm
@@ -194,9 +201,10 @@ class ResidualCatalyzer(Preprocessed):
     """
 
     def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN,
-                 hidden_shortlist=None, output_norm=None):
+                 hidden_shortlist=None, output_norm=None, hidden_chain=None):
         super().__init__(d_in)
         self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
+        self.hidden_chain = None if hidden_chain is None else int(hidden_chain)
         self.hidden_shortlist = None if hidden_shortlist is None else int(hidden_shortlist)
         self.output_norm = None if output_norm is None else float(output_norm)
         self.quantizer = quantizer
@@ -204,8 +212,8 @@ class ResidualCatalyzer(Preprocessed):
         dims = [block.d for block in quantizer.blocks]
         self.f = nn.ModuleList([_mlp(self.d_in if m == 0 else 2 * self.d_in, self.hidden, d)
                                 for m, d in enumerate(dims)])
-        self.g = nn.ModuleList([_mlp(d if m == 0 else d + self.d_in, self.hidden_decoder, self.d_in)
-                                for m, d in enumerate(dims)])
+        self.g = nn.ModuleList([_mlp(d if m == 0 else d + self.d_in, self._decoder_width(m),
+                                     self.d_in) for m, d in enumerate(dims)])
         if self.hidden_shortlist is None:
             self.linear = nn.Linear(self.d_out, self.d_in)
         else:
@@ -214,10 +222,18 @@ class ResidualCatalyzer(Preprocessed):
             self.shortlist = DecoderNet(self.d_out, self.d_in, self.hidden_shortlist)
         self._first_key, self._first_rows, self._first_table = None, 0, None
 
+    def _decoder_width(self, m):
+        """Hidden width of g_m: ``hidden_chain`` for the stages between the first and the
+        last (encoding runs them; g_0 is a table and the last only decodes), when set."""
+        chain = 0 < m < len(self.quantizer.blocks) - 1 and self.hidden_chain is not None
+        return self.hidden_chain if chain else self.hidden_decoder
+
     def arch(self):
         """The model file's "arch" object."""
         arch = {"type": "residual", "d_in": self.d_in, "hidden": self.hidden,
                 "hidden_decoder": self.hidden_decoder, "d_out": self.d_out}
+        if self.hidden_chain is not None:
+            arch["hidden_chain"] = self.hidden_chain
         if self.hidden_shortlist is not None:
             arch["hidden_shortlist"] = self.hidden_shortlist
         if self.output_norm is not None:
@@ -366,7 +382,7 @@ class ResidualCatalyzer(Preprocessed):
         stages (`_encode_beam_batch`): lower reconstruction error for more time (wordnet,
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
         time). ``precision``: "auto" multiplies in bfloat16 where the device does so
-        natively, "float32" everywhere (ENCODE_PRECISIONS): any code decodes the same way,
+        natively, "float32" everywhere (PRECISIONS): any code decodes the same way,
         only the choice between near-equal lattice points may differ. SpreadcodeError for a
         wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
         an unknown precision."""
@@ -481,7 +497,8 @@ class ModelDecoder:
 class ResidualConfig:
     """A residual model's training run (saved, minus ``device``, in the model metadata).
 
-    ``blocks``: the stages' (d, r²); ``hidden_shortlist``: the shortlist decoder's width
+    ``blocks``: the stages' (d, r²); ``hidden``, ``hidden_decoder``, ``hidden_chain``: the
+    widths of `ResidualCatalyzer`; ``hidden_shortlist``: the shortlist decoder's width
     (None: the affine shortlist decoder of older models). Adam with a one-cycle learning rate
     (warm-up to ``lr`` over the first 5 % of the planned steps, cosine decay after), AdamW's
     decoupled decay of the weight matrices by ``weight_decay`` (0: plain Adam); ``aux``:
@@ -499,6 +516,7 @@ class ResidualConfig:
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
     hidden: int = ENCODER_HIDDEN
     hidden_decoder: int = DECODER_HIDDEN
+    hidden_chain: int | None = None
     hidden_shortlist: int | None = SHORTLIST_HIDDEN
     epochs: int | None = DEFAULT_EPOCHS
     time_budget_s: float | None = None
@@ -530,8 +548,8 @@ def check_residual_config(config):
         raise SpreadcodeError(f"epochs must be >= 1, got {config.epochs}")
     if config.time_budget_s is not None and not config.time_budget_s > 0:
         raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
-    for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_shortlist", 1),
-                          ("batch_size", 2)):
+    for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_chain", 1),
+                          ("hidden_shortlist", 1), ("batch_size", 2)):
         if getattr(config, name) is not None and getattr(config, name) < minimum:
             raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
@@ -652,7 +670,8 @@ def train_residual(learn, config, progress=True):
         model = ResidualCatalyzer(
             learn.shape[1], quantizer, config.hidden, config.hidden_decoder,
             config.hidden_shortlist,
-            learn_output_norm(learn[train_rows]) if config.constant_norm else None)
+            learn_output_norm(learn[train_rows]) if config.constant_norm else None,
+            config.hidden_chain)
     x = torch.from_numpy(learn[train_rows])
     model.fit_preprocessing(x)
     model.to(device)

@@ -24,7 +24,8 @@ from spreadcode.torchutil import bfloat16_native
 from spreadcode.training import command_config
 
 TINY = residual.ResidualConfig(blocks=residual.stage_blocks(24), hidden=32, hidden_decoder=64,
-                               hidden_shortlist=32, epochs=4, batch_size=64, device="cpu")
+                               hidden_chain=48, hidden_shortlist=32, epochs=4, batch_size=64,
+                               device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -332,9 +333,9 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
         else:
             assert 0 < np.abs(rows - decode(exact, precision="float32")).max() < 0.02
     for bad in ("bfloat16", "fp32", None):
-        with pytest.raises(SpreadcodeError, match="encoding precision must be one of"):
+        with pytest.raises(SpreadcodeError, match="precision must be one of"):
             model.encode(base, precision=bad)
-        with pytest.raises(SpreadcodeError, match="encoding precision must be one of"):
+        with pytest.raises(SpreadcodeError, match="precision must be one of"):
             model.decode(exact, precision=bad)
 
 
@@ -417,7 +418,7 @@ def test_model_file_round_trip(trained, tmp_path):
     model, meta = load_catalyzer(sha, store=tmp_path)
     assert isinstance(model, residual.ResidualCatalyzer)
     assert meta.arch() == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
-                           "hidden_shortlist": 32, "d_out": 18,
+                           "hidden_chain": 48, "hidden_shortlist": 32, "d_out": 18,
                            "output_norm": trained.model.output_norm}
     assert meta == replace(trained.meta, sha256=sha, path=meta.path)
     base = load_sample().base[:200]
@@ -428,10 +429,34 @@ def test_model_file_round_trip(trained, tmp_path):
     assert hashlib.sha256(catalyzer_bytes(model, meta)).hexdigest() == sha
 
 
+def test_chain_decoders_have_their_own_width(tmp_path):
+    """``hidden_chain`` is the width of g_1..g_{M−2} only (encoding runs them; g_0 is a table
+    and the last decoder only decodes), and the model file keeps it; without it (models
+    written before) every decoder is ``hidden_decoder`` wide."""
+    from spreadcode.catalyzer import CatalyzerMeta
+
+    spec = replace(TINY, blocks=((6, 4),) * 4).quantizer_spec()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = residual.ResidualCatalyzer(96, spec.quantizer(), 32, 64, 32, 1.0,
+                                           hidden_chain=16)
+    widths = lambda m: [g[0].out_features for g in m.g]  # noqa: E731
+    assert widths(model) == [64, 16, 16, 64]
+    assert widths(residual.ResidualCatalyzer(96, spec.quantizer(), 32, 64, 32)) == [64] * 4
+    sha, _ = save_catalyzer(model, CatalyzerMeta.for_model(model, spec, None, {}), store=tmp_path)
+    loaded, meta = load_catalyzer(sha, store=tmp_path)
+    assert meta.hidden_chain == 16 and meta.arch()["hidden_chain"] == 16
+    assert widths(loaded) == [64, 16, 16, 64]
+    codes = model.encode(load_sample().base[:100], precision="float32")
+    assert np.array_equal(loaded.encode(load_sample().base[:100], precision="float32"), codes)
+    assert np.array_equal(loaded.decode(codes), model.decode(codes))
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda m: m["arch"].update(type="transformer"), "arch.type"),
     (lambda m: m["arch"].update(hidden_decoder=0), "arch.hidden_decoder"),
     (lambda m: m["arch"].update(hidden_shortlist=0), "arch.hidden_shortlist"),
+    (lambda m: m["arch"].update(hidden_chain=0), "arch.hidden_chain"),
     (lambda m: m["arch"].update(output_norm=-1.0), "arch.output_norm"),
     (lambda m: m["arch"].update(output_norm="1"), "arch.output_norm"),
     (lambda m: m.update(quantizer={"kind": "lattice", "d": 18, "param": 10}), "quantizer.kind"),
@@ -681,7 +706,7 @@ def test_beam_encoding_is_the_same_on_every_path(trained, tmp_path, beam, precis
                       sha, "--store", store, option, value)
         assert refused.exit_code == 2 and f"'{option}'" in refused.stderr
         assert "Traceback" not in refused.output and not (tmp_path / "x.spc").exists()
-    with pytest.raises(SpreadcodeError, match="encoding precision must be one of"):
+    with pytest.raises(SpreadcodeError, match="precision must be one of"):
         index.add(base, precision="bfloat16")
 
 
