@@ -183,9 +183,9 @@ class CatalyzerMeta:
     marks a `spreadcode.residual.ResidualCatalyzer` (product code, one stage per block;
     ``hidden_decoder`` its decoders' width, ``hidden_chain`` that of the decoders that
     encoding runs (None: ``hidden_decoder``, models written before it), ``hidden_shortlist``
-    its shortlist decoder's, None in models written before that decoder was an MLP; ``output_norm`` the sphere its decoders
-    decode onto, None when its learn set's norm was not constant or for models written
-    before), "mlp" the paper's catalyzer. ``sha256`` and
+    its shortlist decoder's, None in models written before that decoder was an MLP;
+    ``output_norm`` the sphere its decoders decode onto, None when its learn set's norm was
+    not constant or for models written before), "mlp" the paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
     a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
     dimension must be d_out (SpreadcodeError otherwise)."""
