@@ -386,8 +386,8 @@ class ResidualCatalyzer(Preprocessed):
         only the choice between near-equal lattice points may differ. SpreadcodeError for a
         wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
         an unknown precision."""
-        beam, precision = check_beam(beam), check_precision(precision)
-        with mixed_precision(model_device(self), precision == "auto"):
+        beam, arithmetic = check_beam(beam), self._arithmetic(precision)
+        with arithmetic:
             if beam == 1:
                 self._count_first_stage_rows(len(vectors))
                 return forward_batches(self, vectors, self._encode_batch,
@@ -398,6 +398,12 @@ class ResidualCatalyzer(Preprocessed):
             return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
                                    self.quantizer.code_bytes, np.uint8,
                                    batch=max(1, BEAM_BATCH_ROWS // beam))
+
+    def _arithmetic(self, precision):
+        """The context `encode`, `decode` and `decode_shortlist` run in for ``precision``
+        (PRECISIONS): bfloat16 autocast for "auto" where the model's device multiplies it
+        natively, else float32. SpreadcodeError for an unknown precision."""
+        return mixed_precision(model_device(self), check_precision(precision) == "auto")
 
     def unit_points(self, codes):
         """The M unit lattice points of each code, concatenated: float32 (n, d_out)."""
@@ -420,10 +426,11 @@ class ResidualCatalyzer(Preprocessed):
         (bfloat16 products, x̂ accumulated in float32: 2.6× faster on wordnet's base, the
         same recall; BENCHMARKS.md, lever 58). A row decodes to the same floats in any
         batch of at least `spreadcode.collection.DECODE_MIN_ROWS` rows."""
+        arithmetic = self._arithmetic(precision)
         self.eval()
         self._count_first_stage_rows(codes.shape[0])
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
-        with mixed_precision(model_device(self), check_precision(precision) == "auto"):
+        with arithmetic:
             for start in range(0, codes.shape[0], batch):
                 out[start:start + batch] = self._decode_batch(codes[start:start + batch]).numpy()
         return out
@@ -433,10 +440,11 @@ class ResidualCatalyzer(Preprocessed):
         """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
         unit lattice points by ``shortlist`` or by ``linear`` (older models), on the sphere of
         ``output_norm`` when the model has one; ``precision`` as in `decode`."""
+        arithmetic = self._arithmetic(precision)
         self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         net = self.linear if self.hidden_shortlist is None else self.shortlist
-        with mixed_precision(model_device(self), check_precision(precision) == "auto"):
+        with arithmetic:
             for start in range(0, codes.shape[0], batch):
                 points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
                 out[start:start + batch] = self._on_sphere(net(points).float()).numpy()
