@@ -202,8 +202,9 @@ def main(ctx, debug):
               help="KoLeo weight (lattice, sign); default depends on d_out; 'auto' "
                    "cross-validates a grid.")
 @click.option("--epochs", type=int, default=None,
-              help="Training epochs [default: residual 50, lattice/sign 30 on CPU, 100 on GPU; "
-                   "fewer if they would not fit in 14 minutes].")
+              help="Training epochs [default: residual 50, fewer on learn sets over 80k "
+                   "vectors (4M training vectors in all: more over-fit), lattice/sign 30 on "
+                   "CPU, 100 on GPU; fewer if they would not fit in 14 minutes].")
 @click.option("--time-budget", type=float, default=None, metavar="MIN",
               help="Stop after this many minutes (keeps the best checkpoint).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

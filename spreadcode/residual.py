@@ -86,6 +86,14 @@ SHORTLIST_STEPS = (3000, 10000)
 # + 0.6; pypi's 120k vectors fit 19-23 epochs in the budget (error + 1 %), R@1 / R@10 + 0.5 /
 # + 0.2 over two runs (BENCHMARKS.md, "Issue #14 levers", levers 42 and 50; Quality runs).
 DEFAULT_EPOCHS = 50
+# ...and at most this many training vectors in all (epochs × training rows), so that a larger
+# learn set runs fewer epochs: pypi-minilm96's 118,000 training rows for 50 epochs (5.9 M)
+# ended at 1.9 % more held-out error and − 2.1 / − 2.0 R@1 / R@10 than 23 epochs (2.7 M),
+# where 35 (4.1 M) gave 1 % less error and the same recall (BENCHMARKS.md, "Issue #14
+# levers", lever 61); wordnet-minilm96's 50 epochs are 2.5 M. On 2 cores the time budget
+# stops pypi first (19-31 epochs); without the cap a faster machine (a GPU) would run all 50
+# on such a set and lose. `spreadcode train`'s default; ``--epochs`` lifts it.
+TRAINING_VECTORS = 4_000_000
 # AdamW's decoupled weight decay of the weight matrices (`ResidualConfig.weight_decay`): the
 # model over-fits its ~50k learn vectors. On wordnet-minilm96's held-out split, decay 0 / 0.1
 # / 0.5 / 1 / 2 gave MSE 0.2985 / 0.2956 / 0.2885 / 0.2845 / 0.2833 and recall 41.7 / 85.2
@@ -513,7 +521,8 @@ class ResidualConfig:
     weight of the first stage's reconstruction error; ``noise``: the denoising noise of
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE). ``time_budget_s`` (wall clock) plans
     the epoch count after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
-    most ``epochs``. The epoch of lowest held-out error (`held_out_rows`) is kept.
+    most ``epochs``; ``max_vectors`` caps the epochs at that many training vectors in all
+    (`epoch_cap`). The epoch of lowest held-out error (`held_out_rows`) is kept.
     ``mixed_precision``: forward passes in bfloat16 autocast where the device has native
     bfloat16 (`spreadcode.torchutil.mixed_precision`): 1.4× the steps per second on
     AVX512-BF16 CPUs, the same held-out error (BENCHMARKS.md, lever 17); float32 elsewhere.
@@ -528,6 +537,7 @@ class ResidualConfig:
     hidden_shortlist: int | None = SHORTLIST_HIDDEN
     epochs: int | None = DEFAULT_EPOCHS
     time_budget_s: float | None = None
+    max_vectors: int | None = None
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = WEIGHT_DECAY
@@ -557,7 +567,7 @@ def check_residual_config(config):
     if config.time_budget_s is not None and not config.time_budget_s > 0:
         raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
     for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_chain", 1),
-                          ("hidden_shortlist", 1), ("batch_size", 2)):
+                          ("hidden_shortlist", 1), ("batch_size", 2), ("max_vectors", 1)):
         if getattr(config, name) is not None and getattr(config, name) < minimum:
             raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
@@ -585,6 +595,16 @@ def one_cycle_lr(peak, progress):
     if progress < warm:
         return peak * (0.04 + 0.96 * progress / warm)
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warm) / (1 - warm))))
+
+
+def epoch_cap(config, n_train):
+    """The most epochs a run of ``config`` on ``n_train`` training rows may take: ``epochs``,
+    lowered to ``max_vectors // n_train`` (at least 1) when that is set; None when neither
+    bounds it (a time budget alone)."""
+    if config.max_vectors is None:
+        return config.epochs
+    by_vectors = max(1, config.max_vectors // n_train)
+    return by_vectors if config.epochs is None else min(config.epochs, by_vectors)
 
 
 def held_out_rows(n, seed):
@@ -689,7 +709,8 @@ def train_residual(learn, config, progress=True):
     rng = np.random.default_rng(config.seed)
     noise_rng = torch.Generator(device).manual_seed(config.seed)
     steps = x.shape[0] // batch_size
-    planned = config.epochs if config.time_budget_s is None else None
+    most_epochs = epoch_cap(config, len(train_rows))
+    planned = most_epochs if config.time_budget_s is None else None
     history, best, interrupted, step_count = [], BestEpoch(model), False, 0
     unit = float(model.scale) ** -2  # preprocessed squared error -> input units
     with epoch_progress(planned, "train residual", progress) as bar:
@@ -701,7 +722,8 @@ def train_residual(learn, config, progress=True):
                 model.train()
                 loss_sum = 0.0
                 for step in range(steps):
-                    lr = one_cycle_lr(config.lr, step_count / ((planned or config.epochs or 1) * steps))
+                    lr = one_cycle_lr(config.lr,
+                                      step_count / ((planned or most_epochs or 1) * steps))
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     with mixed_precision(device, bfloat16):
@@ -721,7 +743,7 @@ def train_residual(learn, config, progress=True):
                 out_of_time = (config.time_budget_s is not None
                                and time.monotonic() - started >= config.time_budget_s)
                 if config.time_budget_s is not None:
-                    planned = plan_epochs(config.time_budget_s, config.epochs,
+                    planned = plan_epochs(config.time_budget_s, most_epochs,
                                           time.monotonic() - started,
                                           [row["seconds"] for row in history], planned)
                     if bar is not None:
@@ -743,6 +765,7 @@ def train_residual(learn, config, progress=True):
     meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), None, {
         "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
         "planned_epochs": planned, "time_budget_s": config.time_budget_s,
+        "max_vectors": config.max_vectors,
         "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
         "weight_decay": config.weight_decay, "noise": config.noise,
         "optimizer": f"{'adamw' if config.weight_decay else 'adam'}, one-cycle",

@@ -743,12 +743,40 @@ def test_time_budget_replans_so_that_slower_epochs_still_end_the_schedule(monkey
     assert rates[-1] == pytest.approx(1 - 1 / (4 * steps))  # the last step of a 4-epoch plan
 
 
+def test_max_vectors_caps_the_epochs_of_larger_learn_sets(monkeypatch):
+    """``max_vectors`` of 2.5 × the 2,700 training rows: 2 of the 4 epochs, planned from the
+    start (the schedule anneals at the last step of the second), recorded; smaller learn sets
+    keep ``epochs``; a cap below one epoch still runs one; 0 is refused."""
+    assert residual.epoch_cap(replace(TINY, max_vectors=6750), 2700) == 2
+    assert residual.epoch_cap(replace(TINY, max_vectors=6750), 1000) == 4
+    assert residual.epoch_cap(replace(TINY, max_vectors=100), 2700) == 1
+    assert residual.epoch_cap(replace(TINY, epochs=None, time_budget_s=60.0,
+                                      max_vectors=6750), 2700) == 2
+    assert residual.epoch_cap(TINY, 10 ** 9) == TINY.epochs
+    rates = []
+    one_cycle_lr = residual.one_cycle_lr
+    monkeypatch.setattr(residual, "one_cycle_lr",
+                        lambda peak, progress: rates.append(progress) or one_cycle_lr(peak, progress))
+    config = replace(TINY, max_vectors=6750, hidden_shortlist=None)
+    result = residual.train_residual(load_sample().learn[:3000], config, progress=False)
+    training = result.meta.training
+    assert training["n_train"] == 2700 and training["max_vectors"] == 6750
+    assert training["epochs"] == training["planned_epochs"] == len(result.history) == 2
+    steps = len(rates) // 2
+    assert rates[-1] == pytest.approx(1 - 1 / (2 * steps))
+    with pytest.raises(SpreadcodeError, match="max_vectors must be >= 1"):
+        residual.train_residual(load_sample().learn[:300], replace(TINY, max_vectors=0),
+                                progress=False)
+
+
 def test_command_config_for_residual_codes():
     config = command_config(64, epochs=3)
     assert isinstance(config, residual.ResidualConfig)
     assert config.blocks == ((12, 6),) * 4 and config.epochs == 3
+    assert config.max_vectors is None and command_config(64, time_budget_min=2).max_vectors is None
     default = command_config(32, device="cpu")
     assert default.epochs == residual.DEFAULT_EPOCHS and default.time_budget_s == 14 * 60
+    assert default.max_vectors == residual.TRAINING_VECTORS
     with pytest.raises(SpreadcodeError, match="--dout applies to the lattice"):
         command_config(64, dout=32)
     with pytest.raises(SpreadcodeError, match="unknown quantizer"):
