@@ -1,4 +1,4 @@
-"""Issue #14 scratch experiment (lever 61): a narrow decoder chain h for encoding only, trained
+"""Issue #14 scratch experiment (lever 62): a narrow decoder chain h for encoding only, trained
 with the model, while the wide chain g decodes.
 
 Greedy encoding runs f_0..f_{M−1} and the decoders g_1..g_{M−2}, whose running reconstruction
