@@ -31,9 +31,9 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
-from residual_variants import parse_overrides, variant_config  # noqa: E402
-from spreadcode import Index, residual  # noqa: E402
+from autoencoder_levers import append_row, load_dataset  # noqa: E402
+from residual_variants import parse_overrides, result_row, variant_config  # noqa: E402
+from spreadcode import residual  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
 
 
@@ -116,21 +116,9 @@ def main():
         residual.ResidualCatalyzer = base_class
     with open(out, "w") as fh:
         json.dump(trained.history, fh)
-    index = Index.from_catalyzer(trained.model, trained.meta)
-    start = time.time()
-    index.add(data.base)
-    encode_s = time.time() - start
-    start = time.time()
-    _, ids = index.search(data.query, k=100)
-    search_s = time.time() - start
-    best = min(trained.history, key=lambda row: row["val_mse"])
-    append_row({"experiment": "encoding_chain", "data": data.name,
-                "overrides": {**overrides, "hidden_h": hidden_h, "distill": distill},
-                "epochs": len(trained.history), "best_epoch": best["epoch"],
-                "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
-                "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
-                "encode_vec_s": round(encode_rate(trained.model, data.base[:30000])),
-                **recall_columns(ids, data.groundtruth)})
+    row = result_row("encoding_chain", data,
+                     {**overrides, "hidden_h": hidden_h, "distill": distill}, trained, train_s)
+    append_row({**row, "encode_vec_s": round(encode_rate(trained.model, data.base[:30000]))})
 
 
 if __name__ == "__main__":

@@ -44,6 +44,25 @@ def variant_config(overrides):
                    **{k: v for k, v in overrides.items() if k != "bits"})
 
 
+def result_row(experiment, data, overrides, trained, train_s):
+    """The JSON row of a trained model (a TrainResult, ``train_s`` seconds to train): its
+    epochs and held-out error, then the base encoded greedily and searched by the default
+    search (k = 100), timed."""
+    index = Index.from_catalyzer(trained.model, trained.meta)
+    start = time.time()
+    index.add(data.base)
+    encode_s = time.time() - start
+    start = time.time()
+    _, ids = index.search(data.query, k=100)
+    search_s = time.time() - start
+    best = min(trained.history, key=lambda row: row["val_mse"])
+    return {"experiment": experiment, "data": data.name, "overrides": overrides,
+            "epochs": len(trained.history), "best_epoch": best["epoch"],
+            "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
+            "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
+            **recall_columns(ids, data.groundtruth)}
+
+
 def main(experiment="residual_variants"):
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
     overrides = parse_overrides(sys.argv[3:])
@@ -53,20 +72,7 @@ def main(experiment="residual_variants"):
     train_s = time.time() - start
     save_catalyzer(trained.model, trained.meta, out,
                    store=os.path.join(os.path.dirname(os.path.abspath(out)), "store"))
-    index = Index.from_catalyzer(trained.model, trained.meta)
-    start = time.time()
-    index.add(data.base)
-    encode_s = time.time() - start
-    start = time.time()
-    _, ids = index.search(data.query, k=100)
-    search_s = time.time() - start
-    best = min(trained.history, key=lambda row: row["val_mse"])
-    row = {"experiment": experiment, "data": data.name, "overrides": overrides,
-           "epochs": len(trained.history), "best_epoch": best["epoch"],
-           "val_mse": round(best["val_mse"], 5), "train_s": round(train_s, 1),
-           "encode_s": round(encode_s, 1), "search_s": round(search_s, 1),
-           **recall_columns(ids, data.groundtruth)}
-    append_row(row)
+    append_row(result_row(experiment, data, overrides, trained, train_s))
 
 
 if __name__ == "__main__":
