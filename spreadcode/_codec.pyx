@@ -82,8 +82,21 @@ cdef extern from "csrc/scan.h":
     void sc_range_finish(sc_range_result *R, const int64_t *lims, int64_t *ids, float *dists,
                          int threads) nogil
 
+cdef extern from "csrc/int8.h":
+    int SC_INT8_MAX_WIDTH
+    void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
+                          int threads) nogil
+    void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,
+                       const float *col_scale, const int32_t *col_offset, const float *bias,
+                       float *out, int threads) nogil
+    void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_scale,
+                            const float *col_scale, const int32_t *col_offset,
+                            const float *bias, int8_t *out, float *out_scale,
+                            int threads) nogil
+
 MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
+INT8_MAX_WIDTH = SC_INT8_MAX_WIDTH
 TOPK_HEAP_ENTRIES = 1 << 24       # (distance, id) heap entries of one top-k query batch
 sc_init_tables()
 sc_init_bits()
@@ -421,3 +434,36 @@ def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries):
     scan.s.queries = &queries[0, 0] if queries.shape[0] else NULL
     scan.keep = (rows, queries)
     return scan
+
+
+# ---------------------------------------------------------------------------------------
+# Row-scaled int8 layers (spreadcode/int8.py checks shapes and dtypes)
+# ---------------------------------------------------------------------------------------
+
+def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, int threads):
+    """out (n, k) int8, scale (n,) float32 <- x (n, k) float32, one symmetric scale per row."""
+    if x.shape[0] and x.shape[1]:
+        with nogil:
+            sc_quantize_rows(&x[0, 0], x.shape[0], x.shape[1], &out[0, 0], &scale[0], threads)
+
+
+def dequantize(const int32_t[:, ::1] acc, const float[::1] row_scale, const float[::1] col_scale,
+               const int32_t[::1] col_offset not None, const float[::1] bias, float[:, ::1] out,
+               int threads):
+    """out (n, m) float32 <- int32 sums acc (n, m) scaled per row and column, offset, biased."""
+    if acc.shape[0] and acc.shape[1]:
+        with nogil:
+            sc_dequantize(&acc[0, 0], acc.shape[0], acc.shape[1], &row_scale[0], &col_scale[0],
+                          &col_offset[0], &bias[0], &out[0, 0], threads)
+
+
+def requantize_relu(const int32_t[:, ::1] acc, const float[::1] row_scale,
+                    const float[::1] col_scale, const int32_t[::1] col_offset not None,
+                    const float[::1] bias, int8_t[:, ::1] out, float[::1] out_scale,
+                    int threads):
+    """out (n, m) int8, out_scale (n,) <- relu of `dequantize`'s output as shifted uint8 rows."""
+    if acc.shape[0] and acc.shape[1]:
+        with nogil:
+            sc_requantize_relu(&acc[0, 0], acc.shape[0], acc.shape[1], &row_scale[0],
+                               &col_scale[0], &col_offset[0], &bias[0], &out[0, 0],
+                               &out_scale[0], threads)

@@ -1,0 +1,34 @@
+/* Row-scaled int8 arithmetic for the dense layers of an encoding chain
+   (spreadcode/int8.py): each row of activations is quantized with its own scale, each
+   output channel of a weight matrix with its own, the int8 products are summed exactly in
+   int32 (torch._int_mm) and the kernels here turn those sums back into floats or into the
+   next layer's int8 rows, a whole batch per call. */
+#ifndef SPREADCODE_INT8_H
+#define SPREADCODE_INT8_H
+
+#include "common.h"
+
+#define SC_INT8_MAX_WIDTH 16384  /* widest layer output of sc_requantize_relu */
+
+/* Signed rows: out[i, j] = round(x[i, j] / scale[i]) (halves away from 0) in [-127, 127], scale[i] =
+   max_j |x[i, j]| / 127 (0 for a row of zeros, whose codes are 0). x (n, k). */
+SC_API void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
+                             int threads);
+
+/* A layer's outputs from its int32 sums acc (n, m) of int8 rows (scales row_scale (n,))
+   times int8 weights (scales col_scale (m,)): y[i, j] = (acc[i, j] + col_offset[j]) *
+   row_scale[i] * col_scale[j] + bias[j]; col_offset (m,) corrects rows stored shifted by
+   -128 (sc_requantize_relu), zeros for signed rows. */
+SC_API void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,
+                          const float *col_scale, const int32_t *col_offset, const float *bias,
+                          float *out, int threads);
+
+/* relu(y) of sc_dequantize as the next layer's rows: u[i, j] = round(relu(y[i, j]) /
+   out_scale[i]) (halves up) in [0, 255] with out_scale[i] = max_j relu(y[i, j]) / 255 (0 for a row of
+   zeros), stored as u - 128 in out (n, m) int8 (the next layer adds 128 × its weight
+   column sums back as col_offset). */
+SC_API void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_scale,
+                               const float *col_scale, const int32_t *col_offset,
+                               const float *bias, int8_t *out, float *out_scale, int threads);
+
+#endif

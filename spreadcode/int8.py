@@ -1,0 +1,105 @@
+"""Row-scaled int8 inference of an MLP: the arithmetic of greedy encoding on CPUs.
+
+Greedy encoding is dense layers (BENCHMARKS.md, "Issue #14 levers": 85 % of its time in matrix
+products under bfloat16). A CPU multiplies int8 matrices about twice as fast as bfloat16 ones
+(AVX512-VNNI: 370 against 190 GMAC/s at 4,096 × 1,024 × 1,024 on 2 cores) and sums their
+products exactly, so int8 codes are the same on every CPU. Each layer ``W x + b`` of an
+eval-mode ``Linear / BatchNorm1d / ReLU`` stack (BatchNorms folded into the Linear before
+them) runs as:
+
+- weights: int8 per output channel, ``W ≈ diag(s_W) Q_W`` (symmetric, 127 levels);
+- activations: one scale per row. The input rows (signed) take 127 levels; the rows after a
+  ReLU (never negative) take 255, stored shifted by −128 in int8, and the layer that reads
+  them adds ``128 · Σ_k Q_W[j, k]`` back to its sums;
+- the int32 sums of ``torch._int_mm`` are scaled back, biased, passed through ReLU and
+  quantized again per row by the compiled core (`spreadcode._codec`, ``csrc/int8.c``), a
+  whole batch per call with the GIL released.
+
+Only the choice of codes uses it (`spreadcode.residual.ResidualCatalyzer.encode`); every code
+still decodes through the model's own float decoders.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from spreadcode import _codec
+from spreadcode.errors import SpreadcodeError
+
+# Activations after a ReLU are stored as uint8 − UNSIGNED_SHIFT in int8.
+UNSIGNED_SHIFT = 128
+# The widest layer output the compiled core requantizes (its row buffer lives on the stack).
+MAX_WIDTH = _codec.INT8_MAX_WIDTH
+
+
+def available(device):
+    """Whether ``device`` (a torch.device) runs Int8Mlp: a CPU whose torch multiplies int8
+    matrices (``torch._int_mm`` on CPUs: torch 2.2 and later)."""
+    if device.type != "cpu":
+        return False
+    try:
+        ones = torch.ones((1, 8), dtype=torch.int8)
+        return int(torch._int_mm(ones, ones.t().contiguous())[0, 0]) == 8
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def fold_batch_norms(mlp):
+    """The Linear layers of an eval-mode ``Linear / BatchNorm1d / ReLU`` Sequential, each
+    BatchNorm1d folded into the Linear before it: [(weight float32 (m, k), bias float32 (m,))],
+    one per Linear, the layers between them being ReLU."""
+    layers = []
+    for layer in mlp:
+        if isinstance(layer, nn.Linear):
+            layers.append((layer.weight.detach().float().cpu(),
+                           layer.bias.detach().float().cpu()))
+        elif isinstance(layer, nn.BatchNorm1d):
+            weight, bias = layers[-1]
+            gain = (layer.weight / torch.sqrt(layer.running_var + layer.eps)).detach().float().cpu()
+            shift = (layer.bias - layer.running_mean * gain).detach().float().cpu()
+            layers[-1] = (weight * gain[:, None], bias * gain + shift)
+        elif not isinstance(layer, nn.ReLU):
+            raise SpreadcodeError(f"int8 inference takes Linear, BatchNorm1d and ReLU layers, "
+                                  f"got {type(layer).__name__}")
+    return layers
+
+
+class Int8Mlp:
+    """An eval-mode ``Linear / BatchNorm1d / ReLU`` Sequential (ReLU between Linears, none
+    after the last) in row-scaled int8 arithmetic; called on a float32 CPU tensor (n, k), it
+    returns float32 (n, m), a row's result independent of its batch, on torch's thread count.
+    SpreadcodeError for other layers or a hidden layer wider than MAX_WIDTH."""
+
+    def __init__(self, mlp):
+        self.layers = []
+        folded = fold_batch_norms(mlp)
+        if any(weight.shape[0] > MAX_WIDTH for weight, _ in folded[:-1]):
+            raise SpreadcodeError(f"int8 inference takes hidden layers of at most {MAX_WIDTH} "
+                                  "units")
+        for i, (weight, bias) in enumerate(folded):
+            scale = weight.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            codes = torch.round(weight / scale[:, None]).to(torch.int8)
+            shift = 0 if i == 0 else UNSIGNED_SHIFT  # after a ReLU, rows are uint8 − 128
+            offset = (shift * codes.to(torch.int32).sum(1, dtype=torch.int32)).numpy()
+            self.layers.append((codes.t().contiguous(), scale.numpy(), offset,
+                                bias.contiguous().numpy()))
+
+    def __call__(self, x):
+        threads = torch.get_num_threads()
+        x = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        rows = np.empty(x.shape, dtype=np.int8)
+        row_scale = np.empty(x.shape[0], dtype=np.float32)
+        _codec.quantize_rows(x, rows, row_scale, threads)
+        last = len(self.layers) - 1
+        for i, (codes, col_scale, offset, bias) in enumerate(self.layers):
+            sums = torch._int_mm(torch.from_numpy(rows), codes).numpy()
+            if i == last:
+                out = np.empty(sums.shape, dtype=np.float32)
+                _codec.dequantize(sums, row_scale, col_scale, offset, bias, out, threads)
+                return torch.from_numpy(out)
+            rows = np.empty(sums.shape, dtype=np.int8)
+            next_scale = np.empty(sums.shape[0], dtype=np.float32)
+            _codec.requantize_relu(sums, row_scale, col_scale, offset, bias, rows, next_scale,
+                                   threads)
+            row_scale = next_scale
