@@ -69,11 +69,13 @@ BEAM_OPTION = click.option(
          "beam 8 +3.5 / +3.3 for 11x). 1: the nearest point per stage.")
 PRECISION_OPTION = click.option(
     "--precision", type=click.Choice(["auto", "float32"]), default="auto", show_default=True,
-    help="Residual models' arithmetic. auto: matrix products in bfloat16 where the CPU or "
-         "GPU multiplies it natively (AVX512-BF16, AMX), float32 elsewhere: encoding about "
-         "2x and decoding 2.6x faster, with the same recall (94-96% of the codes are "
-         "float32's, the others near-ties; BENCHMARKS.md levers 57-58). float32: codes and "
-         "distances that do not depend on the machine's bfloat16 support.")
+    help="Residual models' arithmetic. auto: greedy encoding on a CPU in int8 (one scale "
+         "per row of activations and per output channel of weights, exact integer sums), "
+         "other matrix products in bfloat16 where the CPU or GPU multiplies it natively "
+         "(AVX512-BF16, AMX), float32 elsewhere: encoding 2.5-3x and decoding 2.6x faster "
+         "than float32 with the same recall (the codes that change are near-ties; "
+         "BENCHMARKS.md levers 57, 58, 63). float32: codes and distances that do not depend "
+         "on the machine's int8 and bfloat16 support.")
 
 
 def _progress(quiet):

@@ -149,11 +149,14 @@ def check_beam(beam):
 
 # How `ResidualCatalyzer.encode`, `decode` and `decode_shortlist` multiply: "auto" in
 # bfloat16 (float32 accumulation) where the device does so natively
-# (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32;
-# "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1× and decodes 2.2-2.5×
-# faster; 94-96 % of the codes are the float32 ones (the others near-ties between lattice
-# points), and the error and recall are the same to ± 0.4 (BENCHMARKS.md, levers 57-58). The
-# models are trained under the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
+# (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32,
+# except greedy encoding on a CPU, whose encoding chain runs in row-scaled int8
+# (`spreadcode.int8`); "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1×
+# and decodes 2.2-2.5× faster than float32, 94-96 % of the codes being the float32 ones (the
+# others near-ties between lattice points), the error and recall the same to ± 0.4
+# (BENCHMARKS.md, levers 57-58); int8 encodes 1.3-1.5× faster again with 69 % of bfloat16's
+# codes, the same error to 0.1 % and recall to ± 0.2 (lever 63). The models are trained under
+# the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
 PRECISIONS = ("auto", "float32")
 
 
@@ -229,6 +232,7 @@ class ResidualCatalyzer(Preprocessed):
 
             self.shortlist = DecoderNet(self.d_out, self.d_in, self.hidden_shortlist)
         self._first_key, self._first_rows, self._first_table = None, 0, None
+        self._int8_key, self._int8 = None, None
 
     def _decoder_width(self, m):
         """Hidden width of g_m: ``hidden_chain`` for the stages between the first and the
@@ -257,16 +261,37 @@ class ResidualCatalyzer(Preprocessed):
     def _stage_input(self, m, xs, xh):
         return xs if m == 0 else torch.cat([xs - xh, xh], 1)
 
-    def _decode_stage(self, m, z, xh, ranks=None):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
         """x̂_m from the unit points z (n, d_m) of stage m and x̂_{m−1} (n, d_in); in eval mode
-        without gradients, the ranks uint64 (n,) of stage 0 let g_0 be a table lookup."""
+        without gradients, the ranks uint64 (n,) of stage 0 let g_0 be a table lookup.
+        ``g``: the decoders to run g_m with (default: the model's own)."""
         if m > 0:
-            return xh + self.g[m](torch.cat([z, xh], 1))
+            return xh + (self.g if g is None else g)[m](torch.cat([z, xh], 1))
         return self.g[0](z) if ranks is None else self._first_stage(ranks, z)
 
+    @staticmethod
+    def _weights_key(*modules):
+        """What identifies the current weights of ``modules``: a table or copy built from
+        them is stale once it changes."""
+        return tuple((t.data_ptr(), t._version) for module in modules
+                     for t in itertools.chain(module.parameters(), module.buffers()))
+
     def _first_stage_key(self):
-        return tuple((t.data_ptr(), t._version)
-                     for t in itertools.chain(self.g[0].parameters(), self.g[0].buffers()))
+        return self._weights_key(self.g[0])
+
+    def _int8_chain(self):
+        """(f, g) for greedy encoding in int8 (`spreadcode.int8.Int8Mlp`): every encoder f_m
+        and the decoders g_1..g_{M−2} that feed the next stage (g_0 stays the model's own, a
+        table; greedy encoding never runs g_{M−1}), built once per weights."""
+        key = self._weights_key(self.f, self.g)
+        if self._int8_key != key:
+            from spreadcode.int8 import Int8Mlp
+
+            last = len(self.g) - 1
+            self._int8_key, self._int8 = key, (
+                [Int8Mlp(mlp) for mlp in self.f],
+                [mlp if m in (0, last) else Int8Mlp(mlp) for m, mlp in enumerate(self.g)])
+        return self._int8
 
     def _count_first_stage_rows(self, rows):
         """Count ``rows`` that g_0 is about to decode (`encode`, `decode`), since its weights
@@ -324,17 +349,18 @@ class ResidualCatalyzer(Preprocessed):
         xh, first = self._chain(xs)
         return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
-    def _encode_batch(self, x):
-        """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
-        Under bfloat16 autocast (`encode`) the MLPs' outputs are bfloat16: each is taken
-        back to float32, so x̂ accumulates in float32."""
+    def _encode_batch(self, x, f, g):
+        """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes), with
+        the encoders ``f`` and decoders ``g`` (the model's own, or `_int8_chain`'s). Under
+        bfloat16 autocast (`encode`) the MLPs' outputs are bfloat16: each is taken back to
+        float32, so x̂ accumulates in float32."""
         xs, xh, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)).float(), dim=1)
+            y = nn.functional.normalize(f[m](self._stage_input(m, xs, xh)).float(), dim=1)
             ranks.append(block.quantize(y.cpu().numpy()))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
-                xh = self._decode_stage(m, z, xh, ranks[-1]).float()
+                xh = self._decode_stage(m, z, xh, ranks[-1], g).float()
         return self.quantizer.join_block_codes(ranks)
 
     def _encode_beam_batch(self, x, beam):
@@ -389,16 +415,18 @@ class ResidualCatalyzer(Preprocessed):
         store them. ``beam`` > 1 searches that many partial codes per vector over the last
         stages (`_encode_beam_batch`): lower reconstruction error for more time (wordnet,
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
-        time). ``precision``: "auto" multiplies in bfloat16 where the device does so
-        natively, "float32" everywhere (PRECISIONS): any code decodes the same way,
-        only the choice between near-equal lattice points may differ. SpreadcodeError for a
+        time). ``precision``: "auto" runs greedy encoding's chain in int8 on a CPU
+        (`_int8_chain`) and multiplies in bfloat16 where the device does so natively
+        otherwise, "float32" everywhere (PRECISIONS): any code decodes the same way, only the
+        choice between near-equal lattice points may differ. SpreadcodeError for a
         wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
         an unknown precision."""
         beam, arithmetic = check_beam(beam), self._arithmetic(precision)
         with arithmetic:
             if beam == 1:
                 self._count_first_stage_rows(len(vectors))
-                return forward_batches(self, vectors, self._encode_batch,
+                f, g = self._int8_chain() if self._greedy_int8(precision) else (self.f, self.g)
+                return forward_batches(self, vectors, lambda x: self._encode_batch(x, f, g),
                                        self.quantizer.code_bytes, np.uint8)
             stages = len(self.quantizer.blocks)
             self._count_first_stage_rows(
@@ -406,6 +434,15 @@ class ResidualCatalyzer(Preprocessed):
             return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
                                    self.quantizer.code_bytes, np.uint8,
                                    batch=max(1, BEAM_BATCH_ROWS // beam))
+
+    def _greedy_int8(self, precision):
+        """Whether greedy encoding runs `_int8_chain`: for ``precision`` "auto" on a CPU
+        that multiplies int8 matrices (`spreadcode.int8.available`) when every hidden layer
+        fits its compiled core."""
+        from spreadcode import int8
+
+        return precision == "auto" and int8.available(model_device(self)) \
+            and max(self.hidden, self.hidden_decoder, self.hidden_chain or 0) <= int8.MAX_WIDTH
 
     def _arithmetic(self, precision):
         """The context `encode`, `decode` and `decode_shortlist` run in for ``precision``

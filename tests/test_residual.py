@@ -12,7 +12,7 @@ import torch
 
 import spreadcode
 from helpers import assert_clean_error, run
-from spreadcode import residual, vecio
+from spreadcode import int8, residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
 from spreadcode.collection import DECODE_MIN_ROWS, open_collection
 from spreadcode.errors import SpreadcodeError
@@ -304,13 +304,14 @@ def test_beam_search_lowers_the_reconstruction_error(trained):
 @pytest.mark.parametrize("native", [False, True])
 def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypatch, native):
     """precision "auto" multiplies in bfloat16 only on devices that do so natively (forced
-    here, emulated where the CPU lacks it): elsewhere its codes are float32's to the bit;
-    where it does, the codes that change are near-ties between lattice points, so the
-    reconstruction error stays within 1 %, and rows stay independent of their batch. An
-    unknown precision is refused."""
+    here, emulated where the CPU lacks it; greedy encoding's int8, tested below, kept out):
+    elsewhere its codes are float32's to the bit; where it does, the codes that change are
+    near-ties between lattice points, so the reconstruction error stays within 1 %, and rows
+    stay independent of their batch. An unknown precision is refused."""
     from spreadcode import torchutil
 
     monkeypatch.setattr(torchutil, "bfloat16_native", lambda device: native)
+    monkeypatch.setattr(int8, "available", lambda device: False)
     model, base = trained.model, load_sample().base[:1000]
     error = lambda codes: float(((model.decode(codes) - base) ** 2).sum(1).mean())  # noqa: E731
     exact, auto = model.encode(base, precision="float32"), model.encode(base)
@@ -337,6 +338,43 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
             model.encode(base, precision=bad)
         with pytest.raises(SpreadcodeError, match="precision must be one of"):
             model.decode(exact, precision=bad)
+
+
+@pytest.mark.skipif(not int8.available(torch.device("cpu")),
+                    reason="this torch does not multiply int8 matrices on CPUs")
+def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
+    """precision "auto" encodes greedily with `spreadcode.int8` on a CPU (a three-stage model:
+    f_0..f_2 and g_1 in int8): most codes are float32's and the others cost < 1 %
+    reconstruction error; rows do not depend on their batch, their order or the thread
+    count; the int8 chain is built once per weights and again when they change; the float
+    chain runs where int8 is not available or a layer is too wide for it."""
+    learn, base = load_sample().learn[:1000], load_sample().base[:1000]
+    model = residual.train_residual(learn, replace(TINY, blocks=residual.stage_blocks(40),
+                                                   epochs=1), progress=False).model
+    error = lambda codes: float(((model.decode(codes) - base) ** 2).sum(1).mean())  # noqa: E731
+    exact, auto = model.encode(base, precision="float32"), model.encode(base)
+    assert 0.5 < (auto == exact).all(1).mean() < 1
+    assert error(auto) == pytest.approx(error(exact), rel=0.01)
+    assert np.array_equal(model.encode(base[::-1])[::-1], auto)
+    assert np.array_equal(model.encode(base[:7]), auto[:7])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert np.array_equal(model.encode(base), auto)
+    finally:
+        torch.set_num_threads(threads)
+    chain = model._int8_chain()
+    assert model._int8_chain() is chain
+    assert [type(mlp) for mlp in chain[0] + chain[1][1:2]] == [int8.Int8Mlp] * 4
+    assert chain[1][0] is model.g[0] and chain[1][2] is model.g[2]
+    with torch.no_grad():
+        model.f[1][0].weight.mul_(1.0)  # a new version of the weights
+    assert model._int8_chain() is not chain
+    monkeypatch.setattr(int8, "available", lambda device: False)
+    assert not np.array_equal(model.encode(base), auto)
+    monkeypatch.undo()
+    monkeypatch.setattr(int8, "MAX_WIDTH", model.hidden_decoder - 1)
+    assert not model._greedy_int8("auto") and not model._greedy_int8("float32")
 
 
 def test_searches_in_either_precision_keep_their_own_decoded_rows(trained):

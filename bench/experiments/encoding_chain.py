@@ -68,7 +68,7 @@ def encoding_chain_model(hidden_h, distill):
             loss = super().training_loss(x, aux, noise, generator)
             return loss + distill * self._distill
 
-        def _encode_batch(self, x):
+        def _encode_batch(self, x, f, g):  # its own chain: the model's f, its h
             xs, eh, ranks = self.preprocess(x), None, []
             blocks = self.quantizer.blocks
             for m, block in enumerate(blocks):

@@ -52,8 +52,8 @@ class SkipResidual(residual.ResidualCatalyzer):
         self.skip = nn.ModuleList([nn.Linear(block.d, self.d_in, bias=False)
                                    for block in quantizer.blocks])
 
-    def _decode_stage(self, m, z, xh, ranks=None):
-        return super()._decode_stage(m, z, xh, ranks) + self.skip[m](z)
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
+        return super()._decode_stage(m, z, xh, ranks, g) + self.skip[m](z)
 
 
 def sphere_two_points(d):
@@ -81,9 +81,9 @@ class TableResidual(residual.ResidualCatalyzer):
             nn.Parameter(torch.zeros(getattr(self, f"anchors{m}").shape[0], d_in))
             for m in range(len(quantizer.blocks))])
 
-    def _decode_stage(self, m, z, xh, ranks=None):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
         row = (z.detach() @ getattr(self, f"anchors{m}").T).argmax(1)
-        return super()._decode_stage(m, z, xh, ranks) + self.tables[m][row]
+        return super()._decode_stage(m, z, xh, ranks, g) + self.tables[m][row]
 
 
 class PairTableResidual(residual.ResidualCatalyzer):
@@ -102,13 +102,13 @@ class PairTableResidual(residual.ResidualCatalyzer):
             self.levels.append(levels)
             self.pair_tables.append(table)
 
-    def _decode_stage(self, m, z, xh, ranks=None):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
         levels, (first, second) = self.levels[m], getattr(self, f"pairs{m}")
         values = torch.round(z.detach() * math.sqrt(self.quantizer.blocks[m].param)).long() \
             + levels // 2
         rows = (torch.arange(len(first), device=z.device) * levels * levels
                 + values[:, first] * levels + values[:, second])
-        return super()._decode_stage(m, z, xh, ranks) + self.pair_tables[m](rows)
+        return super()._decode_stage(m, z, xh, ranks, g) + self.pair_tables[m](rows)
 
 
 class SharedStages(nn.Module):
@@ -143,9 +143,9 @@ class SharedResidual(residual.ResidualCatalyzer):
                                    len(quantizer.blocks) - 1)
         self.g = nn.ModuleList([self.g[0]])
 
-    def _decode_stage(self, m, z, xh, ranks=None):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
         if m == 0:
-            return super()._decode_stage(m, z, xh, ranks)
+            return super()._decode_stage(m, z, xh, ranks, g)
         return xh + self.shared(m - 1, z, xh)
 
 

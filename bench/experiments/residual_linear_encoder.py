@@ -38,7 +38,7 @@ class LinearConditioned(residual.ResidualCatalyzer):
             xl = self.w[0](z) if m == 0 else xl + self.w[m](z)
         return xh, xl
 
-    def _encode_batch(self, x):
+    def _encode_batch(self, x, f, g):  # its own chain, in the model's arithmetic
         xs, xl, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
             y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xl)), dim=1)

@@ -61,7 +61,7 @@ class SmallConditioned(residual.ResidualCatalyzer):
         err = lambda v: (v - xs).pow(2).sum(1).mean()
         return err(xh) + aux * err(first) + self.cond * sum(err(c) for c in chain) / len(chain)
 
-    def _encode_batch(self, x):
+    def _encode_batch(self, x, f, g):  # its own chain, in the model's arithmetic
         xs, xc, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
             y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xc)), dim=1)
