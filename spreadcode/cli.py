@@ -69,13 +69,13 @@ BEAM_OPTION = click.option(
          "beam 8 +3.5 / +3.3 for 11x). 1: the nearest point per stage.")
 PRECISION_OPTION = click.option(
     "--precision", type=click.Choice(["auto", "float32"]), default="auto", show_default=True,
-    help="Residual models' arithmetic. auto: greedy encoding on a CPU in int8 (one scale "
-         "per row of activations and per output channel of weights, exact integer sums), "
-         "other matrix products in bfloat16 where the CPU or GPU multiplies it natively "
-         "(AVX512-BF16, AMX), float32 elsewhere: encoding 2.5-3x and decoding 2.6x faster "
-         "than float32 with the same recall (the codes that change are near-ties; "
-         "BENCHMARKS.md levers 57, 58, 63). float32: codes and distances that do not depend "
-         "on the machine's int8 and bfloat16 support.")
+    help="Residual models' arithmetic. auto: on a CPU, greedy encoding and the full "
+         "decoder in int8 (one scale per row of activations and per output channel of "
+         "weights, exact integer sums); other matrix products in bfloat16 where the CPU or "
+         "GPU multiplies it natively (AVX512-BF16, AMX), float32 elsewhere: encoding 3.6x "
+         "and decoding 2.6x or more faster than float32 with the same recall (the codes "
+         "that change are near-ties; BENCHMARKS.md levers 57, 58, 63, 64). float32: codes "
+         "and distances that do not depend on the machine's int8 and bfloat16 support.")
 
 
 def _progress(quiet):

@@ -150,12 +150,13 @@ def check_beam(beam):
 # How `ResidualCatalyzer.encode`, `decode` and `decode_shortlist` multiply: "auto" in
 # bfloat16 (float32 accumulation) where the device does so natively
 # (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32,
-# except greedy encoding on a CPU, whose encoding chain runs in row-scaled int8
+# except on a CPU greedy encoding's chain and the full decoder, which run in row-scaled int8
 # (`spreadcode.int8`); "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1×
 # and decodes 2.2-2.5× faster than float32, 94-96 % of the codes being the float32 ones (the
 # others near-ties between lattice points), the error and recall the same to ± 0.4
-# (BENCHMARKS.md, levers 57-58); int8 encodes 1.3-1.5× faster again with 69 % of bfloat16's
-# codes, the same error to 0.1 % and recall to ± 0.2 (lever 63). The models are trained under
+# (BENCHMARKS.md, levers 57-58); int8 encodes 1.8-1.9× faster again with 69-81 % of
+# bfloat16's codes, the same error to 0.1 % and recall to ± 0.2 (lever 63), and decodes the
+# re-ranked shortlists of a search faster at the same recall (lever 64). The models are trained under
 # the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
 PRECISIONS = ("auto", "float32")
 
@@ -280,17 +281,16 @@ class ResidualCatalyzer(Preprocessed):
         return self._weights_key(self.g[0])
 
     def _int8_chain(self):
-        """(f, g) for greedy encoding in int8 (`spreadcode.int8.Int8Mlp`): every encoder f_m
-        and the decoders g_1..g_{M−2} that feed the next stage (g_0 stays the model's own, a
-        table; greedy encoding never runs g_{M−1}), built once per weights."""
+        """(f, g) in int8 (`spreadcode.int8.Int8Mlp`), built once per weights: every encoder
+        f_m and every decoder g_m but g_0, which stays the model's own (a table). Greedy
+        encoding runs f and g_1..g_{M−2}, `decode` g_1..g_{M−1}."""
         key = self._weights_key(self.f, self.g)
         if self._int8_key != key:
             from spreadcode.int8 import Int8Mlp
 
-            last = len(self.g) - 1
             self._int8_key, self._int8 = key, (
                 [Int8Mlp(mlp) for mlp in self.f],
-                [mlp if m in (0, last) else Int8Mlp(mlp) for m, mlp in enumerate(self.g)])
+                [self.g[0], *(Int8Mlp(mlp) for mlp in self.g[1:])])
         return self._int8
 
     def _count_first_stage_rows(self, rows):
@@ -417,7 +417,7 @@ class ResidualCatalyzer(Preprocessed):
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
         time). ``precision``: "auto" runs greedy encoding's chain in int8 on a CPU
         (`_int8_chain`) and multiplies in bfloat16 where the device does so natively
-        otherwise, "float32" everywhere (PRECISIONS): any code decodes the same way, only the
+        otherwise (beams included), "float32" everywhere (PRECISIONS): any code decodes the same way, only the
         choice between near-equal lattice points may differ. SpreadcodeError for a
         wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
         an unknown precision."""
@@ -425,7 +425,7 @@ class ResidualCatalyzer(Preprocessed):
         with arithmetic:
             if beam == 1:
                 self._count_first_stage_rows(len(vectors))
-                f, g = self._int8_chain() if self._greedy_int8(precision) else (self.f, self.g)
+                f, g = self._int8_chain() if self._runs_int8(precision) else (self.f, self.g)
                 return forward_batches(self, vectors, lambda x: self._encode_batch(x, f, g),
                                        self.quantizer.code_bytes, np.uint8)
             stages = len(self.quantizer.blocks)
@@ -435,10 +435,10 @@ class ResidualCatalyzer(Preprocessed):
                                    self.quantizer.code_bytes, np.uint8,
                                    batch=max(1, BEAM_BATCH_ROWS // beam))
 
-    def _greedy_int8(self, precision):
-        """Whether greedy encoding runs `_int8_chain`: for ``precision`` "auto" on a CPU
-        that multiplies int8 matrices (`spreadcode.int8.available`) when every hidden layer
-        fits its compiled core."""
+    def _runs_int8(self, precision):
+        """Whether greedy encoding and `decode` run `_int8_chain`: for ``precision`` "auto"
+        on a CPU that multiplies int8 matrices (`spreadcode.int8.available`) when every
+        hidden layer fits its compiled core."""
         from spreadcode import int8
 
         return precision == "auto" and int8.available(model_device(self)) \
@@ -456,28 +456,31 @@ class ResidualCatalyzer(Preprocessed):
         return np.hstack([block.reconstruct(ranks) for block, ranks in
                           zip(blocks, self.quantizer.block_codes(codes))]).astype(np.float32)
 
-    def _decode_batch(self, codes):
+    def _decode_batch(self, codes, g):
         xh = None
         for m, (block, ranks) in enumerate(zip(self.quantizer.blocks,
                                                 self.quantizer.block_codes(codes))):
             xh = self._decode_stage(m, torch.from_numpy(block.reconstruct(ranks)), xh,
-                                    ranks).float()
+                                    ranks, g).float()
         return self._on_sphere(self.unprocess(xh))
 
     @torch.no_grad()
     def decode(self, codes, batch=4096, precision="auto"):
         """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in), on the
-        sphere of ``output_norm`` when the model has one. ``precision`` as in `encode`
-        (bfloat16 products, x̂ accumulated in float32: 2.6× faster on wordnet's base, the
-        same recall; BENCHMARKS.md, lever 58). A row decodes to the same floats in any
-        batch of at least `spreadcode.collection.DECODE_MIN_ROWS` rows."""
+        sphere of ``output_norm`` when the model has one. ``precision`` as in `encode`:
+        "auto" runs g_1..g_{M−1} in int8 on a CPU (`_int8_chain`; BENCHMARKS.md, lever 64),
+        elsewhere in bfloat16 where native (lever 58); x̂ accumulates in float32. A row
+        decodes to the same floats in any batch of at least
+        `spreadcode.collection.DECODE_MIN_ROWS` rows."""
         arithmetic = self._arithmetic(precision)
         self.eval()
         self._count_first_stage_rows(codes.shape[0])
+        g = self._int8_chain()[1] if self._runs_int8(precision) else self.g
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         with arithmetic:
             for start in range(0, codes.shape[0], batch):
-                out[start:start + batch] = self._decode_batch(codes[start:start + batch]).numpy()
+                out[start:start + batch] = self._decode_batch(codes[start:start + batch],
+                                                              g).numpy()
         return out
 
     @torch.no_grad()

@@ -344,10 +344,11 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
                     reason="this torch does not multiply int8 matrices on CPUs")
 def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     """precision "auto" encodes greedily with `spreadcode.int8` on a CPU (a three-stage model:
-    f_0..f_2 and g_1 in int8): most codes are float32's and the others cost < 1 %
-    reconstruction error; rows do not depend on their batch, their order or the thread
-    count; the int8 chain is built once per weights and again when they change; the float
-    chain runs where int8 is not available or a layer is too wide for it."""
+    f_0..f_2 and g_1 in int8) and decodes with it (g_1, g_2): most codes are float32's and
+    the others cost < 1 % reconstruction error; decoded rows are within 1 % of float32's;
+    rows do not depend on their batch, their order or the thread count; the int8 chain is
+    built once per weights and again when they change; the float chain runs where int8 is
+    not available or a layer is too wide for it."""
     learn, base = load_sample().learn[:1000], load_sample().base[:1000]
     model = residual.train_residual(learn, replace(TINY, blocks=residual.stage_blocks(40),
                                                    epochs=1), progress=False).model
@@ -357,24 +358,29 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     assert error(auto) == pytest.approx(error(exact), rel=0.01)
     assert np.array_equal(model.encode(base[::-1])[::-1], auto)
     assert np.array_equal(model.encode(base[:7]), auto[:7])
+    decoded, exact_rows = model.decode(auto), model.decode(auto, precision="float32")
+    assert 0 < np.linalg.norm(decoded - exact_rows) < 0.01 * np.linalg.norm(exact_rows)
+    assert np.array_equal(model.decode(auto[:100], DECODE_MIN_ROWS + 5), decoded[:100])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         assert np.array_equal(model.encode(base), auto)
+        assert np.array_equal(model.decode(auto), decoded)
     finally:
         torch.set_num_threads(threads)
     chain = model._int8_chain()
     assert model._int8_chain() is chain
-    assert [type(mlp) for mlp in chain[0] + chain[1][1:2]] == [int8.Int8Mlp] * 4
-    assert chain[1][0] is model.g[0] and chain[1][2] is model.g[2]
+    assert [type(mlp) for mlp in chain[0] + chain[1][1:]] == [int8.Int8Mlp] * 5
+    assert chain[1][0] is model.g[0]
     with torch.no_grad():
         model.f[1][0].weight.mul_(1.0)  # a new version of the weights
     assert model._int8_chain() is not chain
     monkeypatch.setattr(int8, "available", lambda device: False)
     assert not np.array_equal(model.encode(base), auto)
+    assert not np.array_equal(model.decode(auto), decoded)
     monkeypatch.undo()
     monkeypatch.setattr(int8, "MAX_WIDTH", model.hidden_decoder - 1)
-    assert not model._greedy_int8("auto") and not model._greedy_int8("float32")
+    assert not model._runs_int8("auto") and not model._runs_int8("float32")
 
 
 def test_searches_in_either_precision_keep_their_own_decoded_rows(trained):

@@ -37,16 +37,22 @@ def load_on_sphere(model_path, data):
     return model, meta
 
 
-def measure_codes(model, meta, data, codes):
-    """What a user would see of ``codes`` uint8 (n_base, code_bytes), one per base vector:
-    {"mse": the full decoder's mean squared error on base, "R@k": the default search's
-    recall (`Index.search(query, 100)`)}."""
+def index_of_codes(model, meta, data, codes):
+    """An Index of the model holding ``codes`` uint8 (n_base, code_bytes) for data.base."""
     index = Index.from_catalyzer(model, meta)
     model.encode = lambda vectors, beam=1, precision="auto": codes  # the index adds these
     try:
         index.add(data.base)
     finally:
         del model.encode
+    return index
+
+
+def measure_codes(model, meta, data, codes):
+    """What a user would see of ``codes`` uint8 (n_base, code_bytes), one per base vector:
+    {"mse": the full decoder's mean squared error on base, "R@k": the default search's
+    recall (`Index.search(query, 100)`)}."""
+    index = index_of_codes(model, meta, data, codes)
     mse = float(((model.decode(codes) - data.base) ** 2).sum(1).mean())
     ids = index.search(data.query, k=100)[1]
     return {"mse": round(mse, 4), **recall_columns(ids, data.groundtruth)}

@@ -15,7 +15,8 @@ library's "auto" before lever 63) and "auto" (int8 rows on a CPU), and by faiss
 LSQ7x8_Nqint8 (faiss's default iterations, trained on 50,000 learn rows; 30,000 base rows);
 then one JSON row per encoding: vectors/s of each round, × LSQ's rate of the same round
 (median), share of codes equal to bfloat16's, base MSE, R@1/10/100 of
-`Index.search(query, 100)`.
+`Index.search(query, 100)`, decoded as the library decodes (lever 63's table: in bfloat16,
+before lever 64 moved the full decoder to int8).
 """
 import json
 import os
@@ -37,13 +38,13 @@ LSQ_ROWS = 30_000
 def encode(model, vectors, name):
     """Greedy codes of vectors by the encoding ``name`` and the vectors/s it ran at."""
     if name == "bfloat16":
-        model._greedy_int8 = lambda precision: False  # the library's "auto" before lever 63
+        model._runs_int8 = lambda precision: False  # the library's "auto" before lever 63
     try:
         start = time.perf_counter()
         codes = model.encode(vectors, precision="float32" if name == "float32" else "auto")
         return codes, len(vectors) / (time.perf_counter() - start)
     finally:
-        model.__dict__.pop("_greedy_int8", None)
+        model.__dict__.pop("_runs_int8", None)
 
 
 def main(model_path, data_path, rounds=3):
