@@ -69,7 +69,7 @@ BEAM_OPTION = click.option(
          "beam 8 +3.5 / +3.3 for 11x). 1: the nearest point per stage.")
 PRECISION_OPTION = click.option(
     "--precision", type=click.Choice(["auto", "float32"]), default="auto", show_default=True,
-    help="Residual models' arithmetic. auto: on a CPU, greedy encoding and the full "
+    help="Residual models' arithmetic. auto: on a CPU, encoding and the full "
          "decoder in int8 (one scale per row of activations and per output channel of "
          "weights, exact integer sums); other matrix products in bfloat16 where the CPU or "
          "GPU multiplies it natively (AVX512-BF16, AMX), float32 elsewhere: encoding 3.6x "

@@ -17,8 +17,8 @@ them) runs as:
   whole batch per call with the GIL released.
 
 `spreadcode.residual.ResidualCatalyzer` runs its encoders f and decoders g_1..g_{M−1} this
-way (precision "auto" on a CPU): greedy encoding 1.8-1.9× and cold searches ~1.2× faster than
-in bfloat16, with the same error and recall (BENCHMARKS.md, "Issue #14 levers", 63-64).
+way (precision "auto" on a CPU): greedy encoding 1.8-1.9×, beams ~1.45× and cold searches
+~1.3× faster than in bfloat16, with the same error and recall (BENCHMARKS.md, "Issue #14 levers", 63-64).
 """
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def check_beam(beam):
 # How `ResidualCatalyzer.encode`, `decode` and `decode_shortlist` multiply: "auto" in
 # bfloat16 (float32 accumulation) where the device does so natively
 # (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32,
-# except on a CPU greedy encoding's chain and the full decoder, which run in row-scaled int8
+# except on a CPU encoding (greedy or beam) and the full decoder, which run in row-scaled int8
 # (`spreadcode.int8`); "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1×
 # and decodes 2.2-2.5× faster than float32, 94-96 % of the codes being the float32 ones (the
 # others near-ties between lattice points), the error and recall the same to ± 0.4
@@ -283,7 +283,7 @@ class ResidualCatalyzer(Preprocessed):
     def _int8_chain(self):
         """(f, g) in int8 (`spreadcode.int8.Int8Mlp`), built once per weights: every encoder
         f_m and every decoder g_m but g_0, which stays the model's own (a table). Greedy
-        encoding runs f and g_1..g_{M−2}, `decode` g_1..g_{M−1}."""
+        encoding runs f and g_1..g_{M−2}, a beam and `decode` g_1..g_{M−1} too."""
         key = self._weights_key(self.f, self.g)
         if self._int8_key != key:
             from spreadcode.int8 import Int8Mlp
@@ -363,7 +363,7 @@ class ResidualCatalyzer(Preprocessed):
                 xh = self._decode_stage(m, z, xh, ranks[-1], g).float()
         return self.quantizer.join_block_codes(ranks)
 
-    def _encode_beam_batch(self, x, beam):
+    def _encode_beam_batch(self, x, beam, f, g):
         """Eval-mode beam-search encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
 
         The stages before `beam_first_branch` take the nearest point; each later stage
@@ -374,8 +374,9 @@ class ResidualCatalyzer(Preprocessed):
         last stage is scored as `decode` returns it, on the sphere of ``output_norm`` when
         the model has one (BENCHMARKS.md, lever 31). g_0 is looked up in its table once
         `encode` has counted enough rows (`_first_stage`). `encode` calls it for beam ≥ 2
-        (beam 1 is `_encode_batch`'s greedy nearest point). MLP outputs are taken back to
-        float32 as in `_encode_batch`.
+        (beam 1 is `_encode_batch`'s greedy nearest point), with the encoders ``f`` and
+        decoders ``g`` as there. MLP outputs are taken back to float32 as in
+        `_encode_batch`.
         """
         xs, n = self.preprocess(x), x.shape[0]
         xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
@@ -385,8 +386,7 @@ class ResidualCatalyzer(Preprocessed):
             width = 1 if xh is None else xh.shape[1]
             flat = None if xh is None else xh.reshape(n * width, self.d_in)
             y = nn.functional.normalize(
-                self.f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)).float(),
-                dim=1)
+                f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)).float(), dim=1)
             count = BEAM_CANDIDATES if m >= first_branch else 1
             z = lattice.nearest_candidates(y.cpu().numpy(), block.param, count)
             tried = z.shape[1]
@@ -395,7 +395,7 @@ class ResidualCatalyzer(Preprocessed):
                                     * np.float32(block.param ** -0.5)).to(x.device)
             decoded = self._decode_stage(
                 m, unit, None if flat is None else flat.repeat_interleave(tried, 0),
-                lattice.encode(flat_z, block.param) if m == 0 else None).float()
+                lattice.encode(flat_z, block.param) if m == 0 else None, g).float()
             decoded = decoded.reshape(n, width * tried, self.d_in)
             scored = decoded
             if self.output_norm is not None and m + 1 == len(blocks):
@@ -415,28 +415,29 @@ class ResidualCatalyzer(Preprocessed):
         store them. ``beam`` > 1 searches that many partial codes per vector over the last
         stages (`_encode_beam_batch`): lower reconstruction error for more time (wordnet,
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
-        time). ``precision``: "auto" runs greedy encoding's chain in int8 on a CPU
-        (`_int8_chain`) and multiplies in bfloat16 where the device does so natively
-        otherwise (beams included), "float32" everywhere (PRECISIONS): any code decodes the same way, only the
+        time). ``precision``: "auto" runs the encoders and decoders in int8 on a CPU
+        (`_int8_chain`; a beam 1.45× faster than in bfloat16, lever 63) and multiplies in
+        bfloat16 where the device does so natively otherwise, "float32" everywhere (PRECISIONS): any code decodes the same way, only the
         choice between near-equal lattice points may differ. SpreadcodeError for a
         wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
         an unknown precision."""
         beam, arithmetic = check_beam(beam), self._arithmetic(precision)
         with arithmetic:
+            f, g = self._int8_chain() if self._runs_int8(precision) else (self.f, self.g)
             if beam == 1:
                 self._count_first_stage_rows(len(vectors))
-                f, g = self._int8_chain() if self._runs_int8(precision) else (self.f, self.g)
                 return forward_batches(self, vectors, lambda x: self._encode_batch(x, f, g),
                                        self.quantizer.code_bytes, np.uint8)
             stages = len(self.quantizer.blocks)
             self._count_first_stage_rows(
                 len(vectors) * (BEAM_CANDIDATES if beam_first_branch(stages, beam) == 0 else 1))
-            return forward_batches(self, vectors, lambda x: self._encode_beam_batch(x, beam),
+            return forward_batches(self, vectors,
+                                   lambda x: self._encode_beam_batch(x, beam, f, g),
                                    self.quantizer.code_bytes, np.uint8,
                                    batch=max(1, BEAM_BATCH_ROWS // beam))
 
     def _runs_int8(self, precision):
-        """Whether greedy encoding and `decode` run `_int8_chain`: for ``precision`` "auto"
+        """Whether `encode` and `decode` run `_int8_chain`: for ``precision`` "auto"
         on a CPU that multiplies int8 matrices (`spreadcode.int8.available`) when every
         hidden layer fits its compiled core."""
         from spreadcode import int8

@@ -344,7 +344,7 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
                     reason="this torch does not multiply int8 matrices on CPUs")
 def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     """precision "auto" encodes greedily with `spreadcode.int8` on a CPU (a three-stage model:
-    f_0..f_2 and g_1 in int8) and decodes with it (g_1, g_2): most codes are float32's and
+    f_0..f_2 and g_1 in int8), with a beam (g_2 too) and decodes with it (g_1, g_2): most codes are float32's and
     the others cost < 1 % reconstruction error; decoded rows are within 1 % of float32's;
     rows do not depend on their batch, their order or the thread count; the int8 chain is
     built once per weights and again when they change; the float chain runs where int8 is
@@ -361,6 +361,9 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     decoded, exact_rows = model.decode(auto), model.decode(auto, precision="float32")
     assert 0 < np.linalg.norm(decoded - exact_rows) < 0.01 * np.linalg.norm(exact_rows)
     assert np.array_equal(model.decode(auto[:100], DECODE_MIN_ROWS + 5), decoded[:100])
+    beam, exact_beam = model.encode(base, beam=2), model.encode(base, 2, "float32")
+    assert error(beam) == pytest.approx(error(exact_beam), rel=0.01) and error(beam) < error(auto)
+    assert np.array_equal(model.encode(base[::-1], beam=2)[::-1], beam)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -377,6 +380,7 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     assert model._int8_chain() is not chain
     monkeypatch.setattr(int8, "available", lambda device: False)
     assert not np.array_equal(model.encode(base), auto)
+    assert not np.array_equal(model.encode(base, beam=2), beam)
     assert not np.array_equal(model.decode(auto), decoded)
     monkeypatch.undo()
     monkeypatch.setattr(int8, "MAX_WIDTH", model.hidden_decoder - 1)

@@ -83,7 +83,7 @@ def encoding_chain_model(hidden_h, distill):
                         eh = (eh + self.h[m - 1](torch.cat([z, eh], 1))).float()
             return self.quantizer.join_block_codes(ranks)
 
-        def _encode_beam_batch(self, x, beam):
+        def _encode_beam_batch(self, x, beam, f, g):
             raise NotImplementedError("greedy encoding only in this experiment")
 
     return EncodingChainCatalyzer

@@ -9,9 +9,9 @@ g_1..g_{M−2}; BatchNorms folded into their Linear) runs as int8 GEMMs; between
 int32 sums are scaled back, biased, passed through ReLU and quantized again per row by the
 compiled core. The codes are decoded by the model as always.
 
-Run:  python bench/experiments/int8_rows.py MODEL DATA [ROUNDS]
-The base is encoded greedily ROUNDS times (default 3) in turn by float32, bfloat16 (the
-library's "auto" before lever 63) and "auto" (int8 rows on a CPU), and by faiss
+Run:  python bench/experiments/int8_rows.py MODEL DATA [ROUNDS [BEAM]]
+The base is encoded ROUNDS times (default 3; greedily, or with a beam of BEAM) in turn by
+float32, bfloat16 (the library's "auto" before lever 63) and "auto" (int8 rows on a CPU), and by faiss
 LSQ7x8_Nqint8 (faiss's default iterations, trained on 50,000 learn rows; 30,000 base rows);
 then one JSON row per encoding: vectors/s of each round, × LSQ's rate of the same round
 (median), share of codes equal to bfloat16's, base MSE, R@1/10/100 of
@@ -35,19 +35,20 @@ from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
 LSQ_ROWS = 30_000
 
 
-def encode(model, vectors, name):
-    """Greedy codes of vectors by the encoding ``name`` and the vectors/s it ran at."""
+def encode(model, vectors, name, beam):
+    """Codes of vectors by the encoding ``name`` and the vectors/s it ran at."""
     if name == "bfloat16":
         model._runs_int8 = lambda precision: False  # the library's "auto" before lever 63
     try:
         start = time.perf_counter()
-        codes = model.encode(vectors, precision="float32" if name == "float32" else "auto")
+        codes = model.encode(vectors, beam,
+                             precision="float32" if name == "float32" else "auto")
         return codes, len(vectors) / (time.perf_counter() - start)
     finally:
         model.__dict__.pop("_runs_int8", None)
 
 
-def main(model_path, data_path, rounds=3):
+def main(model_path, data_path, rounds=3, beam=1):
     torch.set_num_threads(2)
     faiss.omp_set_num_threads(2)
     data = load_dataset(data_path)
@@ -64,11 +65,11 @@ def main(model_path, data_path, rounds=3):
         lsq_rate = LSQ_ROWS / (time.perf_counter() - start)
         rates.setdefault("faiss LSQ7x8_Nqint8", []).append(lsq_rate)
         for name in names:
-            codes[name], rate = encode(model, data.base, name)
+            codes[name], rate = encode(model, data.base, name, int(beam))
             rates[name].append(rate)
             ratios[name].append(rate / lsq_rate)
     for name in names:
-        print(json.dumps({"encoding": name, "vectors/s": [round(r) for r in rates[name]],
+        print(json.dumps({"encoding": name, "beam": int(beam), "vectors/s": [round(r) for r in rates[name]],
                           "x LSQ (median)": round(float(np.median(ratios[name])), 1),
                           "codes equal to bfloat16 %": round(100 * float(
                               (codes[name] == codes["bfloat16"]).all(1).mean()), 1),
