@@ -18,7 +18,8 @@ them) runs as:
 
 `spreadcode.residual.ResidualCatalyzer` runs its encoders f and decoders g_1..g_{M−1} this
 way (precision "auto" on a CPU): greedy encoding 1.8-1.9×, beams ~1.45× and cold searches
-~1.3× faster than in bfloat16, with the same error and recall (BENCHMARKS.md, "Issue #14 levers", 63-64).
+~1.3× faster than in bfloat16, with the same error and recall (BENCHMARKS.md, "Issue #14
+levers", 63-64).
 """
 from __future__ import annotations
 

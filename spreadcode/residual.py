@@ -156,8 +156,8 @@ def check_beam(beam):
 # others near-ties between lattice points), the error and recall the same to ± 0.4
 # (BENCHMARKS.md, levers 57-58); int8 encodes 1.8-1.9× faster again with 69-81 % of
 # bfloat16's codes, the same error to 0.1 % and recall to ± 0.2 (lever 63), and decodes the
-# re-ranked shortlists of a search faster at the same recall (lever 64). The models are trained under
-# the same autocast on such CPUs (`ResidualConfig.mixed_precision`).
+# re-ranked shortlists of a search faster at the same recall (lever 64). The models are
+# trained under bfloat16 autocast on such CPUs (`ResidualConfig.mixed_precision`).
 PRECISIONS = ("auto", "float32")
 
 
@@ -417,10 +417,10 @@ class ResidualCatalyzer(Preprocessed):
         BENCHMARKS.md lever 33: beam 2 2.5×, beam 4 5×, beam 8 11× the greedy encoding
         time). ``precision``: "auto" runs the encoders and decoders in int8 on a CPU
         (`_int8_chain`; a beam 1.45× faster than in bfloat16, lever 63) and multiplies in
-        bfloat16 where the device does so natively otherwise, "float32" everywhere (PRECISIONS): any code decodes the same way, only the
-        choice between near-equal lattice points may differ. SpreadcodeError for a
-        wrong dimension, NaN or Inf, a beam that is not an integer from 1 to MAX_BEAM, or
-        an unknown precision."""
+        bfloat16 where the device does so natively otherwise, "float32" everywhere
+        (PRECISIONS): any code decodes the same way, only the choice between near-equal
+        lattice points may differ. SpreadcodeError for a wrong dimension, NaN or Inf, a beam
+        that is not an integer from 1 to MAX_BEAM, or an unknown precision."""
         beam, arithmetic = check_beam(beam), self._arithmetic(precision)
         with arithmetic:
             f, g = self._int8_chain() if self._runs_int8(precision) else (self.f, self.g)

@@ -11,9 +11,9 @@ compiled core. The codes are decoded by the model as always.
 
 Run:  python bench/experiments/int8_rows.py MODEL DATA [ROUNDS [BEAM]]
 The base is encoded ROUNDS times (default 3; greedily, or with a beam of BEAM) in turn by
-float32, bfloat16 (the library's "auto" before lever 63) and "auto" (int8 rows on a CPU), and by faiss
-LSQ7x8_Nqint8 (faiss's default iterations, trained on 50,000 learn rows; 30,000 base rows);
-then one JSON row per encoding: vectors/s of each round, × LSQ's rate of the same round
+float32, bfloat16 (the library's "auto" before lever 63) and "auto" (int8 rows on a CPU), and
+by faiss LSQ7x8_Nqint8 (faiss's default iterations, trained on 50,000 learn rows; 30,000
+base rows); then one JSON row per encoding: vectors/s of each round, × LSQ's rate of the same round
 (median), share of codes equal to bfloat16's, base MSE, R@1/10/100 of
 `Index.search(query, 100)`, decoded as the library decodes (lever 63's table: in bfloat16,
 before lever 64 moved the full decoder to int8).
@@ -69,7 +69,8 @@ def main(model_path, data_path, rounds=3, beam=1):
             rates[name].append(rate)
             ratios[name].append(rate / lsq_rate)
     for name in names:
-        print(json.dumps({"encoding": name, "beam": int(beam), "vectors/s": [round(r) for r in rates[name]],
+        print(json.dumps({"encoding": name, "beam": int(beam),
+                          "vectors/s": [round(r) for r in rates[name]],
                           "x LSQ (median)": round(float(np.median(ratios[name])), 1),
                           "codes equal to bfloat16 %": round(100 * float(
                               (codes[name] == codes["bfloat16"]).all(1).mean()), 1),
