@@ -437,11 +437,21 @@ def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries):
 
 
 # ---------------------------------------------------------------------------------------
-# Row-scaled int8 layers (spreadcode/int8.py checks shapes and dtypes)
+# Row-scaled int8 layers (spreadcode/int8.py); the buffers' shapes are checked here, since
+# a kernel would write past a short one
 # ---------------------------------------------------------------------------------------
+
+def _check_sizes(name, *pairs):
+    """SpreadcodeError unless each (got, expected) pair of sizes agrees."""
+    if any(got != expected for got, expected in pairs):
+        raise SpreadcodeError(f"{name}: buffer sizes {[got for got, _ in pairs]} do not "
+                              f"match {[expected for _, expected in pairs]}")
+
 
 def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, int threads):
     """out (n, k) int8, scale (n,) float32 <- x (n, k) float32, one symmetric scale per row."""
+    _check_sizes("quantize_rows", (out.shape[0], x.shape[0]), (out.shape[1], x.shape[1]),
+                 (scale.shape[0], x.shape[0]))
     if x.shape[0] and x.shape[1]:
         with nogil:
             sc_quantize_rows(&x[0, 0], x.shape[0], x.shape[1], &out[0, 0], &scale[0], threads)
@@ -451,6 +461,10 @@ def dequantize(const int32_t[:, ::1] acc, const float[::1] row_scale, const floa
                const int32_t[::1] col_offset not None, const float[::1] bias, float[:, ::1] out,
                int threads):
     """out (n, m) float32 <- int32 sums acc (n, m) scaled per row and column, offset, biased."""
+    n, m = acc.shape[0], acc.shape[1]
+    _check_sizes("dequantize", (row_scale.shape[0], n), (col_scale.shape[0], m),
+                 (col_offset.shape[0], m), (bias.shape[0], m), (out.shape[0], n),
+                 (out.shape[1], m))
     if acc.shape[0] and acc.shape[1]:
         with nogil:
             sc_dequantize(&acc[0, 0], acc.shape[0], acc.shape[1], &row_scale[0], &col_scale[0],
@@ -462,6 +476,12 @@ def requantize_relu(const int32_t[:, ::1] acc, const float[::1] row_scale,
                     const float[::1] bias, int8_t[:, ::1] out, float[::1] out_scale,
                     int threads):
     """out (n, m) int8, out_scale (n,) <- relu of `dequantize`'s output as shifted uint8 rows."""
+    n, m = acc.shape[0], acc.shape[1]
+    _check_sizes("requantize_relu", (row_scale.shape[0], n), (col_scale.shape[0], m),
+                 (col_offset.shape[0], m), (bias.shape[0], m), (out.shape[0], n),
+                 (out.shape[1], m), (out_scale.shape[0], n))
+    if m > SC_INT8_MAX_WIDTH:
+        raise SpreadcodeError(f"requantize_relu: rows of at most {SC_INT8_MAX_WIDTH} values")
     if acc.shape[0] and acc.shape[1]:
         with nogil:
             sc_requantize_relu(&acc[0, 0], acc.shape[0], acc.shape[1], &row_scale[0],

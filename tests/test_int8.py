@@ -115,6 +115,24 @@ def test_a_row_of_zeros_and_the_extreme_codes():
     np.testing.assert_allclose(floats, (sums + 2) * 0.5 + 1)
 
 
+def test_the_kernels_refuse_buffers_of_the_wrong_size():
+    f32, i32, i8 = np.float32, np.int32, np.int8
+    with pytest.raises(SpreadcodeError, match="quantize_rows: buffer sizes"):
+        _codec.quantize_rows(np.zeros((4, 3), f32), np.zeros((4, 2), i8), np.zeros(4, f32), 1)
+    sums, ones = np.zeros((4, 3), i32), np.ones(3, f32)
+    with pytest.raises(SpreadcodeError, match="dequantize: buffer sizes"):
+        _codec.dequantize(sums, np.ones(3, f32), ones, np.zeros(3, i32), ones,
+                          np.zeros((4, 3), f32), 1)
+    with pytest.raises(SpreadcodeError, match="requantize_relu: buffer sizes"):
+        _codec.requantize_relu(sums, np.ones(4, f32), ones, np.zeros(3, i32), ones,
+                               np.zeros((4, 3), i8), np.zeros(2, f32), 1)
+    wide = _codec.INT8_MAX_WIDTH + 1
+    with pytest.raises(SpreadcodeError, match="at most"):
+        _codec.requantize_relu(np.zeros((1, wide), i32), np.ones(1, f32), np.ones(wide, f32),
+                               np.zeros(wide, i32), np.ones(wide, f32),
+                               np.zeros((1, wide), i8), np.zeros(1, f32), 1)
+
+
 def test_what_int8_inference_refuses():
     with pytest.raises(SpreadcodeError, match="Linear, BatchNorm1d and ReLU"):
         int8.Int8Mlp(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).eval())
