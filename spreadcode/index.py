@@ -195,7 +195,7 @@ class Index:
         all its vectors or for none. ``beam`` > 1: a residual model's beam search over
         partial codes (`spreadcode.residual.ResidualCatalyzer.encode`: better codes, several
         times the encoding time); ``precision`` "float32" keeps a residual model's products
-        in float32 ("auto": greedy encoding in int8 on a CPU, other products in bfloat16
+        in float32 ("auto": encoding in int8 on a CPU, other products in bfloat16
         where the device multiplies it natively: 2.5-3× as fast;
         `spreadcode.residual.PRECISIONS`). SpreadcodeError for a wrong shape, NaN or Inf."""
         x = np.asarray(x)

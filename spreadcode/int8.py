@@ -23,6 +23,8 @@ levers", 63-64).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -39,8 +41,12 @@ MAX_WIDTH = _codec.INT8_MAX_WIDTH
 def available(device):
     """Whether ``device`` (a torch.device) runs Int8Mlp: a CPU whose torch multiplies int8
     matrices (``torch._int_mm`` on CPUs: torch 2.2 and later)."""
-    if device.type != "cpu":
-        return False
+    return device.type == "cpu" and _cpu_int_mm()
+
+
+@functools.cache
+def _cpu_int_mm():
+    """Whether this torch's ``_int_mm`` multiplies on the CPU (probed once per process)."""
     try:
         ones = torch.ones((1, 8), dtype=torch.int8)
         return int(torch._int_mm(ones, ones.t().contiguous())[0, 0]) == 8

@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from spreadcode import lattice  # noqa: E402
+from spreadcode import int8, lattice  # noqa: E402
 from spreadcode.catalyzer import (  # noqa: E402
     CatalyzerMeta, Preprocessed, forward_batches, model_device)
 from spreadcode.errors import SpreadcodeError  # noqa: E402
@@ -286,11 +286,9 @@ class ResidualCatalyzer(Preprocessed):
         encoding runs f and g_1..g_{M−2}, a beam and `decode` g_1..g_{M−1} too."""
         key = self._weights_key(self.f, self.g)
         if self._int8_key != key:
-            from spreadcode.int8 import Int8Mlp
-
             self._int8_key, self._int8 = key, (
-                [Int8Mlp(mlp) for mlp in self.f],
-                [self.g[0], *(Int8Mlp(mlp) for mlp in self.g[1:])])
+                [int8.Int8Mlp(mlp) for mlp in self.f],
+                [self.g[0], *(int8.Int8Mlp(mlp) for mlp in self.g[1:])])
         return self._int8
 
     def _count_first_stage_rows(self, rows):
@@ -440,8 +438,6 @@ class ResidualCatalyzer(Preprocessed):
         """Whether `encode` and `decode` run `_int8_chain`: for ``precision`` "auto"
         on a CPU that multiplies int8 matrices (`spreadcode.int8.available`) when every
         hidden layer fits its compiled core."""
-        from spreadcode import int8
-
         return precision == "auto" and int8.available(model_device(self)) \
             and max(self.hidden, self.hidden_decoder, self.hidden_chain or 0) <= int8.MAX_WIDTH
 

@@ -9,6 +9,13 @@
 
 SC_INLINE float sc_max(float a, float b) { return a > b ? a : b; }
 
+/* y[j] of sc_dequantize for one row's sums acc */
+SC_INLINE float layer_output(const int32_t *acc, int64_t j, float row_scale,
+                             const float *col_scale, const int32_t *col_offset,
+                             const float *bias) {
+    return (float)(acc[j] + col_offset[j]) * (row_scale * col_scale[j]) + bias[j];
+}
+
 SC_MULTIVERSION static void quantize_row(const float *x, int k, int8_t *out, float *scale) {
     float lanes[SC_LANES] = {0};
     int64_t j = 0;
@@ -30,7 +37,7 @@ SC_MULTIVERSION static void dequantize_row(const int32_t *acc, int m, float row_
                                            const float *col_scale, const int32_t *col_offset,
                                            const float *bias, float *out) {
     for (int64_t j = 0; j < m; ++j)
-        out[j] = (float)(acc[j] + col_offset[j]) * (row_scale * col_scale[j]) + bias[j];
+        out[j] = layer_output(acc, j, row_scale, col_scale, col_offset, bias);
 }
 
 SC_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float row_scale,
@@ -42,13 +49,12 @@ SC_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float
     int64_t j = 0;
     for (; j + SC_LANES <= m; j += SC_LANES)
         for (int64_t l = 0; l < SC_LANES; ++l) {
-            y[j + l] = (float)(acc[j + l] + col_offset[j + l]) * (row_scale * col_scale[j + l])
-                       + bias[j + l];
+            y[j + l] = layer_output(acc, j + l, row_scale, col_scale, col_offset, bias);
             lanes[l] = sc_max(lanes[l], y[j + l]);
         }
     float top = 0.f;
     for (; j < m; ++j) {
-        y[j] = (float)(acc[j] + col_offset[j]) * (row_scale * col_scale[j]) + bias[j];
+        y[j] = layer_output(acc, j, row_scale, col_scale, col_offset, bias);
         top = sc_max(top, y[j]);
     }
     for (int64_t l = 0; l < SC_LANES; ++l) top = sc_max(top, lanes[l]);

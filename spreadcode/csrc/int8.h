@@ -10,8 +10,8 @@
 
 #define SC_INT8_MAX_WIDTH 16384  /* widest layer output of sc_requantize_relu */
 
-/* Signed rows: out[i, j] = round(x[i, j] / scale[i]) (halves away from 0) in [-127, 127], scale[i] =
-   max_j |x[i, j]| / 127 (0 for a row of zeros, whose codes are 0). x (n, k). */
+/* Signed rows: out[i, j] = round(x[i, j] / scale[i]) (halves away from 0) in [-127, 127],
+   scale[i] = max_j |x[i, j]| / 127 (0 for a row of zeros, whose codes are 0). x (n, k). */
 SC_API void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
                              int threads);
 
@@ -24,9 +24,9 @@ SC_API void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row
                           float *out, int threads);
 
 /* relu(y) of sc_dequantize as the next layer's rows: u[i, j] = round(relu(y[i, j]) /
-   out_scale[i]) (halves up) in [0, 255] with out_scale[i] = max_j relu(y[i, j]) / 255 (0 for a row of
-   zeros), stored as u - 128 in out (n, m) int8 (the next layer adds 128 × its weight
-   column sums back as col_offset). */
+   out_scale[i]) (halves up) in [0, 255] with out_scale[i] = max_j relu(y[i, j]) / 255 (0 for
+   a row of zeros), stored as u - 128 in out (n, m) int8 (the next layer adds 128 × its
+   weight column sums back as col_offset). */
 SC_API void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_scale,
                                const float *col_scale, const int32_t *col_offset,
                                const float *bias, int8_t *out, float *out_scale, int threads);
