@@ -27,23 +27,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
 from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
+from spreadcode import int8  # noqa: E402
 
 
 def fold_batch_norms(mlp):
-    """An eval-mode copy of a Linear/BatchNorm1d/ReLU Sequential with each BatchNorm folded
-    into the Linear before it."""
-    layers, out = list(mlp), []
-    for layer in layers:
-        if isinstance(layer, nn.BatchNorm1d):
-            linear = out[-1]
-            gain = layer.weight / torch.sqrt(layer.running_var + layer.eps)
-            folded = nn.Linear(linear.in_features, linear.out_features)
-            with torch.no_grad():
-                folded.weight.copy_(linear.weight * gain[:, None])
-                folded.bias.copy_((linear.bias - layer.running_mean) * gain + layer.bias)
-            out[-1] = folded
-        else:
-            out.append(copy.deepcopy(layer))
+    """An eval-mode Linear/ReLU Sequential equal to an eval-mode Linear/BatchNorm1d/ReLU one,
+    each BatchNorm folded into the Linear before it (`spreadcode.int8.fold_batch_norms`)."""
+    out = []
+    for i, (weight, bias) in enumerate(int8.fold_batch_norms(mlp)):
+        linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
+        out += [nn.ReLU(), linear] if i else [linear]
     return nn.Sequential(*out).eval()
 
 
