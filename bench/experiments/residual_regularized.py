@@ -9,10 +9,14 @@ Options (any combination), applied by patching the library's training for this p
     mixup=P     a share P of each batch is replaced by points between a vector and one of its
                 10 nearest training vectors (uniform, at most half way), input and target
                 alike: new points along the data's own neighbourhoods, fresh every step
+    mask=P      the encoders read each training vector (preprocessed) with a share P of its
+                coordinates zeroed and the rest divided by 1 − P (then the library's noise),
+                the loss comparing with the clean vector: masking noise, after denoising
+                auto-encoders' (Vincent et al. 2008)
     sphere=1    the loss (and the held-out error that picks the epoch) is taken after the
                 decoded vector is put on the sphere the library's decoders put it on
                 (`ResidualCatalyzer.output_norm`: data of constant norm)
-Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [sphere=1] [epochs=E]
+Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [mask=P] [sphere=1] [epochs=E]
 Then: python bench/experiments/residual_beam.py library OUT.safetensors DATA 1 8
 """
 import json
@@ -49,7 +53,7 @@ def neighbour_mix(x, train, share, generator, k=10, reach=0.5):
     return x
 
 
-def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
+def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, sphere=0.0,
          epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
@@ -66,10 +70,18 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
         xh, first = base_chain(self, x)
         return self.preprocess(self._on_sphere(self.unprocess(xh))), first
 
-    def training_loss(self, x, aux, *noise_args):
+    def training_loss(self, x, aux, noise=0.0, generator=None):
         if mixup > 0:
             x = neighbour_mix(x, train_set, mixup, mix_rng)
-        return base_loss(self, x, aux, *noise_args)
+        if not mask:
+            return base_loss(self, x, aux, noise, generator)
+        target = self.preprocess(x)
+        kept = torch.rand(target.shape, generator=generator) >= mask
+        xs = target * kept / (1 - mask)
+        if noise:
+            xs = xs + noise * torch.randn(target.shape, generator=generator)
+        xh, first = self._chain(xs)
+        return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
     def init(self, *args, **kwargs):
         base_init(self, *args, **kwargs)
@@ -106,6 +118,7 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, sphere=0.0,
     train_x = ds.learn[train_rows[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
     print(json.dumps({"tag": f"regularized noise={config.noise} dropout={dropout} wd={wd} mixup={mixup} "
+                             f"mask={mask} "
                              f"sphere={sphere}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
                       "val_mse": round(result.meta.training["val_mse"], 4),
