@@ -95,13 +95,19 @@ class Int8Mlp:
                                 bias.contiguous().numpy()))
 
     def __call__(self, x):
-        threads = torch.get_num_threads()
         x = np.ascontiguousarray(x.detach().float().cpu().numpy())
         rows = np.empty(x.shape, dtype=np.int8)
         row_scale = np.empty(x.shape[0], dtype=np.float32)
-        _codec.quantize_rows(x, rows, row_scale, threads)
+        _codec.quantize_rows(x, rows, row_scale, torch.get_num_threads())
+        return self.run_layers(rows, row_scale)
+
+    def run_layers(self, rows, row_scale, first=0):
+        """Layers ``first``.. of the MLP on their input rows int8 (n, k) with one scale per
+        row, float32 (n,) (after a ReLU: uint8 − UNSIGNED_SHIFT): float32 tensor (n, m)."""
+        threads = torch.get_num_threads()
         last = len(self.layers) - 1
-        for i, (codes, col_scale, offset, bias) in enumerate(self.layers):
+        for i in range(first, len(self.layers)):
+            codes, col_scale, offset, bias = self.layers[i]
             sums = torch._int_mm(torch.from_numpy(rows), codes).numpy()
             if i == last:
                 out = np.empty(sums.shape, dtype=np.float32)

@@ -50,18 +50,7 @@ class SplitInput:
         row_scale = (top / 255).astype(np.float32)
         inv = np.where(top > 0, 255 / np.where(top > 0, top, 1), 0).astype(np.float32)
         rows = (np.floor(h * inv[:, None] + 0.5) - int8.UNSIGNED_SHIFT).astype(np.int8)
-        last = len(self.mlp.layers) - 1
-        for i, (codes, col_scale, offset, bias) in enumerate(self.mlp.layers[1:], start=1):
-            sums = torch._int_mm(torch.from_numpy(rows), codes).numpy()
-            if i == last:
-                out = np.empty(sums.shape, dtype=np.float32)
-                _codec.dequantize(sums, row_scale, col_scale, offset, bias, out, threads)
-                return torch.from_numpy(out)
-            rows = np.empty(sums.shape, dtype=np.int8)
-            next_scale = np.empty(sums.shape[0], dtype=np.float32)
-            _codec.requantize_relu(sums, row_scale, col_scale, offset, bias, rows, next_scale,
-                                   threads)
-            row_scale = next_scale
+        return self.mlp.run_layers(rows, row_scale, first=1)
 
 
 def main(model_path, data_path):
