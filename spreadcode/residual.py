@@ -232,7 +232,7 @@ class ResidualCatalyzer(Preprocessed):
             from spreadcode.decoders import DecoderNet
 
             self.shortlist = DecoderNet(self.d_out, self.d_in, self.hidden_shortlist)
-        self._first_key, self._first_rows, self._first_table = None, 0, None
+        self._first_key, self._first_rows, self._first_tables = None, 0, {}
         self._int8_key, self._int8 = None, None
 
     def _decoder_width(self, m):
@@ -266,9 +266,10 @@ class ResidualCatalyzer(Preprocessed):
         """x̂_m from the unit points z (n, d_m) of stage m and x̂_{m−1} (n, d_in); in eval mode
         without gradients, the ranks uint64 (n,) of stage 0 let g_0 be a table lookup.
         ``g``: the decoders to run g_m with (default: the model's own)."""
+        g = self.g if g is None else g
         if m > 0:
-            return xh + (self.g if g is None else g)[m](torch.cat([z, xh], 1))
-        return self.g[0](z) if ranks is None else self._first_stage(ranks, z)
+            return xh + g[m](torch.cat([z, xh], 1))
+        return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0])
 
     @staticmethod
     def _weights_key(*modules):
@@ -282,13 +283,13 @@ class ResidualCatalyzer(Preprocessed):
 
     def _int8_chain(self):
         """(f, g) in int8 (`spreadcode.int8.Int8Mlp`), built once per weights: every encoder
-        f_m and every decoder g_m but g_0, which stays the model's own (a table). Greedy
-        encoding runs f and g_1..g_{M−2}, a beam and `decode` g_1..g_{M−1} too."""
+        f_m and every decoder g_m. Greedy encoding runs f and g_0..g_{M−2}, a beam and
+        `decode` g_{M−1} too; g_0 mostly as its table (`_first_stage`), which it builds 3.5×
+        faster than the float32 g_0 does (BENCHMARKS.md, lever 70)."""
         key = self._weights_key(self.f, self.g)
         if self._int8_key != key:
             self._int8_key, self._int8 = key, (
-                [int8.Int8Mlp(mlp) for mlp in self.f],
-                [self.g[0], *(int8.Int8Mlp(mlp) for mlp in self.g[1:])])
+                [int8.Int8Mlp(mlp) for mlp in self.f], [int8.Int8Mlp(mlp) for mlp in self.g])
         return self._int8
 
     def _count_first_stage_rows(self, rows):
@@ -296,29 +297,31 @@ class ResidualCatalyzer(Preprocessed):
         last changed: the table is built once they reach its size."""
         key = self._first_stage_key()
         if key != self._first_key:  # new or changed weights: any table is stale
-            self._first_key, self._first_rows, self._first_table = key, 0, None
+            self._first_key, self._first_rows, self._first_tables = key, 0, {}
         self._first_rows += int(rows)
 
-    def _first_stage(self, ranks, z):
+    def _first_stage(self, ranks, z, g0):
         """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
-        without gradients: looked up in the table of g_0 over every point of block 0 once
-        `_count_first_stage_rows` has counted as many rows as it has (FIRST_TABLE_BYTES).
-        Always in float32, even under `encode`'s bfloat16 autocast: a code must not depend on
-        whether the table exists yet, and `decode` reads the table too."""
+        without gradients, by ``g0``: the model's g_0 (in float32, even under `encode`'s
+        bfloat16 autocast) or its `spreadcode.int8.Int8Mlp`. Looked up in g0's table over
+        every point of block 0 once `_count_first_stage_rows` has counted as many rows as it
+        has (FIRST_TABLE_BYTES): a row of either g0 does not depend on its batch, so a code
+        does not depend on whether the table exists yet, and `decode` reads the table too."""
         with torch.autocast(z.device.type, enabled=False):
             block = self.quantizer.blocks[0]
             count = lattice.count(block.d, block.param)
             if self._first_key != self._first_stage_key():
-                return self.g[0](z)
-            if self._first_table is None and self._first_rows >= count \
+                return g0(z)
+            table = self._first_tables.get(g0)
+            if table is None and self._first_rows >= count \
                     and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
                 points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
-                self._first_table = torch.cat(
-                    [self.g[0](points[start:start + FIRST_TABLE_BATCH].to(z.device))
+                table = self._first_tables[g0] = torch.cat(
+                    [g0(points[start:start + FIRST_TABLE_BATCH].to(z.device))
                      for start in range(0, count, FIRST_TABLE_BATCH)])
-            if self._first_table is None:
-                return self.g[0](z)
-            return self._first_table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
+            if table is None:
+                return g0(z)
+            return table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
 
     def forward(self, x):
         """Training pass: x float32 tensor (n, d_in) -> (x̂_M, x̂_1), both (n, d_in) in the
@@ -465,7 +468,7 @@ class ResidualCatalyzer(Preprocessed):
     def decode(self, codes, batch=4096, precision="auto"):
         """The full decoder x̂_M of codes uint8 (n, code_bytes): float32 (n, d_in), on the
         sphere of ``output_norm`` when the model has one. ``precision`` as in `encode`:
-        "auto" runs g_1..g_{M−1} in int8 on a CPU (`_int8_chain`; BENCHMARKS.md, lever 64),
+        "auto" runs g_0..g_{M−1} in int8 on a CPU (`_int8_chain`; BENCHMARKS.md, levers 64, 70),
         elsewhere in bfloat16 where native (lever 58); x̂ accumulates in float32. A row
         decodes to the same floats in any batch of at least
         `spreadcode.collection.DECODE_MIN_ROWS` rows."""

@@ -191,44 +191,54 @@ def test_constant_norm_learn_sets_are_decoded_onto_their_sphere(trained):
                                    result.model.unprocess(xh).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch):
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, monkeypatch,
+                                                                     precision):
     """Once g_0 has decoded as many rows as block 0 has points, it is looked up by rank in a
-    table: codes (greedy and beam) and decoded vectors are those of g_0 itself, a small encode
-    builds no table, and a change of the weights replaces the table."""
+    table (one per arithmetic: float32, or int8 under "auto" on a CPU): codes (greedy and
+    beam) and decoded vectors are those of g_0 itself, a small encode builds no table, and a
+    change of the weights replaces the table."""
     import copy
 
     tabled, direct = copy.deepcopy(trained.model), copy.deepcopy(trained.model)
     sample, count = load_sample(), 64416  # S(12, 6), TINY's first stage
     vectors = np.vstack([sample.learn, sample.base] * 4)[:count + 500]
-    tabled.encode(sample.base[:1000])
-    assert tabled._first_table is None
+    tabled.encode(sample.base[:1000], precision=precision)
+    assert tabled._first_tables == {}
     monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
-    want_codes = direct.encode(vectors)
-    want = direct.decode(want_codes)
-    assert direct._first_table is None
+    want_codes = direct.encode(vectors, precision=precision)
+    want = direct.decode(want_codes, precision=precision)
+    assert direct._first_tables == {}
     monkeypatch.undo()
-    codes = tabled.encode(vectors)
-    assert tabled._first_table is not None and tabled._first_table.shape == (count, 96)
+    codes = tabled.encode(vectors, precision=precision)
+    (g0, table), = tabled._first_tables.items()
+    assert table.shape == (count, 96)
+    assert isinstance(g0, int8.Int8Mlp) == (precision == "auto" and tabled._runs_int8("auto"))
     np.testing.assert_array_equal(codes, want_codes)
-    np.testing.assert_allclose(tabled.decode(codes), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(tabled.decode(codes, precision=precision), want)
     monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
-    want_beam = direct.encode(vectors[:2000], beam=2)
+    want_beam = direct.encode(vectors[:2000], beam=2, precision=precision)
     monkeypatch.undo()
 
     def not_called(*args):
         raise AssertionError("g_0 ran although its table is built")
 
+    def int8_but_g0(mlp, x, run=int8.Int8Mlp.__call__):
+        return not_called() if mlp is g0 else run(mlp, x)
+
     monkeypatch.setattr(tabled.g[0], "forward", not_called)
-    np.testing.assert_array_equal(tabled.encode(vectors[:2000], beam=2), want_beam)
+    monkeypatch.setattr(int8.Int8Mlp, "__call__", int8_but_g0)
+    np.testing.assert_array_equal(tabled.encode(vectors[:2000], beam=2, precision=precision),
+                                  want_beam)
     monkeypatch.undo()
     for model in tabled, direct:
         with torch.no_grad():
             model.g[0][-1].bias.add_(0.5)
     monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
-    want = direct.decode(codes[:3000])
+    want = direct.decode(codes[:3000], precision=precision)
     monkeypatch.undo()
-    np.testing.assert_allclose(tabled.decode(codes[:3000]), want, rtol=1e-6, atol=1e-6)
-    assert tabled._first_table is None  # stale, and 3,000 rows do not pay for a new one
+    np.testing.assert_array_equal(tabled.decode(codes[:3000], precision=precision), want)
+    assert tabled._first_tables == {}  # stale, and 3,000 rows do not pay for a new one
 
 
 def best_path_codes(model, base, counts):
@@ -373,8 +383,7 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
         torch.set_num_threads(threads)
     chain = model._int8_chain()
     assert model._int8_chain() is chain
-    assert [type(mlp) for mlp in chain[0] + chain[1][1:]] == [int8.Int8Mlp] * 5
-    assert chain[1][0] is model.g[0]
+    assert [type(mlp) for mlp in chain[0] + chain[1]] == [int8.Int8Mlp] * 6
     with torch.no_grad():
         model.f[1][0].weight.mul_(1.0)  # a new version of the weights
     assert model._int8_chain() is not chain
