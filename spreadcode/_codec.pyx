@@ -71,6 +71,7 @@ cdef extern from "csrc/scan.h":
         const float *queries
         const uint8_t *qcodes
         float scale2
+        int portable
 
     ctypedef struct sc_range_result:
         int slots, nq
@@ -418,15 +419,20 @@ def float_scan(const float[:, ::1] vectors, const float[:, ::1] queries):
     return scan
 
 
-def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries):
-    """A scan of int8 rows against float32 queries (nq, d), as `float_scan` of the vectors
-    they hold: ``rows`` (n, d + 4) bytes, each d int8 c then a float32 scale s, the vector
-    s · c (`spreadcode.search.int8_rows`, viewed as bytes)."""
+def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries, bint portable=False):
+    """A scan of int8 rows against float32 queries (nq, d) by ‖x‖² − 2⟨q̃, x⟩ for the vectors
+    x = s · c they hold: ``rows`` (n, d + 4) bytes, each d int8 c then a float32 scale s
+    (`spreadcode.search.int8_rows`, viewed as bytes), and each query q rounded the same way,
+    q̃ = t · b (t = max|q| / 127, b int8). ⟨b, c⟩ is an exact integer sum (AVX512-VNNI where
+    the CPU has it: 4× the float scan's multiply-adds per instruction) and ‖x‖² − 2 s t ⟨b, c⟩
+    is rounded once, so every CPU ranks alike. ``portable``: the kernel without VNNI (the
+    same results; for tests)."""
     if rows.shape[1] != queries.shape[1] + 4:
         raise SpreadcodeError(f"queries have dimension {queries.shape[1]} but the int8 rows "
                               f"hold {rows.shape[1] - 4}")
     cdef Scan scan = Scan()
     scan.s.kind = SC_INT8_L2
+    scan.s.portable = portable
     scan.s.d = queries.shape[1]
     scan.s.n = rows.shape[0]
     scan.s.rows = &rows[0, 0] if rows.shape[0] else NULL

@@ -502,18 +502,41 @@ def test_int8_rows_hold_each_coordinate_within_half_a_step():
     assert rows["scale"][7] == 0
 
 
-@pytest.mark.parametrize("n, nq, d, k", [(1, 1, 1, 1), (300, 7, 5, 300), (1000, 13, 97, 10)])
-def test_an_int8_decoded_topk_is_the_float_topk_of_the_vectors_it_holds(n, nq, d, k):
-    """The compiled int8 scan ranks, and measures, the vectors scale · codes exactly as the
-    float scan of those vectors does (same rows, same float32 distances), also bounded."""
+@pytest.mark.parametrize("n, nq, d, k", [(1, 1, 1, 1), (300, 7, 5, 300), (1000, 13, 97, 10),
+                                        (600, 8, 1100, 20)])
+def test_an_int8_decoded_topk_ranks_the_vectors_it_holds_by_exact_integer_sums(n, nq, d, k):
+    """The compiled int8 scan rounds each query as `int8_rows` rounds a vector (q ≈ t · b)
+    and ranks rows by ‖s · c‖² − 2 s t ⟨b, c⟩ with ⟨b, c⟩ an exact integer sum, one rounding
+    after it: the top-k of that formula computed here (ids exactly, distances to float
+    rounding), also bounded, also in range searches, and the same floats from the AVX512-VNNI
+    kernel and the portable one (both the portable one where the CPU has no VNNI). d = 1,100
+    takes the portable kernel's sums over two slices of 1,024 dimensions."""
+    from spreadcode import _codec
+
     rng = np.random.default_rng(n + d)
     rows = int8_rows(rng.standard_normal((n, d)).astype(np.float32))
-    held = int8_vectors(rows)
     queries = rng.standard_normal((nq, d)).astype(np.float32)
-    for bound in (None, decoded_topk(held, queries, k)[0][:, (k - 1) // 2].copy()):
-        got, expected = decoded_topk(rows, queries, k, bound), decoded_topk(held, queries, k, bound)
-        np.testing.assert_array_equal(got[1], expected[1])
-        np.testing.assert_array_equal(got[0], expected[0])
+    held_queries = int8_rows(queries)
+    dots = held_queries["codes"].astype(np.int64) @ rows["codes"].astype(np.int64).T
+    weights = (np.float32(2) * held_queries["scale"])[:, None] * rows["scale"][None, :]
+    norms = (int8_vectors(rows).astype(np.float64) ** 2).sum(1)
+    formula = (norms[None, :] - weights.astype(np.float64) * dots).astype(np.float32)
+    formula += np.einsum("ij,ij->i", queries, queries)[:, None]
+    order = np.lexsort((np.broadcast_to(np.arange(n), formula.shape), formula), axis=1)[:, :k]
+    for bound in (None, np.take_along_axis(formula, order, 1)[:, (k - 1) // 2].copy()):
+        got = decoded_topk(rows, queries, k, bound)
+        within = np.take_along_axis(formula, order, 1) <= (np.inf if bound is None else bound[:, None])
+        np.testing.assert_array_equal(got[1], np.where(within, order, -1))
+        np.testing.assert_allclose(got[0][within], np.take_along_axis(formula, order, 1)[within],
+                                   rtol=1e-5, atol=1e-5)
+    as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(n, d + 4)
+    scans = [_codec.int8_scan(as_bytes, queries, portable) for portable in (False, True)]
+    tops = [scan.topk(k, 2, None) for scan in scans]
+    radius = float(np.median(tops[0][0][:, -1]))
+    ranges = [scan.range(radius, 2) for scan in scans]
+    assert len(ranges[0][1]) > 0
+    for vnni, portable in zip(tops[0] + ranges[0], tops[1] + ranges[1]):
+        np.testing.assert_array_equal(vnni, portable)
     with pytest.raises(SpreadcodeError, match=f"dimension {d + 1} but the int8 rows hold {d}"):
         decoded_topk(rows, np.zeros((1, d + 1), np.float32), 1)
 

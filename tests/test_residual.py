@@ -542,9 +542,10 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     assert index.is_residual and index.bits == 24 and len(index) == 1500
     distances, ids = index.search(queries, k=10, rerank=60)
     codes = trained.model.encode(base)
-    # The shortlist: the shortlist decoder's vectors as int8 rows hold them.
+    # The shortlist: the shortlist decoder's vectors as int8 rows hold them, scanned by the
+    # queries rounded the same way.
     _, shortlist = exact_knn(int8_vectors(int8_rows(trained.model.decode_shortlist(codes))),
-                             queries, 60)
+                             int8_vectors(int8_rows(queries)), 60)
     decoded = trained.model.decode(codes)
     want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
     assert np.array_equal(ids, want_i)

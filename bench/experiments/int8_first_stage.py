@@ -5,7 +5,8 @@ g_0 is a table over the 64,416 points of S(12, 6) once a process has decoded as 
 (`ResidualCatalyzer._first_stage`); until then, and to build the table, it runs in float32:
 ≈ 1.2 s per 64k rows on 2 cores, a quarter of a cold 1M search at k = 100 (issue #15) and
 up to 2.4 s of a fresh `spreadcode encode`. Here g_0 runs as `spreadcode.int8.Int8Mlp`
-(row results independent of the batch, so its table equals it exactly).
+(row results independent of the batch, so its table equals it exactly): the library's
+"auto" since lever 70, which the "float32" variant undoes.
 
 Run:  python bench/experiments/int8_first_stage.py MODEL DATA
 One JSON row per variant ("float32" g_0: the library; "int8" g_0): seconds to build the
@@ -20,34 +21,29 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset  # noqa: E402
 from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
 
-from spreadcode import int8, lattice  # noqa: E402
+from spreadcode import lattice  # noqa: E402
 
 
-class Int8FirstStage(nn.Module):
-    """g_0 in int8, shaped like the model's g_0 for `ResidualCatalyzer._first_stage`."""
-
-    def __init__(self, mlp):
-        super().__init__()
-        self.run = int8.Int8Mlp(mlp.eval())
-
-    def forward(self, z):
-        return self.run(z)
+def float_first_stage(model):
+    """``model`` as the library ran it before lever 70: g_0 in float32 under "auto" too."""
+    chain = model._int8_chain
+    model._int8_chain = lambda: (chain()[0], [model.g[0], *chain()[1][1:]])
 
 
-def table_seconds(model):
+def table_seconds(model, g0):
+    """Seconds for ``g0`` to decode every point of block 0 (what building the table takes)."""
     block = model.quantizer.blocks[0]
     count = lattice.count(block.d, block.param)
     points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
     start = time.perf_counter()
     with torch.no_grad():
-        torch.cat([model.g[0](points[s:s + 4096]) for s in range(0, count, 4096)])
+        torch.cat([g0(points[s:s + 4096]) for s in range(0, count, 4096)])
     return time.perf_counter() - start
 
 
@@ -56,15 +52,11 @@ def main(model_path, data_path):
     data = load_dataset(data_path)
     reference = None
     for variant in ("float32", "int8"):
-        model, meta = load_on_sphere(model_path, data)
-        model.eval()
-        if variant == "int8":
-            model.g[0] = Int8FirstStage(model.g[0])
-        build = table_seconds(model)
         model, meta = load_on_sphere(model_path, data)  # fresh: no table yet
         model.eval()
-        if variant == "int8":
-            model.g[0] = Int8FirstStage(model.g[0])
+        if variant == "float32":
+            float_first_stage(model)
+        build = table_seconds(model, model._int8_chain()[1][0])
         start = time.perf_counter()
         codes = model.encode(data.base)
         seconds = time.perf_counter() - start

@@ -26,8 +26,10 @@
 #define SC_BINOM_N (SC_MAX_D + 1)
 #define SC_INLINE static inline __attribute__((always_inline))
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SC_X86_TARGETS 1     /* x86 clones and target attributes (GCC) */
 #define SC_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
+#define SC_X86_TARGETS 0
 #define SC_MULTIVERSION
 #endif
 /* functions shared between the codec's C files, kept out of the extension's exported symbols */

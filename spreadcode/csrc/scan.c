@@ -1,6 +1,9 @@
 /* Scan kernels (interface in scan.h). */
 #include "scan.h"
 #include "signs.h"
+#if SC_X86_TARGETS
+#include <immintrin.h>
+#endif
 
 /* ------------------------------------------------------------------------------
    Scans: score every (query, code) pair block by block and keep per-query results.
@@ -14,10 +17,19 @@
 #define SC_ZT(d, i, c) ((((c) >> 4) * (d) + (i)) * 16 + ((c) & 15))
 typedef float sc_v8 __attribute__((vector_size(32)));
 
+/* byte j of dimension group i4 of column c in an SC_INT8_L2 block for sc_int8_tile_vnni */
+#define SC_ZT8(d4, i4, c, j) (((((size_t)(c) >> 4) * (d4) + (i4)) * 16 + ((c) & 15)) * 4 + (j))
+
+static int sc_has_vnni(void);
+
 /* zT (d, SC_BLOCK) <- code vectors of codes [start, start + cnt), columns zero-padded
-   to a multiple of 16; SC_FLOAT_L2 and SC_INT8_L2 also norms (SC_BLOCK) <- their squared
-   norms (of the vectors as scanned: an int8 row's s * c) */
-static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT, float *norms) {
+   to a multiple of 16; SC_FLOAT_L2 also norms (SC_BLOCK) <- their squared norms.
+   SC_INT8_L2: norms <- the squared norms of s * c, scales <- s, and zT <- the int8 c as
+   floats (layout SC_ZT; sc_int8_tile) or, for sc_int8_tile_vnni, zT's bytes <- c + 128
+   (uint8), columns in chunks of 16, dimensions in groups of 4 (SC_ZT8: one chunk's group
+   is the 64 bytes one VNNI instruction reads; padding holds 128, c = 0). */
+static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT, float *norms,
+                             float *scales) {
     const int d = S->d, padded = (cnt + 15) & ~15;
     if (S->kind == SC_FLOAT_L2) {
         for (int c = 0; c < cnt; ++c) {
@@ -31,18 +43,24 @@ static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT
         }
         for (int c = cnt; c < padded; ++c) norms[c] = INFINITY;
     } else if (S->kind == SC_INT8_L2) {
+        const int d4 = SC_INT8_WIDTH(d) / 4, vnni = !S->portable && sc_has_vnni();
+        uint8_t *z8 = (uint8_t *)zT;
+        if (vnni) memset(z8, 128, (size_t)padded * d4 * 4);
         for (int c = 0; c < cnt; ++c) {
             const uint8_t *row = S->rows + (size_t)(start + c) * (size_t)(d + 4);
             float scale, norm = 0.f;
             memcpy(&scale, row + d, sizeof scale);
             for (int i = 0; i < d; ++i) {
                 const float x = scale * (float)(int8_t)row[i];
-                zT[SC_ZT(d, i, c)] = x;
+                if (vnni) z8[SC_ZT8(d4, i >> 2, c, i & 3)] = (uint8_t)(row[i] ^ 0x80);
+                else zT[SC_ZT(d, i, c)] = (float)(int8_t)row[i];
                 norm += x * x;
             }
             norms[c] = norm;
+            scales[c] = scale;
         }
-        for (int c = cnt; c < padded; ++c) norms[c] = INFINITY;
+        for (int c = cnt; c < padded; ++c) norms[c] = INFINITY, scales[c] = 0.f;
+        if (vnni) return;
     } else if (S->kind == SC_LATTICE) {
         const int W = S->lat->W;
         for (int c = 0; c < cnt; ++c) {
@@ -100,11 +118,157 @@ SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, 
     }
 }
 
+/* One (query, chunk of 16 codes) of an SC_INT8_L2 tile from the exact integer sums
+   dot[l] = <b, c_l>: dist[l] = norms[l] - (2 t scales[l]) dot[l] in one fused multiply-add
+   (a single rounding, as sc_int8_tile_vnni's), so that every kernel gives the same float;
+   returns whether one is <= limit. */
+SC_INLINE int sc_int8_finish(const int32_t *dot, float qscale2, const float *norms,
+                             const float *scales, float limit, float *dist) {
+    int below = 0;
+    for (int l = 0; l < 16; ++l) {
+        dist[l] = __builtin_fmaf(-(qscale2 * scales[l]), (float)dot[l], norms[l]);
+        below |= dist[l] <= limit;
+    }
+    return below;
+}
+
+/* The SC_INT8_L2 tile without VNNI: dist (SC_QG, SC_BLOCK) and hot as in sc_dot_tile, for
+   SC_QG int8 query rows b as floats (SC_QG, d) and their scales qs, against the first `cols` (a
+   multiple of 16) columns of zT, the rows' int8 c as floats (layout SC_ZT). The sums run
+   in float over slices of SC_INT8_SLICE dimensions, where every partial sum is an integer
+   below 2^24 (127 * 127 * 1024), hence exact in any order, and add up in int32. */
+#define SC_INT8_SLICE 1024
+SC_MULTIVERSION static void sc_int8_tile(const float *b, const float *qs, int d,
+                                         const float *zT, int cols, const float *norms,
+                                         const float *scales, const float *limit, float *dist,
+                                         uint8_t *hot) {
+    for (int c = 0; c < cols; c += 16) {
+        int32_t dot[SC_QG][16] = {{0}};
+        for (int i0 = 0; i0 < d; i0 += SC_INT8_SLICE) {
+            const int i1 = d - i0 < SC_INT8_SLICE ? d : i0 + SC_INT8_SLICE;
+            sc_v8 acc[SC_QG][2];
+            for (int g = 0; g < SC_QG; ++g) acc[g][0] = acc[g][1] = (sc_v8){0};
+            for (int i = i0; i < i1; ++i) {
+                sc_v8 z0, z1;
+                memcpy(&z0, zT + SC_ZT(d, i, c), sizeof z0);
+                memcpy(&z1, zT + SC_ZT(d, i, c) + 8, sizeof z1);
+                for (int g = 0; g < SC_QG; ++g) {
+                    const float bi = b[g * d + i];
+                    acc[g][0] += bi * z0;
+                    acc[g][1] += bi * z1;
+                }
+            }
+            for (int g = 0; g < SC_QG; ++g)
+                for (int l = 0; l < 8; ++l) {
+                    dot[g][l] += (int32_t)acc[g][0][l];
+                    dot[g][l + 8] += (int32_t)acc[g][1][l];
+                }
+        }
+        for (int g = 0; g < SC_QG; ++g)
+            hot[g * (SC_BLOCK / 16) + c / 16] = (uint8_t)sc_int8_finish(
+                dot[g], 2.f * qs[g], norms + c, scales + c, limit[g], dist + g * SC_BLOCK + c);
+    }
+}
+
+#if SC_X86_TARGETS
+/* sc_int8_tile with AVX512-VNNI on the block's bytes (SC_ZT8): one vpdpbusd multiplies a
+   chunk's group of 4 dimensions (16 codes x 4 bytes, c + 128) by 4 bytes of a query and
+   adds them into 16 int32 sums (64 multiply-adds, 4x the float tile's 16 per
+   instruction); the 128 is taken back as 128 * sum(b). sc_int8_finish's arithmetic in
+   vectors (the same integer sums, the same fused multiply-add: the same floats). */
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void sc_int8_tile_vnni(const int8_t *b, const float *qs, const int32_t *qsum, int dp,
+                              const uint8_t *z8, int cols, const float *norms,
+                              const float *scales, const float *limit, float *dist,
+                              uint8_t *hot) {
+    const int d4 = dp / 4;
+    for (int c = 0; c < cols; c += 16) {
+        const uint8_t *z = z8 + SC_ZT8(d4, 0, c, 0);
+        __m512i acc[SC_QG];
+        for (int g = 0; g < SC_QG; ++g) acc[g] = _mm512_setzero_si512();
+        for (int i4 = 0; i4 < d4; ++i4) {
+            const __m512i group = _mm512_loadu_si512((const void *)(z + (size_t)i4 * 64));
+            for (int g = 0; g < SC_QG; ++g) {
+                int32_t b4;
+                memcpy(&b4, b + g * dp + i4 * 4, sizeof b4);
+                acc[g] = _mm512_dpbusd_epi32(acc[g], group, _mm512_set1_epi32(b4));
+            }
+        }
+        const __m512 s = _mm512_loadu_ps(scales + c), n = _mm512_loadu_ps(norms + c);
+        for (int g = 0; g < SC_QG; ++g) {
+            const __m512i dot = _mm512_sub_epi32(acc[g], _mm512_set1_epi32(128 * qsum[g]));
+            const __m512 w = _mm512_mul_ps(_mm512_set1_ps(2.f * qs[g]), s);
+            const __m512 f = _mm512_fnmadd_ps(w, _mm512_cvtepi32_ps(dot), n);
+            _mm512_storeu_ps(dist + g * SC_BLOCK + c, f);
+            hot[g * (SC_BLOCK / 16) + c / 16] =
+                _mm512_cmp_ps_mask(f, _mm512_set1_ps(limit[g]), _CMP_LE_OQ) != 0;
+        }
+    }
+}
+#endif
+
+/* Whether this CPU runs sc_int8_tile_vnni (AVX512-VNNI and BW, as the compiler's runtime
+   check reports them); asked once, before any scan's threads start. */
+static int sc_has_vnni(void) {
+#if SC_X86_TARGETS
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+    }
+    return has;
+#else
+    return 0;
+#endif
+}
+
+/* T = *S with, for SC_INT8_L2, its queries rounded to int8 rows (as
+   spreadcode.search.int8_rows rounds vectors: t = max|q| / 127, b = rint(q / t)): qint8,
+   qscale, qsum, and T->queries replaced by the rows b as floats (what sc_int8_tile reads);
+   release with sc_int8_queries_free. Returns 0, or -1 when out of memory. */
+static int sc_int8_queries(const sc_scan *S, sc_scan *T) {
+    *T = *S;
+    if (S->kind != SC_INT8_L2) return 0;
+    sc_has_vnni();
+    const int d = S->d, dp = SC_INT8_WIDTH(d);
+    const size_t nq = S->nq > 0 ? (size_t)S->nq : 1;
+    int8_t *b = (int8_t *)calloc(nq * (dp > 0 ? dp : 4), 1);
+    float *bf = (float *)calloc(nq * (d > 0 ? d : 1), sizeof(float));
+    float *t = (float *)malloc(sizeof(float) * nq);
+    int32_t *sums = (int32_t *)malloc(sizeof(int32_t) * nq);
+    if (!b || !bf || !t || !sums) {
+        free(b); free(bf); free(t); free(sums);
+        return -1;
+    }
+    for (int q = 0; q < S->nq; ++q) {
+        const float *x = S->queries + (size_t)q * d;
+        float top = 0.f;
+        for (int i = 0; i < d; ++i) top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
+        const float scale = top / 127.f;
+        int32_t sum = 0;
+        for (int i = 0; i < d && scale > 0.f; ++i) {
+            const int8_t v = (int8_t)lrintf(x[i] / scale);
+            b[(size_t)q * dp + i] = v;
+            bf[(size_t)q * d + i] = (float)v;
+            sum += v;
+        }
+        t[q] = scale;
+        sums[q] = sum;
+    }
+    T->qint8 = b; T->qscale = t; T->qsum = sums; T->queries = bf;
+    return 0;
+}
+static void sc_int8_queries_free(sc_scan *T) {
+    if (T->kind != SC_INT8_L2) return;
+    free((void *)T->qint8); free((void *)T->qscale); free((void *)T->qsum);
+    free((void *)T->queries);
+}
+
 /* distances of queries [q0, q0 + nqg) to codes [start, start + cnt): dist (SC_QG, SC_BLOCK),
    and hot (SC_QG, SC_BLOCK / 16) flags marking the groups of 16 with a distance <= limit */
-static void sc_score(const sc_scan *S, const float *zT, const float *norms, int64_t start,
-                     int cnt, int q0, int nqg, const float *limit, float *qbuf, float *dist,
-                     uint8_t *hot) {
+static void sc_score(const sc_scan *S, const float *zT, const float *norms, const float *scales,
+                     int64_t start, int cnt, int q0, int nqg, const float *limit, float *qbuf,
+                     float *dist, uint8_t *hot) {
     if (S->kind == SC_HAMMING) {
         for (int g = 0; g < nqg; ++g) {
             const uint8_t *qc = S->qcodes + (size_t)(q0 + g) * S->nb;
@@ -112,6 +276,28 @@ static void sc_score(const sc_scan *S, const float *zT, const float *norms, int6
                 dist[g * SC_BLOCK + c] = (float)sc_popcount_xor(qc, S->scodes + (start + c) * S->nb, S->nb);
             memset(hot + g * (SC_BLOCK / 16), 1, SC_BLOCK / 16);
         }
+        return;
+    }
+    if (S->kind == SC_INT8_L2) {    /* qbuf: the int8 query rows, as bytes (SC_QG, dp) for
+                                       VNNI, else as floats (SC_QG, d); zero-padded */
+        const int d = S->d, dp = SC_INT8_WIDTH(d);
+        float qs[SC_QG] = {0};
+        int32_t qsum[SC_QG] = {0};
+        memcpy(qs, S->qscale + q0, sizeof(float) * nqg);
+        memcpy(qsum, S->qsum + q0, sizeof(int32_t) * nqg);
+#if SC_X86_TARGETS
+        if (!S->portable && sc_has_vnni()) {
+            int8_t *b = (int8_t *)qbuf;
+            memcpy(b, S->qint8 + (size_t)q0 * dp, (size_t)nqg * dp);
+            memset(b + (size_t)nqg * dp, 0, (size_t)(SC_QG - nqg) * dp);
+            sc_int8_tile_vnni(b, qs, qsum, dp, (const uint8_t *)zT, (cnt + 15) & ~15, norms,
+                              scales, limit, dist, hot);
+            return;
+        }
+#endif
+        memcpy(qbuf, S->queries + (size_t)q0 * d, sizeof(float) * nqg * d);
+        memset(qbuf + (size_t)nqg * d, 0, sizeof(float) * (SC_QG - nqg) * d);
+        sc_int8_tile(qbuf, qs, d, zT, (cnt + 15) & ~15, norms, scales, limit, dist, hot);
         return;
     }
     const int d = S->d;                            /* qbuf (SC_QG, d): queries, zero-padded */
@@ -191,19 +377,19 @@ static int sc_split_codes(const sc_scan *S, int threads) {
 static int sc_scan_share(const sc_scan *S, sc_share sh, const sc_sink *sink) {
     float *zT = (float *)aligned_alloc(64, sizeof(float) * (S->d > 0 ? S->d : 1) * SC_BLOCK);
     float *dist = (float *)aligned_alloc(64, sizeof(float) * SC_QG * SC_BLOCK);
-    float norms[SC_BLOCK];
-    float *qbuf = (float *)malloc(sizeof(float) * SC_QG * (S->d > 0 ? S->d : 1));
+    float norms[SC_BLOCK], scales[SC_BLOCK];
+    float *qbuf = (float *)malloc(sizeof(float) * SC_QG * (S->d > 0 ? S->d + 3 : 1));
     uint8_t hot[SC_QG * SC_BLOCK / 16];
     float limit[SC_QG];
     int failed = !zT || !dist || !qbuf;
     for (int64_t c0 = sh.c0; c0 < sh.c1 && sh.q1 > sh.q0 && !failed; c0 += SC_BLOCK) {
         int cnt = (int)(sh.c1 - c0 < SC_BLOCK ? sh.c1 - c0 : SC_BLOCK);
-        sc_prepare_block(S, c0, cnt, zT, norms);
+        sc_prepare_block(S, c0, cnt, zT, norms, scales);
         for (int q0 = sh.q0; q0 < sh.q1 && !failed; q0 += SC_QG) {
             int nqg = sh.q1 - q0 < SC_QG ? sh.q1 - q0 : SC_QG;
             for (int g = 0; g < SC_QG; ++g)     /* a distance must reach this to count */
                 limit[g] = g >= nqg ? -INFINITY : sink->k ? sink->hd[(size_t)(q0 + g) * sink->k] : sink->radius;
-            sc_score(S, zT, norms, c0, cnt, q0, nqg, limit, qbuf, dist, hot);
+            sc_score(S, zT, norms, scales, c0, cnt, q0, nqg, limit, qbuf, dist, hot);
             for (int g = 0; g < nqg && !failed; ++g) {
                 const float *row = dist + g * SC_BLOCK;
                 const size_t q = (size_t)(q0 + g);
@@ -231,6 +417,9 @@ static int sc_scan_share(const sc_scan *S, sc_share sh, const sc_sink *sink) {
 
 int sc_scan_topk(const sc_scan *S, int k, int threads, const float *bound, float *out_d,
                  int64_t *out_i) {
+    sc_scan T;
+    if (sc_int8_queries(S, &T)) return -1;
+    S = &T;
     const int split_codes = sc_split_codes(S, threads);
     const int slots = split_codes ? threads : 1;
     const size_t per = (size_t)S->nq * k;
@@ -276,6 +465,7 @@ int sc_scan_topk(const sc_scan *S, int k, int threads, const float *bound, float
     }
     free(hd);
     free(hi);
+    sc_int8_queries_free(&T);
     return failed ? -1 : 0;
 }
 
@@ -288,11 +478,17 @@ static void sc_range_free(sc_range_result *R) {
 }
 int sc_scan_range(const sc_scan *S, float radius, int threads, sc_range_result *R,
                   int64_t *lims) {
+    sc_scan T;
+    if (sc_int8_queries(S, &T)) return -1;
+    S = &T;
     const int split_codes = sc_split_codes(S, threads);
     R->slots = split_codes ? threads : 1;
     R->nq = S->nq;
     R->lists = (sc_list *)calloc((size_t)R->slots * (S->nq > 0 ? S->nq : 1), sizeof(sc_list));
-    if (!R->lists) return -1;
+    if (!R->lists) {
+        sc_int8_queries_free(&T);
+        return -1;
+    }
     int failed = 0;
     #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
@@ -301,6 +497,7 @@ int sc_scan_range(const sc_scan *S, float radius, int threads, sc_range_result *
         sc_sink sink = {0, NULL, NULL, radius, R->lists + (size_t)sh.slot * S->nq};
         failed = sc_scan_share(S, sh, &sink) != 0;
     }
+    sc_int8_queries_free(&T);
     if (failed) { sc_range_free(R); return -1; }
     lims[0] = 0;
     for (int q = 0; q < S->nq; ++q) {

@@ -18,13 +18,25 @@ typedef struct {
     const uint8_t *scodes;       /* SC_SIGN_DOT, SC_HAMMING: (n, nb) */
     const float *vectors;        /* SC_FLOAT_L2: (n, d); distance = |x|^2 - 2 <q, x> */
     const uint8_t *rows;         /* SC_INT8_L2: n rows of d + 4 bytes, int8 c (d) then a
-                                    float32 scale s: x = s * c, distance as SC_FLOAT_L2 */
+                                    float32 scale s: x = s * c; each query q is rounded the
+                                    same way (q ~ t * b, t = max|q| / 127) and the distance is
+                                    |x|^2 - 2 s t <b, c>, the integer sum exact */
     int nb;
     int nq;
     const float *queries;        /* (nq, d) for the dot and float kinds */
     const uint8_t *qcodes;       /* (nq, nb) for SC_HAMMING */
     float scale2;                /* dot kinds: distance = 2 - <q, code vector> * scale2 */
+    int portable;                /* SC_INT8_L2: 1 = the portable kernel even where the CPU
+                                    has AVX512-VNNI (the same results; for tests) */
+    /* SC_INT8_L2, set by the scan itself: the queries' int8 rows b, SC_INT8_WIDTH(d) bytes
+       each (zero-padded), scales t and column sums of b */
+    const int8_t *qint8;
+    const float *qscale;
+    const int32_t *qsum;
 } sc_scan;
+
+/* bytes of an int8 row in the SC_INT8_L2 kernels: d rounded up to 4 (one VNNI group) */
+#define SC_INT8_WIDTH(d) (((d) + 3) & ~3)
 
 /* Top-k of every query: out_d, out_i (nq, k). bound (nq), or NULL for none: only codes at a
    distance <= bound[q] count for query q (a k-th distance already found elsewhere, so that
