@@ -424,7 +424,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. A re-ranked
     shortlist scans the shortlist decoder's vectors rounded to int8 (`Int8Decoder`: a quarter
-    of the memory kept, the same recall). Distances are
+    of the memory kept, the same recall) with the queries rounded alike (`decoded_topk`).
+    Distances are
     squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
     re-ranked, else {"decoder": sha256}. ``precision``: both decoders' arithmetic
     (`spreadcode.residual.ResidualCatalyzer.decode`: "auto", bfloat16 products where the
@@ -528,8 +529,9 @@ def int8_vectors(rows):
 @dataclass(frozen=True)
 class Int8Decoder:
     """``decoder`` (`spreadcode.decoders.Decoder`'s interface) whose vectors are kept and
-    scanned as `int8_rows`: ``decode(codes)`` -> structured (n,) of `int8_row` (d_in). For a
-    shortlist that a full decoder re-ranks, where the rounding changes nothing measurable."""
+    scanned as `int8_rows` (against int8 rows of the queries, `decoded_topk`):
+    ``decode(codes)`` -> structured (n,) of `int8_row` (d_in). For a shortlist that a full
+    decoder re-ranks, where the rounding changes nothing measurable."""
 
     decoder: object
 
@@ -620,7 +622,10 @@ def decoded_topk(decoded, queries, k, bound=None):
     ties to the lower row, 1 <= k <= n. The compiled scan (csrc/scan.c) ranks by
     ‖x‖² − 2⟨q, x⟩ in 6 × 16 register tiles and keeps a running top-k per query, so no
     (nq, n) distance matrix is written: 2.7× the speed of a GEMM and top-k in torch at 96-d
-    (BENCHMARKS.md, "Collections at 1M vectors", run H).
+    (BENCHMARKS.md, "Collections at 1M vectors", run H). `int8_rows` are scanned against
+    the queries rounded to int8 rows too, their products summed exactly in integers
+    (`spreadcode._codec.int8_scan`; AVX512-VNNI where the CPU has it: 2.9× the float scan,
+    run X), the distance then being ‖x‖² − 2⟨q̃, x⟩ + ‖q‖² for the rounded query q̃.
 
     ``bound``: None, or float32 (nq,) squared distances, the k-th of a top-k already found
     among other codes: rows farther than bound[q] cannot enter it, so the scan skips them,
