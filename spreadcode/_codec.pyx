@@ -99,6 +99,7 @@ MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
 INT8_MAX_WIDTH = SC_INT8_MAX_WIDTH
 TOPK_HEAP_ENTRIES = 1 << 24       # (distance, id) heap entries of one top-k query batch
+INT8_SCAN_MAX_D = 1 << 16         # int8_scan's int32 sums: 255 * 127 * 2^16 < 2^31
 sc_init_tables()
 sc_init_bits()
 
@@ -430,6 +431,9 @@ def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries, bint port
     if rows.shape[1] != queries.shape[1] + 4:
         raise SpreadcodeError(f"queries have dimension {queries.shape[1]} but the int8 rows "
                               f"hold {rows.shape[1] - 4}")
+    if queries.shape[1] > INT8_SCAN_MAX_D:
+        raise SpreadcodeError(f"the int8 scan takes at most {INT8_SCAN_MAX_D} dimensions (its "
+                              f"int32 sums), got {queries.shape[1]}")
     cdef Scan scan = Scan()
     scan.s.kind = SC_INT8_L2
     scan.s.portable = portable

@@ -303,7 +303,8 @@ class ResidualCatalyzer(Preprocessed):
     def _first_stage(self, ranks, z, g0):
         """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
         without gradients, by ``g0``: the model's g_0 (in float32, even under `encode`'s
-        bfloat16 autocast) or its `spreadcode.int8.Int8Mlp`. Looked up in g0's table over
+        bfloat16 autocast) or its `spreadcode.int8.Int8Mlp`. Looked up in the table of g0's
+        arithmetic ("float32" or "int8": `_first_tables`) over
         every point of block 0 once `_count_first_stage_rows` has counted as many rows as it
         has (FIRST_TABLE_BYTES): a row of either g0 does not depend on its batch, so a code
         does not depend on whether the table exists yet, and `decode` reads the table too."""
@@ -312,11 +313,12 @@ class ResidualCatalyzer(Preprocessed):
             count = lattice.count(block.d, block.param)
             if self._first_key != self._first_stage_key():
                 return g0(z)
-            table = self._first_tables.get(g0)
+            arithmetic = "int8" if isinstance(g0, int8.Int8Mlp) else "float32"
+            table = self._first_tables.get(arithmetic)
             if table is None and self._first_rows >= count \
                     and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
                 points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
-                table = self._first_tables[g0] = torch.cat(
+                table = self._first_tables[arithmetic] = torch.cat(
                     [g0(points[start:start + FIRST_TABLE_BATCH].to(z.device))
                      for start in range(0, count, FIRST_TABLE_BATCH)])
             if table is None:

@@ -539,6 +539,9 @@ def test_an_int8_decoded_topk_ranks_the_vectors_it_holds_by_exact_integer_sums(n
         np.testing.assert_array_equal(vnni, portable)
     with pytest.raises(SpreadcodeError, match=f"dimension {d + 1} but the int8 rows hold {d}"):
         decoded_topk(rows, np.zeros((1, d + 1), np.float32), 1)
+    wide = _codec.INT8_SCAN_MAX_D + 1
+    with pytest.raises(SpreadcodeError, match=f"at most {wide - 1} dimensions"):
+        _codec.int8_scan(np.zeros((1, wide + 4), np.uint8), np.zeros((1, wide), np.float32))
 
 
 def test_a_bounded_decoded_topk_keeps_what_lies_within_the_bound():

@@ -211,9 +211,11 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     assert direct._first_tables == {}
     monkeypatch.undo()
     codes = tabled.encode(vectors, precision=precision)
-    (g0, table), = tabled._first_tables.items()
+    (arithmetic, table), = tabled._first_tables.items()
     assert table.shape == (count, 96)
-    assert isinstance(g0, int8.Int8Mlp) == (precision == "auto" and tabled._runs_int8("auto"))
+    assert arithmetic == ("int8" if precision == "auto" and tabled._runs_int8("auto")
+                          else "float32")
+    g0 = tabled._int8_chain()[1][0]
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_array_equal(tabled.decode(codes, precision=precision), want)
     monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
