@@ -120,7 +120,8 @@ SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, 
 
 /* One (query, chunk of 16 codes) of an SC_INT8_L2 tile from the exact integer sums
    dot[l] = <b, c_l>: dist[l] = norms[l] - (2 t scales[l]) dot[l] in one fused multiply-add
-   (a single rounding, as sc_int8_tile_vnni's), so that every kernel gives the same float;
+   (a single rounding, as sc_int8_tile_vnni's), so that every kernel gives the same float
+   (on an x86 CPU without FMA, the "default" clone, fmaf is a slower library call);
    returns whether one is <= limit. */
 SC_INLINE int sc_int8_finish(const int32_t *dot, float qscale2, const float *norms,
                              const float *scales, float limit, float *dist) {
