@@ -79,6 +79,24 @@ static void sc_prepare_block(const sc_scan *S, int64_t start, int cnt, float *zT
         for (int c = cnt; c < padded; ++c) zT[SC_ZT(d, i, c)] = 0.f;
 }
 
+/* acc[g] <- the sums over dimensions [i0, i1) of q[g][i] times the 16 columns c.. of zT
+   (layout SC_ZT) for SC_QG queries q (SC_QG, d), as two vectors of 8 per query: the inner
+   loop of sc_dot_tile and sc_int8_tile. */
+SC_INLINE void sc_tile_sums(const float *q, int d, const float *zT, int c, int i0, int i1,
+                            sc_v8 acc[SC_QG][2]) {
+    for (int g = 0; g < SC_QG; ++g) acc[g][0] = acc[g][1] = (sc_v8){0};
+    for (int i = i0; i < i1; ++i) {
+        sc_v8 z0, z1;
+        memcpy(&z0, zT + SC_ZT(d, i, c), sizeof z0);
+        memcpy(&z1, zT + SC_ZT(d, i, c) + 8, sizeof z1);
+        for (int g = 0; g < SC_QG; ++g) {
+            const float qi = q[g * d + i];
+            acc[g][0] += qi * z0;
+            acc[g][1] += qi * z1;
+        }
+    }
+}
+
 /* dist (SC_QG, SC_BLOCK) <- 2 - <q, column> * s2 for SC_QG queries q (SC_QG, d) and the
    first `cols` (a multiple of 16) columns of zT, or norms[c] - 2 <q, column> when norms is
    not NULL, in 6 x 16 register tiles (12 accumulators, more independent FMAs than 4 x 16:
@@ -90,17 +108,7 @@ SC_MULTIVERSION static void sc_dot_tile(const float *q, int d, const float *zT, 
     typedef int64_t sc_v4l __attribute__((vector_size(32)));
     for (int c = 0; c < cols; c += 16) {
         sc_v8 acc[SC_QG][2];
-        for (int g = 0; g < SC_QG; ++g) acc[g][0] = acc[g][1] = (sc_v8){0};
-        for (int i = 0; i < d; ++i) {
-            sc_v8 z0, z1;
-            memcpy(&z0, zT + SC_ZT(d, i, c), sizeof z0);
-            memcpy(&z1, zT + SC_ZT(d, i, c) + 8, sizeof z1);
-            for (int g = 0; g < SC_QG; ++g) {
-                const float qi = q[g * d + i];
-                acc[g][0] += qi * z0;
-                acc[g][1] += qi * z1;
-            }
-        }
+        sc_tile_sums(q, d, zT, c, 0, d, acc);
         sc_v8 n0 = (sc_v8){0} + 2.f, n1 = n0, m = (sc_v8){0} + s2;
         if (norms) {
             memcpy(&n0, norms + c, sizeof n0);
@@ -148,17 +156,7 @@ SC_MULTIVERSION static void sc_int8_tile(const float *b, const float *qs, int d,
         for (int i0 = 0; i0 < d; i0 += SC_INT8_SLICE) {
             const int i1 = d - i0 < SC_INT8_SLICE ? d : i0 + SC_INT8_SLICE;
             sc_v8 acc[SC_QG][2];
-            for (int g = 0; g < SC_QG; ++g) acc[g][0] = acc[g][1] = (sc_v8){0};
-            for (int i = i0; i < i1; ++i) {
-                sc_v8 z0, z1;
-                memcpy(&z0, zT + SC_ZT(d, i, c), sizeof z0);
-                memcpy(&z1, zT + SC_ZT(d, i, c) + 8, sizeof z1);
-                for (int g = 0; g < SC_QG; ++g) {
-                    const float bi = b[g * d + i];
-                    acc[g][0] += bi * z0;
-                    acc[g][1] += bi * z1;
-                }
-            }
+            sc_tile_sums(b, d, zT, c, i0, i1, acc);
             for (int g = 0; g < SC_QG; ++g)
                 for (int l = 0; l < 8; ++l) {
                     dot[g][l] += (int32_t)acc[g][0][l];
