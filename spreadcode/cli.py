@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import click
 
+from . import malloc
 from .errors import SpreadcodeError
 
 STORE_OPTION = click.option(
@@ -178,6 +179,7 @@ def main(ctx, debug):
     lattice` trains the paper's catalyzer with one sphere instead.
     """
     ctx.ensure_object(dict)["debug"] = debug
+    malloc.raise_thresholds()  # this process's batches reuse their buffers (spreadcode.malloc)
 
 
 @main.command()

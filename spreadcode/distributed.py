@@ -29,7 +29,6 @@ filesystem); paths are made absolute on the client.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import container
+from . import container, malloc
 from .errors import SpreadcodeError
 from .quantizer import QuantizerSpec
 
@@ -50,17 +49,6 @@ from .quantizer import QuantizerSpec
 CONNECT_TIMEOUT = 10
 # Opened .spc files a worker keeps (each holds a memory map and a file descriptor).
 WORKER_OPEN_FILES = 256
-# glibc malloc thresholds (bytes) a worker sets before its first task. Dask starts workers
-# with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB:
-# every torch buffer above it is a fresh mmap, page-faulted anew for each batch, and a
-# worker encoded 34 % slower than a plain process (5.6k vs 8.5k vec/s). With these the
-# batches' buffers are reused from the heap: a plain process under Dask's setting encodes at
-# 9.1k vec/s with them, and 2 workers at 1M vectors as fast as one 2-thread process; up to
-# 64 MiB of free memory stays at the top of each malloc arena (BENCHMARKS.md, "Collections
-# at 1M vectors", runs E-G).
-WORKER_MMAP_THRESHOLD = 32 << 20
-WORKER_TRIM_THRESHOLD = 64 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (glibc malloc.h)
 
 _WORKER_MODELS = {}          # (path, sha256) -> (catalyzer, CatalyzerMeta), in each worker
 _WORKER_PARTS = OrderedDict()  # (path, payload sha256, spec) -> (quantizer, SpcFile), LRU
@@ -82,8 +70,6 @@ _WORKER_DECODED_LOCK = threading.Lock()
 _SHIPPED = {}
 _SHIPPED_LOCK = threading.Lock()
 SHIPPED_PER_CLIENT = 4  # a residual model's two decoders, twice
-_WORKER_MALLOC_LOCK = threading.Lock()
-_worker_malloc_set = None    # in each worker: whether `_tune_worker_malloc` set them
 
 
 def _distributed(what):
@@ -104,7 +90,7 @@ def open_client(workers=None, scheduler=None, timeout=None):
     ``workers``: start a LocalCluster of that many worker processes, one thread each,
     closed after the block. Every worker that runs a spreadcode task, on either kind of
     cluster, raises its glibc malloc thresholds for the rest of its life
-    (`WORKER_MMAP_THRESHOLD`, `WORKER_TRIM_THRESHOLD`). ``scheduler``: connect to the
+    (`spreadcode.malloc.raise_thresholds`). ``scheduler``: connect to the
     scheduler at this address (e.g. ``tcp://host:8786``); SpreadcodeError "cannot reach the
     Dask scheduler at ..." after ``timeout`` seconds (default `CONNECT_TIMEOUT`)."""
     if workers is None and scheduler is None:
@@ -131,7 +117,11 @@ def open_client(workers=None, scheduler=None, timeout=None):
             # One task per worker at a time (Dask's default queues a second one): when a
             # worker dies, Dask counts the death against every task assigned to it, so only
             # the task that ran is blamed, and a task that kills its worker is the one named.
-            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
+            # No Active Memory Manager: its default policy (ReduceReplicas, every 2 s) drops
+            # all but one copy of the decoder `_shipped_once` sends every worker, and each
+            # search then fetched it again (0.13-0.18 s of a 1.0-1.4 s search of 1M codes).
+            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                                  "distributed.scheduler.active-memory-manager.start": False}), \
                     _environment_kept([*dask.config.get("distributed.nanny.pre-spawn-environ"),
                                        "PYTHONHASHSEED"]):
                 cluster = stack.enter_context(distributed.LocalCluster(
@@ -190,7 +180,7 @@ def _encode_task(write, task, model, sha256, batch, stop):
 
     if Event(stop).is_set():
         return None
-    _tune_worker_malloc()
+    malloc.raise_thresholds()
     catalyzer, meta = _worker_model(model, sha256)
     return write(task, catalyzer, meta, batch)
 
@@ -219,24 +209,6 @@ def _environment_kept(names):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _tune_worker_malloc():
-    """Once per worker process: glibc's mmap and trim thresholds set to
-    `WORKER_MMAP_THRESHOLD` and `WORKER_TRIM_THRESHOLD` (no-op without glibc's mallopt).
-    Returns whether they are set."""
-    global _worker_malloc_set
-    with _WORKER_MALLOC_LOCK:
-        if _worker_malloc_set is None:
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-            except (AttributeError, OSError, TypeError):
-                _worker_malloc_set = False
-            else:
-                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                _worker_malloc_set = all([mallopt(_M_MMAP_THRESHOLD, WORKER_MMAP_THRESHOLD),
-                                          mallopt(_M_TRIM_THRESHOLD, WORKER_TRIM_THRESHOLD)])
-        return _worker_malloc_set
 
 
 def _worker_model(path, sha256):
@@ -355,8 +327,11 @@ def _shipped(client, args):
 
 
 def _shipped_once(client, decoder):
-    """The Future of ``decoder`` scattered to the workers of ``client``, kept in `_SHIPPED`
-    (see `_shipped`); the entries of closed clients are dropped."""
+    """The Future of ``decoder`` scattered to every worker of ``client``, kept in `_SHIPPED`
+    (see `_shipped`); the entries of closed clients are dropped. A worker that joins later
+    fetches it from another once. On a cluster whose scheduler runs Dask's Active Memory
+    Manager (its default; `open_client`'s LocalCluster does not) the extra copies are dropped
+    within seconds, and each search's tasks fetch it again."""
     key = (type(decoder), decoder.kind, decoder.sha256)
     with _SHIPPED_LOCK:
         for closed in [other for other in _SHIPPED if other.status == "closed"]:
@@ -365,7 +340,7 @@ def _shipped_once(client, decoder):
         if key in kept and kept[key].status == "finished":
             kept.move_to_end(key)
             return kept[key]
-    future = client.scatter(decoder, hash=False)
+    future = client.scatter(decoder, hash=False, broadcast=True)
     with _SHIPPED_LOCK:
         kept[key] = future
         kept.move_to_end(key)
@@ -376,7 +351,7 @@ def _shipped_once(client, decoder):
 
 def _part_task(function, path, payload_sha256, spec, offset, *args):
     """On a worker: the task of `map_parts` and of `chain_parts`."""
-    _tune_worker_malloc()
+    malloc.raise_thresholds()
     quantizer, part = _worker_part(path, payload_sha256, spec)
     return function(quantizer, part, offset, *args)
 

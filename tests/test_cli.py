@@ -1,6 +1,7 @@
 """End-to-end tests of every CLI command on small real data (slices of the bundled sample),
 and of the promise that bad input gives one clear error line, a non-zero exit and no output."""
 import hashlib
+import platform
 import re
 import shutil
 import struct
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_clean_error, run, write_raw_fvecs
-from spreadcode import container, vecio
+from spreadcode import container, malloc, vecio
 from spreadcode.catalyzer import load_catalyzer
 from spreadcode.knn import exact_knn
 from spreadcode.sample import load_sample
@@ -71,6 +72,14 @@ def test_info_reports_header_checksum_and_model(work):
     assert rows["catalyzer sha256"] == work["sha"]
     assert rows["catalyzer in store"] == str(work["store"] / f"{work['sha']}.safetensors")
     assert rows["decoders"] == "none"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_the_cli_raises_its_malloc_thresholds(work, monkeypatch):
+    """Every command runs with the thresholds of `spreadcode.malloc` (set once per process)."""
+    monkeypatch.setattr(malloc, "thresholds_set", None)
+    assert run("info", work["root"] / "db.spc", "--store", work["store"]).exit_code == 0
+    assert malloc.thresholds_set is True
 
 
 def test_search_tsv_ivecs_h5_and_recall(work):

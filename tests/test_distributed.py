@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import assert_clean_error, run, tiny_catalyzer, tiny_meta
-from spreadcode import (Index, collection_dir, container, distributed, encode, residual, search,
-                        vecio)
+from spreadcode import (Index, collection_dir, container, distributed, encode, malloc, residual,
+                        search, vecio)
 from spreadcode.catalyzer import load_catalyzer, save_catalyzer
 from spreadcode.collection import open_collection
 from spreadcode.encode import add_to_collection, encode_collection
@@ -101,7 +101,7 @@ def test_workers_set_their_malloc_thresholds_before_a_task(world, client):
     """Dask's MALLOC_TRIM_THRESHOLD_ freezes glibc's mmap threshold in the workers; each
     sets its own once it has run a task (the encode of the first test here, or this one's)."""
     build(world, "lattice", client)
-    tuned = client.run(lambda: distributed._worker_malloc_set)
+    tuned = client.run(lambda: malloc.thresholds_set)
     assert len(tuned) == 2
     assert True in tuned.values()
     assert set(tuned.values()) <= {None, True}
@@ -213,8 +213,9 @@ def test_chain_parts_runs_consecutive_parts_one_run_per_worker(world, client):
 
 def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
     """The shortlist decoder of a residual model (its 26 MB model, for the default one; as
-    int8 rows for a re-ranked shortlist) is scattered by the first search and reused by the
-    next ones."""
+    int8 rows for a re-ranked shortlist) is scattered to every worker by the first search and
+    reused by the next ones; the LocalCluster's scheduler runs no Active Memory Manager, which
+    would drop all copies but one."""
     distributed._SHIPPED.pop(client, None)  # forget what the tests before sent
     index = Index.load(build(world, "residual", None), store=world["store"], client=client)
     index.search(world["query"], 5)
@@ -223,6 +224,10 @@ def test_a_client_sends_a_decoder_to_its_workers_once(world, client):
     index.search(world["query"][:7], 3)
     assert {key: future.key for key, future in distributed._SHIPPED[client].items()} == \
         {key: future.key for key, future in kept.items()}
+    [future] = kept.values()
+    assert sorted(client.who_has([future])[future.key]) == sorted(client.nthreads())
+    assert client.run_on_scheduler(
+        lambda dask_scheduler: dask_scheduler.extensions["amm"].running) is False
 
 
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(world, monkeypatch):

@@ -14,7 +14,8 @@ from spreadcode.quantizer import QuantizerSpec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spreadcode"
 LIGHT_MODULES = ("errors", "_codec", "lattice", "signs", "quantizer", "fileio", "vecio",
-                 "parquet", "container", "store", "collection", "collection_dir", "distributed")
+                 "parquet", "container", "store", "collection", "collection_dir", "distributed",
+                 "malloc")
 HEAVY = ("torch", "click", "dask", "distributed", "pyarrow")
 
 
