@@ -23,13 +23,20 @@ Run:  python bench/scale.py --model MODEL -n 1000000 -n 10000000 [--workers 2]
   second pass shows a long-running index's rate. What an index keeps decoded is bounded by
   --decode-memory (`Index.decode_memory`; default 1 GiB in one process and per worker: 10.7M
   codes of 96 dimensions for the shortlist scan, as int8 rows, and 2.8M re-ranked candidates).
+* Dask's overhead, interleaved: one child process holds an index searching in-process and
+  one searching on a LocalCluster of --workers, both warmed by a search of 1,000 queries at
+  the largest k; then --rounds rounds of new queries per (queries, k), each searched by both
+  in alternating order. The median q/s of each, and the ratio of the medians: the passes
+  above compare single searches in separate processes, cold starts and the host's drift
+  included (± 20 % from search to search at 1,000 queries).
 * faiss: IndexPQ(96, 8, 8) and IndexLattice(96, 2, 6, 5) (2 x (26 lattice + 6 scale) bits;
   both 8 bytes per vector), trained on 50,000 learn vectors, the same N vectors added block
   by block; their codes live in RAM (8 B/vector). IndexLattice scans by decoding every
   code for every query (about a microsecond per pair), so its search is timed on at most
   --lattice-pairs / N queries; the table says how many.
 
-Every measurement runs in a fresh child process, so that its peak RSS (VmHWM) is its own.
+Every measurement runs in a fresh child process, so that its peak RSS (VmHWM) is its own;
+each raises its glibc malloc thresholds first, as the CLI does (`spreadcode.malloc`).
 Prints a markdown table and appends one JSON object per row to bench/results/scale.jsonl.
 The model (--model: a path or a store hash) is trained beforehand, e.g.
 ``spreadcode train learn.npy --bits 64``.
@@ -54,6 +61,7 @@ RESULTS = ROOT / "bench" / "results" / "scale.jsonl"
 GENERATE_BLOCK = 65536  # rows generated together (one seed per block)
 FAISS_TRAIN = 50_000
 FIRST_QUERIES = 10             # queries of the first search, timed on its own (seconds)
+WARM_QUERIES = 1000           # the interleaved step's first search, at the largest k
 FAISS_PQ = (8, 8)              # IndexPQ(d, M, nbits): 64 bits
 FAISS_LATTICE = (2, 6, 5)      # IndexLattice(d, nsq, scale_nbit, r2): 2 x (26 + 6) = 64 bits
 
@@ -124,8 +132,9 @@ def run_step(name, args):
     """The child-process side of `step`: do the work, print one JSON line."""
     import torch  # noqa: F401 -- imported before any clock starts: it takes seconds
 
-    from spreadcode import distributed
+    from spreadcode import distributed, malloc
 
+    malloc.raise_thresholds()  # as the CLI does for its process
     workers = args.get("workers")
     with distributed.open_client(workers=workers) as client:
         if client is not None:
@@ -193,6 +202,35 @@ def search_step(args, client):
     return {"timings": timings, "again": again, "first_seconds": first_seconds}
 
 
+def interleaved_step(args, client):
+    """Dask's overhead per search, without the cold starts and the host's drift that the
+    separate passes of `search_step` carry: one index searching in this process and one on
+    ``client``'s workers, both warmed by a first search (which builds g_0's table in each),
+    then for each (queries, k) ``rounds`` rounds of new queries, each searched by both, the
+    order alternating. Returns each search's seconds."""
+    from spreadcode import Index
+
+    indexes = {name: Index.load(args["db"], model=args["model"], store=args["store"],
+                                client=where, decode_memory=args["decode_memory"])
+               for name, where in (("one", None), ("dask", client))}
+    learn = np.load(args["learn"], mmap_mode="r")
+    row = WARM_QUERIES
+    for index in indexes.values():
+        index.search(np.asarray(learn[:row], dtype=np.float32), max(args["ks"]))
+    seconds = {name: {} for name in indexes}
+    for nq in args["queries"]:
+        for k in args["ks"]:
+            for number in range(args["rounds"]):
+                queries = np.asarray(learn[row:row + nq], dtype=np.float32)
+                row += nq
+                for name in sorted(indexes, reverse=bool(number % 2)):
+                    started = time.perf_counter()
+                    indexes[name].search(queries, k)
+                    seconds[name].setdefault(f"{nq},{k}", []).append(
+                        time.perf_counter() - started)
+    return {"seconds": seconds}
+
+
 def faiss_step(args, client):
     """Train a faiss index, add the N generated vectors block by block, search."""
     import faiss
@@ -223,7 +261,7 @@ def faiss_step(args, client):
 
 
 STEPS = {"generate": generate_step, "encode": encode_step, "search": search_step,
-         "faiss": faiss_step}
+         "interleaved": interleaved_step, "faiss": faiss_step}
 
 
 def main():
@@ -250,6 +288,9 @@ def main():
                         help="relative norm of the perturbation of repeated rows")
     parser.add_argument("--lattice-pairs", type=int, default=200_000_000,
                         help="faiss IndexLattice search: at most this many (query, code) pairs")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved one-process / Dask searches: rounds of new queries "
+                             "per (queries, k), 0 to skip them (default 3)")
     parser.add_argument("--no-faiss", action="store_true",
                         help="skip the faiss IndexPQ and IndexLattice rows")
     parser.add_argument("--tmp", default=None, help="directory for the temporary collections")
@@ -267,6 +308,10 @@ def main():
         parser.error(f"the second pass of searches takes its queries after the first's: "
                      f"--queries needs 2 x {max(opts.queries)} learn rows, {data} has "
                      f"{learn_rows}")
+    interleaved_rows = WARM_QUERIES + opts.rounds * len(opts.k) * sum(opts.queries)
+    if interleaved_rows > learn_rows:
+        parser.error(f"--rounds {opts.rounds} of --queries {opts.queries} at {len(opts.k)} "
+                     f"k need {interleaved_rows} learn rows, {data} has {learn_rows}")
     common = {"base": str(data / "base.npy"), "learn": str(data / "learn.npy"),
               "noise": opts.noise, "queries": opts.queries, "ks": opts.k}
     model = {"model": opts.model, "store": opts.store}
@@ -304,6 +349,19 @@ def main():
                         nq, k = map(int, key.split(","))
                         add(label, n, "search", workers, nq / seconds, "q/s", searched,
                             nq=nq, k=k)
+            if opts.rounds:
+                result = step("interleaved", db=dirs[None], workers=opts.workers,
+                              rounds=opts.rounds, decode_memory=opts.decode_memory,
+                              **common, **model)
+                for key, one in result["seconds"]["one"].items():
+                    nq, k = map(int, key.split(","))
+                    dask = result["seconds"]["dask"][key]
+                    overhead = float(np.median(dask) / np.median(one) - 1)
+                    for times, workers, note in ((one, None, ""),
+                                                 (dask, opts.workers, f", {overhead:+.0%}")):
+                        add(f"spreadcode, interleaved (median of {opts.rounds}{note})", n,
+                            "search", workers, nq / float(np.median(times)), "q/s", result,
+                            nq=nq, k=k, seconds=times, dask_overhead=overhead)
             methods = [] if opts.no_faiss else [
                 ("pq", "faiss IndexPQ(96, {}, {})".format(*FAISS_PQ)),
                 ("lattice", "faiss IndexLattice(96, {}, {}, {})".format(*FAISS_LATTICE))]
