@@ -150,8 +150,8 @@ def check_beam(beam):
 # How `ResidualCatalyzer.encode`, `decode` and `decode_shortlist` multiply: "auto" in
 # bfloat16 (float32 accumulation) where the device does so natively
 # (`spreadcode.torchutil.bfloat16_native`: AVX512-BF16 and AMX CPUs, most GPUs), else float32,
-# except on a CPU encoding (greedy or beam) and the full decoder, which run in row-scaled int8
-# (`spreadcode.int8`); "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1×
+# except on a CPU encoding (greedy or beam), the full decoder and the shortlist decoder's MLP,
+# which run in row-scaled int8 (`spreadcode.int8`); "float32" everywhere. On an AVX512-BF16 CPU bfloat16 encodes 1.8-2.1×
 # and decodes 2.2-2.5× faster than float32, 94-96 % of the codes being the float32 ones (the
 # others near-ties between lattice points), the error and recall the same to ± 0.4
 # (BENCHMARKS.md, levers 57-58); int8 encodes 1.8-1.9× faster again with 69-81 % of
@@ -234,6 +234,7 @@ class ResidualCatalyzer(Preprocessed):
             self.shortlist = DecoderNet(self.d_out, self.d_in, self.hidden_shortlist)
         self._first_key, self._first_rows, self._first_tables = None, 0, {}
         self._int8_key, self._int8 = None, None
+        self._int8_shortlist_key, self._int8_shortlist = None, None
 
     def _decoder_width(self, m):
         """Hidden width of g_m: ``hidden_chain`` for the stages between the first and the
@@ -291,6 +292,19 @@ class ResidualCatalyzer(Preprocessed):
             self._int8_key, self._int8 = key, (
                 [int8.Int8Mlp(mlp) for mlp in self.f], [int8.Int8Mlp(mlp) for mlp in self.g])
         return self._int8
+
+    def _int8_shortlist_mlp(self, precision):
+        """The MLP of the shortlist decoder in int8 (`spreadcode.int8.Int8Mlp`), built once
+        per weights, where ``precision`` runs the chain in int8 (`_runs_int8`); else None
+        (and for older models' linear shortlist decoder)."""
+        if self.hidden_shortlist is None or self.hidden_shortlist > int8.MAX_WIDTH \
+                or not self._runs_int8(precision):
+            return None
+        key = self._weights_key(self.shortlist.mlp)
+        if self._int8_shortlist_key != key:
+            self._int8_shortlist_key = key
+            self._int8_shortlist = int8.Int8Mlp(self.shortlist.mlp)
+        return self._int8_shortlist
 
     def _count_first_stage_rows(self, rows):
         """Count ``rows`` that g_0 is about to decode (`encode`, `decode`), since its weights
@@ -489,15 +503,25 @@ class ResidualCatalyzer(Preprocessed):
     def decode_shortlist(self, codes, batch=65536, precision="auto"):
         """The shortlist decoder of codes uint8 (n, code_bytes): float32 (n, d_in), from the
         unit lattice points by ``shortlist`` or by ``linear`` (older models), on the sphere of
-        ``output_norm`` when the model has one; ``precision`` as in `decode`."""
+        ``output_norm`` when the model has one; ``precision`` as in `decode`: under "auto" on
+        a CPU, the shortlist MLP runs in row-scaled int8 (`_int8_shortlist_mlp`) and its
+        linear path in float32: 1.6× bfloat16's rate at the same recall (BENCHMARKS.md,
+        "Collections at 1M vectors", run AA). A search's first pass decodes every code with
+        it, and every later scan the codes not kept decoded."""
         arithmetic = self._arithmetic(precision)
         self.eval()
         out = np.empty((codes.shape[0], self.d_in), dtype=np.float32)
         net = self.linear if self.hidden_shortlist is None else self.shortlist
+        mlp = self._int8_shortlist_mlp(precision)
         with arithmetic:
             for start in range(0, codes.shape[0], batch):
                 points = torch.from_numpy(self.unit_points(codes[start:start + batch]))
-                out[start:start + batch] = self._on_sphere(net(points).float()).numpy()
+                if mlp is None:
+                    decoded = net(points).float()
+                else:
+                    with torch.autocast(points.device.type, enabled=False):
+                        decoded = net.linear(points) + net.residual_scale * mlp(points)
+                out[start:start + batch] = self._on_sphere(decoded).numpy()
         return out
 
 

@@ -354,6 +354,38 @@ def test_encoding_precision_auto_is_bfloat16_only_where_native(trained, monkeypa
 
 @pytest.mark.skipif(not int8.available(torch.device("cpu")),
                     reason="this torch does not multiply int8 matrices on CPUs")
+def test_the_shortlist_decoder_runs_its_mlp_in_int8_on_cpus(trained, monkeypatch):
+    """precision "auto" on a CPU decodes the shortlist as linear(z) + residual_scale ·
+    Int8Mlp(mlp)(z) on the sphere (the linear path in float32), within 1 % of float32's
+    rows; rows do not depend on their batch or the thread count; the int8 MLP is built once
+    per weights and again when they change; float32 runs where int8 is not available."""
+    model = trained.model
+    codes = model.encode(load_sample().base[:600])
+    rows = model.decode_shortlist(codes)
+    net, mlp = model.shortlist, model._int8_shortlist_mlp("auto")
+    assert isinstance(mlp, int8.Int8Mlp) and model._int8_shortlist_mlp("float32") is None
+    with torch.no_grad():
+        points = torch.from_numpy(model.unit_points(codes))
+        expected = model._on_sphere(net.linear(points) + net.residual_scale * mlp(points))
+    assert np.array_equal(rows, expected.numpy())
+    exact = model.decode_shortlist(codes, precision="float32")
+    assert 0 < np.linalg.norm(rows - exact) < 0.01 * np.linalg.norm(exact)
+    assert np.array_equal(model.decode_shortlist(codes[:100], DECODE_MIN_ROWS + 5), rows[:100])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert np.array_equal(model.decode_shortlist(codes), rows)
+    finally:
+        torch.set_num_threads(threads)
+    assert model._int8_shortlist_mlp("auto") is mlp
+    with torch.no_grad():
+        net.mlp[0].weight.mul_(1.0)  # a new version of the weights
+    assert model._int8_shortlist_mlp("auto") is not mlp
+    monkeypatch.setattr(int8, "available", lambda device: False)
+    assert model._int8_shortlist_mlp("auto") is None
+    assert not np.array_equal(model.decode_shortlist(codes), rows)
+
+
 def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     """precision "auto" encodes greedily with `spreadcode.int8` on a CPU (a three-stage model:
     f_0..f_2 and g_1 in int8), with a beam (g_2 too) and decodes with it (g_1, g_2): most codes are float32's and
