@@ -185,7 +185,9 @@ class CatalyzerMeta:
     encoding runs (None: ``hidden_decoder``, models written before it), ``hidden_shortlist``
     its shortlist decoder's, None in models written before that decoder was an MLP;
     ``output_norm`` the sphere its decoders decode onto, None when its learn set's norm was
-    not constant or for models written before), "mlp" the paper's catalyzer. ``sha256`` and
+    not constant or for models written before; ``rerank_blend`` the weight of the shortlist
+    decoder's distance in its re-ranking, None (0) for models written before it), "mlp" the
+    paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
     a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
     dimension must be d_out (SpreadcodeError otherwise)."""
@@ -201,6 +203,7 @@ class CatalyzerMeta:
     hidden_shortlist: int | None = None
     output_norm: float | None = None
     hidden_chain: int | None = None
+    rerank_blend: float | None = None
     sha256: str | None = None
     path: str | None = None
 
@@ -218,7 +221,7 @@ class CatalyzerMeta:
         return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
                    arch.get("type", "mlp"), arch.get("hidden_decoder"),
                    arch.get("hidden_shortlist"), arch.get("output_norm"),
-                   arch.get("hidden_chain"))
+                   arch.get("hidden_chain"), arch.get("rerank_blend"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -234,7 +237,7 @@ class CatalyzerMeta:
                                  f"{', '.join(ARCH_TYPES)}")
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
-        hidden_decoder = hidden_chain = hidden_shortlist = output_norm = None
+        hidden_decoder = hidden_chain = hidden_shortlist = output_norm = rerank_blend = None
         if arch_type == "residual":
             hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
             if "hidden_chain" in arch:
@@ -249,6 +252,14 @@ class CatalyzerMeta:
                     raise metadata_error(where, "arch.output_norm",
                                          f"{output_norm!r} is not a number > 0")
                 output_norm = float(output_norm)
+            if "rerank_blend" in arch:
+                rerank_blend = arch["rerank_blend"]
+                if not (isinstance(rerank_blend, (int, float))
+                        and not isinstance(rerank_blend, bool)
+                        and math.isfinite(rerank_blend) and rerank_blend >= 0):
+                    raise metadata_error(where, "arch.rerank_blend",
+                                         f"{rerank_blend!r} is not a number >= 0")
+                rerank_blend = float(rerank_blend)
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
@@ -264,7 +275,7 @@ class CatalyzerMeta:
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
         return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist,
-                   output_norm, hidden_chain)
+                   output_norm, hidden_chain, rerank_blend)
 
     def arch(self):
         """The model file's "arch" object, as the network's ``arch()`` gives it."""
@@ -277,6 +288,8 @@ class CatalyzerMeta:
                 arch["hidden_shortlist"] = self.hidden_shortlist
             if self.output_norm is not None:
                 arch["output_norm"] = self.output_norm
+            if self.rerank_blend is not None:
+                arch["rerank_blend"] = self.rerank_blend
         return arch
 
     def to_json(self):
@@ -292,7 +305,7 @@ class CatalyzerMeta:
 
             return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
                                      self.hidden_decoder, self.hidden_shortlist, self.output_norm,
-                                     self.hidden_chain)
+                                     self.hidden_chain, self.rerank_blend)
         return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 

@@ -251,6 +251,7 @@ class TrainSummary:
     lambda_search: dict = field(default_factory=dict)
     val_mse: float | None = None
     output_norm: float | None = None
+    rerank_blend: float | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
@@ -270,6 +271,9 @@ class TrainSummary:
                 f"decoded onto the sphere of norm {self.output_norm:.6g} (the learn vectors' "
                 f"constant norm)" if self.output_norm is not None
                 else "decoded vectors keep their norm (the learn vectors' norms vary)"]),
+            *([f"re-ranking: the full decoder's distance + {self.rerank_blend:.3g} x the "
+               "shortlist decoder's (their least-squares mix on the held-out vectors)"]
+              if self.rerank_blend is not None else []),
             *(["lambda search (val R@10): " + ", ".join(
                 f"{lam}: {100 * r:.1f}" for lam, r in self.lambda_search.items())]
               if self.lambda_search else []),
@@ -316,7 +320,7 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
         best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
         lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"),
-        output_norm=result.meta.output_norm)
+        output_norm=result.meta.output_norm, rerank_blend=result.meta.rerank_blend)
 
 
 @dataclass(frozen=True)

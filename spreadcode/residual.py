@@ -113,6 +113,9 @@ TRAINING_NOISE = 0.2
 VAL_SHARE = 10
 VAL_MAX = 2000
 VAL_QUERY_SHARE = 6
+# The largest share of the shortlist decoder in the re-ranking's mix (`calibrate_rerank_blend`):
+# blend <= 1, the shortlist decoder never counting more than the full one.
+MAX_BLEND_SHARE = 0.5
 RECALL_KS = (1, 10, 100)
 # Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
 # extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
@@ -208,17 +211,21 @@ class ResidualCatalyzer(Preprocessed):
     0.86 for unit text embeddings), by a different amount for each code, and that spread,
     not the direction, misorders neighbours: on the sphere pypi-minilm96 goes from 35.1 / 79.8
     / 98.0 to 37.1 / 83.2 / 98.5 with the same codes (BENCHMARKS.md, lever 30).
+    ``rerank_blend``: the weight of the shortlist decoder's distance added to the full
+    decoder's when a search re-ranks (`calibrate_rerank_blend`), None (0) in models written
+    before it.
     Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
     ``(x − center) · scale``.
     """
 
     def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN,
-                 hidden_shortlist=None, output_norm=None, hidden_chain=None):
+                 hidden_shortlist=None, output_norm=None, hidden_chain=None, rerank_blend=None):
         super().__init__(d_in)
         self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
         self.hidden_chain = None if hidden_chain is None else int(hidden_chain)
         self.hidden_shortlist = None if hidden_shortlist is None else int(hidden_shortlist)
         self.output_norm = None if output_norm is None else float(output_norm)
+        self.rerank_blend = None if rerank_blend is None else float(rerank_blend)
         self.quantizer = quantizer
         self.d_out = quantizer.d
         dims = [block.d for block in quantizer.blocks]
@@ -252,6 +259,8 @@ class ResidualCatalyzer(Preprocessed):
             arch["hidden_shortlist"] = self.hidden_shortlist
         if self.output_norm is not None:
             arch["output_norm"] = self.output_norm
+        if self.rerank_blend is not None:
+            arch["rerank_blend"] = self.rerank_blend
         return arch
 
     def _on_sphere(self, decoded):
@@ -683,7 +692,8 @@ def held_out_rows(n, seed):
 
 def validation_recall(model, held_out):
     """1-recall@1/10/100 of the default search (`spreadcode.search.prepare_residual`'s
-    shortlist re-ranked by the full decoder) on held-out learn vectors float32 (n, d_in):
+    shortlist re-ranked by the full decoder, with the model's ``rerank_blend``) on held-out
+    learn vectors float32 (n, d_in):
     the first n // VAL_QUERY_SHARE are queries, the rest the database -> {"1": r, ...}."""
     from spreadcode.knn import exact_knn
     from spreadcode.search import (first_hits, int8_rows, int8_vectors, rerank_candidates,
@@ -694,12 +704,39 @@ def validation_recall(model, held_out):
     _, nearest = exact_knn(database.astype(np.float64), queries.astype(np.float64), 1)
     codes = model.encode(database)
     k = min(max(RECALL_KS), database.shape[0])
-    _, shortlist = exact_knn(int8_vectors(int8_rows(model.decode_shortlist(codes))), queries,
-                             min(residual_rerank(model, k), database.shape[0]))
+    distances, shortlist = exact_knn(int8_vectors(int8_rows(model.decode_shortlist(codes))),
+                                     queries, min(residual_rerank(model, k), database.shape[0]))
     decoded = model.decode(codes)
-    _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k)
+    _, ids = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], k,
+                               distances.astype(np.float32), model.rerank_blend or 0.0)
     hits = first_hits(ids, nearest)
     return {str(r): float(np.mean(hits < r)) for r in RECALL_KS}
+
+
+def calibrate_rerank_blend(model, held_out):
+    """The weight of the shortlist decoder's distance in a search's re-ranking score
+    ‖q − x̂‖² + blend · ‖q − x̃‖² (x̂: the full decoder's vector, x̃: the shortlist decoder's
+    as the scan ranks it, `spreadcode.search.int8_rows`), from held-out learn vectors x
+    float32 (n, d_in) and their codes: the weight α of the mix (1 − α) x̂ + α x̃ nearest x in
+    squared error, by least squares, α = ⟨x − x̂, x̃ − x̂⟩ / ‖x̃ − x̂‖² over every row, clipped
+    to [0, MAX_BLEND_SHARE]; blend = α / (1 − α). The blended score is the mix's distance
+    scaled by 1 + blend, plus blend / (1 + blend) · ‖x̂ − x̃‖²: a candidate whose two
+    decodings disagree ranks lower. The two decoders' errors are partly independent, and how
+    much the second one adds depends on the data: α was 0.13 / 0.17 / 0.25 on pypi /
+    wordnet / raw 384-d text with 2,000 held-out rows, within 0.01 of its value on each base,
+    and blends near it gained − 0.1 / + 0.7 / + 0.6 R@1 and + 0.4 / + 0.3 / + 0.5 R@10
+    (BENCHMARKS.md, "Issue #14 levers", lever 72). Rows a model trained on would say the
+    full decoder needs no help: it decodes them far better than new ones. Returns a float
+    >= 0."""
+    from spreadcode.search import int8_rows, int8_vectors
+
+    codes = model.encode(held_out)
+    full = model.decode(codes).astype(np.float64)
+    offset = int8_vectors(int8_rows(model.decode_shortlist(codes))) - full
+    norm = float(np.einsum("ij,ij->", offset, offset))
+    share = float(np.einsum("ij,ij->", held_out - full, offset)) / norm if norm > 0 else 0.0
+    share = min(max(share, 0.0), MAX_BLEND_SHARE)
+    return share / (1.0 - share)
 
 
 def fit_shortlist_decoder(model, learn, seed=0, progress=False):
@@ -827,6 +864,7 @@ def train_residual(learn, config, progress=True):
     best.restore()
     model.eval()
     fit_shortlist_decoder(model, learn[train_rows], config.seed, progress)
+    model.rerank_blend = calibrate_rerank_blend(model, learn[val_rows])
     val_recall = validation_recall(model, learn[val_rows])
     meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), None, {
         "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),

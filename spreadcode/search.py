@@ -421,12 +421,15 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
     them itself: a shortlist of ``rerank`` candidates (default: `residual_rerank`) by
     squared L2 between the raw query and the codes decoded by the model's shortlist decoder,
-    re-ranked by its full decoder (``rerank=0``: the shortlist's order, k results);
+    re-ranked by its full decoder plus the model's ``rerank_blend`` × the shortlist's
+    distance (`spreadcode.residual.calibrate_rerank_blend`; 0 for models without one)
+    (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. A re-ranked
     shortlist scans the shortlist decoder's vectors rounded to int8 (`Int8Decoder`: a quarter
     of the memory kept, the same recall) with the queries rounded alike (`decoded_topk`).
     Distances are
-    squared L2 in input space. extra: {"rerank": N, "blend": 0.0, "decoder": sha256} when
+    squared L2 in input space, plus the blended term when re-ranked. extra: {"rerank": N,
+    "blend": weight, "decoder": sha256} when
     re-ranked, else {"decoder": sha256}. ``precision``: both decoders' arithmetic
     (`spreadcode.residual.ResidualCatalyzer.decode`: "auto", bfloat16 products where the
     device has them natively, or "float32"). ``client``, ``progress``: the per-part searches'
@@ -451,7 +454,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     return rerank_shortlist(collection, prepare_decoded(collection, Int8Decoder(shortlist), queries,
-                                                        k=rerank, **parallel), full, k)
+                                                        k=rerank, **parallel), full, k,
+                            model.rerank_blend or 0.0)
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,

@@ -504,13 +504,47 @@ def test_linear_shortlist_decoder_of_older_models_is_the_least_squares_fit(train
     np.testing.assert_allclose(design.T @ (learn[train_rows] - fitted), 0, atol=0.05)
 
 
+def test_the_rerank_blend_is_the_least_squares_mix_of_the_two_decoders(trained):
+    """Training sets ``rerank_blend`` from the held-out rows: α minimising
+    ‖x − ((1 − α) x̂ + α x̃)‖² over them (x̂ full, x̃ shortlist as int8 rows), clipped to
+    [0, MAX_BLEND_SHARE], as α / (1 − α); searches add blend × the shortlist distance."""
+    learn = load_sample().learn[:3000]
+    _, val_rows = residual.held_out_rows(3000, TINY.seed)
+    model, held_out = trained.model, learn[val_rows]
+    codes = model.encode(held_out)
+    full = model.decode(codes).astype(np.float64)
+    short = int8_vectors(int8_rows(model.decode_shortlist(codes))).astype(np.float64)
+    shares = np.linspace(0, residual.MAX_BLEND_SHARE, 51)
+    errors = [((held_out - (1 - a) * full - a * short) ** 2).sum() for a in shares]
+    share = model.rerank_blend / (1 + model.rerank_blend)
+    assert model.rerank_blend == residual.calibrate_rerank_blend(model, held_out)
+    assert trained.meta.rerank_blend == model.rerank_blend
+    assert 0 <= share <= residual.MAX_BLEND_SHARE
+    best = shares[int(np.argmin(errors))]
+    assert abs(share - best) <= shares[1] or share == residual.MAX_BLEND_SHARE == best
+    # a shortlist decoder that is the full one plus noise gets (almost) no weight
+    assert residual.calibrate_rerank_blend(_noisy_shortlist(model), held_out) < 0.02
+
+
+def _noisy_shortlist(model):
+    """A copy of ``model`` whose shortlist decoder is its full decoder plus seeded noise."""
+    import copy
+
+    twin, rng = copy.deepcopy(model), np.random.default_rng(0)
+    twin.decode_shortlist = lambda codes, *args, **kwargs: (
+        twin.decode(codes) + rng.normal(0, 0.2, (len(codes), twin.d_in)).astype(np.float32))
+    return twin
+
+
 def test_model_file_round_trip(trained, tmp_path):
     sha, _ = save_catalyzer(trained.model, trained.meta, store=tmp_path)
     model, meta = load_catalyzer(sha, store=tmp_path)
     assert isinstance(model, residual.ResidualCatalyzer)
     assert meta.arch() == {"type": "residual", "d_in": 96, "hidden": 32, "hidden_decoder": 64,
                            "hidden_chain": 48, "hidden_shortlist": 32, "d_out": 18,
-                           "output_norm": trained.model.output_norm}
+                           "output_norm": trained.model.output_norm,
+                           "rerank_blend": trained.model.rerank_blend}
+    assert model.rerank_blend == trained.model.rerank_blend
     assert meta == replace(trained.meta, sha256=sha, path=meta.path)
     base = load_sample().base[:200]
     codes = trained.model.encode(base)
@@ -550,6 +584,8 @@ def test_chain_decoders_have_their_own_width(tmp_path):
     (lambda m: m["arch"].update(hidden_chain=0), "arch.hidden_chain"),
     (lambda m: m["arch"].update(output_norm=-1.0), "arch.output_norm"),
     (lambda m: m["arch"].update(output_norm="1"), "arch.output_norm"),
+    (lambda m: m["arch"].update(rerank_blend=-0.5), "arch.rerank_blend"),
+    (lambda m: m["arch"].update(rerank_blend=True), "arch.rerank_blend"),
     (lambda m: m.update(quantizer={"kind": "lattice", "d": 18, "param": 10}), "quantizer.kind"),
 ])
 def test_bad_residual_metadata_names_the_field(trained, tmp_path, edit, field):
@@ -578,9 +614,28 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
     codes = trained.model.encode(base)
     # The shortlist: the shortlist decoder's vectors as int8 rows hold them, scanned by the
     # queries rounded the same way.
-    _, shortlist = exact_knn(int8_vectors(int8_rows(trained.model.decode_shortlist(codes))),
-                             int8_vectors(int8_rows(queries)), 60)
+    rows, rounded = (int8_vectors(int8_rows(trained.model.decode_shortlist(codes))),
+                     int8_vectors(int8_rows(queries)))
+    _, shortlist = exact_knn(rows, rounded, 60)
+    # the scan's distance: ‖x‖² − 2⟨q̃, x⟩ + ‖q‖²
+    scanned = ((rows[shortlist] - rounded[:, None]) ** 2).sum(-1) \
+        + (queries ** 2).sum(1)[:, None] - (rounded ** 2).sum(1)[:, None]
     decoded = trained.model.decode(codes)
+    blend = trained.model.rerank_blend
+    assert blend > 0
+    want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10,
+                                       scanned.astype(np.float32), blend)
+    assert np.array_equal(ids, want_i)
+    np.testing.assert_allclose(distances, want_d, rtol=1e-5)
+    # a model written before the blend re-ranks by the full decoder alone
+    trained.model.rerank_blend = None
+    try:
+        index = spreadcode.Index.from_catalyzer(trained.model,
+                                                replace(trained.meta, rerank_blend=None))
+        index.add(base)
+        distances, ids = index.search(queries, k=10, rerank=60)
+    finally:
+        trained.model.rerank_blend = blend
     want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
     assert np.array_equal(ids, want_i)
     np.testing.assert_allclose(distances, want_d, rtol=1e-5)
@@ -918,3 +973,16 @@ def test_decoded_search_is_the_same_whatever_is_kept_decoded(trained):
     assert search.kept_rows(replace(whole, decode_memory=100 * (index.d + 4)), shortlist) == 100
     with pytest.raises(SpreadcodeError, match="decode_memory must be"):
         index.decode_memory = -1
+
+
+def test_the_train_report_names_the_rerank_blend(trained):
+    from spreadcode.commands import TrainSummary
+
+    summary = TrainSummary(
+        sha256="ab" * 32, store_path="store", output_path=None, quantizer=trained.meta.quantizer,
+        lam=None, val_recall=trained.meta.training["val_recall"], best_epoch=1, epochs_run=4,
+        interrupted=False, n_train=2700, wall_time_s=1.0, output_norm=trained.meta.output_norm,
+        rerank_blend=0.2052)
+    assert "re-ranking: the full decoder's distance + 0.205 x the shortlist decoder's" \
+        in summary.report()
+    assert "re-ranking" not in replace(summary, rerank_blend=None).report()

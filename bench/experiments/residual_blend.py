@@ -14,6 +14,10 @@ One JSON row per blend (0 first) and design:
 * "held-out": the model's 2,000 held-out learn rows (`residual.held_out_rows`, seed 0),
   each a query against the 1,999 others (leave-one-out), 200 candidates as at k = 100;
 * "train-db": the held-out rows as queries against the training rows as the database.
+Then one "share" row: the least-squares share α of the shortlist decoder in the mix
+(1 − α) x̂_full + α x̃_short (`residual.calibrate_rerank_blend`, unclipped here) on the
+held-out rows, on the first 20,000 base rows and on the first 20,000 training rows, and the
+held-out squared error of the full decoder alone and of the mix.
 """
 import json
 import os
@@ -72,6 +76,16 @@ def validation_recalls(model, queries, database, blends, leave_one_out):
     return out
 
 
+def mix_share(model, rows):
+    """(α, MSE of x̂_full, MSE of the mix) of the least-squares mix on ``rows``."""
+    codes = model.encode(rows)
+    full = model.decode(codes).astype(np.float64)
+    offset = int8_vectors(int8_rows(model.decode_shortlist(codes))) - full
+    share = float(((rows - full) * offset).sum() / (offset * offset).sum())
+    mse = lambda decoded: round(float(((rows - decoded) ** 2).sum(1).mean()), 4)  # noqa: E731
+    return round(share, 3), mse(full), mse(full + share * offset)
+
+
 def main(model_path, data_path, *blends):
     torch.set_num_threads(2)
     blends = [0.0] + [float(b) for b in blends]
@@ -87,6 +101,13 @@ def main(model_path, data_path, *blends):
                "test": test_recall(model, meta, data, blend),
                **{name: found[blend] for name, found in designs.items()}}
         print(json.dumps(row), flush=True)
+    shares = {name: mix_share(model, rows) for name, rows in (
+        ("held-out", data.learn[held_out]), ("base", data.base[:20000]),
+        ("training rows", data.learn[train[:20000]]))}
+    print(json.dumps({"experiment": "residual_blend", "lever": 72, "data": data.name,
+                      "share": {name: found[0] for name, found in shares.items()},
+                      "held-out MSE": {"full": shares["held-out"][1],
+                                       "mix": shares["held-out"][2]}}), flush=True)
 
 
 if __name__ == "__main__":
