@@ -310,7 +310,8 @@ class Index:
         every decoded code instead (no catalyzer needed). A residual model's index
         (`is_residual`) shortlists by its shortlist decoder (default
         `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
-        decoder (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
+        decoder plus the model's ``rerank_blend`` × the shortlist distance
+        (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         The first search decodes every code for its scan and the index keeps them, up to
         `decode_memory` (by default 1 GiB: 10.7M codes of 96 dimensions), until ``add``
         or ``reset``: later searches skip that work. Candidates decoded for re-ranking are
