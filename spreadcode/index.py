@@ -288,13 +288,12 @@ class Index:
         from .residual import refuse_residual
 
         for what, asked in (("a Hamming search", hamming),
-                            ("blend", blend is not None),
                             ("a separate decoder", self.decoder is not None)):
             if asked:
                 refuse_residual(self.catalyzer, what)
         return search.prepare_residual(self._collection, self.catalyzer, queries, k=k,
-                                       radius=radius, rerank=rerank, decode_all=decode_all,
-                                       precision=precision, **parallel)
+                                       radius=radius, rerank=rerank, blend=blend,
+                                       decode_all=decode_all, precision=precision, **parallel)
 
     def search(self, queries, k=10, *, rerank=None, blend=None, decode_all=False,
                hamming=False, precision="auto"):
@@ -310,8 +309,8 @@ class Index:
         every decoded code instead (no catalyzer needed). A residual model's index
         (`is_residual`) shortlists by its shortlist decoder (default
         `spreadcode.search.residual_rerank`: max(2 k, 50) candidates) and re-ranks by its full
-        decoder plus the model's ``rerank_blend`` × the shortlist distance
-        (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
+        decoder plus ``blend`` (default: the model's ``rerank_blend``) × the shortlist
+        distance (`spreadcode.search.prepare_residual`): squared L2 distances in input space.
         The first search decodes every code for its scan and the index keeps them, up to
         `decode_memory` (by default 1 GiB: 10.7M codes of 96 dimensions), until ``add``
         or ``reset``: later searches skip that work. Candidates decoded for re-ranking are

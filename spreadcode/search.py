@@ -415,15 +415,15 @@ def rerank_shortlist(collection, shortlist, decoder, k, blend=0.0) -> PreparedSe
 
 
 def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=None,
-                     decode_all=False, precision="auto", client=None,
+                     blend=None, decode_all=False, precision="auto", client=None,
                      progress=False) -> PreparedSearch:
     """k-NN search (or with ``radius``, range search: `prepare_decoded_range` with the full
     decoder) of the codes of a residual model (`spreadcode.residual`), which decodes
     them itself: a shortlist of ``rerank`` candidates (default: `residual_rerank`) by
     squared L2 between the raw query and the codes decoded by the model's shortlist decoder,
-    re-ranked by its full decoder plus the model's ``rerank_blend`` × the shortlist's
-    distance (`spreadcode.residual.calibrate_rerank_blend`; 0 for models without one)
-    (``rerank=0``: the shortlist's order, k results);
+    re-ranked by its full decoder plus ``blend`` × the shortlist's distance (default: the
+    model's ``rerank_blend``, `spreadcode.residual.calibrate_rerank_blend`; 0 for models
+    without one) (``rerank=0``: the shortlist's order, k results);
     ``decode_all`` ranks every code decoded by the full decoder instead. A re-ranked
     shortlist scans the shortlist decoder's vectors rounded to int8 (`Int8Decoder`: a quarter
     of the memory kept, the same recall) with the queries rounded alike (`decoded_topk`).
@@ -441,9 +441,16 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
                        for role in ("residual", "shortlist"))
     parallel = {"client": client, "progress": progress}
     if radius is not None:
-        if rerank or decode_all:
-            raise SpreadcodeError("a range search takes no rerank or decode_all")
+        if rerank or decode_all or blend is not None:
+            raise SpreadcodeError("a range search takes no rerank, blend or decode_all")
         return prepare_decoded_range(collection, full, queries, radius, **parallel)
+    if blend is not None and (decode_all or rerank == 0):
+        raise SpreadcodeError("blend weighs the shortlist's distance in a re-ranking: "
+                              "decode_all and rerank=0 do not re-rank")
+    blend = (model.rerank_blend or 0.0) if blend is None else blend
+    if isinstance(blend, bool) or not isinstance(blend, numbers.Real) \
+            or not (math.isfinite(blend) and blend >= 0):
+        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend!r}")
     if decode_all:
         return prepare_decoded(collection, full, queries, k=k, **parallel)
     k = check_k(k)
@@ -455,7 +462,7 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     return rerank_shortlist(collection, prepare_decoded(collection, Int8Decoder(shortlist), queries,
                                                         k=rerank, **parallel), full, k,
-                            model.rerank_blend or 0.0)
+                            float(blend))
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,

@@ -627,6 +627,11 @@ def test_index_search_is_shortlist_then_full_decoder(trained):
                                        scanned.astype(np.float32), blend)
     assert np.array_equal(ids, want_i)
     np.testing.assert_allclose(distances, want_d, rtol=1e-5)
+    # blend= overrides the model's weight
+    distances, ids = index.search(queries, k=10, rerank=60, blend=0.0)
+    want_d, want_i = rerank_candidates(queries, shortlist, lambda rows: decoded[rows], 10)
+    assert np.array_equal(ids, want_i)
+    np.testing.assert_allclose(distances, want_d, rtol=1e-5)
     # a model written before the blend re-ranks by the full decoder alone
     trained.model.rerank_blend = None
     try:
@@ -790,7 +795,11 @@ def test_index_refuses_what_residual_codes_cannot_do(trained):
     index.add(load_sample().base[:300])
     queries = load_sample().query[:3]
     for call, what in ((lambda: index.search(queries, 5, hamming=True), "a Hamming search"),
-                       (lambda: index.search(queries, 5, blend=1.0), "blend"),
+                       (lambda: index.search(queries, 5, blend=-1.0), "blend must be"),
+                       (lambda: index.search(queries, 5, blend=float("nan")), "blend must be"),
+                       (lambda: index.search(queries, 5, decode_all=True, blend=0.5),
+                        "do not re-rank"),
+                       (lambda: index.search(queries, 5, rerank=0, blend=0.5), "do not re-rank"),
                        (lambda: index.search(queries, 5, rerank=3), "at least k=5")):
         with pytest.raises(SpreadcodeError, match=what):
             call()
