@@ -171,6 +171,16 @@ def check_width(value, where, field):
     return value
 
 
+def check_number(value, where, field, positive=False):
+    """``value`` if it is a finite JSON number >= 0 (> 0 when ``positive``; not a boolean),
+    else SpreadcodeError naming ``field``."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        raise metadata_error(where, field,
+                             f"{value!r} is not a number {'> 0' if positive else '>= 0'}")
+    return value
+
+
 # The kinds of network a catalyzer file may hold ("arch.type"; absent means "mlp").
 ARCH_TYPES = ("mlp", "residual")
 
@@ -246,20 +256,11 @@ class CatalyzerMeta:
                 hidden_shortlist = check_width(arch["hidden_shortlist"], where,
                                                "arch.hidden_shortlist")
             if "output_norm" in arch:
-                output_norm = arch["output_norm"]
-                if not (isinstance(output_norm, (int, float)) and not isinstance(output_norm, bool)
-                        and math.isfinite(output_norm) and output_norm > 0):
-                    raise metadata_error(where, "arch.output_norm",
-                                         f"{output_norm!r} is not a number > 0")
-                output_norm = float(output_norm)
+                output_norm = float(check_number(arch["output_norm"], where, "arch.output_norm",
+                                                 positive=True))
             if "rerank_blend" in arch:
-                rerank_blend = arch["rerank_blend"]
-                if not (isinstance(rerank_blend, (int, float))
-                        and not isinstance(rerank_blend, bool)
-                        and math.isfinite(rerank_blend) and rerank_blend >= 0):
-                    raise metadata_error(where, "arch.rerank_blend",
-                                         f"{rerank_blend!r} is not a number >= 0")
-                rerank_blend = float(rerank_blend)
+                rerank_blend = float(check_number(arch["rerank_blend"], where,
+                                                  "arch.rerank_blend"))
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
@@ -268,9 +269,8 @@ class CatalyzerMeta:
             raise metadata_error(where, "quantizer.kind", f"a residual network makes product "
                                  f"codes, not {quantizer.kind}")
         lam = meta.get("lambda")
-        if lam is not None and not (isinstance(lam, (int, float)) and not isinstance(lam, bool)
-                                    and math.isfinite(lam) and lam >= 0):
-            raise metadata_error(where, "lambda", f"{lam!r} is not a number >= 0")
+        if lam is not None:
+            check_number(lam, where, "lambda")
         training = meta.get("training", {})
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from spreadcode import store as model_store
-from spreadcode.catalyzer import catalyze, check_width, load_module, state_dict_bytes
+from spreadcode.catalyzer import (catalyze, check_number, check_width, load_module,
+                                  state_dict_bytes)
 from spreadcode.errors import SpreadcodeError
 from spreadcode.fileio import canonical_json
 from spreadcode.knn import exact_knn
@@ -400,10 +401,7 @@ class DecoderMeta:
             raise metadata_error(where, "decoder.kind", f"{kind!r} is not one of "
                                  f"{', '.join(DECODER_KINDS)}")
         hidden = check_width(spec.get("hidden"), where, "decoder.hidden") if kind == "mlp" else None
-        blend = spec.get("blend")
-        if not (isinstance(blend, (int, float)) and not isinstance(blend, bool)
-                and math.isfinite(blend) and blend >= 0):
-            raise metadata_error(where, "decoder.blend", f"{blend!r} is not a number >= 0")
+        blend = check_number(spec.get("blend"), where, "decoder.blend")
         training = meta.get("training", {})
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")

@@ -319,6 +319,15 @@ def residual_rerank(model, k):
     return max(RESIDUAL_RERANK_FACTOR * k, RESIDUAL_RERANK_MIN)
 
 
+def check_blend(blend):
+    """``blend`` (the weight of the shortlist's distance in a re-ranking) as a float;
+    SpreadcodeError unless it is a finite real number >= 0."""
+    if isinstance(blend, bool) or not isinstance(blend, numbers.Real) \
+            or not (math.isfinite(blend) and blend >= 0):
+        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend!r}")
+    return float(blend)
+
+
 def rerank_candidates(queries, candidates, decode, k, shortlist_distances=None, blend=0.0,
                       block_rows=RERANK_BLOCK_ROWS):
     """Re-rank candidate lists by squared L2 between the query and the decoded candidates,
@@ -362,9 +371,7 @@ def prepare_rerank(collection, catalyzer, decoder, queries, *, k, rerank=None,
     rerank = default_rerank(k) if rerank is None else check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    blend = decoder.blend if blend is None else blend
-    if not (math.isfinite(blend) and blend >= 0):
-        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend}")
+    blend = check_blend(decoder.blend if blend is None else blend)
     check_decoder_fits(decoder, collection)
     shortlist = prepare_scan(collection, catalyzer, queries, k=rerank, client=client,
                              progress=progress)
@@ -447,10 +454,7 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     if blend is not None and (decode_all or rerank == 0):
         raise SpreadcodeError("blend weighs the shortlist's distance in a re-ranking: "
                               "decode_all and rerank=0 do not re-rank")
-    blend = (model.rerank_blend or 0.0) if blend is None else blend
-    if isinstance(blend, bool) or not isinstance(blend, numbers.Real) \
-            or not (math.isfinite(blend) and blend >= 0):
-        raise SpreadcodeError(f"blend must be a finite number >= 0, got {blend!r}")
+    blend = check_blend((model.rerank_blend or 0.0) if blend is None else blend)
     if decode_all:
         return prepare_decoded(collection, full, queries, k=k, **parallel)
     k = check_k(k)
@@ -461,8 +465,7 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     return rerank_shortlist(collection, prepare_decoded(collection, Int8Decoder(shortlist), queries,
-                                                        k=rerank, **parallel), full, k,
-                            float(blend))
+                                                        k=rerank, **parallel), full, k, blend)
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,
