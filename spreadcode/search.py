@@ -464,8 +464,11 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
     rerank = check_k(rerank, "rerank")
     if rerank < k:
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
-    return rerank_shortlist(collection, prepare_decoded(collection, Int8Decoder(shortlist), queries,
-                                                        k=rerank, **parallel), full, k, blend)
+    candidates = prepare_decoded(collection, Int8Decoder(shortlist), queries, k=rerank,
+                                 **parallel)
+    # At most every code is decoded once: the collection keeps what its re-rankings decode.
+    model.expect_decodes(min(candidates.queries.shape[0] * candidates.k, collection.count))
+    return rerank_shortlist(collection, candidates, full, k, blend)
 
 
 def prepare_decoded(collection, decoder, queries, *, k, block=DECODED_SEARCH_BLOCK,

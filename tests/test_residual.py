@@ -243,6 +243,48 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     assert tabled._first_tables == {}  # stale, and 3,000 rows do not pay for a new one
 
 
+def test_a_search_that_will_decode_a_table_of_rows_builds_the_table_first(trained, monkeypatch):
+    """A search whose re-ranking will decode at least as many codes as block 0 has points
+    tells the model first (`ResidualCatalyzer.expect_decodes`): g_0's table is built before
+    the first decode, so g_0 runs on the table's rows only (not on the first 64,416 decoded
+    rows and then on the table's), and the results are those of a model without a table.
+    Rows announced are not counted again when decoded."""
+    import copy
+
+    sample, count = load_sample(), 64416  # S(12, 6), TINY's first stage
+    vectors = np.vstack([sample.learn, sample.base] * 4)[:count + 2000]
+    codes = copy.deepcopy(trained.model).encode(vectors)
+
+    def search(model):
+        index = spreadcode.Index.from_catalyzer(model, trained.meta)
+        with monkeypatch.context() as patch:  # the codes, without counting their encoding
+            patch.setattr(model, "encode", lambda *args, **kwargs: codes)
+            index.add(vectors)
+        return index.search(sample.query[:400], k=100)  # 400 x 200 candidates
+
+    model, g0_rows = copy.deepcopy(trained.model), []
+    g0_int8, g0_float = model._int8_chain()[1][0], model.g[0].forward
+    run_int8 = int8.Int8Mlp.__call__
+    monkeypatch.setattr(int8.Int8Mlp, "__call__", lambda mlp, x: (
+        g0_rows.append(len(x)) if mlp is g0_int8 else None) or run_int8(mlp, x))
+    monkeypatch.setattr(model.g[0], "forward", lambda x: g0_rows.append(len(x)) or g0_float(x))
+    got = search(model)
+    assert model._first_tables and sum(g0_rows) == count
+    monkeypatch.undo()
+    monkeypatch.setattr(residual, "FIRST_TABLE_BYTES", 0)
+    want = search(copy.deepcopy(trained.model))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+    fresh = copy.deepcopy(trained.model)
+    fresh.expect_decodes(count - 1)
+    fresh.decode(codes[:count - 1])
+    assert fresh._first_tables == {}  # count - 1 rows in all, not twice as many
+    fresh.decode(codes[:1])
+    assert fresh._first_tables
+
+
 def best_path_codes(model, base, counts):
     """The codes of the path of least reconstruction error in the tree whose stage m tries
     the counts[m] lattice points nearest its encoder's output, computed path by path from
