@@ -82,6 +82,7 @@ cdef extern from "csrc/scan.h":
                       int64_t *lims) nogil
     void sc_range_finish(sc_range_result *R, const int64_t *lims, int64_t *ids, float *dists,
                          int threads) nogil
+    void sc_int8_rows(const float *x, int64_t n, int d, uint8_t *rows, int threads) nogil
 
 cdef extern from "csrc/int8.h":
     int SC_INT8_MAX_WIDTH
@@ -418,6 +419,19 @@ def float_scan(const float[:, ::1] vectors, const float[:, ::1] queries):
     scan.s.queries = &queries[0, 0] if queries.shape[0] else NULL
     scan.keep = (vectors, queries)
     return scan
+
+
+def int8_rows(const float[:, ::1] x, uint8_t[:, ::1] rows, int threads):
+    """rows (n, d + 4) bytes <- vectors x (n, d) float32: each row's d int8 b = rint(x / t),
+    then its float32 scale t = max|x| / 127 (b = 0 where t = 0), as `int8_scan` rounds its
+    queries (`spreadcode.search.int8_rows` views its structured rows so)."""
+    if rows.shape[0] != x.shape[0] or rows.shape[1] != x.shape[1] + 4:
+        raise SpreadcodeError(f"int8_rows: {rows.shape[0]} rows of {rows.shape[1]} bytes for "
+                              f"{x.shape[0]} vectors of {x.shape[1]} dimensions")
+    if x.shape[0]:
+        with nogil:
+            sc_int8_rows(&x[0, 0] if x.shape[1] else NULL, x.shape[0], x.shape[1],
+                         &rows[0, 0], threads)
 
 
 def int8_scan(const uint8_t[:, ::1] rows, const float[:, ::1] queries, bint portable=False):

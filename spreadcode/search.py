@@ -525,15 +525,17 @@ def int8_row(d):
 def int8_rows(decoded):
     """Vectors float32 (n, d) rounded to int8 per row: a structured array (n,) of
     `int8_row` (d), ``codes`` int8 (d,) and ``scale`` float32, the vector scale · codes with
-    scale = max|x| / 127 (each coordinate within half a scale of x's). A quarter of float32's
+    scale = max|x| / 127 (each coordinate within half a scale of x's), as the int8 scan rounds
+    its queries (compiled, `spreadcode._codec.int8_rows`). A quarter of float32's
     bytes, so a process keeps four times the codes decoded for a shortlist scan; the rounding
     adds 0.01-0.03 % to a 64-bit residual code's squared error, and nothing to recall
     (BENCHMARKS.md, "Collections at 1M vectors", run Q)."""
-    decoded = np.asarray(decoded, dtype=np.float32)
-    scale = np.abs(decoded).max(axis=1, initial=0.0) / np.float32(127)
-    rows = np.empty(len(decoded), int8_row(decoded.shape[1]))
-    rows["codes"] = np.rint(decoded / np.where(scale > 0, scale, np.float32(1))[:, None])
-    rows["scale"] = scale
+    from . import _codec
+
+    decoded = np.ascontiguousarray(decoded, dtype=np.float32)
+    n, d = decoded.shape
+    rows = np.empty(n, int8_row(d))
+    _codec.int8_rows(decoded, rows.view(np.uint8).reshape(n, d + 4), _codec.check_threads(None))
     return rows
 
 

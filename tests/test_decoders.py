@@ -489,9 +489,11 @@ def test_decoded_topk_breaks_ties_by_row_and_checks_the_dimension():
 
 def test_int8_rows_hold_each_coordinate_within_half_a_step():
     """`int8_rows`: d + 4 bytes a row, scale = max|x| / 127 (the largest coordinate exact up
-    to float rounding), every coordinate within half a scale; a zero row stays zero."""
+    to float rounding), every coordinate within half a scale; a zero row stays zero; the
+    codes are numpy's rint(x / scale) (halves to even) exactly, the rounding the int8 scan
+    gives its queries; no rows, or rows of no dimensions, are fine."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((500, 37)).astype(np.float32) * rng.uniform(0.01, 100, (500, 1))
+    x = (rng.standard_normal((500, 37)) * rng.uniform(0.01, 100, (500, 1))).astype(np.float32)
     x[7] = 0
     rows = int8_rows(x)
     assert rows.shape == (500,) and rows.dtype.itemsize == 37 + 4
@@ -500,6 +502,15 @@ def test_int8_rows_hold_each_coordinate_within_half_a_step():
     np.testing.assert_allclose(rows["scale"], np.abs(x).max(1) / 127, rtol=1e-6)
     assert np.abs(rows["codes"]).max() == 127 and not rows["codes"][7].any()
     assert rows["scale"][7] == 0
+    x[8] = np.arange(37) - np.float32(17.5)  # scale 1 and exact halves: rounded to even
+    x[8, 0] = 127
+    scale = np.abs(x).max(1) / np.float32(127)
+    want = np.rint(x / np.where(scale > 0, scale, np.float32(1))[:, None]).astype(np.int8)
+    rows = int8_rows(x)
+    np.testing.assert_array_equal(rows["codes"], want)
+    np.testing.assert_array_equal(rows["scale"], scale)
+    assert int8_rows(np.zeros((0, 5), np.float32)).shape == (0,)
+    assert not int8_rows(np.zeros((3, 0), np.float32))["scale"].any()
 
 
 @pytest.mark.parametrize("n, nq, d, k", [(1, 1, 1, 1), (300, 7, 5, 300), (1000, 13, 97, 10),

@@ -221,8 +221,27 @@ static int sc_has_vnni(void) {
 #endif
 }
 
-/* T = *S with, for SC_INT8_L2, its queries rounded to int8 rows (as
-   spreadcode.search.int8_rows rounds vectors: t = max|q| / 127, b = rint(q / t)): qint8,
+/* One vector x (d) rounded to int8 as the SC_INT8_L2 kernels hold their rows and queries:
+   returns t = max|x| / 127 and writes b = rint(x / t) (0 where t = 0), x ~ t * b. */
+SC_INLINE float int8_round_row(const float *x, int64_t d, int8_t *b) {
+    float top = 0.f;
+    for (int64_t i = 0; i < d; ++i) top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
+    const float scale = top / 127.f;
+    for (int64_t i = 0; i < d; ++i) b[i] = scale > 0.f ? (int8_t)lrintf(x[i] / scale) : 0;
+    return scale;
+}
+
+void sc_int8_rows(const float *x, int64_t n, int d, uint8_t *rows, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) {
+        uint8_t *row = rows + i * (int64_t)(d + 4);
+        const float scale = int8_round_row(x + i * (int64_t)d, d, (int8_t *)row);
+        memcpy(row + d, &scale, sizeof scale);
+    }
+}
+
+/* T = *S with, for SC_INT8_L2, its queries rounded to int8 rows (int8_round_row, as
+   sc_int8_rows rounds vectors): qint8,
    qscale, qsum, and T->queries replaced by the rows b as floats (what sc_int8_tile reads);
    release with sc_int8_queries_free. Returns 0, or -1 when out of memory. */
 static int sc_int8_queries(const sc_scan *S, sc_scan *T) {
@@ -240,18 +259,13 @@ static int sc_int8_queries(const sc_scan *S, sc_scan *T) {
         return -1;
     }
     for (int q = 0; q < S->nq; ++q) {
-        const float *x = S->queries + (size_t)q * d;
-        float top = 0.f;
-        for (int i = 0; i < d; ++i) top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
-        const float scale = top / 127.f;
+        int8_t *bq = b + (size_t)q * dp;
+        t[q] = int8_round_row(S->queries + (size_t)q * d, d, bq);
         int32_t sum = 0;
-        for (int i = 0; i < d && scale > 0.f; ++i) {
-            const int8_t v = (int8_t)lrintf(x[i] / scale);
-            b[(size_t)q * dp + i] = v;
-            bf[(size_t)q * d + i] = (float)v;
-            sum += v;
+        for (int64_t i = 0; i < d; ++i) {
+            bf[(size_t)q * d + i] = (float)bq[i];
+            sum += bq[i];
         }
-        t[q] = scale;
         sums[q] = sum;
     }
     T->qint8 = b; T->qscale = t; T->qsum = sums; T->queries = bf;

@@ -38,6 +38,11 @@ typedef struct {
 /* bytes of an int8 row in the SC_INT8_L2 kernels: d rounded up to 4 (one VNNI group) */
 #define SC_INT8_WIDTH(d) (((d) + 3) & ~3)
 
+/* The SC_INT8_L2 rows of vectors x (n, d): rows (n, d + 4) bytes, each the d int8
+   b = rint(x / t) then the float32 t = max|x| / 127 (b = 0 where t = 0); each query of an
+   SC_INT8_L2 scan is rounded the same way. */
+SC_API void sc_int8_rows(const float *x, int64_t n, int d, uint8_t *rows, int threads);
+
 /* Top-k of every query: out_d, out_i (nq, k). bound (nq), or NULL for none: only codes at a
    distance <= bound[q] count for query q (a k-th distance already found elsewhere, so that
    a scan of the next part of a collection skips what cannot enter the top-k); slots left
