@@ -23,12 +23,13 @@ Run:  python bench/scale.py --model MODEL -n 1000000 -n 10000000 [--workers 2]
   second pass shows a long-running index's rate. What an index keeps decoded is bounded by
   --decode-memory (`Index.decode_memory`; default 1 GiB in one process and per worker: 10.7M
   codes of 96 dimensions for the shortlist scan, as int8 rows, and 2.8M re-ranked candidates).
-* Dask's overhead, interleaved: one child process holds an index searching in-process and
-  one searching on a LocalCluster of --workers, both warmed by a search of 1,000 queries at
-  the largest k; then --rounds rounds of new queries per (queries, k), each searched by both
-  in alternating order. The median q/s of each, and the ratio of the medians: the passes
-  above compare single searches in separate processes, cold starts and the host's drift
-  included (± 20 % from search to search at 1,000 queries).
+* Dask's overhead and faiss IndexPQ, interleaved: one child process holds an index searching
+  in-process, one searching on a LocalCluster of --workers and (unless --no-faiss) a faiss
+  IndexPQ of the same vectors, all warmed by a search of 1,000 queries at the largest k;
+  then --rounds rounds of new queries per (queries, k), each searched by all three, the
+  order reversed every other round. The median q/s of each, and the ratios of the medians:
+  the passes above compare single searches in separate processes, cold starts and the
+  host's drift included (± 20 % from search to search at 1,000 queries).
 * faiss: IndexPQ(96, 8, 8) and IndexLattice(96, 2, 6, 5) (2 x (26 lattice + 6 scale) bits;
   both 8 bytes per vector), trained on 50,000 learn vectors, the same N vectors added block
   by block; their codes live in RAM (8 B/vector). IndexLattice scans by decoding every
@@ -203,16 +204,20 @@ def search_step(args, client):
 
 
 def interleaved_step(args, client):
-    """Dask's overhead per search, without the cold starts and the host's drift that the
-    separate passes of `search_step` carry: one index searching in this process and one on
-    ``client``'s workers, both warmed by a first search (which builds g_0's table in each),
-    then for each (queries, k) ``rounds`` rounds of new queries, each searched by both, the
-    order alternating. Returns each search's seconds."""
+    """Dask's overhead per search, and spreadcode against faiss IndexPQ, without the cold
+    starts and the host's drift that the separate passes of `search_step` and `faiss_step`
+    carry: one index searching in this process and one on ``client``'s workers (and, with
+    ``args["faiss"]``, an IndexPQ of the same vectors), all warmed by a first search (which
+    builds g_0's table in each), then for each (queries, k) ``rounds`` rounds of new
+    queries, each searched by every index, the order reversed every other round. Returns
+    each search's seconds."""
     from spreadcode import Index
 
     indexes = {name: Index.load(args["db"], model=args["model"], store=args["store"],
                                 client=where, decode_memory=args["decode_memory"])
                for name, where in (("one", None), ("dask", client))}
+    if args["faiss"]:
+        indexes["pq"] = faiss_index(args, "pq")[0]
     learn = np.load(args["learn"], mmap_mode="r")
     row = WARM_QUERIES
     for index in indexes.values():
@@ -231,13 +236,14 @@ def interleaved_step(args, client):
     return {"seconds": seconds}
 
 
-def faiss_step(args, client):
-    """Train a faiss index, add the N generated vectors block by block, search."""
+def faiss_index(args, kind):
+    """A faiss index of ``kind`` ("pq": IndexPQ, "lattice": IndexLattice) trained on the last
+    learn rows, the N generated vectors added block by block: (index, seconds adding)."""
     import faiss
 
     learn = np.load(args["learn"], mmap_mode="r")
     d = learn.shape[1]
-    index = (faiss.IndexPQ(d, *FAISS_PQ) if args["kind"] == "pq"
+    index = (faiss.IndexPQ(d, *FAISS_PQ) if kind == "pq"
              else faiss.IndexLattice(d, *FAISS_LATTICE))
     assert index.sa_code_size() == 8, index.sa_code_size()
     index.train(np.asarray(learn[-FAISS_TRAIN:], dtype=np.float32))
@@ -245,7 +251,13 @@ def faiss_step(args, client):
     started = time.perf_counter()
     for block in vectors.chunks(GENERATE_BLOCK):
         index.add(block)
-    encode_seconds = time.perf_counter() - started
+    return index, time.perf_counter() - started
+
+
+def faiss_step(args, client):
+    """Train a faiss index, add the N generated vectors block by block, search."""
+    index, encode_seconds = faiss_index(args, args["kind"])
+    learn = np.load(args["learn"], mmap_mode="r")
     timings, searched = {}, {}
     for nq in args["queries"]:
         limit = nq if args["kind"] == "pq" else \
@@ -352,16 +364,24 @@ def main():
             if opts.rounds:
                 result = step("interleaved", db=dirs[None], workers=opts.workers,
                               rounds=opts.rounds, decode_memory=opts.decode_memory,
-                              **common, **model)
+                              faiss=not opts.no_faiss, n=n, **common, **model)
+                label = f"interleaved (median of {opts.rounds}"
                 for key, one in result["seconds"]["one"].items():
                     nq, k = map(int, key.split(","))
-                    dask = result["seconds"]["dask"][key]
+                    dask, pq = (result["seconds"].get(name, {}).get(key) for name in ("dask", "pq"))
                     overhead = float(np.median(dask) / np.median(one) - 1)
-                    for times, workers, note in ((one, None, ""),
+                    versus = {} if pq is None else {
+                        "x_indexpq": float(np.median(pq) / np.median(one))}
+                    against = "" if pq is None else f", {versus['x_indexpq']:.2f}x IndexPQ"
+                    for times, workers, note in ((one, None, against),
                                                  (dask, opts.workers, f", {overhead:+.0%}")):
-                        add(f"spreadcode, interleaved (median of {opts.rounds}{note})", n,
-                            "search", workers, nq / float(np.median(times)), "q/s", result,
-                            nq=nq, k=k, seconds=times, dask_overhead=overhead)
+                        add(f"spreadcode, {label}{note})", n, "search", workers,
+                            nq / float(np.median(times)), "q/s", result, nq=nq, k=k,
+                            seconds=times, dask_overhead=overhead, **versus)
+                    if pq is not None:
+                        add("faiss IndexPQ(96, {}, {}), ".format(*FAISS_PQ) + label + ")", n,
+                            "search", None, nq / float(np.median(pq)), "q/s", result, nq=nq,
+                            k=k, seconds=pq)
             methods = [] if opts.no_faiss else [
                 ("pq", "faiss IndexPQ(96, {}, {})".format(*FAISS_PQ)),
                 ("lattice", "faiss IndexLattice(96, {}, {}, {})".format(*FAISS_LATTICE))]
