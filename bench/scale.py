@@ -131,7 +131,9 @@ def step(name, **kwargs):
 
 def run_step(name, args):
     """The child-process side of `step`: do the work, print one JSON line."""
-    import torch  # noqa: F401 -- imported before any clock starts: it takes seconds
+    # Imported before any clock starts (it takes seconds), after the spreadcode package has set
+    # its OpenMP wait policy (`spreadcode.openmp`), as in the CLI.
+    import torch  # noqa: F401
 
     from spreadcode import distributed, malloc
 

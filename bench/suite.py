@@ -14,20 +14,21 @@ size, and the same model with one lever changed). BENCHMARKS.md explains each se
 """
 import argparse
 import datetime
-import os
 import shlex
 import sys
 from pathlib import Path
 
-# Before torch, faiss and the codec load their OpenMP runtimes: threads that spin-wait between
-# parallel regions make faiss training and catalyzer SGD several times slower on a machine
-# shared with other jobs (measured here: OPQ8,PQ8 on 5k vectors 117 s -> 15 s). An explicit
-# user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# Before torch, faiss and the codec load their OpenMP runtimes, the library's wait policy
+# (`spreadcode.openmp`) for all of them: threads that spin-wait long between parallel regions
+# made faiss training and catalyzer SGD several times slower on a machine shared with other
+# jobs (measured here: OPQ8,PQ8 on 5k vectors 117 s -> 15 s). An explicit user setting wins.
+from spreadcode.openmp import set_wait_policy  # noqa: E402
+
+set_wait_policy()
 
 from tqdm import tqdm  # noqa: E402
 

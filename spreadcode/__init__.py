@@ -12,6 +12,10 @@ format tools start instantly.
 
 __version__ = "0.1.0"
 
+from . import openmp as _openmp  # noqa: E402
+
+_openmp.set_wait_policy()  # before any module of the package imports torch
+
 
 def __getattr__(name):
     """``spreadcode.Index`` and ``spreadcode.SpreadcodeError``, imported on first use."""

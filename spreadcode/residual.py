@@ -37,23 +37,20 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see spreadcode/training.py
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from spreadcode import int8, lattice  # noqa: E402
-from spreadcode.catalyzer import (  # noqa: E402
+from spreadcode import int8, lattice
+from spreadcode.catalyzer import (
     CatalyzerMeta, Preprocessed, forward_batches, model_device)
-from spreadcode.errors import SpreadcodeError  # noqa: E402
-from spreadcode.losses import straight_through  # noqa: E402
-from spreadcode.quantizer import QuantizerSpec  # noqa: E402
-from spreadcode.torchutil import (  # noqa: E402
+from spreadcode.errors import SpreadcodeError
+from spreadcode.losses import straight_through
+from spreadcode.quantizer import QuantizerSpec
+from spreadcode.torchutil import (
     BestEpoch, adam, bfloat16_native, epoch_progress, mixed_precision, plan_epochs)
 
 # bits -> stages: 16-bit S(12, 6) blocks (64,416 points, 15.98 bits; 1 + 12·?·... atoms, an

@@ -19,25 +19,19 @@ input-space nearest neighbour. The best checkpoint (recall@10, then @1) is kept.
 """
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 
-# Before torch (and its OpenMP runtime) loads: OpenMP threads that spin-wait between the many
-# small parallel regions of SGD steps make training 5-10x slower on a busy 2-core machine
-# (measured: 364 s vs 37 s per epoch at batch 64). An explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from spreadcode.catalyzer import Catalyzer, CatalyzerMeta, catalyze  # noqa: E402
-from spreadcode.errors import SpreadcodeError  # noqa: E402
-from spreadcode.knn import exact_knn  # noqa: E402
-from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss  # noqa: E402
-from spreadcode.quantizer import QuantizerSpec, quantizer_spec  # noqa: E402
-from spreadcode.search import first_hits  # noqa: E402
-from spreadcode.torchutil import (  # noqa: E402
+from spreadcode.catalyzer import Catalyzer, CatalyzerMeta, catalyze
+from spreadcode.errors import SpreadcodeError
+from spreadcode.knn import exact_knn
+from spreadcode.losses import koleo_loss, straight_through, triplet_rank_loss
+from spreadcode.quantizer import QuantizerSpec, quantizer_spec
+from spreadcode.search import first_hits
+from spreadcode.torchutil import (
     BestEpoch, epoch_progress, pick_device, plan_epochs, use_all_cores)
 
 # bits -> (d_out, r²) of the spherical lattice (paper §5: d_out 24 at 16/32/64 bits); larger
