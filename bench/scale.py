@@ -65,6 +65,8 @@ FIRST_QUERIES = 10             # queries of the first search, timed on its own (
 WARM_QUERIES = 1000           # the interleaved step's first search, at the largest k
 FAISS_PQ = (8, 8)              # IndexPQ(d, M, nbits): 64 bits
 FAISS_LATTICE = (2, 6, 5)      # IndexLattice(d, nsq, scale_nbit, r2): 2 x (26 + 6) = 64 bits
+FAISS_LABELS = {"pq": "faiss IndexPQ(96, {}, {})".format(*FAISS_PQ),
+                "lattice": "faiss IndexLattice(96, {}, {}, {})".format(*FAISS_LATTICE)}
 
 from spreadcode.vecio import VectorFile  # noqa: E402 (after the sys.path line)
 
@@ -381,13 +383,10 @@ def main():
                             nq / float(np.median(times)), "q/s", result, nq=nq, k=k,
                             seconds=times, dask_overhead=overhead, **versus)
                     if pq is not None:
-                        add("faiss IndexPQ(96, {}, {}), ".format(*FAISS_PQ) + label + ")", n,
+                        add(f"{FAISS_LABELS['pq']}, {label})", n,
                             "search", None, nq / float(np.median(pq)), "q/s", result, nq=nq,
                             k=k, seconds=pq)
-            methods = [] if opts.no_faiss else [
-                ("pq", "faiss IndexPQ(96, {}, {})".format(*FAISS_PQ)),
-                ("lattice", "faiss IndexLattice(96, {}, {}, {})".format(*FAISS_LATTICE))]
-            for kind, label in methods:
+            for kind, label in ([] if opts.no_faiss else FAISS_LABELS.items()):
                 result = step("faiss", n=n, kind=kind, lattice_pairs=opts.lattice_pairs,
                               **common)
                 add(label, n, "encode", None, n / result["seconds"], "vec/s", result)

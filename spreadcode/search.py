@@ -466,7 +466,8 @@ def prepare_residual(collection, model, queries, *, k=10, radius=None, rerank=No
         raise SpreadcodeError(f"the re-ranking shortlist ({rerank}) must hold at least k={k} candidates")
     candidates = prepare_decoded(collection, Int8Decoder(shortlist), queries, k=rerank,
                                  **parallel)
-    # At most every code is decoded once: the collection keeps what its re-rankings decode.
+    # How many codes the re-ranking will decode: no more than the collection holds, since it
+    # keeps what its re-rankings decode (within its decode memory).
     model.expect_decodes(min(candidates.queries.shape[0] * candidates.k, collection.count))
     return rerank_shortlist(collection, candidates, full, k, blend)
 
