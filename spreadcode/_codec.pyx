@@ -86,8 +86,8 @@ cdef extern from "csrc/scan.h":
 
 cdef extern from "csrc/int8.h":
     int SC_INT8_MAX_WIDTH
-    void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
-                          int threads) nogil
+    void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
+                          int64_t n, int8_t *out, float *scale, int threads) nogil
     void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,
                        const float *col_scale, const int32_t *col_offset, const float *bias,
                        float *out, int threads) nogil
@@ -472,13 +472,27 @@ def _check_sizes(name, *pairs):
                               f"match {[expected for _, expected in pairs]}")
 
 
-def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, int threads):
-    """out (n, k) int8, scale (n,) float32 <- x (n, k) float32, one symmetric scale per row."""
-    _check_sizes("quantize_rows", (out.shape[0], x.shape[0]), (out.shape[1], x.shape[1]),
-                 (scale.shape[0], x.shape[0]))
-    if x.shape[0] and x.shape[1]:
+def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, int threads,
+                  const float[:, ::1] y=None, bint difference=False):
+    """out (n, k) int8, scale (n,) float32 <- the rows of x (n, k) float32, one symmetric
+    scale per row; with y (n, ky) float32, the rows [x_i, y_i] (out (n, kx + ky)) or, when
+    ``difference`` (kx = ky), [x_i − y_i, y_i], without building them."""
+    cdef int ky = 0 if y is None else y.shape[1]
+    if y is not None:
+        _check_sizes("quantize_rows", (y.shape[0], x.shape[0]),
+                     (y.shape[1] if difference else x.shape[1], x.shape[1]))
+    elif difference:
+        raise SpreadcodeError("quantize_rows: a difference needs y")
+    _check_sizes("quantize_rows", (out.shape[0], x.shape[0]),
+                 (out.shape[1], x.shape[1] + ky), (scale.shape[0], x.shape[0]))
+    if ky and out.shape[1] > SC_INT8_MAX_WIDTH:
+        raise SpreadcodeError(f"quantize_rows: concatenated rows of at most "
+                              f"{SC_INT8_MAX_WIDTH} values, got {out.shape[1]}")
+    if x.shape[0] and out.shape[1]:
         with nogil:
-            sc_quantize_rows(&x[0, 0], x.shape[0], x.shape[1], &out[0, 0], &scale[0], threads)
+            sc_quantize_rows(&x[0, 0] if x.shape[1] else NULL, x.shape[1],
+                             &y[0, 0] if ky else NULL, ky, difference, x.shape[0],
+                             &out[0, 0], &scale[0], threads)
 
 
 def dequantize(const int32_t[:, ::1] acc, const float[::1] row_scale, const float[::1] col_scale,

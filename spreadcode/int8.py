@@ -94,11 +94,16 @@ class Int8Mlp:
             self.layers.append((codes.t().contiguous(), scale.numpy(), offset,
                                 bias.contiguous().numpy()))
 
-    def __call__(self, x):
-        x = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        rows = np.empty(x.shape, dtype=np.int8)
+    def __call__(self, x, second=None, difference=False):
+        """The MLP of the rows of x float32 (n, k), or, with ``second`` (n, k2), of the rows
+        [x, second] or [x − second, second] (``difference``), quantized without building
+        the concatenation: float32 tensor (n, m)."""
+        x = _numpy_rows(x)
+        second = None if second is None else _numpy_rows(second)
+        width = x.shape[1] + (0 if second is None else second.shape[1])
+        rows = np.empty((x.shape[0], width), dtype=np.int8)
         row_scale = np.empty(x.shape[0], dtype=np.float32)
-        _codec.quantize_rows(x, rows, row_scale, torch.get_num_threads())
+        _codec.quantize_rows(x, rows, row_scale, torch.get_num_threads(), second, difference)
         return self.run_layers(rows, row_scale)
 
     def run_layers(self, rows, row_scale, first=0):
@@ -118,3 +123,17 @@ class Int8Mlp:
             _codec.requantize_relu(sums, row_scale, col_scale, offset, bias, rows, next_scale,
                                    threads)
             row_scale = next_scale
+
+
+def _numpy_rows(x):
+    """A float32 tensor's rows as a C-contiguous numpy array (no copy when already one)."""
+    return np.ascontiguousarray(x.detach().float().cpu().numpy())
+
+
+def run_on_concat(mlp, x, second, difference=False):
+    """``mlp`` (a torch module or an Int8Mlp) of the rows [x, second], or [x − second,
+    second] when ``difference``, for tensors x (n, k) and second (n, k2): (n, m). An Int8Mlp
+    quantizes the rows without building them (one pass over x and second)."""
+    if isinstance(mlp, Int8Mlp):
+        return mlp(x, second, difference)
+    return mlp(torch.cat([x - second if difference else x, second], 1))

@@ -271,8 +271,13 @@ class ResidualCatalyzer(Preprocessed):
             return decoded
         return self.output_norm * nn.functional.normalize(decoded, dim=1)
 
-    def _stage_input(self, m, xs, xh):
-        return xs if m == 0 else torch.cat([xs - xh, xh], 1)
+    def _encode_stage(self, m, xs, xh, f=None):
+        """The encoder output of stage m (n, d_m), not yet on the sphere: f_m(xs) for the
+        first stage, then f_m([xs − x̂_{m−1}, x̂_{m−1}]) for the preprocessed input xs
+        (n, d_in) and the reconstruction x̂_{m−1} (n, d_in) so far. ``f``: the encoders to
+        run f_m with (default: the model's own)."""
+        f = self.f if f is None else f
+        return f[m](xs) if m == 0 else int8.run_on_concat(f[m], xs, xh, difference=True)
 
     def _decode_stage(self, m, z, xh, ranks=None, g=None):
         """x̂_m from the unit points z (n, d_m) of stage m and x̂_{m−1} (n, d_in); in eval mode
@@ -280,7 +285,7 @@ class ResidualCatalyzer(Preprocessed):
         ``g``: the decoders to run g_m with (default: the model's own)."""
         g = self.g if g is None else g
         if m > 0:
-            return xh + g[m](torch.cat([z, xh], 1))
+            return xh + int8.run_on_concat(g[m], z, xh)
         return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0])
 
     @staticmethod
@@ -378,7 +383,7 @@ class ResidualCatalyzer(Preprocessed):
         """`forward` from the preprocessed input xs (n, d_in)."""
         xh = first = None
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xh), dim=1)
             xh = self._decode_stage(m, straight_through(y, block), xh)
             first = xh if m == 0 else first
         return xh, first
@@ -403,7 +408,7 @@ class ResidualCatalyzer(Preprocessed):
         float32, so x̂ accumulates in float32."""
         xs, xh, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(f[m](self._stage_input(m, xs, xh)).float(), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xh, f).float(), dim=1)
             ranks.append(block.quantize(y.cpu().numpy()))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
@@ -433,7 +438,7 @@ class ResidualCatalyzer(Preprocessed):
             width = 1 if xh is None else xh.shape[1]
             flat = None if xh is None else xh.reshape(n * width, self.d_in)
             y = nn.functional.normalize(
-                f[m](self._stage_input(m, xs.repeat_interleave(width, 0), flat)).float(), dim=1)
+                self._encode_stage(m, xs.repeat_interleave(width, 0), flat, f).float(), dim=1)
             count = BEAM_CANDIDATES if m >= first_branch else 1
             z = lattice.nearest_candidates(y.cpu().numpy(), block.param, count)
             tried = z.shape[1]

@@ -115,6 +115,37 @@ def test_a_row_of_zeros_and_the_extreme_codes():
     np.testing.assert_allclose(floats, (sums + 2) * 0.5 + 1)
 
 
+def test_a_concatenation_quantizes_as_the_built_rows():
+    """quantize_rows of (x, y) and of (x, y, difference) give the bytes and scales of the
+    rows [x, y] and [x − y, y] built in memory; Int8Mlp and `run_on_concat` agree with
+    the module run on the concatenation's quantized rows."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 20)).astype(np.float32)
+    y = rng.standard_normal((300, 20)).astype(np.float32) * 3
+    for second, difference, built in ((y[:, :7], False, np.hstack([x, y[:, :7]])),
+                                      (y, True, np.hstack([x - y, y]))):
+        want, want_scale = np.empty(built.shape, np.int8), np.empty(300, np.float32)
+        _codec.quantize_rows(np.ascontiguousarray(built), want, want_scale, 1)
+        got, got_scale = np.empty(built.shape, np.int8), np.empty(300, np.float32)
+        _codec.quantize_rows(x, got, got_scale, 2, np.ascontiguousarray(second), difference)
+        assert np.array_equal(got, want) and np.array_equal(got_scale, want_scale)
+    mlp = trained_mlp(40, 64, 5)
+    model = int8.Int8Mlp(mlp)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    built = torch.cat([xt - yt, yt], 1)
+    assert np.array_equal(model(xt, yt, difference=True).numpy(), model(built).numpy())
+    assert np.array_equal(int8.run_on_concat(model, xt, yt, difference=True).numpy(),
+                          model(built).numpy())
+    with torch.no_grad():
+        assert torch.equal(int8.run_on_concat(mlp, xt, yt, difference=True), mlp(built))
+    with pytest.raises(SpreadcodeError, match="quantize_rows: buffer sizes"):
+        _codec.quantize_rows(x, np.empty((300, 27), np.int8), np.empty(300, np.float32), 1,
+                             np.ascontiguousarray(y[:, :7]), True)
+    with pytest.raises(SpreadcodeError, match="a difference needs y"):
+        _codec.quantize_rows(x, np.empty((300, 20), np.int8), np.empty(300, np.float32), 1,
+                             None, True)
+
+
 def test_the_kernels_refuse_buffers_of_the_wrong_size():
     f32, i32, i8 = np.float32, np.int32, np.int8
     with pytest.raises(SpreadcodeError, match="quantize_rows: buffer sizes"):

@@ -225,8 +225,8 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     def not_called(*args):
         raise AssertionError("g_0 ran although its table is built")
 
-    def int8_but_g0(mlp, x, run=int8.Int8Mlp.__call__):
-        return not_called() if mlp is g0 else run(mlp, x)
+    def int8_but_g0(mlp, *args, run=int8.Int8Mlp.__call__, **kwargs):
+        return not_called() if mlp is g0 else run(mlp, *args, **kwargs)
 
     monkeypatch.setattr(tabled.g[0], "forward", not_called)
     monkeypatch.setattr(int8.Int8Mlp, "__call__", int8_but_g0)
@@ -265,8 +265,8 @@ def test_a_search_that_will_decode_a_table_of_rows_builds_the_table_first(traine
     model, g0_rows = copy.deepcopy(trained.model), []
     g0_int8, g0_float = model._int8_chain()[1][0], model.g[0].forward
     run_int8 = int8.Int8Mlp.__call__
-    monkeypatch.setattr(int8.Int8Mlp, "__call__", lambda mlp, x: (
-        g0_rows.append(len(x)) if mlp is g0_int8 else None) or run_int8(mlp, x))
+    monkeypatch.setattr(int8.Int8Mlp, "__call__", lambda mlp, x, *args, **kwargs: (
+        g0_rows.append(len(x)) if mlp is g0_int8 else None) or run_int8(mlp, x, *args, **kwargs))
     monkeypatch.setattr(model.g[0], "forward", lambda x: g0_rows.append(len(x)) or g0_float(x))
     got = search(model)
     assert model._first_tables and sum(g0_rows) == count
@@ -297,7 +297,7 @@ def best_path_codes(model, base, counts):
         for m, (block, count) in enumerate(zip(blocks, counts)):
             grown = []
             for points, xh in paths:
-                y = torch.nn.functional.normalize(model.f[m](model._stage_input(m, xs, xh)), dim=1)
+                y = torch.nn.functional.normalize(model._encode_stage(m, xs, xh), dim=1)
                 near = residual.lattice.nearest_candidates(y.numpy(), block.param, 2)
                 for i in range(count):
                     z = np.ascontiguousarray(near[:, i])

@@ -55,7 +55,7 @@ def teacher(model, vectors, beam):
 def hinge(model, m, xs, xh, target, margin):
     """The stage-m loss of a batch: mean relu(margin − y·z* + y·z_rival)."""
     block = model.quantizer.blocks[m]
-    y = nn.functional.normalize(model.f[m](model._stage_input(m, xs, xh)), dim=1)
+    y = nn.functional.normalize(model._encode_stage(m, xs, xh), dim=1)
     near = lattice.nearest_candidates(y.detach().numpy(), block.param, 2)
     near = torch.from_numpy(near.astype(np.float32) * np.float32(block.param ** -0.5))
     first_is_target = (near[:, 0] - target).abs().amax(1) < 1e-6

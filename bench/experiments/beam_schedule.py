@@ -55,7 +55,7 @@ def encode_schedule(model, x, stages):
         width = 1 if xh is None else xh.shape[1]
         flat = None if xh is None else xh.reshape(n * width, model.d_in)
         y = nn.functional.normalize(
-            model.f[m](model._stage_input(m, xs.repeat_interleave(width, 0), flat)), dim=1)
+            model._encode_stage(m, xs.repeat_interleave(width, 0), flat), dim=1)
         if cands == 1:
             z = lattice.nearest_candidates(y.numpy(), block.param, 2)[:, :1]
         else:

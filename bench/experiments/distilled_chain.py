@@ -33,7 +33,7 @@ def chain(model, x, small=None):
     xs, xh, ranks, pairs = model.preprocess(x), None, [], []
     blocks = model.quantizer.blocks
     for m, block in enumerate(blocks):
-        y = nn.functional.normalize(model.f[m](model._stage_input(m, xs, xh)), dim=1)
+        y = nn.functional.normalize(model._encode_stage(m, xs, xh), dim=1)
         ranks.append(block.quantize(y.numpy()))
         if m + 1 < len(blocks):
             z = torch.from_numpy(block.reconstruct(ranks[-1]))

@@ -53,7 +53,7 @@ def encoding_chain_model(hidden_h, distill):
             xh = eh = first = None
             self._distill = 0.0
             for m, block in enumerate(blocks):
-                y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, eh)), dim=1)
+                y = nn.functional.normalize(self._encode_stage(m, xs, eh), dim=1)
                 z = straight_through(y, block)
                 decoded = self._decode_stage(m, z, xh)
                 if m == 0:
@@ -72,7 +72,7 @@ def encoding_chain_model(hidden_h, distill):
             xs, eh, ranks = self.preprocess(x), None, []
             blocks = self.quantizer.blocks
             for m, block in enumerate(blocks):
-                y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, eh)).float(),
+                y = nn.functional.normalize(self._encode_stage(m, xs, eh).float(),
                                             dim=1)
                 ranks.append(block.quantize(y.cpu().numpy()))
                 if m + 1 < len(blocks):

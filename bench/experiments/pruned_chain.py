@@ -45,7 +45,7 @@ def chain_inputs(model, x):
         xs, xh = model.preprocess(torch.from_numpy(x)), None
         blocks = model.quantizer.blocks
         for m, block in enumerate(blocks):
-            f_in[m] = model._stage_input(m, xs, xh)
+            f_in[m] = xs if m == 0 else torch.cat([xs - xh, xh], 1)
             y = nn.functional.normalize(model.f[m](f_in[m]), dim=1)
             z = torch.from_numpy(block.reconstruct(block.quantize(y.numpy())))
             if m > 0:

@@ -65,7 +65,7 @@ def encode_beam(model, x, A, B, batch=1024):
                 b = 1 if xc is None else xc.shape[1]
                 xs_b = xs[:, None].expand(n, b, xs.shape[1]).reshape(n * b, -1)
                 xc_f = None if xc is None else xc.reshape(n * b, -1)
-                y = nn.functional.normalize(model.f[m](model._stage_input(m, xs_b, xc_f)), dim=1)
+                y = nn.functional.normalize(model._encode_stage(m, xs_b, xc_f), dim=1)
                 z = torch.from_numpy(  # (n*b, a, d)
                     lattice.nearest_candidates(y.numpy(), block.param, A).astype(np.float32))
                 a = z.shape[1]
@@ -132,7 +132,7 @@ def distill_encoders(model, points, target, train_rows, val_rows, epochs, lr=5e-
     with torch.no_grad():
         inputs, xh = [], None
         for m in range(len(blocks)):
-            inputs.append(model._stage_input(m, target, xh))
+            inputs.append(target if m == 0 else torch.cat([target - xh, xh], 1))
             xh = model._decode_stage(m, points[:, starts[m]:starts[m + 1]], xh)
     optimizer = torch.optim.Adam(model.f.parameters(), lr=lr)
     rng = np.random.default_rng(1)

@@ -34,7 +34,7 @@ def forward_last_choice(self, x):
     xh = first = None
     blocks = self.quantizer.blocks
     for m, block in enumerate(blocks):
-        y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+        y = nn.functional.normalize(self._encode_stage(m, xs, xh), dim=1)
         if m + 1 < len(blocks) or m == 0:
             xh = self._decode_stage(m, straight_through(y, block), xh)
         else:

@@ -32,7 +32,7 @@ class LinearConditioned(residual.ResidualCatalyzer):
         xs = self.preprocess(x)
         xh = xl = None
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xl)), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xl), dim=1)
             z = straight_through(y, block)
             xh = self._decode_stage(m, z, xh)
             xl = self.w[0](z) if m == 0 else xl + self.w[m](z)
@@ -41,7 +41,7 @@ class LinearConditioned(residual.ResidualCatalyzer):
     def _encode_batch(self, x, f, g):  # its own chain, in the model's arithmetic
         xs, xl, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xl)), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xl), dim=1)
             ranks.append(block.quantize(y.cpu().numpy()))
             z = torch.from_numpy(block.reconstruct(ranks[-1]))
             xl = self.w[0](z) if m == 0 else xl + self.w[m](z)

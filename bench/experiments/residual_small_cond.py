@@ -43,7 +43,7 @@ class SmallConditioned(residual.ResidualCatalyzer):
         xh = xc = first = None
         chain = []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xc)), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xc), dim=1)
             z = straight_through(y, block)
             xh = self._decode_stage(m, z, xh)
             first = xh if m == 0 else first
@@ -64,7 +64,7 @@ class SmallConditioned(residual.ResidualCatalyzer):
     def _encode_batch(self, x, f, g):  # its own chain, in the model's arithmetic
         xs, xc, ranks = self.preprocess(x), None, []
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self.f[m](self._stage_input(m, xs, xc)), dim=1)
+            y = nn.functional.normalize(self._encode_stage(m, xs, xc), dim=1)
             ranks.append(block.quantize(y.cpu().numpy()))
             if m < len(self.h):
                 xc = self._chain(m, torch.from_numpy(block.reconstruct(ranks[-1])), xc)

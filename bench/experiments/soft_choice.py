@@ -45,7 +45,7 @@ def soft_forward(self, x):
     xh = first = None
     tau = temperature()
     for m, block in enumerate(self.quantizer.blocks):
-        y = torch.nn.functional.normalize(self.f[m](self._stage_input(m, xs, xh)), dim=1)
+        y = torch.nn.functional.normalize(self._encode_stage(m, xs, xh), dim=1)
         points = lattice.nearest_candidates(y.detach().float().cpu().numpy(), block.param, 2)
         unit = torch.from_numpy(points.astype(np.float32) * np.float32(block.param ** -0.5))
         unit = unit.to(y.device)

@@ -63,10 +63,26 @@ SC_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float
     *out_scale = top / 255.f;
 }
 
-void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
-                      int threads) {
+/* Row i of the concatenation [x_i - y_i, y_i] (difference) or [x_i, y_i] into row (kx + ky,) */
+SC_MULTIVERSION static void concat_row(const float *x, int kx, const float *y, int ky,
+                                       int difference, float *row) {
+    for (int64_t j = 0; j < kx; ++j) row[j] = difference ? x[j] - y[j] : x[j];
+    for (int64_t j = 0; j < ky; ++j) row[kx + j] = y[j];
+}
+
+void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
+                      int64_t n, int8_t *out, float *scale, int threads) {
+    const int k = kx + ky;
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) quantize_row(x + i * k, k, out + i * k, scale + i);
+    for (int64_t i = 0; i < n; ++i) {
+        if (!ky) {
+            quantize_row(x + i * kx, kx, out + i * k, scale + i);
+            continue;
+        }
+        float row[k];  /* k <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
+        concat_row(x + i * kx, kx, y + i * ky, ky, difference, row);
+        quantize_row(row, k, out + i * k, scale + i);
+    }
 }
 
 void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,

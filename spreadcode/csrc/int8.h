@@ -10,10 +10,13 @@
 
 #define SC_INT8_MAX_WIDTH 16384  /* widest layer output of sc_requantize_relu */
 
-/* Signed rows: out[i, j] = round(x[i, j] / scale[i]) (halves away from 0) in [-127, 127],
-   scale[i] = max_j |x[i, j]| / 127 (0 for a row of zeros, whose codes are 0). x (n, k). */
-SC_API void sc_quantize_rows(const float *x, int64_t n, int k, int8_t *out, float *scale,
-                             int threads);
+/* Signed rows: out[i, j] = round(v[i, j] / scale[i]) (halves away from 0) in [-127, 127],
+   scale[i] = max_j |v[i, j]| / 127 (0 for a row of zeros, whose codes are 0), where row i of
+   v (n, kx + ky) is x_i (n, kx) alone (ky = 0, y unused), the concatenation [x_i, y_i] with
+   y (n, ky), or [x_i - y_i, y_i] when `difference` (kx = ky): a stage's input quantized
+   without building it in memory (then kx + ky <= SC_INT8_MAX_WIDTH). */
+SC_API void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
+                             int64_t n, int8_t *out, float *scale, int threads);
 
 /* A layer's outputs from its int32 sums acc (n, m) of int8 rows (scales row_scale (n,))
    times int8 weights (scales col_scale (m,)): y[i, j] = (acc[i, j] + col_offset[j]) *
