@@ -17,10 +17,13 @@ Options (any combination), applied by patching the library's training for this p
                 rows' mean and covariance, scaled to their mean norm, input and target alike:
                 unlimited data with the learn set's second moments (its long spectral tail,
                 which the decoders reconstruct worst on raw 384-d text, lever 24)
+    anneal=1    the noise falls linearly from its level to 0 over the planned steps (the decoders
+                end on the codes of clean vectors, which encoding gives them), instead of
+                staying constant
     sphere=1    the loss (and the held-out error that picks the epoch) is taken after the
                 decoded vector is put on the sphere the library's decoders put it on
                 (`ResidualCatalyzer.output_norm`: data of constant norm)
-Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [mask=P] [gauss=P] [sphere=1] [epochs=E]
+Run: python bench/experiments/residual_regularized.py DATA OUT.safetensors [noise=S] [dropout=P] [wd=W] [mixup=P] [mask=P] [gauss=P] [anneal=1] [sphere=1] [epochs=E]
 Then: python bench/experiments/residual_beam.py library OUT.safetensors DATA 1 8
 """
 import json
@@ -70,7 +73,7 @@ def gaussian_rows(x, share, generator, mean, factor, norm):
 
 
 def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, gauss=0.0,
-         sphere=0.0, epochs=residual.DEFAULT_EPOCHS):
+         anneal=0.0, sphere=0.0, epochs=residual.DEFAULT_EPOCHS):
     torch.set_num_threads(2)
     ds = load_dataset(data)
     train_rows, _ = residual.held_out_rows(ds.learn.shape[0], 0)
@@ -83,6 +86,12 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, gauss
     base_loss = residual.ResidualCatalyzer.training_loss
     base_init = residual.ResidualCatalyzer.__init__
     base_chain = residual.ResidualCatalyzer._chain
+    base_lr = residual.one_cycle_lr
+    progress = [0.0]  # of the planned steps, as the learning rate schedule last saw it
+
+    def one_cycle_lr(peak, at):
+        progress[0] = at
+        return base_lr(peak, at)
 
     def chain_on_sphere(self, x):
         """The training pass with x̂_M moved onto the output sphere (preprocessed): the loss
@@ -91,6 +100,8 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, gauss
         return self.preprocess(self._on_sphere(self.unprocess(xh))), first
 
     def training_loss(self, x, aux, noise=0.0, generator=None):
+        if anneal:
+            noise = noise * max(0.0, 1.0 - progress[0])
         if mixup > 0:
             x = neighbour_mix(x, train_set, mixup, mix_rng)
         if gauss > 0:
@@ -120,6 +131,7 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, gauss
                     g.add_module(str(i), layer)
 
     residual.ResidualCatalyzer.training_loss = training_loss
+    residual.one_cycle_lr = one_cycle_lr
     if sphere:
         residual.ResidualCatalyzer._chain = chain_on_sphere
     residual.ResidualCatalyzer.__init__ = init
@@ -140,7 +152,7 @@ def main(data, out, noise=None, dropout=0.0, wd=None, mixup=0.0, mask=0.0, gauss
     train_x = ds.learn[train_rows[:10000]]
     train_mse = float(((model.decode(model.encode(train_x)) - train_x) ** 2).sum(1).mean())
     print(json.dumps({"tag": f"regularized noise={config.noise} dropout={dropout} wd={wd} mixup={mixup} "
-                             f"mask={mask} gauss={gauss} "
+                             f"mask={mask} gauss={gauss} anneal={anneal} "
                              f"sphere={sphere}",
                       "data": ds.name, "epochs": epochs, "train_s": round(time.time() - t0),
                       "val_mse": round(result.meta.training["val_mse"], 4),
