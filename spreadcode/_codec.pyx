@@ -479,8 +479,9 @@ def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, i
     ``difference`` (kx = ky), [x_i − y_i, y_i], without building them."""
     cdef int ky = 0 if y is None else y.shape[1]
     if y is not None:
-        _check_sizes("quantize_rows", (y.shape[0], x.shape[0]),
-                     (y.shape[1] if difference else x.shape[1], x.shape[1]))
+        _check_sizes("quantize_rows", (y.shape[0], x.shape[0]))
+        if difference:
+            _check_sizes("quantize_rows", (y.shape[1], x.shape[1]))
     elif difference:
         raise SpreadcodeError("quantize_rows: a difference needs y")
     _check_sizes("quantize_rows", (out.shape[0], x.shape[0]),

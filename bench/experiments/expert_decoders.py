@@ -12,13 +12,12 @@ vector, each expert resolving its part of the sphere. Trained by the library
 (`train_residual`, `spreadcode train`'s default config with FIELD=VALUE overrides), encoded
 and searched in this process in float32 arithmetic (the int8 chain takes plain MLPs).
 
-Run:  python bench/experiments/expert_decoders.py DATA EXPERTS [FIELD=VALUE ...]
+Run:  python bench/experiments/expert_decoders.py DATA [experts=E] [FIELD=VALUE ...]  (E: 2)
 One JSON row appended to results-issue14.jsonl (as residual_variants.py's).
 """
 import math
 import os
 import sys
-import time
 
 import torch
 from torch import nn
@@ -27,11 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 from autoencoder_levers import append_row, load_dataset  # noqa: E402
-from residual_variants import parse_overrides, result_row, variant_config  # noqa: E402
+from residual_variants import parse_overrides, train_variant  # noqa: E402
 from spreadcode import residual  # noqa: E402
-
-EXPERTS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-
 
 class ExpertMlp(nn.Module):
     """E MLPs of one shape; row i of the input [z, x̂] (z: the first ``d`` columns) goes to
@@ -61,12 +57,15 @@ class ExpertMlp(nn.Module):
 
 
 class ExpertDecoders(residual.ResidualCatalyzer):
-    """The default residual model with g_1..g_{M−1} as ExpertMlp of EXPERTS experts."""
+    """The default residual model with g_1..g_{M−1} as ExpertMlp of ``experts`` experts."""
+
+    experts = 2
 
     def __init__(self, d_in, quantizer, *args, **kwargs):
         super().__init__(d_in, quantizer, *args, **kwargs)
         self.g = nn.ModuleList([self.g[0], *[
-            ExpertMlp(block.d, block.d + d_in, self._decoder_width(m), d_in, EXPERTS, seed=m)
+            ExpertMlp(block.d, block.d + d_in, self._decoder_width(m), d_in, self.experts,
+                      seed=m)
             for m, block in enumerate(quantizer.blocks) if m > 0]])
 
     def _runs_int8(self, precision):
@@ -74,17 +73,12 @@ class ExpertDecoders(residual.ResidualCatalyzer):
 
 
 def main():
-    data = load_dataset(sys.argv[1])
-    overrides = parse_overrides(sys.argv[3:])
-    config = variant_config(overrides)
-    residual.ResidualCatalyzer = ExpertDecoders  # what train_residual builds
-    start = time.time()
-    trained = residual.train_residual(data.learn, config, progress=False)
-    train_s = time.time() - start
-    params = sum(p.numel() for p in trained.model.parameters())
-    row = result_row("expert_decoders", data, {"experts": EXPERTS, **overrides}, trained,
-                     train_s)
-    append_row({**row, "lever": 81, "parameters": params,
+    overrides = parse_overrides(sys.argv[2:])
+    ExpertDecoders.experts = overrides.pop("experts", ExpertDecoders.experts)
+    trained, row = train_variant("expert_decoders", load_dataset(sys.argv[1]), overrides,
+                                 ExpertDecoders)
+    append_row({**row, "overrides": {"experts": ExpertDecoders.experts, **overrides},
+                "lever": 81, "parameters": sum(p.numel() for p in trained.model.parameters()),
                 "val_recall": trained.meta.training.get("val_recall")})
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 from autoencoder_levers import append_row, load_dataset, recall_columns  # noqa: E402
 from spreadcode import Index  # noqa: E402
 from spreadcode.catalyzer import save_catalyzer  # noqa: E402
-from spreadcode.residual import train_residual  # noqa: E402
+from spreadcode import residual  # noqa: E402
 from spreadcode.training import command_config  # noqa: E402
 
 
@@ -63,16 +63,23 @@ def result_row(experiment, data, overrides, trained, train_s):
             **recall_columns(ids, data.groundtruth)}
 
 
+def train_variant(experiment, data, overrides, model_class=None):
+    """Train `variant_config(overrides)` on ``data``'s learn set, with ``model_class`` (a
+    ResidualCatalyzer subclass taking its arguments) built instead of the library's model
+    when given: (TrainResult, result_row's row)."""
+    if model_class is not None:
+        residual.ResidualCatalyzer = model_class  # what train_residual builds
+    start = time.time()
+    trained = residual.train_residual(data.learn, variant_config(overrides), progress=False)
+    return trained, result_row(experiment, data, overrides, trained, time.time() - start)
+
+
 def main(experiment="residual_variants"):
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
-    overrides = parse_overrides(sys.argv[3:])
-    config = variant_config(overrides)
-    start = time.time()
-    trained = train_residual(data.learn, config, progress=False)
-    train_s = time.time() - start
+    trained, row = train_variant(experiment, data, parse_overrides(sys.argv[3:]))
     save_catalyzer(trained.model, trained.meta, out,
                    store=os.path.join(os.path.dirname(os.path.abspath(out)), "store"))
-    append_row(result_row(experiment, data, overrides, trained, train_s))
+    append_row(row)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ One JSON row appended to results-issue14.jsonl (as residual_variants.py's).
 """
 import os
 import sys
-import time
 
 import torch
 from torch import nn
@@ -26,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 from autoencoder_levers import append_row, load_dataset  # noqa: E402
-from residual_variants import parse_overrides, result_row, variant_config  # noqa: E402
+from residual_variants import parse_overrides, train_variant  # noqa: E402
 from spreadcode import residual  # noqa: E402
 
 
@@ -78,16 +77,10 @@ class SharedStages(residual.ResidualCatalyzer):
 
 
 def main():
-    data = load_dataset(sys.argv[1])
-    overrides = parse_overrides(sys.argv[2:])
-    config = variant_config(overrides)
-    residual.ResidualCatalyzer = SharedStages  # what train_residual builds
-    start = time.time()
-    trained = residual.train_residual(data.learn, config, progress=False)
-    train_s = time.time() - start
-    params = sum(p.numel() for p in trained.model.parameters())
-    row = result_row("shared_stages", data, overrides, trained, train_s)
-    append_row({**row, "lever": 80, "parameters": params,
+    trained, row = train_variant("shared_stages", load_dataset(sys.argv[1]),
+                                 parse_overrides(sys.argv[2:]), SharedStages)
+    append_row({**row, "lever": 80,
+                "parameters": sum(p.numel() for p in trained.model.parameters()),
                 "val_recall": trained.meta.training.get("val_recall")})
 
 

@@ -8,7 +8,8 @@
 
 #include "common.h"
 
-#define SC_INT8_MAX_WIDTH 16384  /* widest layer output of sc_requantize_relu */
+#define SC_INT8_MAX_WIDTH 16384  /* widest row of sc_requantize_relu's outputs and of a
+                                    concatenation in sc_quantize_rows */
 
 /* Signed rows: out[i, j] = round(v[i, j] / scale[i]) (halves away from 0) in [-127, 127],
    scale[i] = max_j |v[i, j]| / 127 (0 for a row of zeros, whose codes are 0), where row i of
