@@ -16,6 +16,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 from spreadcode.errors import SpreadcodeError
 
@@ -87,7 +88,7 @@ cdef extern from "csrc/scan.h":
 cdef extern from "csrc/int8.h":
     int SC_INT8_MAX_WIDTH
     void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
-                          int64_t n, int8_t *out, float *scale, int threads) nogil
+                          int64_t n, int plus_128, int8_t *out, float *scale, int threads) nogil
     void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,
                        const float *col_scale, const int32_t *col_offset, const float *bias,
                        float *out, int threads) nogil
@@ -95,10 +96,22 @@ cdef extern from "csrc/int8.h":
                             const float *col_scale, const int32_t *col_offset,
                             const float *bias, int8_t *out, float *out_scale,
                             int threads) nogil
+    ctypedef struct sc_int8_layer:
+        int k, m
+        const int8_t *packed
+        const float *col_scale
+        const int32_t *col_offset
+        const float *bias
+    int sc_int8_fused_available()
+    int64_t sc_int8_pack_size(int k, int m)
+    void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out) nogil
+    int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                    const float *row_scale, int64_t n, float *out, int threads) nogil
 
 MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
 INT8_MAX_WIDTH = SC_INT8_MAX_WIDTH
+INT8_FUSED = bool(sc_int8_fused_available())  # FusedInt8Mlp runs on this CPU
 TOPK_HEAP_ENTRIES = 1 << 24       # (distance, id) heap entries of one top-k query batch
 INT8_SCAN_MAX_D = 1 << 16         # int8_scan's int32 sums: 255 * 127 * 2^16 < 2^31
 sc_init_tables()
@@ -473,10 +486,11 @@ def _check_sizes(name, *pairs):
 
 
 def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, int threads,
-                  const float[:, ::1] y=None, bint difference=False):
+                  const float[:, ::1] y=None, bint difference=False, bint plus_128=False):
     """out (n, k) int8, scale (n,) float32 <- the rows of x (n, k) float32, one symmetric
     scale per row; with y (n, ky) float32, the rows [x_i, y_i] (out (n, kx + ky)) or, when
-    ``difference`` (kx = ky), [x_i − y_i, y_i], without building them."""
+    ``difference`` (kx = ky), [x_i − y_i, y_i], without building them. ``plus_128``: out
+    holds the codes + 128 as uint8 bytes (what FusedInt8Mlp reads)."""
     cdef int ky = 0 if y is None else y.shape[1]
     if y is not None:
         _check_sizes("quantize_rows", (y.shape[0], x.shape[0]))
@@ -493,7 +507,7 @@ def quantize_rows(const float[:, ::1] x, int8_t[:, ::1] out, float[::1] scale, i
         with nogil:
             sc_quantize_rows(&x[0, 0] if x.shape[1] else NULL, x.shape[1],
                              &y[0, 0] if ky else NULL, ky, difference, x.shape[0],
-                             &out[0, 0], &scale[0], threads)
+                             plus_128, &out[0, 0], &scale[0], threads)
 
 
 def dequantize(const int32_t[:, ::1] acc, const float[::1] row_scale, const float[::1] col_scale,
@@ -526,3 +540,71 @@ def requantize_relu(const int32_t[:, ::1] acc, const float[::1] row_scale,
             sc_requantize_relu(&acc[0, 0], acc.shape[0], acc.shape[1], &row_scale[0],
                                &col_scale[0], &col_offset[0], &bias[0], &out[0, 0],
                                &out_scale[0], threads)
+
+
+cdef class FusedInt8Mlp:
+    """An int8 MLP for the fused kernel (``sc_int8_mlp`` in csrc/int8.c, AVX512-VNNI CPUs:
+    ``INT8_FUSED``): every layer's product, requantization and the next layer's product run
+    over row tiles that stay in cache, one call per batch.
+
+    ``layers``: [(codes int8 (k, m), col_scale float32 (m,), col_offset int32 (m,), bias
+    float32 (m,))], one per Linear, each k a multiple of 4 and the previous layer's m (at
+    most INT8_MAX_WIDTH); col_offset is added to the sums of the uint8 rows the layer reads.
+    """
+    cdef sc_int8_layer *c
+    cdef int count
+    cdef readonly int k, m
+    cdef object _keep
+
+    def __cinit__(self, layers):
+        if not INT8_FUSED:
+            raise SpreadcodeError("the fused int8 MLP needs an x86 CPU with AVX512-VNNI")
+        if not layers:
+            raise SpreadcodeError("FusedInt8Mlp: no layers")
+        keep = []
+        self.c = <sc_int8_layer *> malloc(len(layers) * sizeof(sc_int8_layer))
+        if self.c == NULL:
+            raise MemoryError()
+        self.count = len(layers)
+        cdef const int8_t[:, ::1] codes
+        cdef int8_t[::1] packed
+        cdef const float[::1] col_scale, bias
+        cdef const int32_t[::1] col_offset
+        cdef int k, m
+        for i, (w, s, o, b) in enumerate(layers):
+            codes, col_scale, col_offset, bias = w, s, o, b
+            k, m = codes.shape[0], codes.shape[1]
+            if k % 4 or not 0 < k <= SC_INT8_MAX_WIDTH or not 0 < m <= SC_INT8_MAX_WIDTH \
+                    or (i and k != self.c[i - 1].m):
+                raise SpreadcodeError(f"FusedInt8Mlp: layer {i} of shape ({k}, {m}) does not "
+                                      "chain (inputs a multiple of 4, inputs and outputs at "
+                                      f"most {SC_INT8_MAX_WIDTH})")
+            _check_sizes("FusedInt8Mlp", (col_scale.shape[0], m), (col_offset.shape[0], m),
+                         (bias.shape[0], m))
+            packed = np.empty(sc_int8_pack_size(k, m), dtype=np.int8)
+            with nogil:
+                sc_int8_pack(&codes[0, 0], k, m, &packed[0])
+            keep.append((packed, s, o, b))
+            self.c[i].k, self.c[i].m = k, m
+            self.c[i].packed, self.c[i].col_scale = &packed[0], &col_scale[0]
+            self.c[i].col_offset, self.c[i].bias = &col_offset[0], &bias[0]
+        self._keep = keep
+        self.k, self.m = self.c[0].k, self.c[self.count - 1].m
+
+    def __dealloc__(self):
+        free(self.c)
+
+    def __call__(self, const uint8_t[:, ::1] rows, const float[::1] row_scale,
+                 float[:, ::1] out, int threads):
+        """out (n, m) float32 <- the MLP of rows (n, k) uint8 with one scale per row (n,)."""
+        _check_sizes("FusedInt8Mlp", (rows.shape[1], self.k), (row_scale.shape[0], rows.shape[0]),
+                     (out.shape[0], rows.shape[0]), (out.shape[1], self.m))
+        cdef int rc = 0
+        if rows.shape[0]:
+            with nogil:
+                rc = sc_int8_mlp(self.c, self.count, &rows[0, 0], &row_scale[0],
+                                 rows.shape[0], &out[0, 0], threads)
+        if rc == -1:
+            raise MemoryError()
+        if rc:
+            raise SpreadcodeError("the fused int8 MLP is not built into this codec")

@@ -12,9 +12,14 @@ them) runs as:
 - activations: one scale per row. The input rows (signed) take 127 levels; the rows after a
   ReLU (never negative) take 255, stored shifted by −128 in int8, and the layer that reads
   them adds ``128 · Σ_k Q_W[j, k]`` back to its sums;
-- the int32 sums of ``torch._int_mm`` are scaled back, biased, passed through ReLU and
-  quantized again per row by the compiled core (`spreadcode._codec`, ``csrc/int8.c``), a
-  whole batch per call with the GIL released.
+- the int32 sums are scaled back, biased, passed through ReLU and quantized again per row
+  by the compiled core (`spreadcode._codec`, ``csrc/int8.c``), a whole batch per call with
+  the GIL released. On a CPU with AVX512-VNNI (``_codec.INT8_FUSED``) one call runs the
+  whole MLP (`_codec.FusedInt8Mlp`): uint8 rows times the packed weights over row tiles that
+  stay in cache, each layer's requantization as the tile's epilogue (greedy encoding 1.1×
+  faster than through ``torch._int_mm``, BENCHMARKS.md lever 83); elsewhere, or where a
+  layer's inputs are not a multiple of 4, each product is a ``torch._int_mm``. Both routes
+  give the same floats, bit for bit.
 
 `spreadcode.residual.ResidualCatalyzer` runs its encoders f and decoders g this way
 (precision "auto" on a CPU): greedy encoding 1.8-1.9×, beams ~1.45× and cold searches
@@ -78,6 +83,7 @@ class Int8Mlp:
     """An eval-mode ``Linear / BatchNorm1d / ReLU`` Sequential (ReLU between Linears, none
     after the last) in row-scaled int8 arithmetic; called on a float32 CPU tensor (n, k), it
     returns float32 (n, m), a row's result independent of its batch, on torch's thread count.
+    ``fused``: the `_codec.FusedInt8Mlp` that runs it, or None (the ``torch._int_mm`` route).
     SpreadcodeError for other layers or a hidden layer wider than MAX_WIDTH."""
 
     def __init__(self, mlp):
@@ -93,6 +99,29 @@ class Int8Mlp:
             offset = (shift * codes.to(torch.int32).sum(1, dtype=torch.int32)).numpy()
             self.layers.append((codes.t().contiguous(), scale.numpy(), offset,
                                 bias.contiguous().numpy()))
+        self.fused = self._fused_mlp()
+
+    def _fused_mlp(self):
+        """The `_codec.FusedInt8Mlp` of the layers where this CPU runs it, else None."""
+        if not _codec.INT8_FUSED or not all(codes.shape[0] % 4 == 0
+                                            and codes.shape[0] <= MAX_WIDTH
+                                            for codes, *_ in self.layers):
+            return None
+        # the fused kernel reads every layer's rows as uint8 (the first layer's signed rows
+        # + 128), so each layer's offset loses 128 × its weight column sums
+        return _codec.FusedInt8Mlp([
+            (codes.numpy(), scale,
+             offset - UNSIGNED_SHIFT * codes.to(torch.int32).sum(0, dtype=torch.int32).numpy(),
+             bias) for codes, scale, offset, bias in self.layers])
+
+    def __getstate__(self):
+        """Pickles and copies without the compiled kernel's state, which `__setstate__`
+        rebuilds for the CPU that loads them."""
+        return {**self.__dict__, "fused": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.fused = self._fused_mlp()
 
     def __call__(self, x, second=None, difference=False):
         """The MLP of the rows of x float32 (n, k), or, with ``second`` (n, k2), of the rows
@@ -103,15 +132,21 @@ class Int8Mlp:
         width = x.shape[1] + (0 if second is None else second.shape[1])
         rows = np.empty((x.shape[0], width), dtype=np.int8)
         row_scale = np.empty(x.shape[0], dtype=np.float32)
-        _codec.quantize_rows(x, rows, row_scale, torch.get_num_threads(), second, difference)
-        return self.run_layers(rows, row_scale)
-
-    def run_layers(self, rows, row_scale, first=0):
-        """Layers ``first``.. of the MLP on their input rows int8 (n, k) with one scale per
-        row, float32 (n,) (after a ReLU: uint8 − UNSIGNED_SHIFT): float32 tensor (n, m)."""
         threads = torch.get_num_threads()
+        _codec.quantize_rows(x, rows, row_scale, threads, second, difference,
+                             plus_128=self.fused is not None)
+        if self.fused is None:
+            return self._run_int_mm(rows, row_scale, threads)
+        out = np.empty((rows.shape[0], self.fused.m), dtype=np.float32)
+        self.fused(rows.view(np.uint8), row_scale, out, threads)
+        return torch.from_numpy(out)
+
+    def _run_int_mm(self, rows, row_scale, threads):
+        """The MLP on its input rows int8 (n, k) with one scale per row, float32 (n,),
+        layer by layer through torch._int_mm (where the fused kernel does not run):
+        float32 tensor (n, m)."""
         last = len(self.layers) - 1
-        for i in range(first, len(self.layers)):
+        for i in range(len(self.layers)):
             codes, col_scale, offset, bias = self.layers[i]
             sums = torch._int_mm(torch.from_numpy(rows), codes).numpy()
             if i == last:

@@ -1,6 +1,8 @@
 """Row-scaled int8 inference (spreadcode/int8.py, csrc/int8.c): the same arithmetic as a
 numpy re-statement of it, close to the float MLP, independent of batches and threads, and
 clear errors for what it does not run."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,9 @@ def test_a_row_of_zeros_and_the_extreme_codes():
     _codec.quantize_rows(x, rows, scale, 2)
     assert rows.tolist() == [[0, 0, 0, 0], [64, -127, 32, 127], [-127, 42, 42, 42]]
     np.testing.assert_allclose(scale, [0, 2 / 127, 3 / 127], rtol=1e-6)
+    shifted = np.empty(x.shape, np.int8)
+    _codec.quantize_rows(x, shifted, scale, 2, plus_128=True)
+    assert shifted.view(np.uint8).tolist() == (rows.astype(int) + 128).tolist()
     sums = np.array([[0, 0, 0], [10, -10, 5], [-1, -2, -3]], dtype=np.int32)
     ones, zero = np.ones(3, np.float32), np.zeros(3, np.int32)
     out, out_scale = np.empty((3, 3), np.int8), np.empty(3, np.float32)
@@ -172,3 +177,40 @@ def test_what_int8_inference_refuses():
     with pytest.raises(SpreadcodeError, match=f"at most {int8.MAX_WIDTH}"):
         int8.Int8Mlp(wide)
     assert not int8.available(torch.device("meta"))
+
+
+fused_only = pytest.mark.skipif(not _codec.INT8_FUSED,
+                                reason="the fused int8 kernel needs a CPU with AVX512-VNNI")
+
+
+@fused_only
+@pytest.mark.parametrize("shape,n", [((192, 512, 12), 2048), ((108, 1024, 96), 1001),
+                                     ((8, 20, 3), 7), ((12, 100, 100), 1), ((4, 64, 130), 97)])
+def test_the_fused_kernel_gives_the_int_mm_route_floats(shape, n):
+    """Where the CPU has AVX512-VNNI and every layer's inputs are a multiple of 4, Int8Mlp
+    runs the fused kernel; its outputs are the torch._int_mm route's, bit for bit, for row
+    counts that fill no tile and output widths that fill no panel."""
+    model = int8.Int8Mlp(trained_mlp(*shape))
+    assert model.fused is not None
+    x = torch.randn(n, shape[0]) * 2 + 0.3
+    fused = model(x).numpy()
+    model.fused = None
+    assert np.array_equal(fused, model(x).numpy())
+    copied = pickle.loads(pickle.dumps(model))
+    assert copied.fused is not None and np.array_equal(copied(x).numpy(), fused)
+
+
+@fused_only
+def test_layers_the_fused_kernel_does_not_take_run_through_int_mm():
+    """Inputs that are not a multiple of 4 wide leave the fused kernel out; FusedInt8Mlp
+    refuses layers that do not chain."""
+    assert int8.Int8Mlp(trained_mlp(5, 3, 2)).fused is None
+    i8, f32, i32 = np.int8, np.float32, np.int32
+    layer = (np.zeros((8, 4), i8), np.ones(4, f32), np.zeros(4, i32), np.zeros(4, f32))
+    with pytest.raises(SpreadcodeError, match="does not chain"):
+        _codec.FusedInt8Mlp([layer, layer])
+    with pytest.raises(SpreadcodeError, match="does not chain"):
+        _codec.FusedInt8Mlp([(np.zeros((6, 4), i8),) + layer[1:]])
+    model = _codec.FusedInt8Mlp([layer])
+    with pytest.raises(SpreadcodeError, match="FusedInt8Mlp: buffer sizes"):
+        model(np.zeros((3, 8), np.uint8), np.ones(3, f32), np.zeros((3, 5), f32), 1)

@@ -6,6 +6,12 @@
 #include "int8.h"
 
 #define SC_LANES 16  /* independent maxima per row, so that the reductions vectorize */
+#if SC_X86_TARGETS
+#define SC_ROWS_MULTIVERSION \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SC_ROWS_MULTIVERSION
+#endif
 
 SC_INLINE float sc_max(float a, float b) { return a > b ? a : b; }
 
@@ -16,7 +22,9 @@ SC_INLINE float layer_output(const int32_t *acc, int64_t j, float row_scale,
     return (float)(acc[j] + col_offset[j]) * (row_scale * col_scale[j]) + bias[j];
 }
 
-SC_MULTIVERSION static void quantize_row(const float *x, int k, int8_t *out, float *scale) {
+/* flip 0x80 stores q + 128 as uint8 (the first layer's rows for the VNNI products) */
+SC_ROWS_MULTIVERSION static void quantize_row(const float *x, int k, uint8_t flip, uint8_t *out,
+                                              float *scale) {
     float lanes[SC_LANES] = {0};
     int64_t j = 0;
     for (; j + SC_LANES <= k; j += SC_LANES)
@@ -28,22 +36,24 @@ SC_MULTIVERSION static void quantize_row(const float *x, int k, int8_t *out, flo
     for (j = 0; j < k; ++j) {
         const float v = x[j] * inv;  /* |v| <= 127: truncating |v| + 0.5 rounds half away */
         const int q = (int)(fabsf(v) + 0.5f);
-        out[j] = (int8_t)(v < 0.f ? -q : q);
+        out[j] = (uint8_t)(v < 0.f ? -q : q) ^ flip;
     }
     *scale = top / 127.f;
 }
 
-SC_MULTIVERSION static void dequantize_row(const int32_t *acc, int m, float row_scale,
+SC_ROWS_MULTIVERSION static void dequantize_row(const int32_t *acc, int m, float row_scale,
                                            const float *col_scale, const int32_t *col_offset,
                                            const float *bias, float *out) {
     for (int64_t j = 0; j < m; ++j)
         out[j] = layer_output(acc, j, row_scale, col_scale, col_offset, bias);
 }
 
-SC_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float row_scale,
+/* flip 0x80 stores u - 128 as int8 (the rows torch._int_mm reads), 0 stores u as uint8 (the
+   rows the VNNI products read): the same bits but the top one */
+SC_ROWS_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float row_scale,
                                                 const float *col_scale,
                                                 const int32_t *col_offset, const float *bias,
-                                                int8_t *out, float *out_scale) {
+                                                uint8_t flip, uint8_t *out, float *out_scale) {
     float y[m];  /* m <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
     float lanes[SC_LANES] = {0};
     int64_t j = 0;
@@ -59,29 +69,31 @@ SC_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float
     }
     for (int64_t l = 0; l < SC_LANES; ++l) top = sc_max(top, lanes[l]);
     const float inv = top > 0.f ? 255.f / top : 0.f;
-    for (j = 0; j < m; ++j) out[j] = (int8_t)((int)(sc_max(y[j], 0.f) * inv + 0.5f) - 128);
+    for (j = 0; j < m; ++j) out[j] = (uint8_t)(int)(sc_max(y[j], 0.f) * inv + 0.5f) ^ flip;
     *out_scale = top / 255.f;
 }
 
 /* Row i of the concatenation [x_i - y_i, y_i] (difference) or [x_i, y_i] into row (kx + ky,) */
-SC_MULTIVERSION static void concat_row(const float *x, int kx, const float *y, int ky,
+SC_ROWS_MULTIVERSION static void concat_row(const float *x, int kx, const float *y, int ky,
                                        int difference, float *row) {
     for (int64_t j = 0; j < kx; ++j) row[j] = difference ? x[j] - y[j] : x[j];
     for (int64_t j = 0; j < ky; ++j) row[kx + j] = y[j];
 }
 
 void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
-                      int64_t n, int8_t *out, float *scale, int threads) {
+                      int64_t n, int plus_128, int8_t *out_rows, float *scale, int threads) {
     const int k = kx + ky;
+    const uint8_t flip = plus_128 ? 0x80 : 0;
+    uint8_t *out = (uint8_t *)out_rows;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
         if (!ky) {
-            quantize_row(x + i * kx, kx, out + i * k, scale + i);
+            quantize_row(x + i * kx, kx, flip, out + i * k, scale + i);
             continue;
         }
         float row[k];  /* k <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
         concat_row(x + i * kx, kx, y + i * ky, ky, difference, row);
-        quantize_row(row, k, out + i * k, scale + i);
+        quantize_row(row, k, flip, out + i * k, scale + i);
     }
 }
 
@@ -98,6 +110,178 @@ void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_s
                         int8_t *out, float *out_scale, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < n; ++i)
-        requantize_relu_row(acc + i * m, m, row_scale[i], col_scale, col_offset, bias,
-                            out + i * m, out_scale + i);
+        requantize_relu_row(acc + i * m, m, row_scale[i], col_scale, col_offset, bias, 0x80,
+                            (uint8_t *)out + i * m, out_scale + i);
 }
+
+/* ---- The fused MLP: VNNI products over row tiles, each layer's requantization as the
+   tile's epilogue. Weights are packed in panels of SC_PANEL output columns (the last one
+   16, 32, 48 or 64 wide): for each group of 4 inputs, a panel's columns x 4 bytes in
+   vectors of 16 columns, the operand layout of vpdpbusd (uint8 rows times int8 weights, 4
+   products summed into each int32 lane). A micro-tile of SC_MICRO_ROWS rows x one panel
+   keeps its (up to 24) sums in registers over all the inputs; a row tile (<= SC_TILE_ROWS
+   rows) runs every panel of a layer, then its epilogue writes the next layer's uint8 rows,
+   so the activations of a tile stay in cache through the MLP. */
+
+#define SC_PANEL 64
+#define SC_MICRO_ROWS 6
+#define SC_TILE_ROWS 48
+
+/* a layer's sums per row: its outputs rounded up to whole vectors of 16 */
+SC_INLINE int64_t sums_width(int m) { return (m + 15) / 16 * 16; }
+
+int64_t sc_int8_pack_size(int k, int m) { return (int64_t)(k / 4) * 4 * sums_width(m); }
+
+void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out) {
+    const int64_t k4s = k / 4, width = sums_width(m);
+    memset(out, 0, (size_t)sc_int8_pack_size(k, m));
+    for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < m; ++j) {
+            const int64_t p = j / SC_PANEL, panel_width = width - p * SC_PANEL < SC_PANEL
+                                                          ? width - p * SC_PANEL : SC_PANEL;
+            out[p * k4s * 4 * SC_PANEL + (i / 4) * 4 * panel_width + (j % SC_PANEL) * 4 + i % 4]
+                = w[i * m + j];
+        }
+}
+
+#if SC_X86_TARGETS
+#include <immintrin.h>
+#define SC_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+int sc_int8_fused_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vnni");
+}
+
+/* sums (mr, 16 vecs) int32 at acc (row stride ldc) of rows a (mr, 4 k4s) uint8 (row stride
+   lda) times one packed panel b of 16 vecs columns; mr and vecs are constants at every
+   call, so the sums live in registers */
+SC_VNNI SC_INLINE void micro_tile(const uint8_t *a, int64_t lda, const int8_t *b, int64_t k4s,
+                                  int32_t *acc, int64_t ldc, const int mr, const int vecs) {
+    __m512i sum[SC_MICRO_ROWS][4];
+    #pragma GCC unroll 6
+    for (int r = 0; r < mr; ++r)
+        #pragma GCC unroll 4
+        for (int c = 0; c < vecs; ++c) sum[r][c] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < k4s; ++q, b += 64 * vecs) {
+        __m512i w[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < vecs; ++c) w[c] = _mm512_loadu_si512(b + 64 * c);
+        #pragma GCC unroll 6
+        for (int r = 0; r < mr; ++r) {
+            int32_t four;
+            memcpy(&four, a + r * lda + 4 * q, 4);
+            const __m512i x = _mm512_set1_epi32(four);
+            #pragma GCC unroll 4
+            for (int c = 0; c < vecs; ++c) sum[r][c] = _mm512_dpbusd_epi32(sum[r][c], x, w[c]);
+        }
+    }
+    #pragma GCC unroll 6
+    for (int r = 0; r < mr; ++r)
+        #pragma GCC unroll 4
+        for (int c = 0; c < vecs; ++c) _mm512_storeu_si512(acc + r * ldc + 16 * c, sum[r][c]);
+}
+
+/* one compiled micro_tile per (rows, vectors): the tile's last rows (< SC_MICRO_ROWS) and
+   the layer's last panel (< 4 vectors) each take their own unrolled kernel */
+typedef void (*micro_kernel)(const uint8_t *, int64_t, const int8_t *, int64_t, int32_t *,
+                             int64_t);
+#define SC_MICRO(R, V) \
+    SC_VNNI static void micro_##R##_##V(const uint8_t *a, int64_t lda, const int8_t *b, \
+                                        int64_t k4s, int32_t *acc, int64_t ldc) { \
+        micro_tile(a, lda, b, k4s, acc, ldc, R, V); \
+    }
+#define SC_MICRO_ROWS_1_TO_6(V) \
+    SC_MICRO(1, V) SC_MICRO(2, V) SC_MICRO(3, V) SC_MICRO(4, V) SC_MICRO(5, V) SC_MICRO(6, V)
+SC_MICRO_ROWS_1_TO_6(1)
+SC_MICRO_ROWS_1_TO_6(2)
+SC_MICRO_ROWS_1_TO_6(3)
+SC_MICRO_ROWS_1_TO_6(4)
+#define SC_MICRO_ROW(V) {micro_1_##V, micro_2_##V, micro_3_##V, micro_4_##V, micro_5_##V, \
+                         micro_6_##V}
+static const micro_kernel micro_kernels[4][SC_MICRO_ROWS] = {
+    SC_MICRO_ROW(1), SC_MICRO_ROW(2), SC_MICRO_ROW(3), SC_MICRO_ROW(4)};
+
+/* acc (rows, sums_width(m)) int32 = a (rows, k) uint8 times a layer's packed weights */
+SC_VNNI static void tile_products(const uint8_t *a, int rows, int k, const int8_t *packed,
+                                  int m, int32_t *acc) {
+    const int64_t k4s = k / 4, width = sums_width(m);
+    for (int64_t p = 0; p * SC_PANEL < width; ++p) {
+        const int vecs = (int)((width - p * SC_PANEL < SC_PANEL ? width - p * SC_PANEL
+                                                                : SC_PANEL) / 16);
+        const int8_t *b = packed + p * k4s * 4 * SC_PANEL;
+        for (int64_t r = 0; r < rows; r += SC_MICRO_ROWS) {
+            const int mr = rows - r < SC_MICRO_ROWS ? (int)(rows - r) : SC_MICRO_ROWS;
+            micro_kernels[vecs - 1][mr - 1](a + r * k, k, b, k4s,
+                                            acc + r * width + p * SC_PANEL, width);
+        }
+    }
+}
+
+int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                const float *row_scale, int64_t n, float *out, int threads) {
+    int widest = 0;
+    int64_t widest_sums = 0;
+    for (int l = 0; l < nlayers; ++l) {
+        widest = layers[l].m > widest ? layers[l].m : widest;
+        widest_sums = sums_width(layers[l].m) > widest_sums ? sums_width(layers[l].m)
+                                                            : widest_sums;
+    }
+    /* as many tiles as a multiple of the threads, so that each thread gets the same rows */
+    const int64_t per_tile = (n + SC_TILE_ROWS - 1) / SC_TILE_ROWS;
+    const int64_t tiles = (per_tile + threads - 1) / threads * threads;
+    const int64_t tile_rows = (n + tiles - 1) / tiles;
+    const int m_out = layers[nlayers - 1].m;
+    int failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        int32_t *acc = malloc((size_t)(tile_rows * widest_sums) * sizeof(int32_t));
+        uint8_t *act = malloc((size_t)(2 * tile_rows * widest));
+        float *scale = malloc((size_t)(2 * tile_rows) * sizeof(float));
+        if (!acc || !act || !scale) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t r0 = t * tile_rows;
+            const int count = r0 >= n ? 0 : (int)(n - r0 < tile_rows ? n - r0 : tile_rows);
+            if (!count || !acc || !act || !scale) continue;
+            const uint8_t *in = rows + r0 * layers[0].k;
+            const float *in_scale = row_scale + r0;
+            for (int l = 0; l < nlayers; ++l) {
+                const sc_int8_layer *L = layers + l;
+                const int64_t width = sums_width(L->m);
+                tile_products(in, count, L->k, L->packed, L->m, acc);
+                uint8_t *next = act + (l % 2) * tile_rows * widest;
+                float *next_scale = scale + (l % 2) * tile_rows;
+                for (int64_t r = 0; r < count; ++r) {
+                    if (l == nlayers - 1)
+                        dequantize_row(acc + r * width, L->m, in_scale[r], L->col_scale,
+                                       L->col_offset, L->bias, out + (r0 + r) * m_out);
+                    else
+                        requantize_relu_row(acc + r * width, L->m, in_scale[r], L->col_scale,
+                                            L->col_offset, L->bias, 0, next + r * L->m,
+                                            next_scale + r);
+                }
+                in = next;
+                in_scale = next_scale;
+            }
+        }
+        free(acc);
+        free(act);
+        free(scale);
+    }
+    return failed ? -1 : 0;
+}
+#else
+int sc_int8_fused_available(void) { return 0; }
+
+int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                const float *row_scale, int64_t n, float *out, int threads) {
+    (void)layers; (void)nlayers; (void)rows; (void)row_scale; (void)n; (void)out;
+    (void)threads;
+    return -2;
+}
+#endif

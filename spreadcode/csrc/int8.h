@@ -15,9 +15,10 @@
    scale[i] = max_j |v[i, j]| / 127 (0 for a row of zeros, whose codes are 0), where row i of
    v (n, kx + ky) is x_i (n, kx) alone (ky = 0, y unused), the concatenation [x_i, y_i] with
    y (n, ky), or [x_i - y_i, y_i] when `difference` (kx = ky): a stage's input quantized
-   without building it in memory (then kx + ky <= SC_INT8_MAX_WIDTH). */
+   without building it in memory (then kx + ky <= SC_INT8_MAX_WIDTH). With plus_128 the
+   bytes are out[i, j] + 128 as uint8, the rows sc_int8_mlp reads. */
 SC_API void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
-                             int64_t n, int8_t *out, float *scale, int threads);
+                             int64_t n, int plus_128, int8_t *out, float *scale, int threads);
 
 /* A layer's outputs from its int32 sums acc (n, m) of int8 rows (scales row_scale (n,))
    times int8 weights (scales col_scale (m,)): y[i, j] = (acc[i, j] + col_offset[j]) *
@@ -34,5 +35,29 @@ SC_API void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row
 SC_API void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_scale,
                                const float *col_scale, const int32_t *col_offset,
                                const float *bias, int8_t *out, float *out_scale, int threads);
+
+/* The fused MLP (x86 CPUs with AVX512-VNNI: sc_int8_fused_available()): a layer's weights
+   codes (k, m) int8 (k inputs, a multiple of 4; m outputs; row-major, as Int8Mlp stores
+   them) packed once by sc_int8_pack into sc_int8_pack_size(k, m) bytes. */
+typedef struct {
+    int k, m;                   /* inputs (a multiple of 4), outputs */
+    const int8_t *packed;       /* sc_int8_pack of the layer's codes */
+    const float *col_scale;     /* (m,) the weights' scales */
+    const int32_t *col_offset;  /* (m,) added to the sums of uint8 rows (−128 × the column
+                                   sums for the first layer's signed rows stored + 128) */
+    const float *bias;          /* (m,) */
+} sc_int8_layer;
+
+SC_API int sc_int8_fused_available(void);
+SC_API int64_t sc_int8_pack_size(int k, int m);
+SC_API void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out);
+
+/* out (n, m of the last layer) float32 <- the layers on rows (n, layers[0].k) uint8 with
+   scales row_scale (n,): each hidden layer's output requantized as sc_requantize_relu does
+   (stored unshifted), the last dequantized as sc_dequantize does — the same floats as the
+   torch._int_mm route. 0, or -1 when a thread's buffers could not be allocated, -2 where
+   the fused MLP is not built. */
+SC_API int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                       const float *row_scale, int64_t n, float *out, int threads);
 
 #endif
