@@ -6,6 +6,7 @@
 #include "int8.h"
 
 #define SC_LANES 16  /* independent maxima per row, so that the reductions vectorize */
+/* the row kernels also get an AVX-512 clone: the fused MLP runs them as its epilogues */
 #if SC_X86_TARGETS
 #define SC_ROWS_MULTIVERSION \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -42,18 +43,20 @@ SC_ROWS_MULTIVERSION static void quantize_row(const float *x, int k, uint8_t fli
 }
 
 SC_ROWS_MULTIVERSION static void dequantize_row(const int32_t *acc, int m, float row_scale,
-                                           const float *col_scale, const int32_t *col_offset,
-                                           const float *bias, float *out) {
+                                                const float *col_scale,
+                                                const int32_t *col_offset, const float *bias,
+                                                float *out) {
     for (int64_t j = 0; j < m; ++j)
         out[j] = layer_output(acc, j, row_scale, col_scale, col_offset, bias);
 }
 
 /* flip 0x80 stores u - 128 as int8 (the rows torch._int_mm reads), 0 stores u as uint8 (the
    rows the VNNI products read): the same bits but the top one */
-SC_ROWS_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, float row_scale,
-                                                const float *col_scale,
-                                                const int32_t *col_offset, const float *bias,
-                                                uint8_t flip, uint8_t *out, float *out_scale) {
+SC_ROWS_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m,
+                                                     float row_scale, const float *col_scale,
+                                                     const int32_t *col_offset,
+                                                     const float *bias, uint8_t flip,
+                                                     uint8_t *out, float *out_scale) {
     float y[m];  /* m <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
     float lanes[SC_LANES] = {0};
     int64_t j = 0;
@@ -75,7 +78,7 @@ SC_ROWS_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m, 
 
 /* Row i of the concatenation [x_i - y_i, y_i] (difference) or [x_i, y_i] into row (kx + ky,) */
 SC_ROWS_MULTIVERSION static void concat_row(const float *x, int kx, const float *y, int ky,
-                                       int difference, float *row) {
+                                            int difference, float *row) {
     for (int64_t j = 0; j < kx; ++j) row[j] = difference ? x[j] - y[j] : x[j];
     for (int64_t j = 0; j < ky; ++j) row[kx + j] = y[j];
 }

@@ -2,7 +2,8 @@
    (spreadcode/int8.py): each row of activations is quantized with its own scale, each
    output channel of a weight matrix with its own, the int8 products are summed exactly in
    int32 (torch._int_mm) and the kernels here turn those sums back into floats or into the
-   next layer's int8 rows, a whole batch per call. */
+   next layer's int8 rows, a whole batch per call; on AVX512-VNNI CPUs sc_int8_mlp runs the
+   products too, a whole MLP per call. */
 #ifndef SPREADCODE_INT8_H
 #define SPREADCODE_INT8_H
 
