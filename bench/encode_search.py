@@ -74,7 +74,7 @@ def run_step(name, args):
     if name == "encode":
         summary = encode_file(args["input"], args["output"], model=args["model"],
                               store=args["store"])
-        result = {"n": summary.count}
+        result = {"n": summary.count, "code": f"{summary.quantizer}, {summary.bits} bits"}
     elif name == "search":
         index = Index.load(args["db"], model=args["model"], store=args["store"])
         _, ids = index.search(vecio.read_vectors(args["query"]), k=100)
@@ -143,7 +143,7 @@ def main():
         fenc = step("faiss-encode", learn=files["learn"], base=files["base"])
         fsrch = step("faiss-search", learn=files["learn"], base=files["base"],
                      query=files["query"], gt=files["gt"])
-        rows.append(("spreadcode lattice 64 bits", enc, srch))
+        rows.append((f"spreadcode ({enc['code']})", enc, srch))
         rows.append(("faiss IndexPQ M=8 x 8 bits", fenc, fsrch))
         print(f"dataset {data.name}: {enc['n']} base vectors, {srch['n']} queries, k=100, "
               f"{os.cpu_count()} cores")
