@@ -340,6 +340,7 @@ def load_module(path, build, what):
         raise SpreadcodeError(f"{path}: corrupt {what}: weights hold NaN or Inf")
     module.load_state_dict({name: tensor.clone() for name, tensor in tensors.items()},
                            assign=True)
+    module.requires_grad_(True)  # torch < 2.3 gives assigned parameters the tensors' False
     module.eval()
     return module, hashlib.sha256(data).hexdigest()
 

@@ -113,6 +113,25 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
     assert resaved == sha
 
 
+def test_a_loaded_model_owns_trainable_weights(tmp_path):
+    """Loading assigns the file's tensors to the module: each parameter is a trainable
+    Parameter on the CPU in memory of its own, so training it further (fine-tuning, a
+    decoder trained after the fact) neither fails nor reaches another load of the file."""
+    model = small_model(seed=2)
+    path = tmp_path / "m.safetensors"
+    save_catalyzer(model, meta_for(model), path=path, store=tmp_path / "store")
+    loaded, _ = load_catalyzer(str(path))
+    params = list(loaded.parameters())
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad and p.device.type == "cpu"
+               for p in params)
+    assert all(t.device.type == "cpu" for t in loaded.buffers())
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    again, _ = load_catalyzer(str(path))
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), model.parameters()))
+
+
 def test_metadata_is_one_sorted_json_string(tmp_path):
     data = catalyzer_bytes(small_model(), meta_for(small_model()))
     path = tmp_path / "m"
