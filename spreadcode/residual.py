@@ -129,7 +129,7 @@ BEAM_CANDIDATES = 2
 BEAM_BATCH_ROWS = 2048
 # Vectors per greedy-encoding batch: each batch pays ~2 ms of calls and OpenMP wake-ups
 # between the int8 products, so with the fused int8 MLP 16,384 rows encode 1.1-1.2x faster
-# than 2,048, for ~90 MiB more peak memory (BENCHMARKS.md, lever 87).
+# than 2,048, for up to ~90 MiB more peak memory (BENCHMARKS.md, lever 87).
 GREEDY_BATCH_ROWS = 16384
 MAX_BEAM = 256
 # g_0 reads the lattice point alone, so its output over every point of block 0 is a table
