@@ -133,17 +133,22 @@ void sc_requantize_relu(const int32_t *acc, int64_t n, int m, const float *row_s
 /* a layer's sums per row: its outputs rounded up to whole vectors of 16 */
 SC_INLINE int64_t sums_width(int m) { return (m + 15) / 16 * 16; }
 
+/* columns of panel p of a layer of m outputs: SC_PANEL, the last one 16, 32, 48 or 64 */
+SC_INLINE int64_t panel_width(int m, int64_t p) {
+    const int64_t left = sums_width(m) - p * SC_PANEL;
+    return left < SC_PANEL ? left : SC_PANEL;
+}
+
 int64_t sc_int8_pack_size(int k, int m) { return (int64_t)(k / 4) * 4 * sums_width(m); }
 
 void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out) {
-    const int64_t k4s = k / 4, width = sums_width(m);
+    const int64_t k4s = k / 4;
     memset(out, 0, (size_t)sc_int8_pack_size(k, m));
     for (int64_t i = 0; i < k; ++i)
         for (int64_t j = 0; j < m; ++j) {
-            const int64_t p = j / SC_PANEL, panel_width = width - p * SC_PANEL < SC_PANEL
-                                                          ? width - p * SC_PANEL : SC_PANEL;
-            out[p * k4s * 4 * SC_PANEL + (i / 4) * 4 * panel_width + (j % SC_PANEL) * 4 + i % 4]
-                = w[i * m + j];
+            const int64_t p = j / SC_PANEL;
+            out[p * k4s * 4 * SC_PANEL + (i / 4) * 4 * panel_width(m, p) + (j % SC_PANEL) * 4
+                + i % 4] = w[i * m + j];
         }
 }
 
@@ -211,8 +216,7 @@ SC_VNNI static void tile_products(const uint8_t *a, int rows, int k, const int8_
                                   int m, int32_t *acc) {
     const int64_t k4s = k / 4, width = sums_width(m);
     for (int64_t p = 0; p * SC_PANEL < width; ++p) {
-        const int vecs = (int)((width - p * SC_PANEL < SC_PANEL ? width - p * SC_PANEL
-                                                                : SC_PANEL) / 16);
+        const int vecs = (int)(panel_width(m, p) / 16);
         const int8_t *b = packed + p * k4s * 4 * SC_PANEL;
         for (int64_t r = 0; r < rows; r += SC_MICRO_ROWS) {
             const int mr = rows - r < SC_MICRO_ROWS ? (int)(rows - r) : SC_MICRO_ROWS;
@@ -225,12 +229,8 @@ SC_VNNI static void tile_products(const uint8_t *a, int rows, int k, const int8_
 int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
                 const float *row_scale, int64_t n, float *out, int threads) {
     int widest = 0;
-    int64_t widest_sums = 0;
-    for (int l = 0; l < nlayers; ++l) {
-        widest = layers[l].m > widest ? layers[l].m : widest;
-        widest_sums = sums_width(layers[l].m) > widest_sums ? sums_width(layers[l].m)
-                                                            : widest_sums;
-    }
+    for (int l = 0; l < nlayers; ++l) widest = layers[l].m > widest ? layers[l].m : widest;
+    const int64_t widest_sums = sums_width(widest);
     /* as many tiles as a multiple of the threads, so that each thread gets the same rows */
     const int64_t per_tile = (n + SC_TILE_ROWS - 1) / SC_TILE_ROWS;
     const int64_t tiles = (per_tile + threads - 1) / threads * threads;
