@@ -25,7 +25,7 @@ compile_omp, link_omp = _openmp_flags()
 # found through the "spreadcode" include dir (not csrc itself: its short header names
 # would then shadow any system header of the same name).
 CSRC = "spreadcode/csrc"
-C_KERNELS = ["lattice", "signs", "scan", "int8"]
+C_KERNELS = ["lattice", "signs", "scan", "int8", "greedy"]
 C_HEADERS = [f"{CSRC}/{name}.h" for name in ["common", "words", *C_KERNELS]]
 
 extensions = [

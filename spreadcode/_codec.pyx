@@ -108,6 +108,19 @@ cdef extern from "csrc/int8.h":
     int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
                     const float *row_scale, int64_t n, float *out, int threads) nogil
 
+cdef extern from "csrc/greedy.h":
+    ctypedef struct sc_greedy_stage:
+        const sc_int8_layer *f
+        int f_layers
+        const sc_lattice *lattice
+        float unit
+        const sc_int8_layer *g
+        int g_layers
+        const float *table
+        uint64_t *codes
+    int sc_greedy_encode(const sc_greedy_stage *stages, int nstages, const float *xs,
+                         int64_t n, int d_in, int threads) nogil
+
 MAX_DIM = SC_MAX_D
 MAX_WORDS = SC_MAX_W
 INT8_MAX_WIDTH = SC_INT8_MAX_WIDTH
@@ -608,3 +621,88 @@ cdef class FusedInt8Mlp:
             raise MemoryError()
         if rc:
             raise SpreadcodeError("the fused int8 MLP is not built into this codec")
+
+
+cdef class FusedGreedyEncoder:
+    """Greedy encoding of a residual model's stages in one call per batch
+    (``sc_greedy_encode`` in csrc/greedy.c, AVX512-VNNI CPUs: ``INT8_FUSED``): each tile of
+    rows runs every stage's encoder, nearest point and decoder while it stays in cache.
+
+    ``stages``: [(f FusedInt8Mlp, tables LatticeTables, unit float32, g FusedInt8Mlp or
+    None)], one per stage: the encoder f_m reads d_in inputs (the first stage) or 2 d_in
+    ([x − x̂, x̂]) and outputs the sphere's d_m, whose codes fit one word; unit is
+    1 / sqrt(r2_m); the decoder g_m reads d_m inputs (the first stage) or d_m + d_in
+    ([z · unit, x̂]) and outputs d_in, None for the last stage only.
+    """
+    cdef sc_greedy_stage *c
+    cdef int count
+    cdef readonly int d_in
+    cdef readonly int64_t first_count
+    cdef object _keep
+
+    def __cinit__(self, stages, int d_in):
+        if not INT8_FUSED:
+            raise SpreadcodeError("the fused greedy encoder needs an x86 CPU with AVX512-VNNI")
+        if not stages:
+            raise SpreadcodeError("FusedGreedyEncoder: no stages")
+        self.c = <sc_greedy_stage *> malloc(len(stages) * sizeof(sc_greedy_stage))
+        if self.c == NULL:
+            raise MemoryError()
+        self.count, self.d_in, self._keep = len(stages), d_in, stages
+        cdef FusedInt8Mlp f, g
+        cdef LatticeTables tables
+        for s, (f, tables, unit, g) in enumerate(stages):
+            last = s == len(stages) - 1
+            d_f = d_in if s == 0 else 2 * d_in
+            d_g = tables.d if s == 0 else tables.d + d_in
+            if f is None or f.k != d_f or f.m != tables.d or tables.words != 1 \
+                    or (g is None) != last or (g is not None and (g.k != d_g or g.m != d_in)):
+                raise SpreadcodeError(f"FusedGreedyEncoder: stage {s} does not chain (encoder "
+                                      f"{d_f} -> {tables.d} inputs, a one-word sphere, decoder "
+                                      f"{d_g} -> {d_in} where a later stage follows)")
+            self.c[s].f, self.c[s].f_layers = f.c, f.count
+            self.c[s].lattice, self.c[s].unit = &tables.c, unit
+            self.c[s].g = NULL if g is None else g.c
+            self.c[s].g_layers = 0 if g is None else g.count
+            self.c[s].table, self.c[s].codes = NULL, NULL
+        tables = stages[0][1]
+        self.first_count = int(tables.c.offsets[tables.c.natom])
+
+    def __dealloc__(self):
+        free(self.c)
+
+    def __call__(self, const float[:, ::1] xs, table, int threads):
+        """The stages' codes of the preprocessed inputs xs (n, d_in) float32: a list of
+        uint64 (n,) arrays, one per stage. ``table``: float32 (count, d_in), g_0 of every
+        point of the first stage in code order, looked up instead of running it; or None."""
+        _check_sizes("FusedGreedyEncoder", (xs.shape[1], self.d_in))
+        cdef int64_t n = xs.shape[0]
+        codes = [np.empty(n, dtype=np.uint64) for _ in range(self.count)]
+        cdef const float[:, ::1] rows
+        if table is not None:
+            rows = table
+            _check_sizes("FusedGreedyEncoder table", (rows.shape[0], self.first_count),
+                         (rows.shape[1], self.d_in))
+        # this call's copy of the stages (its outputs and table), so that calls may overlap
+        cdef sc_greedy_stage *call = <sc_greedy_stage *> malloc(
+            self.count * sizeof(sc_greedy_stage))
+        if call == NULL:
+            raise MemoryError()
+        cdef uint64_t[::1] view
+        cdef int rc = 0
+        try:
+            for s in range(self.count):
+                call[s] = self.c[s]
+                view = codes[s]
+                call[s].codes = &view[0] if n else NULL
+            call[0].table = &rows[0, 0] if table is not None else NULL
+            if n:
+                with nogil:
+                    rc = sc_greedy_encode(call, self.count, &xs[0, 0], n, self.d_in, threads)
+        finally:
+            free(call)
+        if rc == -1:
+            raise MemoryError()
+        if rc:
+            raise SpreadcodeError("the fused int8 MLP is not built into this codec")
+        return codes

@@ -208,6 +208,13 @@ def check_setting(d, r2):
     return tables.d, tables.r2, tables.words
 
 
+def tables(d, r2):
+    """The compiled tables of S(d, r2), a `spreadcode._codec.LatticeTables`, for kernels that
+    run the nearest point inside a larger step (`spreadcode.residual`'s fused greedy
+    encoding); built and cached once per setting, after check_setting's checks."""
+    return _tables(*_limits(d, r2))
+
+
 def _to_words(values, w):
     """Python ints (each < 2^(64 w)) -> uint64 array (len(values), w), little-endian words."""
     return np.array([[(v >> (64 * i)) & _WORD_MASK for i in range(w)] for v in values],

@@ -41,6 +41,8 @@ class LatticeQuantizer:
         self.code_bytes = 8 * self.words
         self.code_dtype = np.dtype(np.uint64)
         self.code_shape = () if self.words == 1 else (self.words,)
+        # a point z's unit point is z · unit_scale (float32, as `reconstruct` computes it)
+        self.unit_scale = np.float32(1.0 / math.sqrt(self.param))
 
     def __repr__(self):
         return f"LatticeQuantizer(d={self.d}, r2={self.param})"
@@ -52,7 +54,7 @@ class LatticeQuantizer:
     def reconstruct(self, codes, threads=None):
         """Unit-norm float32 (n, d) rows z / r of the codes."""
         z = lattice.decode(codes, self.d, self.param, threads)
-        return z.astype(np.float32) * np.float32(1.0 / math.sqrt(self.param))
+        return z.astype(np.float32) * self.unit_scale
 
     def search(self, codes, queries, k, threads=None):
         """k nearest codes per unit query (float32 (nq, d)): (float32 (nq, k), int64 (nq, k))."""

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spreadcode import int8, lattice
+from spreadcode import _codec, int8, lattice
 from spreadcode.catalyzer import (
     CatalyzerMeta, Preprocessed, forward_batches, model_device)
 from spreadcode.errors import SpreadcodeError
@@ -353,30 +353,38 @@ class ResidualCatalyzer(Preprocessed):
         Changes no result (`_first_stage`)."""
         self._count_first_stage_rows(rows, expected=True)
 
-    def _first_stage(self, ranks, z, g0):
-        """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
-        without gradients, by ``g0``: the model's g_0 (in float32, even under `encode`'s
-        bfloat16 autocast) or its `spreadcode.int8.Int8Mlp`. Looked up in the table of g0's
-        arithmetic ("float32" or "int8": `_first_tables`) over
-        every point of block 0 once `_count_first_stage_rows` has counted as many rows as it
-        has (FIRST_TABLE_BYTES): a row of either g0 does not depend on its batch, so a code
-        does not depend on whether the table exists yet, and `decode` reads the table too."""
-        with torch.autocast(z.device.type, enabled=False):
-            block = self.quantizer.blocks[0]
-            count = lattice.count(block.d, block.param)
-            if self._first_key != self._first_stage_key():
-                return g0(z)
-            arithmetic = "int8" if isinstance(g0, int8.Int8Mlp) else "float32"
-            table = self._first_tables.get(arithmetic)
-            if table is None and self._first_rows >= count \
-                    and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
+    def _first_table(self, g0):
+        """g_0 of every point of block 0 in code order by ``g0`` (the model's g_0 in float32,
+        or its `spreadcode.int8.Int8Mlp`): a float32 tensor (count, d_in), built once
+        `_count_first_stage_rows` has counted as many rows as it has (FIRST_TABLE_BYTES) and
+        kept per arithmetic ("float32" or "int8": `_first_tables`) until the weights change;
+        else None. A row of either g0 does not depend on its batch, so a code does not
+        depend on whether the table exists yet, and `decode` reads the table too."""
+        block = self.quantizer.blocks[0]
+        count = lattice.count(block.d, block.param)
+        if self._first_key != self._first_stage_key():
+            return None
+        arithmetic = "int8" if isinstance(g0, int8.Int8Mlp) else "float32"
+        table = self._first_tables.get(arithmetic)
+        if table is None and self._first_rows >= count \
+                and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
+            device = model_device(self)
+            with torch.autocast(device.type, enabled=False):
                 points = torch.from_numpy(block.reconstruct(np.arange(count, dtype=np.uint64)))
                 table = self._first_tables[arithmetic] = torch.cat(
-                    [g0(points[start:start + FIRST_TABLE_BATCH].to(z.device))
+                    [g0(points[start:start + FIRST_TABLE_BATCH].to(device))
                      for start in range(0, count, FIRST_TABLE_BATCH)])
-            if table is None:
+        return table
+
+    def _first_stage(self, ranks, z, g0):
+        """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
+        without gradients, by ``g0`` (in float32 even under `encode`'s bfloat16 autocast):
+        looked up in `_first_table` once it exists."""
+        table = self._first_table(g0)
+        if table is None:
+            with torch.autocast(z.device.type, enabled=False):
                 return g0(z)
-            return table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
+        return table[torch.from_numpy(ranks.astype(np.int64)).to(z.device)]
 
     def forward(self, x):
         """Training pass: x float32 tensor (n, d_in) -> (x̂_M, x̂_1), both (n, d_in) in the
@@ -405,19 +413,41 @@ class ResidualCatalyzer(Preprocessed):
         xh, first = self._chain(xs)
         return (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
 
-    def _encode_batch(self, x, f, g):
+    def _encode_batch(self, x, f, g, fused=None):
         """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes), with
-        the encoders ``f`` and decoders ``g`` (the model's own, or `_int8_chain`'s). Under
-        bfloat16 autocast (`encode`) the MLPs' outputs are bfloat16: each is taken back to
-        float32, so x̂ accumulates in float32."""
+        the encoders ``f`` and decoders ``g`` (the model's own, or `_int8_chain`'s), or by
+        ``fused`` (`_fused_greedy` of them: the same steps in one compiled call, the same
+        codes). Each stage takes the lattice point nearest its encoder's output, which does not
+        depend on that output's norm. Under bfloat16 autocast (`encode`) the MLPs' outputs
+        are bfloat16: each is taken back to float32, so x̂ accumulates in float32."""
         xs, xh, ranks = self.preprocess(x), None, []
+        if fused is not None:
+            table = self._first_table(g[0])
+            ranks = fused(np.ascontiguousarray(xs.float().cpu().numpy()),
+                          None if table is None else table.numpy(), torch.get_num_threads())
+            return self.quantizer.join_block_codes(ranks)
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self._encode_stage(m, xs, xh, f).float(), dim=1)
-            ranks.append(block.quantize(y.cpu().numpy()))
+            y = self._encode_stage(m, xs, xh, f).float()
+            ranks.append(block.quantize(np.ascontiguousarray(y.cpu().numpy())))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
                 xh = self._decode_stage(m, z, xh, ranks[-1], g).float()
         return self.quantizer.join_block_codes(ranks)
+
+    def _fused_greedy(self, f, g):
+        """A `spreadcode._codec.FusedGreedyEncoder` of the int8 chain (f, g) of `_int8_chain`
+        where every MLP that greedy encoding runs is fused (`spreadcode.int8.Int8Mlp.fused`)
+        and every stage's codes fit one word; else None (`_encode_batch`'s stage loop). Each
+        tile of rows runs every stage while it stays in cache (BENCHMARKS.md, lever 88)."""
+        blocks = self.quantizer.blocks
+        if not all(isinstance(mlp, int8.Int8Mlp) and mlp.fused is not None
+                   for mlp in [*f, *g[:-1]]) \
+                or any(lattice.words(block.d, block.param) != 1 for block in blocks):
+            return None
+        last = len(blocks) - 1
+        return _codec.FusedGreedyEncoder(
+            [(f[m].fused, lattice.tables(block.d, block.param), block.unit_scale,
+              None if m == last else g[m].fused) for m, block in enumerate(blocks)], self.d_in)
 
     def _encode_beam_batch(self, x, beam, f, g):
         """Eval-mode beam-search encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
@@ -482,7 +512,9 @@ class ResidualCatalyzer(Preprocessed):
             f, g = self._int8_chain() if self._runs_int8(precision) else (self.f, self.g)
             if beam == 1:
                 self._count_first_stage_rows(len(vectors))
-                return forward_batches(self, vectors, lambda x: self._encode_batch(x, f, g),
+                fused = self._fused_greedy(f, g)
+                return forward_batches(self, vectors,
+                                       lambda x: self._encode_batch(x, f, g, fused),
                                        self.quantizer.code_bytes, np.uint8,
                                        batch=GREEDY_BATCH_ROWS)
             stages = len(self.quantizer.blocks)

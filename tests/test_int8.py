@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from spreadcode import _codec, int8
+from spreadcode import _codec, int8, lattice
 from spreadcode.errors import SpreadcodeError
 from spreadcode.residual import _mlp
 
@@ -214,3 +214,42 @@ def test_layers_the_fused_kernel_does_not_take_run_through_int_mm():
     model = _codec.FusedInt8Mlp([layer])
     with pytest.raises(SpreadcodeError, match="FusedInt8Mlp: buffer sizes"):
         model(np.zeros((3, 8), np.uint8), np.ones(3, f32), np.zeros((3, 5), f32), 1)
+
+
+@fused_only
+def test_the_fused_greedy_encoder_is_its_steps_and_refuses_stages_that_do_not_chain():
+    """FusedGreedyEncoder (the residual model's greedy encoding in one call) gives the codes
+    of its steps run one by one: the first encoder reads x, the later ones [x − x̂, x̂]; each
+    stage's code is the nearest point's; the first decoder sets x̂ from the unit point z,
+    each later one adds its output on [z, x̂]. It refuses stages that do not chain, the last
+    stage with a decoder, and inputs or a table of the wrong size."""
+    mlps = [int8.Int8Mlp(trained_mlp(*shape, seed=s)) for s, shape in enumerate(
+        [(8, 16, 4), (4, 16, 8), (16, 16, 4), (12, 16, 8), (16, 16, 4)])]
+    f0, g0, f1, g1, f2 = (mlp.fused for mlp in mlps)
+    sphere, unit = lattice.tables(4, 2), np.float32(2 ** -0.5)  # S(4, 2): 24 points
+    stages = [(f0, sphere, unit, g0), (f1, sphere, unit, g1), (f2, sphere, unit, None)]
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
+    want, xh = [], None
+    for m, (f, g) in enumerate(zip(mlps[0::2], mlps[1::2] + [None])):
+        y = f(x) if m == 0 else f(x, xh, difference=True)
+        want.append(lattice.quantize(y.numpy(), 2))
+        if g is not None:
+            z = torch.from_numpy(lattice.decode(want[-1], 4, 2).astype(np.float32) * unit)
+            xh = g(z) if m == 0 else xh + g(z, xh)
+    encoder = _codec.FusedGreedyEncoder(stages, 8)
+    for threads in 1, 2:
+        codes = encoder(x.numpy(), None, threads)
+        assert len(codes) == 3 and all(np.array_equal(c, w) for c, w in zip(codes, want))
+    assert all(len(set(w.tolist())) > 2 for w in want)  # codes that depend on the rows
+    with pytest.raises(SpreadcodeError, match="no stages"):
+        _codec.FusedGreedyEncoder([], 8)
+    for bad in ([stages[0]], [stages[0][:3] + (None,)] + stages[1:],
+                [stages[0], stages[1], stages[2][:3] + (g1,)], [stages[1]] + stages[1:],
+                [stages[0], (f0,) + stages[1][1:], stages[2]],
+                [stages[0], stages[1][:3] + (g0,), stages[2]]):
+        with pytest.raises(SpreadcodeError, match="stage [0-2] does not chain"):
+            _codec.FusedGreedyEncoder(bad, 8)
+    with pytest.raises(SpreadcodeError, match="buffer sizes"):
+        encoder(np.zeros((3, 9), np.float32), None, 1)
+    with pytest.raises(SpreadcodeError, match="table: buffer sizes"):
+        encoder(x.numpy(), np.zeros((23, 8), np.float32), 1)

@@ -12,7 +12,7 @@ import torch
 
 import spreadcode
 from helpers import assert_clean_error, run
-from spreadcode import int8, residual, vecio
+from spreadcode import _codec, int8, residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
 from spreadcode.collection import DECODE_MIN_ROWS, open_collection
 from spreadcode.errors import SpreadcodeError
@@ -470,6 +470,41 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(int8, "MAX_WIDTH", model.hidden_decoder - 1)
     assert not model._runs_int8("auto") and not model._runs_int8("float32")
+
+
+@pytest.mark.skipif(not _codec.INT8_FUSED,
+                    reason="the fused int8 kernels need a CPU with AVX512-VNNI")
+def test_fused_greedy_encoding_gives_the_stage_loops_codes(monkeypatch):
+    """On a CPU with AVX512-VNNI, greedy encoding runs every stage in one compiled call per
+    batch (`_codec.FusedGreedyEncoder`): its codes are the stage loop's, bit for bit (a
+    three-stage model: g_0 then g_1 added to x̂), for row counts that fill no tile, on 1
+    and 2 threads, with g_0 run or looked up in its table."""
+    sample = load_sample()
+    model = residual.train_residual(sample.learn[:1000], replace(
+        TINY, blocks=residual.stage_blocks(40), epochs=1), progress=False).model
+    vectors = np.vstack([sample.base, sample.learn])
+    assert model._fused_greedy(*model._int8_chain()) is not None
+
+    def fused_and_loop(rows):
+        fused = model.encode(rows)
+        with monkeypatch.context() as patch:
+            patch.setattr(residual.ResidualCatalyzer, "_fused_greedy", lambda *args: None)
+            return fused, model.encode(rows)
+
+    threads = torch.get_num_threads()
+    try:
+        for count in 1, 2:
+            torch.set_num_threads(count)
+            for n in 1, 47, 97, 2500:
+                fused, loop = fused_and_loop(vectors[:n])
+                np.testing.assert_array_equal(fused, loop)
+        assert model._first_tables == {} and len(np.unique(fused, axis=0)) > 2000
+        model.expect_decodes(64416)  # S(12, 6)'s points: the next encode builds g_0's table
+        fused, loop = fused_and_loop(vectors)
+        assert list(model._first_tables) == ["int8"]
+        np.testing.assert_array_equal(fused, loop)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_searches_in_either_precision_keep_their_own_decoded_rows(trained):

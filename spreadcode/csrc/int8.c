@@ -83,21 +83,25 @@ SC_ROWS_MULTIVERSION static void concat_row(const float *x, int kx, const float 
     for (int64_t j = 0; j < ky; ++j) row[kx + j] = y[j];
 }
 
+void sc_quantize_row(const float *x, int kx, const float *y, int ky, int difference,
+                     int plus_128, uint8_t *out, float *scale) {
+    const uint8_t flip = plus_128 ? 0x80 : 0;
+    if (!ky) {
+        quantize_row(x, kx, flip, out, scale);
+        return;
+    }
+    float row[kx + ky];  /* kx + ky <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
+    concat_row(x, kx, y, ky, difference, row);
+    quantize_row(row, kx + ky, flip, out, scale);
+}
+
 void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
                       int64_t n, int plus_128, int8_t *out_rows, float *scale, int threads) {
-    const int k = kx + ky;
-    const uint8_t flip = plus_128 ? 0x80 : 0;
     uint8_t *out = (uint8_t *)out_rows;
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) {
-        if (!ky) {
-            quantize_row(x + i * kx, kx, flip, out + i * k, scale + i);
-            continue;
-        }
-        float row[k];  /* k <= SC_INT8_MAX_WIDTH: at most 64 KiB of stack */
-        concat_row(x + i * kx, kx, y + i * ky, ky, difference, row);
-        quantize_row(row, k, flip, out + i * k, scale + i);
-    }
+    for (int64_t i = 0; i < n; ++i)
+        sc_quantize_row(x + i * kx, kx, ky ? y + i * ky : NULL, ky, difference, plus_128,
+                        out + i * (kx + ky), scale + i);
 }
 
 void sc_dequantize(const int32_t *acc, int64_t n, int m, const float *row_scale,
@@ -150,6 +154,28 @@ void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out) {
             out[p * k4s * 4 * SC_PANEL + (i / 4) * 4 * panel_width(m, p) + (j % SC_PANEL) * 4
                 + i % 4] = w[i * m + j];
         }
+}
+
+int sc_int8_scratch_init(sc_int8_scratch *s, int64_t rows, int widest) {
+    s->rows = rows;
+    s->widest = widest;
+    s->acc = malloc((size_t)(rows * sums_width(widest)) * sizeof(int32_t));
+    s->act = malloc((size_t)(2 * rows * widest));
+    s->scale = malloc((size_t)(2 * rows) * sizeof(float));
+    return s->acc && s->act && s->scale ? 0 : -1;
+}
+
+void sc_int8_scratch_free(sc_int8_scratch *s) {
+    free(s->acc);
+    free(s->act);
+    free(s->scale);
+}
+
+int64_t sc_int8_tiles(int64_t n, int threads, int64_t *tile_rows) {
+    const int64_t per_tile = (n + SC_TILE_ROWS - 1) / SC_TILE_ROWS;
+    const int64_t tiles = (per_tile + threads - 1) / threads * threads;
+    *tile_rows = (n + tiles - 1) / tiles;
+    return tiles;
 }
 
 #if SC_X86_TARGETS
@@ -226,23 +252,43 @@ SC_VNNI static void tile_products(const uint8_t *a, int rows, int k, const int8_
     }
 }
 
+void sc_int8_mlp_tile(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                      const float *row_scale, int count, float *out, sc_int8_scratch *s) {
+    const uint8_t *in = rows;
+    const float *in_scale = row_scale;
+    for (int l = 0; l < nlayers; ++l) {
+        const sc_int8_layer *L = layers + l;
+        const int64_t width = sums_width(L->m);
+        tile_products(in, count, L->k, L->packed, L->m, s->acc);
+        uint8_t *next = s->act + (l % 2) * s->rows * s->widest;
+        float *next_scale = s->scale + (l % 2) * s->rows;
+        for (int64_t r = 0; r < count; ++r) {
+            if (l == nlayers - 1)
+                dequantize_row(s->acc + r * width, L->m, in_scale[r], L->col_scale,
+                               L->col_offset, L->bias, out + r * L->m);
+            else
+                requantize_relu_row(s->acc + r * width, L->m, in_scale[r], L->col_scale,
+                                    L->col_offset, L->bias, 0, next + r * L->m,
+                                    next_scale + r);
+        }
+        in = next;
+        in_scale = next_scale;
+    }
+}
+
 int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
                 const float *row_scale, int64_t n, float *out, int threads) {
     int widest = 0;
     for (int l = 0; l < nlayers; ++l) widest = layers[l].m > widest ? layers[l].m : widest;
-    const int64_t widest_sums = sums_width(widest);
-    /* as many tiles as a multiple of the threads, so that each thread gets the same rows */
-    const int64_t per_tile = (n + SC_TILE_ROWS - 1) / SC_TILE_ROWS;
-    const int64_t tiles = (per_tile + threads - 1) / threads * threads;
-    const int64_t tile_rows = (n + tiles - 1) / tiles;
-    const int m_out = layers[nlayers - 1].m;
+    int64_t tile_rows;
+    const int64_t tiles = sc_int8_tiles(n, threads, &tile_rows);
+    const int k = layers[0].k, m_out = layers[nlayers - 1].m;
     int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
-        int32_t *acc = malloc((size_t)(tile_rows * widest_sums) * sizeof(int32_t));
-        uint8_t *act = malloc((size_t)(2 * tile_rows * widest));
-        float *scale = malloc((size_t)(2 * tile_rows) * sizeof(float));
-        if (!acc || !act || !scale) {
+        sc_int8_scratch scratch;
+        const int ok = sc_int8_scratch_init(&scratch, tile_rows, widest) == 0;
+        if (!ok) {
             #pragma omp atomic write
             failed = 1;
         }
@@ -250,31 +296,11 @@ int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t r0 = t * tile_rows;
             const int count = r0 >= n ? 0 : (int)(n - r0 < tile_rows ? n - r0 : tile_rows);
-            if (!count || !acc || !act || !scale) continue;
-            const uint8_t *in = rows + r0 * layers[0].k;
-            const float *in_scale = row_scale + r0;
-            for (int l = 0; l < nlayers; ++l) {
-                const sc_int8_layer *L = layers + l;
-                const int64_t width = sums_width(L->m);
-                tile_products(in, count, L->k, L->packed, L->m, acc);
-                uint8_t *next = act + (l % 2) * tile_rows * widest;
-                float *next_scale = scale + (l % 2) * tile_rows;
-                for (int64_t r = 0; r < count; ++r) {
-                    if (l == nlayers - 1)
-                        dequantize_row(acc + r * width, L->m, in_scale[r], L->col_scale,
-                                       L->col_offset, L->bias, out + (r0 + r) * m_out);
-                    else
-                        requantize_relu_row(acc + r * width, L->m, in_scale[r], L->col_scale,
-                                            L->col_offset, L->bias, 0, next + r * L->m,
-                                            next_scale + r);
-                }
-                in = next;
-                in_scale = next_scale;
-            }
+            if (count && ok)
+                sc_int8_mlp_tile(layers, nlayers, rows + r0 * k, row_scale + r0, count,
+                                 out + r0 * m_out, &scratch);
         }
-        free(acc);
-        free(act);
-        free(scale);
+        sc_int8_scratch_free(&scratch);
     }
     return failed ? -1 : 0;
 }

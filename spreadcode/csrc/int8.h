@@ -20,6 +20,9 @@
    bytes are out[i, j] + 128 as uint8, the rows sc_int8_mlp reads. */
 SC_API void sc_quantize_rows(const float *x, int kx, const float *y, int ky, int difference,
                              int64_t n, int plus_128, int8_t *out, float *scale, int threads);
+/* One row of sc_quantize_rows (y NULL when ky = 0) into out (kx + ky,), on the calling thread */
+SC_API void sc_quantize_row(const float *x, int kx, const float *y, int ky, int difference,
+                            int plus_128, uint8_t *out, float *scale);
 
 /* A layer's outputs from its int32 sums acc (n, m) of int8 rows (scales row_scale (n,))
    times int8 weights (scales col_scale (m,)): y[i, j] = (acc[i, j] + col_offset[j]) *
@@ -52,6 +55,26 @@ typedef struct {
 SC_API int sc_int8_fused_available(void);
 SC_API int64_t sc_int8_pack_size(int k, int m);
 SC_API void sc_int8_pack(const int8_t *w, int k, int m, int8_t *out);
+
+/* A thread's buffers for sc_int8_mlp_tile: the int32 sums and two uint8 activations of up
+   to `rows` rows through layers of at most `widest` outputs. init returns 0, or -1 when
+   they could not be allocated (free them all the same). */
+typedef struct {
+    int32_t *acc;
+    uint8_t *act;
+    float *scale;
+    int64_t rows, widest;
+} sc_int8_scratch;
+SC_API int sc_int8_scratch_init(sc_int8_scratch *s, int64_t rows, int widest);
+SC_API void sc_int8_scratch_free(sc_int8_scratch *s);
+/* How sc_int8_mlp splits n rows between `threads`: the tile count (a multiple of the
+   threads, so that each gets the same rows) and *tile_rows (<= 48) per tile. */
+SC_API int64_t sc_int8_tiles(int64_t n, int threads, int64_t *tile_rows);
+/* sc_int8_mlp of one tile of count <= s->rows rows on the calling thread (VNNI CPUs only):
+   out (count, m of the last layer). */
+SC_API void sc_int8_mlp_tile(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
+                             const float *row_scale, int count, float *out,
+                             sc_int8_scratch *s);
 
 /* out (n, m of the last layer) float32 <- the layers on rows (n, layers[0].k) uint8 with
    scales row_scale (n,): each hidden layer's output requantized as sc_requantize_relu does

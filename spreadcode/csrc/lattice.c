@@ -256,37 +256,52 @@ static void sc_best_atoms(const sc_lattice *L, const float *y, int nv, int *best
     for (int v = 0; v < nv; ++v) best[v] = best_a[v];
 }
 
-/* The nearest points of y's rows (n, d), SC_VB rows at a time: z (n, d) <- the points
-   when z is given, else codes (n, W) <- their codes (no intermediate lattice point). */
+/* The nearest points of nv <= SC_VB rows of y (n, d): z (nv, d) <- the points when z is
+   given, codes (nv, W) <- their codes when codes is (either or both). */
+static void sc_nearest_block(const sc_lattice *L, const float *y, int nv, int8_t *z,
+                             uint64_t *codes) {
+    const int d = L->d, W = L->W;
+    int best[SC_VB];
+    uint8_t order[SC_VB * SC_MAX_D];
+    sc_best_atoms(L, y, nv, best, order);
+    for (int v = 0; v < nv; ++v) {
+        const float *yv = y + (size_t)v * d;
+        const uint8_t *ov = order + (size_t)v * d;
+        if (z) {                     /* the atom's entries at the positions `order`, y's signs */
+            const int8_t *atom = L->atoms + (size_t)best[v] * d;
+            int8_t *zv = z + (size_t)v * d;
+            for (int i = 0; i < d; ++i) {
+                int p = ov[i];
+                zv[p] = yv[p] < 0.f ? (int8_t)-atom[i] : atom[i];
+            }
+        }
+        if (codes) {                 /* the positions of each layer and the negative ones */
+            const uint8_t *plev = L->pos_lev + (size_t)best[v] * d;
+            uint64_t layer[SC_MAX_D] = {0}, negative = 0;
+            for (int i = 0; i < d; ++i) layer[plev[i]] |= 1ULL << ov[i];
+            for (int p = 0; p < d; ++p) negative |= (uint64_t)(yv[p] < 0.f) << p;
+            sc_rank(L, best[v], layer, negative, codes + (size_t)v * W);
+        }
+    }
+}
+
+void sc_nearest_rows(const sc_lattice *L, const float *y, int64_t n, int8_t *z, uint64_t *codes) {
+    const int d = L->d, W = L->W;
+    for (int64_t v0 = 0; v0 < n; v0 += SC_VB)
+        sc_nearest_block(L, y + v0 * d, (int)(n - v0 < SC_VB ? n - v0 : SC_VB),
+                         z ? z + v0 * d : NULL, codes ? codes + v0 * W : NULL);
+}
+
+/* sc_nearest_rows over SC_VB-row blocks in parallel */
 static void sc_nearest_blocks(const sc_lattice *L, const float *y, int64_t n, int8_t *z,
                               uint64_t *codes, int threads) {
     const int d = L->d, W = L->W;
     const int64_t nblk = (n + SC_VB - 1) / SC_VB;
     #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
     for (int64_t blk = 0; blk < nblk; ++blk) {
-        int64_t v0 = blk * SC_VB;
-        int nv = (int)(n - v0 < SC_VB ? n - v0 : SC_VB);
-        int best[SC_VB];
-        uint8_t order[SC_VB * SC_MAX_D];
-        sc_best_atoms(L, y + v0 * d, nv, best, order);
-        for (int v = 0; v < nv; ++v) {
-            const float *yv = y + (v0 + v) * d;
-            const uint8_t *ov = order + v * d;
-            if (z) {                 /* the atom's entries at the positions `order`, y's signs */
-                const int8_t *atom = L->atoms + (size_t)best[v] * d;
-                int8_t *zv = z + (v0 + v) * d;
-                for (int i = 0; i < d; ++i) {
-                    int p = ov[i];
-                    zv[p] = yv[p] < 0.f ? (int8_t)-atom[i] : atom[i];
-                }
-            } else {                 /* the positions of each layer and the negative ones */
-                const uint8_t *plev = L->pos_lev + (size_t)best[v] * d;
-                uint64_t layer[SC_MAX_D] = {0}, negative = 0;
-                for (int i = 0; i < d; ++i) layer[plev[i]] |= 1ULL << ov[i];
-                for (int p = 0; p < d; ++p) negative |= (uint64_t)(yv[p] < 0.f) << p;
-                sc_rank(L, best[v], layer, negative, codes + (v0 + v) * W);
-            }
-        }
+        const int64_t v0 = blk * SC_VB;
+        sc_nearest_block(L, y + v0 * d, (int)(n - v0 < SC_VB ? n - v0 : SC_VB),
+                         z ? z + v0 * d : NULL, codes ? codes + v0 * W : NULL);
     }
 }
 

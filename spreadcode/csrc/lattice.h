@@ -34,6 +34,10 @@ SC_API void sc_nearest(const sc_lattice *L, const float *y, int64_t n, int8_t *z
 /* codes (n, W) <- the codes of the nearest points of y's rows, in one pass (no
    intermediate lattice point) */
 SC_API void sc_quantize(const sc_lattice *L, const float *y, int64_t n, uint64_t *codes, int threads);
+/* sc_nearest and sc_quantize of n rows in one pass on the calling thread: z (n, d) <- the
+   points when z is given, codes (n, W) <- their codes when codes is (either or both). */
+SC_API void sc_nearest_rows(const sc_lattice *L, const float *y, int64_t n, int8_t *z,
+                            uint64_t *codes);
 /* lattice points -> codes. Returns -1, or the first row that is not in S(d, r2). */
 SC_API int64_t sc_encode(const sc_lattice *L, const int8_t *z, int64_t n, int r2,
                          uint64_t *codes, int threads);
