@@ -1,0 +1,36 @@
+"""The default search's recall (k = 100) of saved residual models on DATA, one JSON line each,
+over all queries and over the first 2,000 and the rest (raw384_more_queries.py's sets). A model
+written before lever 72 gets the re-ranking blend training would give it (its seed-0 held-out
+rows), so that it is searched as today's default is.
+
+    python bench/experiments/eval_models.py DATA MODEL...
+"""
+import dataclasses
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+import torch  # noqa: E402
+from autoencoder_levers import load_dataset, recall_columns  # noqa: E402
+from spreadcode import Index, malloc, residual  # noqa: E402
+from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+
+malloc.raise_thresholds()
+torch.set_num_threads(2)
+data = load_dataset(sys.argv[1])
+for path in sys.argv[2:]:
+    model, meta = load_catalyzer(path)[:2]
+    if model.rerank_blend is None:  # written before lever 72: calibrated as training does
+        _, val_rows = residual.held_out_rows(len(data.learn), 0)
+        model.rerank_blend = residual.calibrate_rerank_blend(model, data.learn[val_rows])
+        meta = dataclasses.replace(meta, rerank_blend=model.rerank_blend, sha256=None, path=None)
+    index = Index.from_catalyzer(model, meta)
+    index.add(data.base)
+    _, ids = index.search(data.query, k=100)
+    print(json.dumps({"model": path, "blend": model.rerank_blend, "queries": len(data.query),
+                      **recall_columns(ids, data.groundtruth),
+                      "first 2k": recall_columns(ids[:2000], data.groundtruth[:2000]),
+                      "rest": recall_columns(ids[2000:], data.groundtruth[2000:])}), flush=True)
