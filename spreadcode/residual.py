@@ -421,8 +421,8 @@ class ResidualCatalyzer(Preprocessed):
         depend on that output's norm. Under bfloat16 autocast (`encode`) the MLPs' outputs
         are bfloat16: each is taken back to float32, so x̂ accumulates in float32."""
         xs, xh, ranks = self.preprocess(x), None, []
-        if fused is not None:
-            table = self._first_table(g[0])
+        if fused is not None:  # g_0's table only where a later stage reads x̂
+            table = self._first_table(g[0]) if len(self.quantizer.blocks) > 1 else None
             ranks = fused(np.ascontiguousarray(xs.float().cpu().numpy()),
                           None if table is None else table.numpy(), torch.get_num_threads())
             return self.quantizer.join_block_codes(ranks)
