@@ -19,7 +19,6 @@ memory). Saves the model to OUT (it loads only with this script's class) and app
 (residual_variants' columns, plus axes).
 """
 import dataclasses
-import json
 import os
 import sys
 
@@ -29,10 +28,9 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import append_row, load_dataset  # noqa: E402
-from residual_variants import parse_overrides, train_variant  # noqa: E402
+from autoencoder_levers import load_dataset  # noqa: E402
+from residual_variants import parse_overrides, save_and_append, train_variant  # noqa: E402
 from spreadcode import int8, residual  # noqa: E402
-from spreadcode.catalyzer import save_catalyzer  # noqa: E402
 
 
 def rotated(data):
@@ -80,10 +78,7 @@ def main():
     data = rotated(data)
     trained, row = train_variant("encoder_axes", data, overrides, leading_axes_model(axes))
     row.update(lever=89, axes=axes)
-    save_catalyzer(trained.model, trained.meta, out,
-                   store=os.path.join(os.path.dirname(os.path.abspath(out)), "store"))
-    append_row(row)
-    print(json.dumps(row))
+    save_and_append(trained, row, out)
 
 
 if __name__ == "__main__":

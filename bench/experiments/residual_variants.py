@@ -74,12 +74,18 @@ def train_variant(experiment, data, overrides, model_class=None):
     return trained, result_row(experiment, data, overrides, trained, time.time() - start)
 
 
-def main(experiment="residual_variants"):
-    data, out = load_dataset(sys.argv[1]), sys.argv[2]
-    trained, row = train_variant(experiment, data, parse_overrides(sys.argv[3:]))
+def save_and_append(trained, row, out):
+    """Save a trained model to ``out`` (a copy in the model store "store" beside it) and
+    append its ``row`` to results-issue14.jsonl."""
     save_catalyzer(trained.model, trained.meta, out,
                    store=os.path.join(os.path.dirname(os.path.abspath(out)), "store"))
     append_row(row)
+
+
+def main(experiment="residual_variants"):
+    data, out = load_dataset(sys.argv[1]), sys.argv[2]
+    trained, row = train_variant(experiment, data, parse_overrides(sys.argv[3:]))
+    save_and_append(trained, row, out)
 
 
 if __name__ == "__main__":
