@@ -3,7 +3,10 @@ over all queries and over the first 2,000 and the rest (raw384_more_queries.py's
 written before lever 72 gets the re-ranking blend training would give it (its seed-0 held-out
 rows), so that it is searched as today's default is.
 
-    python bench/experiments/eval_models.py DATA MODEL...
+    python bench/experiments/eval_models.py DATA [--class=SCRIPT.CLASS] MODEL...
+
+--class: models saved by an experiment script whose model class the library does not have
+(e.g. --class=twin_heads.TwinHeads), loaded as that class.
 """
 import dataclasses
 import json
@@ -20,8 +23,11 @@ from spreadcode.catalyzer import load_catalyzer  # noqa: E402
 
 malloc.raise_thresholds()
 torch.set_num_threads(2)
-data = load_dataset(sys.argv[1])
-for path in sys.argv[2:]:
+data, paths = load_dataset(sys.argv[1]), sys.argv[2:]
+if paths and paths[0].startswith("--class="):
+    script, name = paths.pop(0).split("=", 1)[1].split(".")
+    residual.ResidualCatalyzer = getattr(__import__(script), name)  # what the loader builds
+for path in paths:
     model, meta = load_catalyzer(path)[:2]
     if model.rerank_blend is None:  # written before lever 72: calibrated as training does
         _, val_rows = residual.held_out_rows(len(data.learn), 0)
