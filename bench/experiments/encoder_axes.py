@@ -12,7 +12,10 @@ encoding then only needs x̂'s first AXES coordinates, i.e. the chain decoders' 
 outputs: the 96-d model's cost. This script measures the recall side (the model is trained
 and searched in full; the rotation is applied to the files beforehand).
 
-    python bench/experiments/encoder_axes.py DATA OUT [axes=96] [FIELD=VALUE ...]
+    python bench/experiments/encoder_axes.py DATA OUT [axes=96] [residual_axes=A] [FIELD=VALUE ...]
+
+residual_axes (default: axes): how many leading coordinates of x and x − x̂ the encoders read
+(residual_axes=384 with axes=96: the full residual, x̂ through its 96 leading axes).
 
 DATA: a directory with learn/base/query .npy (or .fvecs) and groundtruth.ivecs (rotated in
 memory). Saves the model to OUT (it loads only with this script's class) and appends one row
@@ -43,21 +46,25 @@ def rotated(data):
                             for name in ("learn", "base", "query")})
 
 
-def leading_axes_model(axes):
-    """A ResidualCatalyzer whose encoders and decoders read the first ``axes`` coordinates."""
+def leading_axes_model(axes, residual_axes):
+    """A ResidualCatalyzer whose encoders and decoders read the first ``axes`` coordinates of
+    x̂, and the encoders the first ``residual_axes`` of x and of x − x̂."""
     class LeadingAxes(residual.ResidualCatalyzer):
         def __init__(self, d_in, quantizer, *args, **kwargs):
             super().__init__(d_in, quantizer, *args, **kwargs)
             dims = [block.d for block in quantizer.blocks]
-            self.f = nn.ModuleList([residual._mlp(axes if m == 0 else 2 * axes, self.hidden, d)
-                                    for m, d in enumerate(dims)])
+            self.f = nn.ModuleList([residual._mlp(residual_axes + (axes if m else 0),
+                                                  self.hidden, d) for m, d in enumerate(dims)])
             self.g = nn.ModuleList([residual._mlp(d if m == 0 else d + axes,
                                                   self._decoder_width(m), self.d_in)
                                     for m, d in enumerate(dims)])
 
         def _encode_stage(self, m, xs, xh, f=None):
-            return super()._encode_stage(m, xs[:, :axes].contiguous(),
-                                         None if xh is None else xh[:, :axes].contiguous(), f)
+            f = self.f if f is None else f
+            if m == 0:
+                return f[0](xs[:, :residual_axes].contiguous())
+            return int8.run_on_concat(f[m], (xs - xh)[:, :residual_axes].contiguous(),
+                                      xh[:, :axes].contiguous())
 
         def _decode_stage(self, m, z, xh, ranks=None, g=None):
             if m == 0:
@@ -75,9 +82,11 @@ def main():
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
     overrides = parse_overrides(sys.argv[3:])
     axes = overrides.pop("axes", 96)
+    residual_axes = overrides.pop("residual_axes", axes)
     data = rotated(data)
-    trained, row = train_variant("encoder_axes", data, overrides, leading_axes_model(axes))
-    row.update(lever=89, axes=axes)
+    trained, row = train_variant("encoder_axes", data, overrides,
+                                 leading_axes_model(axes, residual_axes))
+    row.update(lever=89, axes=axes, residual_axes=residual_axes)
     save_and_append(trained, row, out)
 
 
