@@ -555,6 +555,15 @@ def requantize_relu(const int32_t[:, ::1] acc, const float[::1] row_scale,
                                &out_scale[0], threads)
 
 
+def _check_fused(int rc):
+    """The fused kernels' status (sc_int8_mlp, sc_greedy_encode) as Python errors: -1 a
+    thread's buffers could not be allocated, -2 the kernel is not built into this codec."""
+    if rc == -1:
+        raise MemoryError()
+    if rc:
+        raise SpreadcodeError("the fused int8 MLP is not built into this codec")
+
+
 cdef class FusedInt8Mlp:
     """An int8 MLP for the fused kernel (``sc_int8_mlp`` in csrc/int8.c, AVX512-VNNI CPUs:
     ``INT8_FUSED``): every layer's product, requantization and the next layer's product run
@@ -617,10 +626,7 @@ cdef class FusedInt8Mlp:
             with nogil:
                 rc = sc_int8_mlp(self.c, self.count, &rows[0, 0], &row_scale[0],
                                  rows.shape[0], &out[0, 0], threads)
-        if rc == -1:
-            raise MemoryError()
-        if rc:
-            raise SpreadcodeError("the fused int8 MLP is not built into this codec")
+        _check_fused(rc)
 
 
 cdef class FusedGreedyEncoder:
@@ -701,8 +707,5 @@ cdef class FusedGreedyEncoder:
                     rc = sc_greedy_encode(call, self.count, &xs[0, 0], n, self.d_in, threads)
         finally:
             free(call)
-        if rc == -1:
-            raise MemoryError()
-        if rc:
-            raise SpreadcodeError("the fused int8 MLP is not built into this codec")
+        _check_fused(rc)
         return codes

@@ -22,8 +22,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import load_dataset  # noqa: E402
-from residual_variants import parse_overrides, save_and_append, train_variant  # noqa: E402
+from residual_variants import run_model_class  # noqa: E402
 from spreadcode import int8, residual  # noqa: E402
 from spreadcode.losses import straight_through  # noqa: E402
 
@@ -67,13 +66,5 @@ class TwinHeads(residual.ResidualCatalyzer):
         return sum((h - target).pow(2).sum(1).mean() for h in heads) / 2
 
 
-def main():
-    data, out = load_dataset(sys.argv[1]), sys.argv[2]
-    overrides = parse_overrides(sys.argv[3:])
-    trained, row = train_variant("twin_heads", data, overrides, TwinHeads)
-    row.update(lever=91)
-    save_and_append(trained, row, out)
-
-
 if __name__ == "__main__":
-    main()
+    run_model_class("twin_heads", TwinHeads, 91)

@@ -39,7 +39,7 @@ int sc_greedy_encode(const sc_greedy_stage *stages, int nstages, const float *xs
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t r0 = t * tile_rows;
-            const int count = r0 >= n ? 0 : (int)(n - r0 < tile_rows ? n - r0 : tile_rows);
+            const int count = sc_int8_tile_count(t, tile_rows, n);
             if (!count || !ok) continue;
             const float *x = xs + r0 * d_in;
             for (int s = 0; s < nstages; ++s) {

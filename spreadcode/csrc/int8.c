@@ -295,7 +295,7 @@ int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; ++t) {
             const int64_t r0 = t * tile_rows;
-            const int count = r0 >= n ? 0 : (int)(n - r0 < tile_rows ? n - r0 : tile_rows);
+            const int count = sc_int8_tile_count(t, tile_rows, n);
             if (count && ok)
                 sc_int8_mlp_tile(layers, nlayers, rows + r0 * k, row_scale + r0, count,
                                  out + r0 * m_out, &scratch);

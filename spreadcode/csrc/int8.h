@@ -70,6 +70,11 @@ SC_API void sc_int8_scratch_free(sc_int8_scratch *s);
 /* How sc_int8_mlp splits n rows between `threads`: the tile count (a multiple of the
    threads, so that each gets the same rows) and *tile_rows (<= 48) per tile. */
 SC_API int64_t sc_int8_tiles(int64_t n, int threads, int64_t *tile_rows);
+/* the rows of tile t of that split (0 for the tiles past the last row) */
+SC_INLINE int sc_int8_tile_count(int64_t t, int64_t tile_rows, int64_t n) {
+    const int64_t r0 = t * tile_rows;
+    return r0 >= n ? 0 : (int)(n - r0 < tile_rows ? n - r0 : tile_rows);
+}
 /* sc_int8_mlp of one tile of count <= s->rows rows on the calling thread (VNNI CPUs only):
    out (count, m of the last layer). */
 SC_API void sc_int8_mlp_tile(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
