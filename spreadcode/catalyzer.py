@@ -196,8 +196,9 @@ class CatalyzerMeta:
     its shortlist decoder's, None in models written before that decoder was an MLP;
     ``output_norm`` the sphere its decoders decode onto, None when its learn set's norm was
     not constant or for models written before; ``rerank_blend`` the weight of the shortlist
-    decoder's distance in its re-ranking, None (0) for models written before it), "mlp" the
-    paper's catalyzer. ``sha256`` and
+    decoder's distance in its re-ranking, None (0) for models written before it;
+    ``chain_dim`` the width of the learned projection its stages read x and x̂ through, None
+    when they read them whole), "mlp" the paper's catalyzer. ``sha256`` and
     ``path``: the model file's hash and path when loaded from one (`load_catalyzer`), None for
     a model not saved yet; they are not part of the file's JSON (`to_json`). The quantizer's
     dimension must be d_out (SpreadcodeError otherwise)."""
@@ -214,6 +215,7 @@ class CatalyzerMeta:
     output_norm: float | None = None
     hidden_chain: int | None = None
     rerank_blend: float | None = None
+    chain_dim: int | None = None
     sha256: str | None = None
     path: str | None = None
 
@@ -231,7 +233,7 @@ class CatalyzerMeta:
         return cls(arch["d_in"], arch["hidden"], arch["d_out"], quantizer, lam, training,
                    arch.get("type", "mlp"), arch.get("hidden_decoder"),
                    arch.get("hidden_shortlist"), arch.get("output_norm"),
-                   arch.get("hidden_chain"), arch.get("rerank_blend"))
+                   arch.get("hidden_chain"), arch.get("rerank_blend"), arch.get("chain_dim"))
 
     @classmethod
     def from_json(cls, meta, path):
@@ -248,6 +250,7 @@ class CatalyzerMeta:
         widths = [check_width(arch.get(key), where, f"arch.{key}")
                   for key in ("d_in", "hidden", "d_out")]
         hidden_decoder = hidden_chain = hidden_shortlist = output_norm = rerank_blend = None
+        chain_dim = None
         if arch_type == "residual":
             hidden_decoder = check_width(arch.get("hidden_decoder"), where, "arch.hidden_decoder")
             if "hidden_chain" in arch:
@@ -261,6 +264,8 @@ class CatalyzerMeta:
             if "rerank_blend" in arch:
                 rerank_blend = float(check_number(arch["rerank_blend"], where,
                                                   "arch.rerank_blend"))
+            if "chain_dim" in arch:
+                chain_dim = check_width(arch["chain_dim"], where, "arch.chain_dim")
         quantizer = QuantizerSpec.from_json(meta.get("quantizer"), where)
         if quantizer.d != widths[2]:
             raise SpreadcodeError(f"{where} (quantizer dimension {quantizer.d} != d_out "
@@ -275,7 +280,7 @@ class CatalyzerMeta:
         if not isinstance(training, dict):
             raise metadata_error(where, "training", "not an object")
         return cls(*widths, quantizer, lam, training, arch_type, hidden_decoder, hidden_shortlist,
-                   output_norm, hidden_chain, rerank_blend)
+                   output_norm, hidden_chain, rerank_blend, chain_dim)
 
     def arch(self):
         """The model file's "arch" object, as the network's ``arch()`` gives it."""
@@ -290,6 +295,8 @@ class CatalyzerMeta:
                 arch["output_norm"] = self.output_norm
             if self.rerank_blend is not None:
                 arch["rerank_blend"] = self.rerank_blend
+            if self.chain_dim is not None:
+                arch["chain_dim"] = self.chain_dim
         return arch
 
     def to_json(self):
@@ -305,7 +312,7 @@ class CatalyzerMeta:
 
             return ResidualCatalyzer(self.d_in, self.quantizer.quantizer(), self.hidden,
                                      self.hidden_decoder, self.hidden_shortlist, self.output_norm,
-                                     self.hidden_chain, self.rerank_blend)
+                                     self.hidden_chain, self.rerank_blend, self.chain_dim)
         return Catalyzer(self.d_in, self.d_out, self.hidden)
 
 

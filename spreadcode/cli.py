@@ -193,7 +193,9 @@ def main(ctx, debug):
               help="residual: lattice stages trained as an auto-encoder with their decoders "
                    "(encoder MLPs 512 wide, decoders 1,024: the widths of best held-out error; "
                    "AdamW with weight decay 1 and encoder inputs noised by 0.2 RMS coordinate, against "
-                   "over-fitting: 5 % and 3 % lower held-out error), "
+                   "over-fitting: 5 % and 3 % lower held-out error; inputs wider than 128 "
+                   "dimensions read through a learned projection to 128, which keeps "
+                   "encoding over 10x LSQ's rate on raw 384-d embeddings), "
                    "then a small shortlist decoder distilled from them for fast search (best "
                    "recall: BENCHMARKS.md, 'Issue #14 levers'); lattice: the paper's "
                    "catalyzer + one sphere; sign: catalyzer + sign bits.")

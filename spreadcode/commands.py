@@ -252,6 +252,8 @@ class TrainSummary:
     val_mse: float | None = None
     output_norm: float | None = None
     rerank_blend: float | None = None
+    chain_dim: int | None = None
+    d_in: int | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
@@ -271,6 +273,9 @@ class TrainSummary:
                 f"decoded onto the sphere of norm {self.output_norm:.6g} (the learn vectors' "
                 f"constant norm)" if self.output_norm is not None
                 else "decoded vectors keep their norm (the learn vectors' norms vary)"]),
+            *([f"stages read the {self.d_in}-d inputs through a learned projection to "
+               f"{self.chain_dim} dimensions (inputs wider than {self.chain_dim}: encoding "
+               "costs what it does at that width)"] if self.chain_dim is not None else []),
             *([f"re-ranking: the full decoder's distance + {self.rerank_blend:.3g} x the "
                "shortlist decoder's (their least-squares mix on the held-out vectors)"]
               if self.rerank_blend is not None else []),
@@ -320,7 +325,8 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
         best_epoch=training["best_epoch"], epochs_run=training["epochs"], interrupted=training["interrupted"],
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
         lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"),
-        output_norm=result.meta.output_norm, rerank_blend=result.meta.rerank_blend)
+        output_norm=result.meta.output_norm, rerank_blend=result.meta.rerank_blend,
+        chain_dim=result.meta.chain_dim, d_in=result.meta.d_in)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ the stages before it left unexplained::
     x̂_m = x̂_{m−1} + g_m([z_m, x̂_{m−1}])               (g_0 sees z_0 alone)
 
 f_m and g_m are small MLPs; x is first centred and scaled like the catalyzer's input
-(`spreadcode.catalyzer.Catalyzer.fit_preprocessing`). All stages train together as an
+(`spreadcode.catalyzer.Catalyzer.fit_preprocessing`). Inputs wider than CHAIN_DIM are read
+by every f_m and g_m through one learned projection P (x and x̂ as P x, P x̂), so that
+greedy encoding, which only needs what the next stage reads, carries P x̂ and not x̂. All stages train together as an
 auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², 0 by default, which kept the first
 stage a useful coarse code when search used it), with straight-through gradients through
 the lattices (paper §4.2) — the decoder perspective of Amara et al. (2021) taken to
@@ -35,6 +37,7 @@ points fitted by least squares), which ranks worse and needs a shortlist of 1,00
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -118,6 +121,17 @@ VAL_QUERY_SHARE = 6
 # blend <= 1, the shortlist decoder never counting more than the full one.
 MAX_BLEND_SHARE = 0.5
 RECALL_KS = (1, 10, 100)
+# Inputs wider than this are read by the stages through a learned linear map to this many
+# dimensions (`ResidualCatalyzer` ``chain_dim``, started on the learn set's leading principal
+# axes), so that greedy encoding costs about what it costs on 128-d inputs: on raw 384-d text
+# the encoders read [x − x̂, x̂] whole (768 inputs) and the chain decoders read and write
+# 384-d x̂, ≈ 6.1 M multiply-adds per vector against ≈ 4.2 M. Raw 384-d MiniLM text (30k
+# learn): 85.2k vectors/s against 63.1k, 12.9× the median of LSQ7x8_Nqint8's passes in the
+# same rounds (9.6× its fastest) against 9.6× (7.1×); on 14,000 queries three runs average
+# 31.4 / 74.8 / 94.4 against three seeds of whole inputs' 31.8 / 75.0 / 94.1, held-out
+# error level (0.4002-0.4007 against 0.4002 with seed 0), training in ~340 s instead of
+# 480-600 s; 96 dimensions lose more (BENCHMARKS.md, "Issue #14 levers", lever 92).
+CHAIN_DIM = 128
 # Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
 # extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
 # on wordnet, 2 candidates × beam 4 beat 4 × 2 at half the work (BENCHMARKS.md, lever 8).
@@ -202,6 +216,17 @@ def _mlp(d_in, hidden, d_out):
         nn.Linear(hidden, d_out))
 
 
+@torch.no_grad()
+def _project_output(mlp, proj):
+    """An eval-mode copy of the Sequential ``mlp`` whose last Linear is multiplied by the
+    bias-free Linear ``proj``: its outputs are proj(mlp(·)), (n, proj.out_features)."""
+    layers, last = copy.deepcopy(list(mlp)[:-1]), mlp[-1]
+    out = nn.Linear(last.in_features, proj.out_features)
+    out.weight.copy_(proj.weight @ last.weight)
+    out.bias.copy_(proj.weight @ last.bias)
+    return nn.Sequential(*layers, out).eval()
+
+
 class ResidualCatalyzer(Preprocessed):
     """M encoder stages ``f``, M decoder stages ``g`` and a shortlist decoder.
 
@@ -219,24 +244,35 @@ class ResidualCatalyzer(Preprocessed):
     ``rerank_blend``: the weight of the shortlist decoder's distance added to the full
     decoder's when a search re-ranks (`calibrate_rerank_blend`), None (0) in models written
     before it.
+    ``chain_dim``: when set, every stage reads x and x̂ through ``chain_proj``, a linear map
+    (no bias) from d_in to chain_dim dimensions learned with the rest (`init_chain_projection`
+    starts it on the principal axes): f_0 reads P x, f_m [P x − P x̂, P x̂], g_m [z_m, P x̂]
+    (still adding a d_in-wide increment to x̂), so greedy encoding carries only P x̂, through
+    the decoders' output layers multiplied by P (`_chain_decoders`); None: they read x and x̂
+    whole (CHAIN_DIM says when training sets it).
     Buffers ``center`` float32 (d_in,) and ``scale`` float32 (1,) hold the preprocessing
     ``(x − center) · scale``.
     """
 
     def __init__(self, d_in, quantizer, hidden=ENCODER_HIDDEN, hidden_decoder=DECODER_HIDDEN,
-                 hidden_shortlist=None, output_norm=None, hidden_chain=None, rerank_blend=None):
+                 hidden_shortlist=None, output_norm=None, hidden_chain=None, rerank_blend=None,
+                 chain_dim=None):
         super().__init__(d_in)
         self.hidden, self.hidden_decoder = int(hidden), int(hidden_decoder)
         self.hidden_chain = None if hidden_chain is None else int(hidden_chain)
         self.hidden_shortlist = None if hidden_shortlist is None else int(hidden_shortlist)
         self.output_norm = None if output_norm is None else float(output_norm)
         self.rerank_blend = None if rerank_blend is None else float(rerank_blend)
+        self.chain_dim = None if chain_dim is None else int(chain_dim)
         self.quantizer = quantizer
         self.d_out = quantizer.d
         dims = [block.d for block in quantizer.blocks]
-        self.f = nn.ModuleList([_mlp(self.d_in if m == 0 else 2 * self.d_in, self.hidden, d)
+        read = self.d_in if self.chain_dim is None else self.chain_dim
+        if self.chain_dim is not None:
+            self.chain_proj = nn.Linear(self.d_in, self.chain_dim, bias=False)
+        self.f = nn.ModuleList([_mlp(read if m == 0 else 2 * read, self.hidden, d)
                                 for m, d in enumerate(dims)])
-        self.g = nn.ModuleList([_mlp(d if m == 0 else d + self.d_in, self._decoder_width(m),
+        self.g = nn.ModuleList([_mlp(d if m == 0 else d + read, self._decoder_width(m),
                                      self.d_in) for m, d in enumerate(dims)])
         if self.hidden_shortlist is None:
             self.linear = nn.Linear(self.d_out, self.d_in)
@@ -248,6 +284,7 @@ class ResidualCatalyzer(Preprocessed):
             None, 0, 0, {}
         self._int8_key, self._int8 = None, None
         self._int8_shortlist_key, self._int8_shortlist = None, None
+        self._chain_key, self._chain_g = None, None
 
     def _decoder_width(self, m):
         """Hidden width of g_m: ``hidden_chain`` for the stages between the first and the
@@ -267,7 +304,41 @@ class ResidualCatalyzer(Preprocessed):
             arch["output_norm"] = self.output_norm
         if self.rerank_blend is not None:
             arch["rerank_blend"] = self.rerank_blend
+        if self.chain_dim is not None:
+            arch["chain_dim"] = self.chain_dim
         return arch
+
+    def _view(self, x):
+        """x or x̂ float32 tensor (n, d_in) as the stages read it: (n, chain_dim) through
+        ``chain_proj`` (in float32, under any autocast) when the model has one, else x."""
+        if self.chain_dim is None:
+            return x
+        with torch.autocast(x.device.type, enabled=False):
+            return self.chain_proj(x.float())
+
+    @torch.no_grad()
+    def init_chain_projection(self, xs):
+        """Start ``chain_proj`` on the leading principal axes of the preprocessed learn
+        vectors xs float32 tensor (n, d_in): its rows the eigenvectors of their covariance
+        with the chain_dim largest eigenvalues (orthonormal)."""
+        centred = (xs - xs.mean(0)).double()
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
+        self.chain_proj.weight.copy_(vectors[:, -self.chain_dim:].flip(1).T)
+
+    def _chain_decoders(self, g):
+        """The decoders as greedy encoding runs them, on the state P x̂ (`_view`): ``g``
+        itself without ``chain_proj``, else each g_m with its output layer multiplied by P
+        (chain_dim outputs, P g_m), in ``g``'s arithmetic (`spreadcode.int8.Int8Mlp` when
+        ``g`` is `_int8_chain`'s), built once per weights."""
+        if self.chain_dim is None:
+            return g
+        in_int8 = isinstance(g[0], int8.Int8Mlp)
+        key = (self._weights_key(self.g, self.chain_proj), in_int8)
+        if self._chain_key != key:
+            projected = [_project_output(mlp, self.chain_proj) for mlp in self.g]
+            self._chain_key = key
+            self._chain_g = [int8.Int8Mlp(mlp) for mlp in projected] if in_int8 else projected
+        return self._chain_g
 
     def _on_sphere(self, decoded):
         """Decoded vectors float32 tensor (n, d_in) scaled to ``output_norm`` (when set)."""
@@ -277,20 +348,22 @@ class ResidualCatalyzer(Preprocessed):
 
     def _encode_stage(self, m, xs, xh, f=None):
         """The encoder output of stage m (n, d_m), not yet on the sphere: f_m(xs) for the
-        first stage, then f_m([xs − x̂_{m−1}, x̂_{m−1}]) for the preprocessed input xs
-        (n, d_in) and the reconstruction x̂_{m−1} (n, d_in) so far. ``f``: the encoders to
-        run f_m with (default: the model's own)."""
+        first stage, then f_m([xs − x̂_{m−1}, x̂_{m−1}]) for the preprocessed input xs and
+        the reconstruction x̂_{m−1} so far, both as the stages read them (`_view`: (n,
+        chain_dim) or (n, d_in)). ``f``: the encoders to run f_m with (default: the
+        model's own)."""
         f = self.f if f is None else f
         return f[m](xs) if m == 0 else int8.run_on_concat(f[m], xs, xh, difference=True)
 
-    def _decode_stage(self, m, z, xh, ranks=None, g=None):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None, chain=False):
         """x̂_m from the unit points z (n, d_m) of stage m and x̂_{m−1} (n, d_in); in eval mode
         without gradients, the ranks uint64 (n,) of stage 0 let g_0 be a table lookup.
-        ``g``: the decoders to run g_m with (default: the model's own)."""
+        ``g``: the decoders to run g_m with (default: the model's own). ``chain``: xh and
+        the result are the state P x̂ (n, chain_dim) and ``g`` `_chain_decoders`'s."""
         g = self.g if g is None else g
         if m > 0:
-            return xh + int8.run_on_concat(g[m], z, xh)
-        return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0])
+            return xh + int8.run_on_concat(g[m], z, xh if chain else self._view(xh))
+        return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0], chain)
 
     @staticmethod
     def _weights_key(*modules):
@@ -300,7 +373,8 @@ class ResidualCatalyzer(Preprocessed):
                      for t in itertools.chain(module.parameters(), module.buffers()))
 
     def _first_stage_key(self):
-        return self._weights_key(self.g[0])
+        return self._weights_key(self.g[0], *([] if self.chain_dim is None
+                                              else [self.chain_proj]))
 
     def _int8_chain(self):
         """(f, g) in int8 (`spreadcode.int8.Int8Mlp`), built once per weights: every encoder
@@ -353,18 +427,19 @@ class ResidualCatalyzer(Preprocessed):
         Changes no result (`_first_stage`)."""
         self._count_first_stage_rows(rows, expected=True)
 
-    def _first_table(self, g0):
+    def _first_table(self, g0, chain=False):
         """g_0 of every point of block 0 in code order by ``g0`` (the model's g_0 in float32,
-        or its `spreadcode.int8.Int8Mlp`): a float32 tensor (count, d_in), built once
-        `_count_first_stage_rows` has counted as many rows as it has (FIRST_TABLE_BYTES) and
-        kept per arithmetic ("float32" or "int8": `_first_tables`) until the weights change;
-        else None. A row of either g0 does not depend on its batch, so a code does not
-        depend on whether the table exists yet, and `decode` reads the table too."""
+        or its `spreadcode.int8.Int8Mlp`; ``chain``: `_chain_decoders`'s P g_0): a float32
+        tensor (count, d_in or chain_dim), built once `_count_first_stage_rows` has counted
+        as many rows as it has (FIRST_TABLE_BYTES) and kept per arithmetic ("float32" or
+        "int8") and ``chain`` (`_first_tables`) until the weights change; else None. A row of
+        either g0 does not depend on its batch, so a code does not depend on whether the
+        table exists yet, and `decode` reads the table too."""
         block = self.quantizer.blocks[0]
         count = lattice.count(block.d, block.param)
         if self._first_key != self._first_stage_key():
             return None
-        arithmetic = "int8" if isinstance(g0, int8.Int8Mlp) else "float32"
+        arithmetic = ("int8" if isinstance(g0, int8.Int8Mlp) else "float32", chain)
         table = self._first_tables.get(arithmetic)
         if table is None and self._first_rows >= count \
                 and count * self.d_in * 4 <= FIRST_TABLE_BYTES:
@@ -376,11 +451,11 @@ class ResidualCatalyzer(Preprocessed):
                      for start in range(0, count, FIRST_TABLE_BATCH)])
         return table
 
-    def _first_stage(self, ranks, z, g0):
+    def _first_stage(self, ranks, z, g0, chain=False):
         """g_0(z) for block-0 ranks uint64 (n,) and their unit points z (n, d_0), in eval mode
-        without gradients, by ``g0`` (in float32 even under `encode`'s bfloat16 autocast):
-        looked up in `_first_table` once it exists."""
-        table = self._first_table(g0)
+        without gradients, by ``g0`` (in float32 even under `encode`'s bfloat16 autocast;
+        ``chain`` as in `_first_table`): looked up in `_first_table` once it exists."""
+        table = self._first_table(g0, chain)
         if table is None:
             with torch.autocast(z.device.type, enabled=False):
                 return g0(z)
@@ -394,8 +469,10 @@ class ResidualCatalyzer(Preprocessed):
     def _chain(self, xs):
         """`forward` from the preprocessed input xs (n, d_in)."""
         xh = first = None
+        read = self._view(xs)
         for m, block in enumerate(self.quantizer.blocks):
-            y = nn.functional.normalize(self._encode_stage(m, xs, xh), dim=1)
+            y = nn.functional.normalize(
+                self._encode_stage(m, read, None if xh is None else self._view(xh)), dim=1)
             xh = self._decode_stage(m, straight_through(y, block), xh)
             first = xh if m == 0 else first
         return xh, first
@@ -419,11 +496,13 @@ class ResidualCatalyzer(Preprocessed):
         ``fused`` (`_fused_greedy` of them: the same steps in one compiled call, the same
         codes). Each stage takes the lattice point nearest its encoder's output, which does not
         depend on that output's norm. Under bfloat16 autocast (`encode`) the MLPs' outputs
-        are bfloat16: each is taken back to float32, so x̂ accumulates in float32."""
-        xs, xh, ranks = self.preprocess(x), None, []
+        are bfloat16: each is taken back to float32, so x̂ accumulates in float32. The stages
+        carry x̂ as they read it (`_view`, by `_chain_decoders`)."""
+        xs, xh, ranks = self._view(self.preprocess(x)).float(), None, []
+        g, chain = self._chain_decoders(g), self.chain_dim is not None
         if fused is not None:  # g_0's table only where a later stage reads x̂
-            table = self._first_table(g[0]) if len(self.quantizer.blocks) > 1 else None
-            ranks = fused(np.ascontiguousarray(xs.float().cpu().numpy()),
+            table = self._first_table(g[0], chain) if len(self.quantizer.blocks) > 1 else None
+            ranks = fused(np.ascontiguousarray(xs.cpu().numpy()),
                           None if table is None else table.numpy(), torch.get_num_threads())
             return self.quantizer.join_block_codes(ranks)
         for m, block in enumerate(self.quantizer.blocks):
@@ -431,15 +510,16 @@ class ResidualCatalyzer(Preprocessed):
             ranks.append(block.quantize(np.ascontiguousarray(y.cpu().numpy())))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
-                xh = self._decode_stage(m, z, xh, ranks[-1], g).float()
+                xh = self._decode_stage(m, z, xh, ranks[-1], g, chain).float()
         return self.quantizer.join_block_codes(ranks)
 
     def _fused_greedy(self, f, g):
         """A `spreadcode._codec.FusedGreedyEncoder` of the int8 chain (f, g) of `_int8_chain`
-        where every MLP that greedy encoding runs is fused (`spreadcode.int8.Int8Mlp.fused`)
-        and every stage's codes fit one word; else None (`_encode_batch`'s stage loop). Each
-        tile of rows runs every stage while it stays in cache (BENCHMARKS.md, lever 88)."""
-        blocks = self.quantizer.blocks
+        (g as `_chain_decoders` makes it) where every MLP that greedy encoding runs is fused
+        (`spreadcode.int8.Int8Mlp.fused`) and every stage's codes fit one word; else None
+        (`_encode_batch`'s stage loop). Each tile of rows runs every stage while it stays in
+        cache (BENCHMARKS.md, lever 88)."""
+        g, blocks = self._chain_decoders(g), self.quantizer.blocks
         if not all(isinstance(mlp, int8.Int8Mlp) and mlp.fused is not None
                    for mlp in [*f, *g[:-1]]) \
                 or any(lattice.words(block.d, block.param) != 1 for block in blocks):
@@ -447,7 +527,8 @@ class ResidualCatalyzer(Preprocessed):
         last = len(blocks) - 1
         return _codec.FusedGreedyEncoder(
             [(f[m].fused, lattice.tables(block.d, block.param), block.unit_scale,
-              None if m == last else g[m].fused) for m, block in enumerate(blocks)], self.d_in)
+              None if m == last else g[m].fused) for m, block in enumerate(blocks)],
+            self.d_in if self.chain_dim is None else self.chain_dim)
 
     def _encode_beam_batch(self, x, beam, f, g):
         """Eval-mode beam-search encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes).
@@ -465,14 +546,16 @@ class ResidualCatalyzer(Preprocessed):
         `_encode_batch`.
         """
         xs, n = self.preprocess(x), x.shape[0]
+        read = self._view(xs)
         xh, points, rows = None, np.zeros((n, 1, 0), dtype=np.int8), np.arange(n)[:, None]
         blocks = self.quantizer.blocks
         first_branch = beam_first_branch(len(blocks), beam)
         for m, block in enumerate(blocks):
             width = 1 if xh is None else xh.shape[1]
             flat = None if xh is None else xh.reshape(n * width, self.d_in)
-            y = nn.functional.normalize(
-                self._encode_stage(m, xs.repeat_interleave(width, 0), flat, f).float(), dim=1)
+            y = nn.functional.normalize(self._encode_stage(
+                m, read.repeat_interleave(width, 0), None if flat is None else self._view(flat),
+                f).float(), dim=1)
             count = BEAM_CANDIDATES if m >= first_branch else 1
             z = lattice.nearest_candidates(y.cpu().numpy(), block.param, count)
             tried = z.shape[1]
@@ -666,6 +749,8 @@ class ResidualConfig:
     AVX512-BF16 CPUs, the same held-out error (BENCHMARKS.md, lever 17); float32 elsewhere.
     ``constant_norm``: when the learn vectors all have one norm (`learn_output_norm`), the
     decoders put their output on that sphere (`ResidualCatalyzer.output_norm`).
+    ``chain_dim``: learn vectors of more dimensions are read by the stages through a learned
+    projection to this many (`ResidualCatalyzer` ``chain_dim``; CHAIN_DIM); None: never.
     """
 
     blocks: tuple = field(default_factory=lambda: stage_blocks(64))
@@ -685,6 +770,7 @@ class ResidualConfig:
     device: str = "auto"
     mixed_precision: bool = True
     constant_norm: bool = True
+    chain_dim: int | None = CHAIN_DIM
 
     @property
     def quantizer(self):
@@ -705,7 +791,8 @@ def check_residual_config(config):
     if config.time_budget_s is not None and not config.time_budget_s > 0:
         raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
     for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_chain", 1),
-                          ("hidden_shortlist", 1), ("batch_size", 2), ("max_vectors", 1)):
+                          ("hidden_shortlist", 1), ("batch_size", 2), ("max_vectors", 1),
+                          ("chain_dim", 1)):
         if getattr(config, name) is not None and getattr(config, name) < minimum:
             raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
@@ -865,9 +952,13 @@ def train_residual(learn, config, progress=True):
             learn.shape[1], quantizer, config.hidden, config.hidden_decoder,
             config.hidden_shortlist,
             learn_output_norm(learn[train_rows]) if config.constant_norm else None,
-            config.hidden_chain)
+            config.hidden_chain, None,
+            config.chain_dim if config.chain_dim is not None
+            and learn.shape[1] > config.chain_dim else None)
     x = torch.from_numpy(learn[train_rows])
     model.fit_preprocessing(x)
+    if model.chain_dim is not None:
+        model.init_chain_projection(model.preprocess(x))
     model.to(device)
     x, x_val = x.to(device), torch.from_numpy(learn[val_rows]).to(device)
     optimizer = adam(model.parameters(), config.lr, config.weight_decay)
@@ -938,6 +1029,7 @@ def train_residual(learn, config, progress=True):
         "optimizer": f"{'adamw' if config.weight_decay else 'adam'}, one-cycle",
         "precision": "bfloat16 autocast" if bfloat16 else "float32",
         "preprocessing": "center, divide by RMS coordinate",
+        "chain_dim": config.chain_dim,
         "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "data": data_record(learn),
         "device": device.type, "best_epoch": best.epoch, "val_mse": -best.score,
         "val_recall": val_recall, "interrupted": interrupted,

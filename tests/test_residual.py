@@ -214,7 +214,7 @@ def test_first_stage_table_changes_no_result_and_follows_the_weights(trained, mo
     (arithmetic, table), = tabled._first_tables.items()
     assert table.shape == (count, 96)
     assert arithmetic == ("int8" if precision == "auto" and tabled._runs_int8("auto")
-                          else "float32")
+                          else "float32", False)
     g0 = tabled._int8_chain()[1][0]
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_array_equal(tabled.decode(codes, precision=precision), want)
@@ -474,14 +474,18 @@ def test_greedy_encoding_auto_runs_the_chain_in_int8_on_cpus(monkeypatch):
 
 @pytest.mark.skipif(not _codec.INT8_FUSED,
                     reason="the fused int8 kernels need a CPU with AVX512-VNNI")
-def test_fused_greedy_encoding_gives_the_stage_loops_codes(monkeypatch):
+@pytest.mark.parametrize("chain_dim", [None, 32])
+def test_fused_greedy_encoding_gives_the_stage_loops_codes(monkeypatch, chain_dim):
     """On a CPU with AVX512-VNNI, greedy encoding runs every stage in one compiled call per
     batch (`_codec.FusedGreedyEncoder`): its codes are the stage loop's, bit for bit (a
-    three-stage model: g_0 then g_1 added to x̂), for row counts that fill no tile, on 1
-    and 2 threads, with g_0 run or looked up in its table."""
+    three-stage model: g_0 then g_1 added to x̂; with ``chain_dim``, the state P x̂), for
+    row counts that fill no tile, on 1 and 2 threads, with g_0 run or looked up in its
+    table."""
     sample = load_sample()
     model = residual.train_residual(sample.learn[:1000], replace(
-        TINY, blocks=residual.stage_blocks(40), epochs=1), progress=False).model
+        TINY, blocks=residual.stage_blocks(40), epochs=1, chain_dim=chain_dim),
+        progress=False).model
+    assert model.chain_dim == chain_dim
     vectors = np.vstack([sample.base, sample.learn])
     assert model._fused_greedy(*model._int8_chain()) is not None
 
@@ -501,7 +505,7 @@ def test_fused_greedy_encoding_gives_the_stage_loops_codes(monkeypatch):
         assert model._first_tables == {} and len(np.unique(fused, axis=0)) > 2000
         model.expect_decodes(64416)  # S(12, 6)'s points: the next encode builds g_0's table
         fused, loop = fused_and_loop(vectors)
-        assert list(model._first_tables) == ["int8"]
+        assert list(model._first_tables) == [("int8", chain_dim is not None)]
         np.testing.assert_array_equal(fused, loop)
     finally:
         torch.set_num_threads(threads)
@@ -654,8 +658,43 @@ def test_chain_decoders_have_their_own_width(tmp_path):
     assert np.array_equal(loaded.decode(codes), model.decode(codes))
 
 
+def test_wide_inputs_are_read_through_a_learned_projection(tmp_path):
+    """Learn vectors wider than ``chain_dim`` give a model whose stages read x and x̂
+    through ``chain_proj``, started on the learn set's leading principal axes; the model file
+    keeps it and loads to the same codes and decoded vectors (greedy, beam, float32), and a
+    beam's codes decode like any others. Narrower inputs (the default CHAIN_DIM on the 96-d
+    sample) get none."""
+    learn, base = load_sample().learn[:1000], load_sample().base[:300]
+    assert residual.train_residual(learn, replace(TINY, epochs=1),
+                                   progress=False).model.chain_dim is None
+    with torch.random.fork_rng(devices=[]):
+        model = residual.ResidualCatalyzer(96, TINY.quantizer_spec().quantizer(), 32, 64, 32,
+                                           chain_dim=8)
+    model.fit_preprocessing(torch.from_numpy(learn))
+    xs = model.preprocess(torch.from_numpy(learn)).double()
+    model.init_chain_projection(xs.float())
+    axes = model.chain_proj.weight.detach().double()
+    torch.testing.assert_close(axes @ axes.T, torch.eye(8, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    variances = torch.linalg.eigvalsh(torch.cov(xs.T)).flip(0)
+    torch.testing.assert_close(torch.var(xs @ axes.T, 0), variances[:8], rtol=1e-4, atol=0)
+    trained = residual.train_residual(learn, replace(TINY, epochs=1, chain_dim=8),
+                                      progress=False)
+    assert trained.model.chain_dim == 8 and trained.model.f[1][0].in_features == 16
+    assert trained.model.g[1][0].in_features == trained.model.quantizer.blocks[1].d + 8
+    sha, _ = save_catalyzer(trained.model, trained.meta, store=tmp_path)
+    loaded, meta = load_catalyzer(sha, store=tmp_path)
+    assert meta.chain_dim == 8 and meta.arch()["chain_dim"] == 8
+    for kwargs in {}, {"beam": 2}, {"precision": "float32"}:
+        codes = trained.model.encode(base, **kwargs)
+        assert np.array_equal(loaded.encode(base, **kwargs), codes)
+        assert np.array_equal(loaded.decode(codes), trained.model.decode(codes))
+    assert len(np.unique(codes, axis=0)) > 250
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda m: m["arch"].update(type="transformer"), "arch.type"),
+    (lambda m: m["arch"].update(chain_dim=0), "arch.chain_dim"),
     (lambda m: m["arch"].update(hidden_decoder=0), "arch.hidden_decoder"),
     (lambda m: m["arch"].update(hidden_shortlist=0), "arch.hidden_shortlist"),
     (lambda m: m["arch"].update(hidden_chain=0), "arch.hidden_chain"),
@@ -1072,3 +1111,6 @@ def test_the_train_report_names_the_rerank_blend(trained):
     assert "re-ranking: the full decoder's distance + 0.205 x the shortlist decoder's" \
         in summary.report()
     assert "re-ranking" not in replace(summary, rerank_blend=None).report()
+    assert "learned projection" not in summary.report()
+    assert "stages read the 384-d inputs through a learned projection to 128 dimensions" \
+        in replace(summary, chain_dim=128, d_in=384).report()
