@@ -355,15 +355,25 @@ class ResidualCatalyzer(Preprocessed):
         f = self.f if f is None else f
         return f[m](xs) if m == 0 else int8.run_on_concat(f[m], xs, xh, difference=True)
 
-    def _decode_stage(self, m, z, xh, ranks=None, g=None, chain=False):
+    def _decode_stage(self, m, z, xh, ranks=None, g=None):
         """x̂_m from the unit points z (n, d_m) of stage m and x̂_{m−1} (n, d_in); in eval mode
         without gradients, the ranks uint64 (n,) of stage 0 let g_0 be a table lookup.
-        ``g``: the decoders to run g_m with (default: the model's own). ``chain``: xh and
-        the result are the state P x̂ (n, chain_dim) and ``g`` `_chain_decoders`'s."""
+        ``g``: the decoders to run g_m with (default: the model's own)."""
         g = self.g if g is None else g
         if m > 0:
-            return xh + int8.run_on_concat(g[m], z, xh if chain else self._view(xh))
-        return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0], chain)
+            return xh + int8.run_on_concat(g[m], z, self._view(xh))
+        return g[0](z) if ranks is None else self._first_stage(ranks, z, g[0])
+
+    def _chain_stage(self, m, z, state, ranks, g):
+        """Greedy encoding's state after stage m from the unit points z (n, d_m), their ranks
+        uint64 (n,) and the state before (None at stage 0): `_decode_stage`'s x̂_m where the
+        stages read x̂ whole; else P x̂_m (n, chain_dim) by ``g``, `_chain_decoders`'s
+        decoders (g_0 looked up in its own table once it exists)."""
+        if self.chain_dim is None:
+            return self._decode_stage(m, z, state, ranks, g)
+        if m > 0:
+            return state + int8.run_on_concat(g[m], z, state)
+        return self._first_stage(ranks, z, g[0], chain=True)
 
     @staticmethod
     def _weights_key(*modules):
@@ -499,9 +509,10 @@ class ResidualCatalyzer(Preprocessed):
         are bfloat16: each is taken back to float32, so x̂ accumulates in float32. The stages
         carry x̂ as they read it (`_view`, by `_chain_decoders`)."""
         xs, xh, ranks = self._view(self.preprocess(x)).float(), None, []
-        g, chain = self._chain_decoders(g), self.chain_dim is not None
+        g = self._chain_decoders(g)
         if fused is not None:  # g_0's table only where a later stage reads x̂
-            table = self._first_table(g[0], chain) if len(self.quantizer.blocks) > 1 else None
+            table = (self._first_table(g[0], self.chain_dim is not None)
+                     if len(self.quantizer.blocks) > 1 else None)
             ranks = fused(np.ascontiguousarray(xs.cpu().numpy()),
                           None if table is None else table.numpy(), torch.get_num_threads())
             return self.quantizer.join_block_codes(ranks)
@@ -510,7 +521,7 @@ class ResidualCatalyzer(Preprocessed):
             ranks.append(block.quantize(np.ascontiguousarray(y.cpu().numpy())))
             if m + 1 < len(self.quantizer.blocks):
                 z = torch.from_numpy(block.reconstruct(ranks[-1])).to(x.device)
-                xh = self._decode_stage(m, z, xh, ranks[-1], g, chain).float()
+                xh = self._chain_stage(m, z, xh, ranks[-1], g).float()
         return self.quantizer.join_block_codes(ranks)
 
     def _fused_greedy(self, f, g):
@@ -1029,7 +1040,6 @@ def train_residual(learn, config, progress=True):
         "optimizer": f"{'adamw' if config.weight_decay else 'adam'}, one-cycle",
         "precision": "bfloat16 autocast" if bfloat16 else "float32",
         "preprocessing": "center, divide by RMS coordinate",
-        "chain_dim": config.chain_dim,
         "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "data": data_record(learn),
         "device": device.type, "best_epoch": best.epoch, "val_mse": -best.score,
         "val_recall": val_recall, "interrupted": interrupted,
