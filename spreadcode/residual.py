@@ -12,14 +12,14 @@ the stages before it left unexplained::
 f_m and g_m are small MLPs; x is first centred and scaled like the catalyzer's input
 (`spreadcode.catalyzer.Catalyzer.fit_preprocessing`). Inputs wider than CHAIN_DIM are read
 by every f_m and g_m through one learned projection P (x and x̂ as P x, P x̂), so that
-greedy encoding, which only needs what the next stage reads, carries P x̂ and not x̂. All stages train together as an
-auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², 0 by default, which kept the first
-stage a useful coarse code when search used it), with straight-through gradients through
-the lattices (paper §4.2) — the decoder perspective of Amara et al. (2021) taken to
-training time: the code is learnt for the decoder that will read it. Encoding needs the
-decoders of stages 0..M−2 (x̂ feeds the next stage), so the model file holds both; a .spc
-file still needs only its header to turn a code into lattice points, and names the model by
-its hash.
+greedy encoding, which only needs what the next stage reads, carries P x̂ and not x̂. All
+stages train together as an auto-encoder on ‖x̂_M − x‖² (+ ``aux`` × ‖x̂_1 − x‖², 0 by
+default, which kept the first stage a useful coarse code when search used it), with
+straight-through gradients through the lattices (paper §4.2) — the decoder perspective of
+Amara et al. (2021) taken to training time: the code is learnt for the decoder that will
+read it. Encoding needs the decoders of stages 0..M−2 (x̂ feeds the next stage), so the
+model file holds both; a .spc file still needs only its header to turn a code into lattice
+points, and names the model by its hash.
 
 Encoding picks z_m greedily (the nearest point) unless asked for a beam: then each of the last
 stages (`beam_first_branch`) keeps the ``beam`` partial codes of least error ‖x − x̂_m‖² (the
