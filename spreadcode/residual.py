@@ -127,10 +127,11 @@ RECALL_KS = (1, 10, 100)
 # the encoders read [x − x̂, x̂] whole (768 inputs) and the chain decoders read and write
 # 384-d x̂, ≈ 6.1 M multiply-adds per vector against ≈ 4.2 M. Raw 384-d MiniLM text (30k
 # learn): 85.2k vectors/s against 63.1k, 12.9× the median of LSQ7x8_Nqint8's passes in the
-# same rounds (9.6× its fastest) against 9.6× (7.1×); on 14,000 queries three runs average
-# 31.4 / 74.8 / 94.4 against three seeds of whole inputs' 31.8 / 75.0 / 94.1, held-out
-# error level (0.4002-0.4007 against 0.4002 with seed 0), training in ~340 s instead of
-# 480-600 s; 96 dimensions lose more (BENCHMARKS.md, "Issue #14 levers", lever 92).
+# same rounds (9.6× its fastest) against 9.6× (7.1×); on 14,000 queries four runs average
+# 31.5 / 74.75 / 94.35 against three seeds of whole inputs' 31.8 / 75.0 / 94.1, held-out
+# error level (seeds 0 and 1: 0.4002-0.4007 and 0.3960-0.3966 against 0.4002 and 0.3975),
+# training in 340-460 s instead of 480-520 s; 96 dimensions lose more (BENCHMARKS.md,
+# "Issue #14 levers", lever 92).
 CHAIN_DIM = 128
 # Beam-search encoding (`ResidualCatalyzer.encode` with beam > 1): each partial code is
 # extended by the 2 nearest lattice points of the stage (exactly the sphere's two nearest);
