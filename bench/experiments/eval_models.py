@@ -21,22 +21,35 @@ from autoencoder_levers import load_dataset, recall_columns  # noqa: E402
 from spreadcode import Index, malloc, residual  # noqa: E402
 from spreadcode.catalyzer import load_catalyzer  # noqa: E402
 
-malloc.raise_thresholds()
-torch.set_num_threads(2)
-data, paths = load_dataset(sys.argv[1]), sys.argv[2:]
-if paths and paths[0].startswith("--class="):
-    script, name = paths.pop(0).split("=", 1)[1].split(".")
-    residual.ResidualCatalyzer = getattr(__import__(script), name)  # what the loader builds
-for path in paths:
-    model, meta = load_catalyzer(path)[:2]
-    if model.rerank_blend is None:  # written before lever 72: calibrated as training does
-        _, val_rows = residual.held_out_rows(len(data.learn), 0)
-        model.rerank_blend = residual.calibrate_rerank_blend(model, data.learn[val_rows])
-        meta = dataclasses.replace(meta, rerank_blend=model.rerank_blend, sha256=None, path=None)
-    index = Index.from_catalyzer(model, meta)
-    index.add(data.base)
-    _, ids = index.search(data.query, k=100)
-    print(json.dumps({"model": path, "blend": model.rerank_blend, "queries": len(data.query),
-                      **recall_columns(ids, data.groundtruth),
-                      "first 2k": recall_columns(ids[:2000], data.groundtruth[:2000]),
-                      "rest": recall_columns(ids[2000:], data.groundtruth[2000:])}), flush=True)
+def evaluate(data, paths, **fields):
+    """Print the JSON line of each saved model in ``paths`` on ``data`` (a load_dataset
+    Dataset), loaded as `residual.ResidualCatalyzer` is bound now, ``fields`` added to it."""
+    malloc.raise_thresholds()
+    torch.set_num_threads(2)
+    for path in paths:
+        model, meta = load_catalyzer(path)[:2]
+        if model.rerank_blend is None:  # written before lever 72: calibrated as training does
+            _, val_rows = residual.held_out_rows(len(data.learn), 0)
+            model.rerank_blend = residual.calibrate_rerank_blend(model, data.learn[val_rows])
+            meta = dataclasses.replace(meta, rerank_blend=model.rerank_blend, sha256=None,
+                                       path=None)
+        index = Index.from_catalyzer(model, meta)
+        index.add(data.base)
+        _, ids = index.search(data.query, k=100)
+        print(json.dumps({"model": path, **fields, "blend": model.rerank_blend,
+                          "queries": len(data.query), **recall_columns(ids, data.groundtruth),
+                          "first 2k": recall_columns(ids[:2000], data.groundtruth[:2000]),
+                          "rest": recall_columns(ids[2000:], data.groundtruth[2000:])}),
+              flush=True)
+
+
+def main():
+    paths = sys.argv[2:]
+    if paths and paths[0].startswith("--class="):
+        script, name = paths.pop(0).split("=", 1)[1].split(".")
+        residual.ResidualCatalyzer = getattr(__import__(script), name)  # what the loader builds
+    evaluate(load_dataset(sys.argv[1]), paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,9 +24,8 @@ the last decoder, which greedy encoding never runs, read x̂ in full.
 Training saves the model to OUT (it loads only with this class, under the same PROJ,
 PER_STAGE and LAST_FULL) and appends one row (residual_variants' columns, plus proj,
 per_stage, last_full). --eval: the default search's recall of saved models on DATA (rotated
-the same way), over all queries, the first 2,000 and the rest, one JSON line each.
+the same way) by eval_models.evaluate, one JSON line each.
 """
-import json
 import os
 import sys
 
@@ -36,11 +35,11 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-from autoencoder_levers import load_dataset, recall_columns  # noqa: E402
+from autoencoder_levers import load_dataset  # noqa: E402
 from encoder_axes import rotated  # noqa: E402
+from eval_models import evaluate  # noqa: E402
 from residual_variants import parse_overrides, save_and_append, train_variant  # noqa: E402
-from spreadcode import Index, int8, malloc, residual  # noqa: E402
-from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+from spreadcode import int8, residual  # noqa: E402
 
 PROJ = int(os.environ.get("PROJ", 96))
 PER_STAGE = os.environ.get("PER_STAGE") == "1"
@@ -92,27 +91,11 @@ class ProjectedChain(residual.ResidualCatalyzer):
         return None
 
 
-def evaluate(data_path, paths):
-    malloc.raise_thresholds()
-    torch.set_num_threads(2)
-    data = rotated(load_dataset(data_path))
-    residual.ResidualCatalyzer = ProjectedChain  # what the loader builds
-    for path in paths:
-        model, meta = load_catalyzer(path)[:2]
-        index = Index.from_catalyzer(model, meta)
-        index.add(data.base)
-        _, ids = index.search(data.query, k=100)
-        print(json.dumps({"model": path, "proj": PROJ, "per_stage": PER_STAGE,
-                          "last_full": LAST_FULL, "blend": model.rerank_blend,
-                          "queries": len(data.query), **recall_columns(ids, data.groundtruth),
-                          "first 2k": recall_columns(ids[:2000], data.groundtruth[:2000]),
-                          "rest": recall_columns(ids[2000:], data.groundtruth[2000:])}),
-              flush=True)
-
-
 def main():
     if sys.argv[1] == "--eval":
-        return evaluate(sys.argv[2], sys.argv[3:])
+        residual.ResidualCatalyzer = ProjectedChain  # what the loader builds
+        return evaluate(rotated(load_dataset(sys.argv[2])), sys.argv[3:], proj=PROJ,
+                        per_stage=PER_STAGE, last_full=LAST_FULL)
     data, out = rotated(load_dataset(sys.argv[1])), sys.argv[2]
     trained, row = train_variant("projected_chain", data, parse_overrides(sys.argv[3:]),
                                  ProjectedChain)
