@@ -254,6 +254,7 @@ class TrainSummary:
     rerank_blend: float | None = None
     chain_dim: int | None = None
     d_in: int | None = None
+    crowding: float | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
@@ -273,6 +274,8 @@ class TrainSummary:
                 f"decoded onto the sphere of norm {self.output_norm:.6g} (the learn vectors' "
                 f"constant norm)" if self.output_norm is not None
                 else "decoded vectors keep their norm (the learn vectors' norms vary)"]),
+            *([f"trained against decoded vectors crowding denser regions than their own "
+               f"vectors (weight {self.crowding:g})"] if self.crowding else []),
             *([f"stages read the {self.d_in}-d inputs through a learned projection to "
                f"{self.chain_dim} dimensions (inputs wider than {self.chain_dim}: encoding "
                "costs what it does at that width)"] if self.chain_dim is not None else []),
@@ -326,7 +329,8 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
         n_train=training["n_train"], wall_time_s=time.monotonic() - started,
         lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"),
         output_norm=result.meta.output_norm, rerank_blend=result.meta.rerank_blend,
-        chain_dim=result.meta.chain_dim, d_in=result.meta.d_in)
+        chain_dim=result.meta.chain_dim, d_in=result.meta.d_in,
+        crowding=training.get("crowding"))
 
 
 @dataclass(frozen=True)

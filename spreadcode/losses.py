@@ -1,6 +1,7 @@
 """The catalyzer's training losses (Sablayrolles et al., ICLR 2019, §3-4): the triplet rank loss
 that keeps neighbourhoods, the KoLeo entropy regulariser that spreads the outputs, and the
-straight-through quantizer through which end-to-end training and fine-tuning see the codes."""
+straight-through quantizer through which end-to-end training and fine-tuning see the codes;
+and the residual model's measure of how crowded a decoded vector's neighbourhood is."""
 import numpy as np
 import torch
 
@@ -24,6 +25,13 @@ def koleo_loss(y):
         nearest = sq_dist.argmin(dim=1)
     distance = torch.linalg.vector_norm(y - y[nearest], dim=1)
     return -torch.log(distance + 1e-8).mean()
+
+
+def crowding(unit_rows, bank, k):
+    """How crowded each row's neighbourhood is: the mean cosine of each unit row of
+    ``unit_rows`` float tensor (n, d) to its ``k`` nearest rows of ``bank`` (m, d; unit rows,
+    m ≥ k) -> float tensor (n,)."""
+    return (unit_rows @ bank.T).topk(k, dim=1).values.mean(1)
 
 
 def triplet_rank_loss(anchor, positive, negative, reduction="mean"):

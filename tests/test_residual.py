@@ -12,7 +12,7 @@ import torch
 
 import spreadcode
 from helpers import assert_clean_error, run
-from spreadcode import _codec, int8, residual, vecio
+from spreadcode import _codec, int8, losses, residual, vecio
 from spreadcode.catalyzer import catalyzer_bytes, load_catalyzer, save_catalyzer
 from spreadcode.collection import DECODE_MIN_ROWS, open_collection
 from spreadcode.errors import SpreadcodeError
@@ -134,6 +134,65 @@ def test_training_noise_is_seeded_recorded_and_checked(trained):
         with pytest.raises(SpreadcodeError, match="noise must be >= 0"):
             residual.train_residual(load_sample().learn[:300], replace(TINY, noise=bad),
                                     progress=False)
+
+
+def test_crowding_is_the_mean_cosine_to_the_nearest_bank_rows():
+    rng = np.random.default_rng(0)
+    rows, bank = (torch.nn.functional.normalize(
+        torch.from_numpy(rng.standard_normal(shape).astype(np.float32)), dim=1)
+        for shape in ((7, 5), (20, 5)))
+    expected = [np.sort((rows[i] @ bank.T).numpy())[-3:].mean() for i in range(7)]
+    np.testing.assert_allclose(losses.crowding(rows, bank, 3).numpy(), expected, rtol=1e-6)
+
+
+def test_the_crowding_term_is_the_decoded_vectors_excess_over_their_own(trained):
+    """The term adds weight × (scale · sphere radius)² × the batch's mean excess of the
+    decoded vectors' crowding over their own vectors'."""
+    model, learn = trained.model, load_sample().learn
+    x = torch.from_numpy(learn[:64])
+    bank = torch.nn.functional.normalize(torch.from_numpy(learn[100:400]), dim=1)
+    with torch.no_grad():
+        plain = model.training_loss(x, 0.0)
+        weighted = model.training_loss(x, 0.0, bank=bank, crowding=0.5)
+        xh, _ = model._chain(model.preprocess(x))
+        decoded = torch.nn.functional.normalize(model.unprocess(xh), dim=1)
+        truth = torch.nn.functional.normalize(x, dim=1)
+        excess = (losses.crowding(decoded, bank, residual.CROWDING_NEIGHBOURS)
+                  - losses.crowding(truth, bank, residual.CROWDING_NEIGHBOURS)).mean()
+    assert abs(float(excess)) > 1e-3
+    unit = (float(model.scale) * model.output_norm) ** 2
+    assert float(weighted) == pytest.approx(float(plain + 0.5 * unit * excess), rel=1e-5)
+
+
+def test_crowding_banks_other_rows_and_applies_only_on_a_sphere(trained, monkeypatch):
+    """Each step's bank is unit rows of other training vectors than the batch's; the weight
+    is recorded, 0 for a learn set whose norms vary, and checked."""
+    assert trained.meta.training["crowding"] == residual.CROWDING_WEIGHT > 0
+    learn = load_sample().learn[:300]
+    steps, plain_loss = [], residual.ResidualCatalyzer.training_loss
+
+    def recording(model, x, *args, **terms):
+        steps.append((x, terms))
+        return plain_loss(model, x, *args, **terms)
+
+    monkeypatch.setattr(residual.ResidualCatalyzer, "training_loss", recording)
+    result = residual.train_residual(learn, replace(TINY, epochs=1), progress=False)
+    assert result.meta.training["crowding"] == residual.CROWDING_WEIGHT and steps
+    train_rows = {tuple(row) for row in torch.nn.functional.normalize(
+        torch.from_numpy(learn[residual.held_out_rows(300, TINY.seed)[0]]), dim=1).numpy()}
+    for x, terms in steps:
+        assert terms["crowding"] == residual.CROWDING_WEIGHT
+        bank = {tuple(row) for row in terms["bank"].numpy()}
+        assert bank <= train_rows and len(bank) == len(train_rows) - len(x)
+        assert not bank & {tuple(row) for row in
+                           torch.nn.functional.normalize(x, dim=1).numpy()}
+    steps.clear()
+    varying = learn * np.linspace(0.5, 1.5, len(learn), dtype=np.float32)[:, None]
+    result = residual.train_residual(varying, replace(TINY, epochs=1), progress=False)
+    assert result.meta.training["crowding"] == 0.0 and all(not terms for _, terms in steps)
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(SpreadcodeError, match="crowding must be >= 0"):
+            residual.train_residual(learn, replace(TINY, crowding=bad), progress=False)
 
 
 def test_mixed_precision_is_recorded_and_only_changes_native_bfloat16_machines(trained):
@@ -1114,3 +1173,6 @@ def test_the_train_report_names_the_rerank_blend(trained):
     assert "learned projection" not in summary.report()
     assert "stages read the 384-d inputs through a learned projection to 128 dimensions" \
         in replace(summary, chain_dim=128, d_in=384).report()
+    assert "crowding" not in summary.report()
+    assert "trained against decoded vectors crowding denser regions than their own vectors " \
+        "(weight 0.2)" in replace(summary, crowding=0.2).report()

@@ -82,12 +82,13 @@ def save_and_append(trained, row, out):
     append_row(row)
 
 
-def run_model_class(experiment, model_class, lever):
+def run_model_class(experiment, model_class, lever, **fields):
     """The command line of a script whose variant is a model class (``DATA OUT [FIELD=VALUE
-    ...]``): train it, tag its row with ``lever``, save the model and append the row."""
+    ...]``): train it, tag its row with ``lever`` and ``fields`` (the variant's own
+    settings), save the model and append the row."""
     data, out = load_dataset(sys.argv[1]), sys.argv[2]
     trained, row = train_variant(experiment, data, parse_overrides(sys.argv[3:]), model_class)
-    row.update(lever=lever)
+    row.update(lever=lever, **fields)
     save_and_append(trained, row, out)
 
 
