@@ -782,9 +782,9 @@ class ResidualConfig:
     decoupled decay of the weight matrices by ``weight_decay`` (0: plain Adam); ``aux``:
     weight of the first stage's reconstruction error; ``noise``: the denoising noise of
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE); ``crowding``: the weight of its
-    crowding term where the decoders put their output on a sphere (CROWDING_WEIGHT; 0: none). ``time_budget_s`` (wall clock) plans
-    the epoch count after every epoch (`spreadcode.torchutil.plan_epochs`): as many as fit, at
-    most ``epochs``; ``max_vectors`` caps the epochs at that many training vectors in all
+    crowding term where the decoders put their output on a sphere (CROWDING_WEIGHT; 0: none).
+    ``time_budget_s`` (wall clock) plans the epoch count after every epoch
+    (`spreadcode.torchutil.plan_epochs`): as many as fit, at most ``epochs``; ``max_vectors`` caps the epochs at that many training vectors in all
     (`epoch_cap`). The epoch of lowest held-out error (`held_out_rows`) is kept.
     ``mixed_precision``: forward passes in bfloat16 autocast where the device has native
     bfloat16 (`spreadcode.torchutil.mixed_precision`): 1.4× the steps per second on
