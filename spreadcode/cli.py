@@ -196,7 +196,7 @@ def main(ctx, debug):
                    "over-fitting: 5 % and 3 % lower held-out error; on data of one norm a term "
                    "that keeps decoded vectors from crowding denser regions than their own "
                    "vectors, which makes them false nearest neighbours (wordnet R@1 + 0.8 over "
-                   "four seeds, pypi + 1, raw 384-d + 0.3); inputs wider than 128 "
+                   "four seeds, pypi + 0.7 over two runs, raw 384-d + 0.3); inputs wider than 128 "
                    "dimensions read through a learned projection to 128: on raw 384-d "
                    "embeddings 1.35x the encoding rate for 0.3 R@1 less), "
                    "then a small shortlist decoder distilled from them for fast search (best "
