@@ -120,8 +120,8 @@ TRAINING_NOISE = 0.2
 # adds this weight × the batch's mean excess r(x̂) − r(x), r the mean cosine to the
 # CROWDING_NEIGHBOURS nearest of CROWDING_BANK other training rows, in the units of the
 # squared error (× the sphere's squared radius): wordnet's four seeds 44.9 / 88.0 / 99.0
-# against 44.1 / 87.6 / 99.0 (three gain 0.8-2.8 R@1, one loses 1.7), raw 384-d text 31.8 /
-# 75.6 / 95.1 against four runs' 31.5 / 74.75 / 94.35, pypi-minilm96's two runs 38.45 / 83.8
+# against 44.1 / 87.6 / 99.0 (three gain 0.8-2.8 R@1, one loses 1.7), raw 384-d text's two
+# runs 31.75 / 75.3 / 94.75 against four runs' 31.5 / 74.75 / 94.35, pypi-minilm96's two runs 38.45 / 83.8
 # against eight runs' 37.74 / 83.2-84.5, SIFT level, for 0.5-1.1 % more held-out error; five times as
 # much over-corrects (decoded vectors less crowded than the data): + 14 % error and − 0.3 R@1
 # (BENCHMARKS.md, "Issue #14 levers", lever 96).
