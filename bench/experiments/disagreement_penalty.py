@@ -27,28 +27,41 @@ def squared_distances(q, x):
     return (q * q).sum(1)[:, None] - 2 * q @ x.T + (x * x).sum(1)[None]
 
 
+def decoded_base(data, model_path):
+    """The model's greedy codes of data.base, decoded by both decoders: (model, codes,
+    full float32 (n, d_in), shortlist float32 (n, d_in), the model's re-ranking blend)."""
+    model = load_catalyzer(model_path)[0]
+    codes = model.encode(data.base)
+    return (model, codes, model.decode(codes), model.decode_shortlist(codes),
+            model.rerank_blend or 0.0)
+
+
+def rerank_with_terms(data, full, short, blend, terms, k=100, batch=500):
+    """Each query's k best base codes by the blended score ‖q − x̂‖² + blend ‖q − x̃‖² plus
+    a term per candidate: {key: ids int64 (n_query, k)} for ``terms`` {key: float32 (n,)}."""
+    ids = {key: [] for key in terms}
+    for start in range(0, len(data.query), batch):
+        q = data.query[start:start + batch]
+        score = squared_distances(q, full) + blend * squared_distances(q, short)
+        for key, term in terms.items():
+            s = score + term[None]
+            top = np.argpartition(s, k, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(s, top, 1), axis=1)
+            ids[key].append(np.take_along_axis(top, order, 1))
+    return {key: np.vstack(found) for key, found in ids.items()}
+
+
 def main(data_path, model_path, *weights):
     torch.set_num_threads(2)
     data = load_dataset(data_path)
-    model = load_catalyzer(model_path)[0]
-    codes = model.encode(data.base)
-    full, short = model.decode(codes), model.decode_shortlist(codes)
-    blend = model.rerank_blend or 0.0
+    _, _, full, short, blend = decoded_base(data, model_path)
     penalty = ((full - short) ** 2).sum(1)
     weights = [float(w) for w in weights] or [0.0]
-    ids = {w: [] for w in weights}
-    for start in range(0, len(data.query), 500):
-        q = data.query[start:start + 500]
-        score = squared_distances(q, full) + blend * squared_distances(q, short)
-        for w in weights:
-            s = score + w * penalty[None]
-            top = np.argpartition(s, 100, axis=1)[:, :100]
-            order = np.argsort(np.take_along_axis(s, top, 1), axis=1)
-            ids[w].append(np.take_along_axis(top, order, 1))
+    ids = rerank_with_terms(data, full, short, blend, {w: w * penalty for w in weights})
     for w in weights:
         print(json.dumps({"model": model_path, "blend": blend, "c": w,
                           "mix alone at c": round(-blend / (1 + blend), 3),
-                          **recall_columns(np.vstack(ids[w]), data.groundtruth)}), flush=True)
+                          **recall_columns(ids[w], data.groundtruth)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,37 +14,32 @@ import sys
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from beam_sphere import load_on_sphere, measure_codes  # noqa: E402
 from autoencoder_levers import load_dataset  # noqa: E402
-from last_choice_scorer import unit  # noqa: E402
+from last_choice_scorer import greedy_stages, nearest_point, unit  # noqa: E402
 from spreadcode import lattice  # noqa: E402
 
 
 @torch.no_grad()
 def encode_first_choice(model, x, count, batch=8192):
     """Codes uint8 (n, code_bytes) of x float32 (n, d_in): stage 0 the best of ``count``."""
-    blocks, out = model.quantizer.blocks, []
+
+    def pick(m, block, y, xs):
+        if m > 0 or count == 1:
+            return nearest_point(m, block, y, xs)
+        z = lattice.nearest_candidates(y.numpy(), block.param, count)
+        n, k, d = z.shape
+        decoded = model.g[0](torch.from_numpy(unit(z.reshape(-1, d), block)))
+        error = (decoded.reshape(n, k, -1) - xs[:, None]).pow(2).sum(2)
+        return z[np.arange(n), error.argmin(1).numpy()]
+
+    out = []
     for start in range(0, len(x), batch):
         xs = model.preprocess(torch.from_numpy(x[start:start + batch]).float())
-        read, xh, points = model._view(xs), None, []
-        for m, block in enumerate(blocks):
-            y = nn.functional.normalize(
-                model._encode_stage(m, read, None if xh is None else model._view(xh)), dim=1)
-            z = lattice.nearest_candidates(y.numpy(), block.param, count if m == 0 else 1)
-            if m == 0 and z.shape[1] > 1:
-                n, k, d = z.shape
-                decoded = model.g[0](torch.from_numpy(unit(z.reshape(-1, d), block)))
-                error = (decoded.reshape(n, k, -1) - xs[:, None]).pow(2).sum(2)
-                z = z[np.arange(n), error.argmin(1).numpy()]
-            else:
-                z = z[:, 0]
-            points.append(z)
-            if m + 1 < len(blocks):
-                xh = model._decode_stage(m, torch.from_numpy(unit(z, block)), xh)
+        points = greedy_stages(model, xs, pick)[0]
         out.append(model.quantizer.quantize(np.hstack(points).astype(np.float32)))
     return np.concatenate(out)
 

@@ -24,8 +24,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from autoencoder_levers import load_dataset, recall_columns  # noqa: E402
-from disagreement_penalty import squared_distances  # noqa: E402
-from spreadcode.catalyzer import load_catalyzer  # noqa: E402
+from disagreement_penalty import decoded_base, rerank_with_terms  # noqa: E402
 
 K = 10
 SAMPLE = 20_000
@@ -82,10 +81,7 @@ def mlp_fit(x, y, epochs=20):
 def main(data_path, model_path):
     torch.set_num_threads(2)
     data = load_dataset(data_path)
-    model = load_catalyzer(model_path)[0]
-    codes = model.encode(data.base)
-    full, short = model.decode(codes), model.decode_shortlist(codes)
-    blend = model.rerank_blend or 0.0
+    model, codes, full, short, blend = decoded_base(data, model_path)
     rng = np.random.default_rng(0)
     sample = data.learn[rng.choice(len(data.learn), SAMPLE, replace=False)]
     sample = sample / np.linalg.norm(sample, axis=1, keepdims=True)
@@ -117,18 +113,10 @@ def main(data_path, model_path):
     terms.update({("oracle", w): 2 * w * excess for w in (0.25, 0.5, 1)})
     terms.update({("linear fit", w): 2 * w * linear for w in (0.5, 1)})
     terms.update({("mlp fit", w): 2 * w * mlp for w in (0.25, 0.5)})
-    ids = {key: [] for key in terms}
-    for start in range(0, len(data.query), 500):
-        q = data.query[start:start + 500]
-        score = squared_distances(q, full) + blend * squared_distances(q, short)
-        for key, term in terms.items():
-            s = score + term[None]
-            top = np.argpartition(s, 100, axis=1)[:, :100]
-            ids[key].append(np.take_along_axis(
-                top, np.argsort(np.take_along_axis(s, top, 1), axis=1), 1))
+    ids = rerank_with_terms(data, full, short, blend, terms)
     for (name, weight), found in ids.items():
         print(json.dumps({"term": name, "lambda": weight,
-                          **recall_columns(np.vstack(found), data.groundtruth)}), flush=True)
+                          **recall_columns(found, data.groundtruth)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ vectors is 0.605 against 0.567 for the vector itself (`hub_oracle.py`). A decode
 that crowds a dense region is near many queries: a hub, an impostor at R@1. Re-ranking with
 each vector's true excess (an oracle) gains + 2.0 R@1, but no feature of the code predicts
 it. Here training is asked for less of it: the loss adds HUB_WEIGHT × the batch mean of
-r(x̂) − r(x), r(v) the mean cosine of v (on the sphere) to its HUB_K nearest rows of a bank
-of the last HUB_BANK training rows (earlier batches, so a row is never its own neighbour).
+r(x̂) − r(x), r(v) the mean cosine of v (on the sphere) to its 10 nearest rows of a bank
+of the last HUB_BANK training rows (earlier batches, so a row is never its own neighbour):
+the library's term (`residual.ResidualCatalyzer.training_loss`) with this bank and weight.
 
     HUB_WEIGHT=W python bench/experiments/hub_penalty.py DATA OUT crowding=0 [FIELD=VALUE ...]
 
@@ -30,33 +31,27 @@ from residual_variants import run_model_class  # noqa: E402
 from spreadcode import residual  # noqa: E402
 
 HUB_WEIGHT = float(os.environ.get("HUB_WEIGHT", 10))
-HUB_K = int(os.environ.get("HUB_K", 10))
 HUB_BANK = int(os.environ.get("HUB_BANK", 4096))
 
 
 class HubPenalty(residual.ResidualCatalyzer):
+    """The library's loss with its crowding term weighted HUB_WEIGHT in the preprocessed
+    squared error's units, against a bank of the last HUB_BANK rows trained on (kept here, a
+    batch never in its own bank); the first step, with no bank yet, goes without."""
+
     def training_loss(self, x, aux, noise=0.0, generator=None, bank=None, crowding=0.0):
         if crowding:
             raise SystemExit("run with crowding=0: this script adds its own crowding term")
-        target = self.preprocess(x)
-        xs = target
-        if noise:
-            xs = target + noise * torch.randn(target.shape, generator=generator,
-                                               device=target.device, dtype=target.dtype)
-        xh, first = self._chain(xs)
-        loss = (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
-        truth = nn.functional.normalize(x.float(), dim=1)
-        bank = getattr(self, "_bank", None)
-        if bank is not None and len(bank) >= HUB_K:
-            decoded = nn.functional.normalize(self.unprocess(xh.float()), dim=1)
-            crowd = (decoded @ bank.T).topk(HUB_K, dim=1).values.mean(1)
-            own = (truth @ bank.T).topk(HUB_K, dim=1).values.mean(1)
-            loss = loss + HUB_WEIGHT * (crowd - own).mean()
-        self._bank = truth.detach() if bank is None else \
-            torch.cat([bank, truth.detach()])[-HUB_BANK:]
-        return loss
+        own, truth = getattr(self, "_bank", None), nn.functional.normalize(x.float(), dim=1)
+        self._bank = truth.detach() if own is None else \
+            torch.cat([own, truth.detach()])[-HUB_BANK:]
+        if own is None or len(own) < residual.CROWDING_NEIGHBOURS:
+            return super().training_loss(x, aux, noise, generator)
+        return super().training_loss(
+            x, aux, noise, generator, own,
+            HUB_WEIGHT / (float(self.scale) * self.output_norm) ** 2)
 
 
 if __name__ == "__main__":
-    run_model_class("hub_penalty", HubPenalty, 96, hub_weight=HUB_WEIGHT, hub_k=HUB_K,
-                    hub_bank=HUB_BANK)
+    run_model_class("hub_penalty", HubPenalty, 96, hub_weight=HUB_WEIGHT,
+                    hub_k=residual.CROWDING_NEIGHBOURS, hub_bank=HUB_BANK)

@@ -35,24 +35,45 @@ from spreadcode.residual import _mlp, one_cycle_lr  # noqa: E402
 
 
 @torch.no_grad()
+def greedy_stages(model, xs, pick):
+    """Float32 greedy encoding of the preprocessed rows xs (n, d_in), stage by stage: at stage
+    m, ``pick(m, block, y, xs)`` returns the stage's points int8 (n, d_m) for the encoder's
+    unit output y (n, d_m), or None to stop before it. -> (the points of the stages run, a
+    list; x̂ after them (n, d_in), None before any; y of the stage stopped at, or None)."""
+    blocks = model.quantizer.blocks
+    read, xh, points = model._view(xs), None, []
+    for m, block in enumerate(blocks):
+        y = nn.functional.normalize(
+            model._encode_stage(m, read, None if xh is None else model._view(xh)), dim=1)
+        z = pick(m, block, y, xs)
+        if z is None:
+            return points, xh, y
+        points.append(z)
+        if m + 1 < len(blocks):
+            xh = model._decode_stage(m, torch.from_numpy(unit(z, block)), xh)
+    return points, xh, None
+
+
+def nearest_point(m, block, y, xs):
+    """`greedy_stages`'s pick of the nearest point, the greedy encoder's."""
+    return lattice.nearest_candidates(y.numpy(), block.param, 1)[:, 0]
+
+
+@torch.no_grad()
 def last_stage_inputs(model, x, cands, batch=8192):
     """Greedy encoding of x float32 (n, d_in) up to the last stage: (xs (n, d_in), x̂_{M−2}
     (n, d_in), both preprocessed; the earlier stages' points int8 (n, d_out − d_last); the
     last stage's ``cands`` nearest points int8 (n, K, d_last))."""
-    blocks = model.quantizer.blocks
+    last = len(model.quantizer.blocks) - 1
+
+    def up_to_last(m, block, y, xs):
+        return None if m == last else nearest_point(m, block, y, xs)
+
     out = [[], [], [], []]
     for start in range(0, len(x), batch):
         xs = model.preprocess(torch.from_numpy(x[start:start + batch]).float())
-        read, xh, points = model._view(xs), None, []
-        for m, block in enumerate(blocks):
-            y = nn.functional.normalize(
-                model._encode_stage(m, read, None if xh is None else model._view(xh)), dim=1)
-            z = lattice.nearest_candidates(y.numpy(), block.param,
-                                           cands if m + 1 == len(blocks) else 1)
-            if m + 1 == len(blocks):
-                break
-            points.append(z[:, 0])
-            xh = model._decode_stage(m, torch.from_numpy(unit(z[:, 0], block)), xh)
+        points, xh, y = greedy_stages(model, xs, up_to_last)
+        z = lattice.nearest_candidates(y.numpy(), model.quantizer.blocks[last].param, cands)
         for part, value in zip(out, (xs, xh, np.hstack(points), z)):
             part.append(value)
     return (torch.cat(out[0]), torch.cat(out[1]), np.concatenate(out[2]),
