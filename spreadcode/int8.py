@@ -18,8 +18,10 @@ them) runs as:
   whole MLP (`_codec.FusedInt8Mlp`): uint8 rows times the packed weights over row tiles that
   stay in cache, each layer's requantization as the tile's epilogue (greedy encoding 1.1×
   faster than through ``torch._int_mm``, BENCHMARKS.md lever 83); elsewhere, or where a
-  layer's inputs are not a multiple of 4, each product is a ``torch._int_mm``. Both routes
-  give the same floats, bit for bit.
+  layer's inputs are not a multiple of 4, each product is `int8_products`: ``torch._int_mm``
+  on such a CPU, float32 products of whole integers on the others (AVX2 CPUs, where torch's
+  int8 kernel runs ~40× slower than its float32 one), exact either way. Every route gives
+  the same floats, bit for bit.
 
 `spreadcode.residual.ResidualCatalyzer` runs its encoders f and decoders g this way
 (precision "auto" on a CPU): greedy encoding 1.8-1.9×, beams ~1.45× and cold searches
@@ -41,6 +43,10 @@ from spreadcode.errors import SpreadcodeError
 UNSIGNED_SHIFT = 128
 # The widest layer output the compiled core requantizes (its row buffer lives on the stack).
 MAX_WIDTH = _codec.INT8_MAX_WIDTH
+# float32 holds every integer up to 2^24 exactly, so a float32 sum of at most this many
+# products of int8 rows (|v| <= 128) and int8 weights (|w| <= 127) is the exact integer sum in
+# any order of additions: 1,024 x 128 x 127 = 16,646,144 < 2^24 = 16,777,216.
+EXACT_FLOAT32_TERMS = 1024
 
 
 def available(device):
@@ -136,19 +142,19 @@ class Int8Mlp:
         _codec.quantize_rows(x, rows, row_scale, threads, second, difference,
                              plus_128=self.fused is not None)
         if self.fused is None:
-            return self._run_int_mm(rows, row_scale, threads)
+            return self._run_layers(rows, row_scale, threads)
         out = np.empty((rows.shape[0], self.fused.m), dtype=np.float32)
         self.fused(rows.view(np.uint8), row_scale, out, threads)
         return torch.from_numpy(out)
 
-    def _run_int_mm(self, rows, row_scale, threads):
+    def _run_layers(self, rows, row_scale, threads):
         """The MLP on its input rows int8 (n, k) with one scale per row, float32 (n,),
-        layer by layer through torch._int_mm (where the fused kernel does not run):
+        layer by layer through `int8_products` (where the fused kernel does not run):
         float32 tensor (n, m)."""
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             codes, col_scale, offset, bias = self.layers[i]
-            sums = torch._int_mm(torch.from_numpy(rows), codes).numpy()
+            sums = int8_products(rows, codes, native=_codec.INT8_FUSED)
             if i == last:
                 out = np.empty(sums.shape, dtype=np.float32)
                 _codec.dequantize(sums, row_scale, col_scale, offset, bias, out, threads)
@@ -158,6 +164,24 @@ class Int8Mlp:
             _codec.requantize_relu(sums, row_scale, col_scale, offset, bias, rows, next_scale,
                                    threads)
             row_scale = next_scale
+
+
+def int8_products(rows, codes, native):
+    """The exact int32 sums of int8 rows (n, k) numpy times int8 codes (k, m) tensor: int32
+    numpy (n, m). ``native`` (a CPU with int8 dot products, AVX512-VNNI): one
+    ``torch._int_mm``; else float32 products of at most EXACT_FLOAT32_TERMS terms, each an
+    exact integer, summed in int32 (on an AVX2 CPU ``torch._int_mm`` falls back to a kernel
+    ~40x slower than float32's: 0.4 against 15 GMAC/s at 4,096 x 1,024 x 1,024 on one
+    core). Both routes give the same sums, bit for bit."""
+    if native:
+        return torch._int_mm(torch.from_numpy(rows), codes).numpy()
+    rows = torch.from_numpy(rows)
+    sums = None
+    for start in range(0, rows.shape[1], EXACT_FLOAT32_TERMS):
+        stop = start + EXACT_FLOAT32_TERMS
+        part = (rows[:, start:stop].float() @ codes[start:stop].float()).to(torch.int32)
+        sums = part if sums is None else sums.add_(part)
+    return sums.numpy()
 
 
 def _numpy_rows(x):

@@ -179,6 +179,42 @@ def test_what_int8_inference_refuses():
     assert not int8.available(torch.device("meta"))
 
 
+@pytest.mark.parametrize("k", [1, 5, 1024, 1025, 2100])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_both_routes_of_the_int8_products_give_the_exact_integer_sums(k, extreme):
+    """int8_products sums through torch._int_mm (CPUs with int8 dot products) or through
+    float32 products of at most EXACT_FLOAT32_TERMS terms (the others): both are the exact
+    integer sums, for inputs long enough to need several float32 parts and for the largest
+    magnitudes the scheme produces (rows −128 and 127, weights ±127)."""
+    rng = np.random.default_rng(k)
+    if extreme:
+        rows = np.full((6, k), -128, np.int8)
+        rows[1::2] = 127
+        codes = torch.full((k, 8), 127, dtype=torch.int8)
+        codes[:, ::2] = -127
+    else:
+        rows = rng.integers(-128, 128, (6, k)).astype(np.int8)
+        codes = torch.from_numpy(rng.integers(-127, 128, (k, 8)).astype(np.int8))
+    exact = rows.astype(np.int64) @ codes.numpy().astype(np.int64)
+    for native in (True, False):
+        sums = int8.int8_products(rows, codes, native=native)
+        assert sums.dtype == np.int32 and np.array_equal(sums, exact)
+
+
+def test_the_mlp_gives_the_same_floats_through_either_product(monkeypatch):
+    """Int8Mlp's layer-by-layer route gives the same floats, bit for bit, whichever way the
+    products are summed (a hidden layer wider than EXACT_FLOAT32_TERMS included): codes do
+    not depend on the CPU's int8 instructions."""
+    model = int8.Int8Mlp(trained_mlp(12, 1100, 40))
+    model.fused = None
+    x = torch.randn(300, 12) * 2 + 0.3
+    outputs = []
+    for native in (True, False):
+        monkeypatch.setattr(_codec, "INT8_FUSED", native)
+        outputs.append(model(x).numpy())
+    assert np.array_equal(outputs[0], outputs[1])
+
+
 fused_only = pytest.mark.skipif(not _codec.INT8_FUSED,
                                 reason="the fused int8 kernel needs a CPU with AVX512-VNNI")
 
