@@ -232,7 +232,10 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     (residual: lowest held-out reconstruction error; lattice/sign: best validation
     1-recall@10) is kept and saved into the model store under its SHA-256, and the report
     gives its validation recall. Ctrl-C stops early and keeps the best model. Default
-    training of ~50k vectors takes ~9-14 min on 2 CPU cores.
+    training of ~50k vectors takes ~9-14 min on 2 CPU cores; a 14-minute budget stops it
+    earlier on slower CPUs, with its schedule annealed (23 of the 50 epochs on an AVX2-only
+    first-generation AMD EPYC: 2 points less R@1 in one wordnet run); `--epochs 50` trains
+    them all.
     When every learn vector has the same norm (L2-normalised embeddings, SIFT), a residual
     model's decoders put what they decode back on that sphere, which ranks neighbours better
     than the shrunken MSE-optimal vectors; the report says which. A residual model's search
