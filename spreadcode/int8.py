@@ -170,9 +170,10 @@ def int8_products(rows, codes, native):
     """The exact int32 sums of int8 rows (n, k) numpy times int8 codes (k, m) tensor: int32
     numpy (n, m). ``native`` (a CPU with int8 dot products, AVX512-VNNI): one
     ``torch._int_mm``; else float32 products of at most EXACT_FLOAT32_TERMS terms, each an
-    exact integer, summed in int32 (on an AVX2 CPU ``torch._int_mm`` falls back to a kernel
-    ~40x slower than float32's: 0.4 against 15 GMAC/s at 4,096 x 1,024 x 1,024 on one
-    core). Both routes give the same sums, bit for bit."""
+    exact integer under torch's IEEE float32 matmul (its default), summed in int32 (on an
+    AVX2 CPU ``torch._int_mm`` falls back to a kernel ~40x slower than float32's: 0.4
+    against 15 GMAC/s at 4,096 x 1,024 x 1,024 on one core). Both routes give the same
+    sums, bit for bit."""
     if native:
         return torch._int_mm(torch.from_numpy(rows), codes).numpy()
     rows = torch.from_numpy(rows)
