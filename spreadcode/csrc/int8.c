@@ -50,7 +50,7 @@ SC_ROWS_MULTIVERSION static void dequantize_row(const int32_t *acc, int m, float
         out[j] = layer_output(acc, j, row_scale, col_scale, col_offset, bias);
 }
 
-/* flip 0x80 stores u - 128 as int8 (the rows torch._int_mm reads), 0 stores u as uint8 (the
+/* flip 0x80 stores u - 128 as int8 (the rows int8_products reads), 0 stores u as uint8 (the
    rows the VNNI products read): the same bits but the top one */
 SC_ROWS_MULTIVERSION static void requantize_relu_row(const int32_t *acc, int m,
                                                      float row_scale, const float *col_scale,

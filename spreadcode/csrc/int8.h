@@ -1,7 +1,7 @@
 /* Row-scaled int8 arithmetic for the dense layers of an encoding chain
    (spreadcode/int8.py): each row of activations is quantized with its own scale, each
    output channel of a weight matrix with its own, the int8 products are summed exactly in
-   int32 (torch._int_mm) and the kernels here turn those sums back into floats or into the
+   int32 (int8.py's int8_products) and the kernels here turn those sums back into floats or into the
    next layer's int8 rows, a whole batch per call; on AVX512-VNNI CPUs sc_int8_mlp runs the
    products too, a whole MLP per call. */
 #ifndef SPREADCODE_INT8_H
@@ -84,7 +84,7 @@ SC_API void sc_int8_mlp_tile(const sc_int8_layer *layers, int nlayers, const uin
 /* out (n, m of the last layer) float32 <- the layers on rows (n, layers[0].k) uint8 with
    scales row_scale (n,): each hidden layer's output requantized as sc_requantize_relu does
    (stored unshifted), the last dequantized as sc_dequantize does — the same floats as the
-   torch._int_mm route. 0, or -1 when a thread's buffers could not be allocated, -2 where
+   int8_products route. 0, or -1 when a thread's buffers could not be allocated, -2 where
    the fused MLP is not built. */
 SC_API int sc_int8_mlp(const sc_int8_layer *layers, int nlayers, const uint8_t *rows,
                        const float *row_scale, int64_t n, float *out, int threads);
