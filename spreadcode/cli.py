@@ -213,9 +213,10 @@ def main(ctx, debug):
 @click.option("--epochs", type=int, default=None,
               help="Training epochs [default: residual 50, fewer on learn sets over 80k "
                    "vectors (4M training vectors in all: more over-fit), lattice/sign 30 on "
-                   "CPU, 100 on GPU; fewer if they would not fit in 14 minutes].")
+                   "CPU, 100 on GPU; fewer if they would not fit in the time budget].")
 @click.option("--time-budget", type=float, default=None, metavar="MIN",
-              help="Stop after this many minutes (keeps the best checkpoint).")
+              help="Stop after this many minutes (keeps the best checkpoint) [default: 14; "
+                   "residual: 14 per 60,000 training vectors, at least 14].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @SEED_OPTION
@@ -235,7 +236,9 @@ def train(learn_file, bits, quantizer, dout, r2, lam, epochs, time_budget, devic
     training of ~50k vectors takes ~9-14 min on 2 CPU cores; a 14-minute budget stops it
     earlier on slower CPUs, with its schedule annealed (23 of the 50 epochs on an AVX2-only
     first-generation AMD EPYC: 2 points less R@1 in one wordnet run); `--epochs 50` trains
-    them all.
+    them all. A residual model's budget grows with learn sets of more than 60,000 training
+    vectors (120k: ~28 min), so that they run as many epochs as a smaller set would, up to
+    4M training vectors in all; `--time-budget` fixes it.
     When every learn vector has the same norm (L2-normalised embeddings, SIFT), a residual
     model's decoders put what they decode back on that sphere, which ranks neighbours better
     than the shrunken MSE-optimal vectors; the report says which. A residual model's search

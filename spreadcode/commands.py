@@ -255,6 +255,8 @@ class TrainSummary:
     chain_dim: int | None = None
     d_in: int | None = None
     crowding: float | None = None
+    time_budget_s: float | None = None
+    budget_rows: int | None = None
 
     def report(self):
         """Human-readable lines; the first one is the model hash."""
@@ -288,9 +290,18 @@ class TrainSummary:
             f"validation: {recall} (best epoch {self.best_epoch} of {self.epochs_run}"
             + (f", held-out MSE {self.val_mse:.4g})" if self.val_mse is not None else ")"),
             f"trained on {self.n_train} vectors in {self.wall_time_s:.0f} s"
+            + self._budget()
             + ("  [interrupted: best model so far kept]" if self.interrupted else ""),
         ]
         return "\n".join(lines)
+
+    def _budget(self):
+        """The report's note on the time budget (empty without one)."""
+        if self.time_budget_s is None:
+            return ""
+        grown = (f", grown with the learn set beyond {self.budget_rows:,} vectors"
+                 if self.budget_rows is not None and self.n_train > self.budget_rows else "")
+        return f" (time budget {self.time_budget_s / 60:.1f} min{grown})"
 
 
 def _load_learn(learn_path):
@@ -330,7 +341,8 @@ def train_command(learn_path=None, *, bits=64, quantizer="residual", dout=None, 
         lambda_search=training.get("lambda_search", {}), val_mse=training.get("val_mse"),
         output_norm=result.meta.output_norm, rerank_blend=result.meta.rerank_blend,
         chain_dim=result.meta.chain_dim, d_in=result.meta.d_in,
-        crowding=training.get("crowding"))
+        crowding=training.get("crowding"), time_budget_s=training.get("time_budget_s"),
+        budget_rows=training.get("budget_rows"))
 
 
 @dataclass(frozen=True)

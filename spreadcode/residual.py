@@ -96,10 +96,21 @@ DEFAULT_EPOCHS = 50
 # learn set runs fewer epochs: pypi-minilm96's 118,000 training rows for 50 epochs (5.9 M)
 # ended at 1.9 % more held-out error and − 2.1 / − 2.0 R@1 / R@10 than 23 epochs (2.7 M),
 # where 35 (4.1 M) gave 1 % less error and the same recall (BENCHMARKS.md, "Issue #14
-# levers", lever 61); wordnet-minilm96's 50 epochs are 2.5 M. On 2 cores the time budget
-# stops pypi first (19-31 epochs); without the cap a faster machine (a GPU) would run all 50
-# on such a set and lose. `spreadcode train`'s default; ``--epochs`` lifts it.
+# levers", lever 61); wordnet-minilm96's 50 epochs are 2.5 M. On 2 cores the 14-minute
+# budget stopped pypi first (19-31 epochs); with the budget grown for such a set (BUDGET_ROWS)
+# the cap stops it on a fast CPU, and without the cap a faster machine (a GPU) would run all
+# 50 epochs on it and lose. `spreadcode train`'s default; ``--epochs`` lifts it.
 TRAINING_VECTORS = 4_000_000
+# `spreadcode train`'s 14-minute budget is for learn sets of up to this many training rows;
+# a larger one gets proportionally more time (`time_budget`, `ResidualConfig.budget_rows`),
+# as many epochs as a set of this size would run, still at most TRAINING_VECTORS vectors in
+# all. On a CPU of 2 cores that fits the default's epochs (AVX512-VNNI, bfloat16) pypi's
+# 118,000 rows reach that cap, 33 epochs instead of 21-24 (lever 61 measured 35: recall
+# level, 1 % less held-out error); on one that does not (AVX2 only, float32) 14 minutes ran
+# 9 epochs at 64 bits and 3 at 128, where RQ15x8 led by 0.6 R@1, and 27.5 minutes run 15
+# and 8: 36.8 / 83.0 / 98.5 against 35.9 / 82.5 / 98.5, and 59.2 / 97.2 / 100.0 against 52.4
+# / 94.8 / 100.0 (BENCHMARKS.md, "Issue #14 levers", lever 99).
+BUDGET_ROWS = 60_000
 # AdamW's decoupled weight decay of the weight matrices (`ResidualConfig.weight_decay`): the
 # model over-fits its ~50k learn vectors. On wordnet-minilm96's held-out split, decay 0 / 0.1
 # / 0.5 / 1 / 2 gave MSE 0.2985 / 0.2956 / 0.2885 / 0.2845 / 0.2833 and recall 41.7 / 85.2
@@ -784,7 +795,9 @@ class ResidualConfig:
     `ResidualCatalyzer.training_loss` (TRAINING_NOISE); ``crowding``: the weight of its
     crowding term where the decoders put their output on a sphere (CROWDING_WEIGHT; 0: none).
     ``time_budget_s`` (wall clock) plans the epoch count after every epoch
-    (`spreadcode.torchutil.plan_epochs`): as many as fit, at most ``epochs``; ``max_vectors`` caps the epochs at that many training vectors in all
+    (`spreadcode.torchutil.plan_epochs`): as many as fit, at most ``epochs``; ``budget_rows``
+    (None: none) makes it the budget of that many training rows, more for more
+    (`time_budget`); ``max_vectors`` caps the epochs at that many training vectors in all
     (`epoch_cap`). The epoch of lowest held-out error (`held_out_rows`) is kept.
     ``mixed_precision``: forward passes in bfloat16 autocast where the device has native
     bfloat16 (`spreadcode.torchutil.mixed_precision`): 1.4× the steps per second on
@@ -802,6 +815,7 @@ class ResidualConfig:
     hidden_shortlist: int | None = SHORTLIST_HIDDEN
     epochs: int | None = DEFAULT_EPOCHS
     time_budget_s: float | None = None
+    budget_rows: int | None = None
     max_vectors: int | None = None
     batch_size: int = 256
     lr: float = 1e-3
@@ -835,7 +849,7 @@ def check_residual_config(config):
         raise SpreadcodeError(f"time budget must be positive, got {config.time_budget_s}")
     for name, minimum in (("hidden", 1), ("hidden_decoder", 1), ("hidden_chain", 1),
                           ("hidden_shortlist", 1), ("batch_size", 2), ("max_vectors", 1),
-                          ("chain_dim", 1)):
+                          ("budget_rows", 1), ("chain_dim", 1)):
         if getattr(config, name) is not None and getattr(config, name) < minimum:
             raise SpreadcodeError(f"{name} must be >= {minimum}, got {getattr(config, name)}")
     if not (math.isfinite(config.lr) and config.lr > 0 and math.isfinite(config.aux)
@@ -873,6 +887,15 @@ def epoch_cap(config, n_train):
         return config.epochs
     by_vectors = max(1, config.max_vectors // n_train)
     return by_vectors if config.epochs is None else min(config.epochs, by_vectors)
+
+
+def time_budget(config, n_train):
+    """The wall-clock budget in seconds of a run of ``config`` on ``n_train`` training rows:
+    ``time_budget_s``, scaled by n_train / ``budget_rows`` where that is more than 1 (None: no
+    budget)."""
+    if config.time_budget_s is None or config.budget_rows is None:
+        return config.time_budget_s
+    return config.time_budget_s * max(1.0, n_train / config.budget_rows)
 
 
 def held_out_rows(n, seed):
@@ -1016,7 +1039,8 @@ def train_residual(learn, config, progress=True):
     noise_rng = torch.Generator(device).manual_seed(config.seed)
     steps = x.shape[0] // batch_size
     most_epochs = epoch_cap(config, len(train_rows))
-    planned = most_epochs if config.time_budget_s is None else None
+    budget_s = time_budget(config, len(train_rows))
+    planned = most_epochs if budget_s is None else None
     history, best, interrupted, step_count = [], BestEpoch(model), False, 0
     unit = float(model.scale) ** -2  # preprocessed squared error -> input units
     with epoch_progress(planned, "train residual", progress) as bar:
@@ -1052,10 +1076,10 @@ def train_residual(learn, config, progress=True):
                 best.offer(epoch, -val_mse)
                 history.append({"epoch": epoch, "loss": loss_sum / steps * unit,
                                 "val_mse": val_mse, "seconds": time.monotonic() - epoch_start})
-                out_of_time = (config.time_budget_s is not None
-                               and time.monotonic() - started >= config.time_budget_s)
-                if config.time_budget_s is not None:
-                    planned = plan_epochs(config.time_budget_s, most_epochs,
+                out_of_time = (budget_s is not None
+                               and time.monotonic() - started >= budget_s)
+                if budget_s is not None:
+                    planned = plan_epochs(budget_s, most_epochs,
                                           time.monotonic() - started,
                                           [row["seconds"] for row in history], planned)
                     if bar is not None:
@@ -1077,8 +1101,8 @@ def train_residual(learn, config, progress=True):
     val_recall = validation_recall(model, learn[val_rows])
     meta = CatalyzerMeta.for_model(model, config.quantizer_spec(), None, {
         "objective": "residual auto-encoder", "seed": config.seed, "epochs": len(history),
-        "planned_epochs": planned, "time_budget_s": config.time_budget_s,
-        "max_vectors": config.max_vectors,
+        "planned_epochs": planned, "time_budget_s": budget_s,
+        "budget_rows": config.budget_rows, "max_vectors": config.max_vectors,
         "batch_size": batch_size, "lr": config.lr, "aux": config.aux,
         "weight_decay": config.weight_decay, "noise": config.noise, "crowding": crowding,
         "optimizer": f"{'adamw' if config.weight_decay else 'adam'}, one-cycle",

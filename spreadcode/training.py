@@ -462,11 +462,13 @@ def command_config(bits=64, quantizer=DEFAULT_TRAIN_KIND, *, dout=None, r2=None,
     (the default λ, to search around: `train_catalyzer` with ``auto_lambda``).
     epochs / time_budget_min: at most one; with neither, the default epochs for the device,
     fewer if they would not fit in the default time budget (planned after every epoch), and
-    for residual codes at most `spreadcode.residual.TRAINING_VECTORS` training vectors in all.
+    for residual codes at most `spreadcode.residual.TRAINING_VECTORS` training vectors in all,
+    the budget growing with learn sets of more than `spreadcode.residual.BUDGET_ROWS`
+    training rows.
     hidden: the encoder's hidden width (None: the config's). SpreadcodeError for bad options.
     """
     from spreadcode.residual import (
-        TRAINING_VECTORS, ResidualConfig, check_residual_config, stage_blocks)
+        BUDGET_ROWS, TRAINING_VECTORS, ResidualConfig, check_residual_config, stage_blocks)
 
     if epochs is not None and time_budget_min is not None:
         raise SpreadcodeError("give either --epochs or --time-budget, not both")
@@ -486,7 +488,7 @@ def command_config(bits=64, quantizer=DEFAULT_TRAIN_KIND, *, dout=None, r2=None,
         config = ResidualConfig(blocks=stage_blocks(bits))
         if time_budget_min is None and epochs is None:
             overrides.update(epochs=config.epochs, time_budget_s=DEFAULT_TIME_BUDGET_S,
-                             max_vectors=TRAINING_VECTORS)
+                             budget_rows=BUDGET_ROWS, max_vectors=TRAINING_VECTORS)
         config = replace(config, **overrides)
         check_residual_config(config)
         return config

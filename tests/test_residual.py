@@ -1100,6 +1100,35 @@ def test_max_vectors_caps_the_epochs_of_larger_learn_sets(monkeypatch):
                                 progress=False)
 
 
+def test_the_time_budget_grows_with_learn_sets_beyond_budget_rows(monkeypatch):
+    """`time_budget`: the budget as given up to ``budget_rows`` training rows, scaled by the
+    rows beyond; none without a budget. A run on 2,700 rows with 100 s per 1,350 rows plans
+    from 200 s: epochs of 30 s, 6 of them (1 + 170 // 30), where 100 s would fit 3; the model
+    records the budget it ran under."""
+    budget = replace(TINY, time_budget_s=100.0, budget_rows=1350)
+    assert residual.time_budget(budget, 1000) == residual.time_budget(budget, 1350) == 100.0
+    assert residual.time_budget(budget, 2700) == 200.0
+    assert residual.time_budget(replace(budget, budget_rows=None), 2700) == 100.0
+    assert residual.time_budget(replace(budget, time_budget_s=None), 2700) is None
+    clock = [0.0]
+    monkeypatch.setattr(residual.time, "monotonic", lambda: clock[0])
+    held_out_error = residual._held_out_error
+
+    def epoch_end(model, x, *args):  # once per epoch, after its steps
+        clock[0] += 30.0
+        return held_out_error(model, x, *args)
+    monkeypatch.setattr(residual, "_held_out_error", epoch_end)
+    config = replace(budget, epochs=50, hidden_shortlist=None)
+    training = residual.train_residual(load_sample().learn[:3000], config,
+                                       progress=False).meta.training
+    assert training["n_train"] == 2700 and training["budget_rows"] == 1350
+    assert training["time_budget_s"] == 200.0
+    assert training["epochs"] == training["planned_epochs"] == 6
+    with pytest.raises(SpreadcodeError, match="budget_rows must be >= 1"):
+        residual.train_residual(load_sample().learn[:300], replace(budget, budget_rows=0),
+                                progress=False)
+
+
 def test_command_config_for_residual_codes():
     config = command_config(64, epochs=3)
     assert isinstance(config, residual.ResidualConfig)
@@ -1108,6 +1137,9 @@ def test_command_config_for_residual_codes():
     default = command_config(32, device="cpu")
     assert default.epochs == residual.DEFAULT_EPOCHS and default.time_budget_s == 14 * 60
     assert default.max_vectors == residual.TRAINING_VECTORS
+    assert default.budget_rows == residual.BUDGET_ROWS == 60_000
+    assert command_config(64, epochs=3).budget_rows is None
+    assert command_config(64, time_budget_min=2).budget_rows is None
     with pytest.raises(SpreadcodeError, match="--dout applies to the lattice"):
         command_config(64, dout=32)
     with pytest.raises(SpreadcodeError, match="unknown quantizer"):
@@ -1176,3 +1208,9 @@ def test_the_train_report_names_the_rerank_blend(trained):
     assert "crowding" not in summary.report()
     assert "trained against decoded vectors crowding denser regions than their own vectors " \
         "(weight 0.2)" in replace(summary, crowding=0.2).report()
+    assert "budget" not in summary.report()
+    assert "trained on 2700 vectors in 1 s (time budget 14.0 min)" in replace(
+        summary, time_budget_s=840.0, budget_rows=60000).report()
+    assert "trained on 118000 vectors in 1 s (time budget 27.5 min, grown with the learn set " \
+        "beyond 60,000 vectors)" in replace(summary, n_train=118000, time_budget_s=1652.0,
+                                           budget_rows=60000).report()
