@@ -532,7 +532,8 @@ class ResidualCatalyzer(Preprocessed):
             xs = target + noise * torch.randn(target.shape, generator=generator,
                                                device=target.device, dtype=target.dtype)
         xh, first = self._chain(xs)
-        loss = (xh - target).pow(2).sum(1).mean() + aux * (first - target).pow(2).sum(1).mean()
+        loss = self._squared_error(xh, target).mean() \
+            + aux * self._squared_error(first, target).mean()
         if crowding:
             decoded = nn.functional.normalize(self.unprocess(xh.float()), dim=1)
             truth = nn.functional.normalize(x.float(), dim=1)
@@ -540,6 +541,12 @@ class ResidualCatalyzer(Preprocessed):
                       - losses.crowding(truth, bank, CROWDING_NEIGHBOURS)).mean()
             loss = loss + crowding * (float(self.scale) * self.output_norm) ** 2 * excess
         return loss
+
+    @staticmethod
+    def _squared_error(decoded, target):
+        """The training loss's error of each row: ‖decoded − target‖², (n,) from two (n,
+        d_in) tensors (a subclass may measure it in another metric)."""
+        return (decoded - target).pow(2).sum(1)
 
     def _encode_batch(self, x, f, g, fused=None):
         """Eval-mode greedy encoding of a tensor (n, d_in) -> uint8 numpy (n, code_bytes), with
